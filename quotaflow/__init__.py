@@ -1,0 +1,94 @@
+"""quotaflow: run many AI agents against Gemini without tripping its quotas or wasting them.
+
+The public API; implementation modules are private or documented per module.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from quotaflow._core import DimensionStatus
+from quotaflow.backends.base import AsyncBackend, Backend
+from quotaflow.backends.memory import MemoryBackend
+from quotaflow.clock import Clock, ManualClock, SystemClock
+from quotaflow.context import PRIORITIES, agent, deadline, priority
+from quotaflow.errors import (
+    BackendError,
+    CannotFitError,
+    ConfigError,
+    PermitError,
+    QuotaError,
+    QuotaExhaustedError,
+    QuotaflowError,
+    QuotaTimeoutError,
+    TierTableError,
+    UnknownModelError,
+    WouldBlockError,
+)
+from quotaflow.limiter import Limiter
+from quotaflow.limits import (
+    RPD,
+    RPM,
+    TPD,
+    TPM,
+    Calendar,
+    Concurrent,
+    Limit,
+    Rolling,
+    TokenBucket,
+    fixed_windows,
+    pacific_days,
+)
+from quotaflow.permit import Permit, SyncPermit
+from quotaflow.sync import SyncLimiter
+from quotaflow.tiers import ModelLimits, TierTable, load_table, load_tier
+
+try:
+    __version__ = version("quotaflow")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "PRIORITIES",
+    "RPD",
+    "RPM",
+    "TPD",
+    "TPM",
+    "AsyncBackend",
+    "Backend",
+    "BackendError",
+    "Calendar",
+    "CannotFitError",
+    "Clock",
+    "Concurrent",
+    "ConfigError",
+    "DimensionStatus",
+    "Limit",
+    "Limiter",
+    "ManualClock",
+    "MemoryBackend",
+    "ModelLimits",
+    "Permit",
+    "PermitError",
+    "QuotaError",
+    "QuotaExhaustedError",
+    "QuotaTimeoutError",
+    "QuotaflowError",
+    "Rolling",
+    "SyncLimiter",
+    "SyncPermit",
+    "SystemClock",
+    "TierTable",
+    "TierTableError",
+    "TokenBucket",
+    "UnknownModelError",
+    "WouldBlockError",
+    "__version__",
+    "agent",
+    "deadline",
+    "fixed_windows",
+    "load_table",
+    "load_tier",
+    "pacific_days",
+    "priority",
+]

@@ -1,0 +1,250 @@
+"""The rules of one scope, pure: buckets + line + leases, and the dispatch that serves the line.
+
+This is the reference the backends implement (the memory backend runs it as is; the Redis Lua
+script is its port). Everything takes ``now``; nothing reads a clock or sleeps.
+
+Dispatch rule (run after every change):
+
+1. Serve the head of the line while every limit has room for its cost (all or none).
+2. If the head cannot fit: refuse it if it never can (cost above a limit), if a fail-fast
+   limit (a day quota) blocks it, or if its computed start ``T`` is after its deadline.
+3. Otherwise *backfill*: each of the next ``backfill_depth`` waiters may start now if it fits now
+   AND the head would still fit at ``T`` with that waiter's amounts never returned. So passing the
+   head never moves the head's start, and small requests do not wait for nothing.
+4. The head's ``T`` is the scope's single timer; the line wakes on changes, never polls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from quotaflow._queue import Waiter, WaitQueue
+from quotaflow.backends.base import Decision, Refusal, Request
+from quotaflow.buckets import Bucket, Level, make_bucket
+from quotaflow.limits import Limit
+
+__all__ = ["ScopeState"]
+
+INF = math.inf
+
+
+@dataclass
+class _Lease:
+    cost: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Fit:
+    at: float  # optimistic earliest start
+    strict: float  # earliest start if in-flight amounts never return
+    dimension: str
+    refusal: Refusal | None = None
+    requested: int = 0
+    limit: int = 0
+
+
+class ScopeState:
+    """Buckets, line and leases of one scope."""
+
+    def __init__(
+        self, limits: Sequence[Limit], now: float, *, aging: float | None, backfill_depth: int
+    ) -> None:
+        self.limits: dict[str, Limit] = {}
+        self.buckets: dict[str, Bucket] = {}
+        self.queue = WaitQueue(aging)
+        self.leases: dict[str, _Lease] = {}
+        self.backfill_depth = backfill_depth
+        self.head_at: float | None = None
+        self.head_id: str | None = None
+        self.configure(limits, now)
+
+    # --- configuration ---------------------------------------------------------------------
+    def configure(self, limits: Sequence[Limit], now: float) -> None:
+        """Add buckets for new limits; change the amount of existing ones in place."""
+        for lim in limits:
+            old = self.limits.get(lim.name)
+            if old is not None and old.reset == lim.reset and old.period == lim.period:
+                self.buckets[lim.name].capacity = lim.amount
+            else:
+                self.buckets[lim.name] = make_bucket(lim, now)
+            self.limits[lim.name] = lim
+
+    # --- fitting ---------------------------------------------------------------------------
+    def _fit(self, cost: Mapping[str, int], now: float) -> _Fit:
+        at, strict, dim = now, now, ""
+        for name, amount in cost.items():
+            if amount <= 0:
+                continue
+            bucket = self.buckets.get(name)
+            if bucket is None:
+                continue
+            limit = self.limits[name]
+            if amount > bucket.capacity:
+                return _Fit(INF, INF, name, "cannot_fit", amount, bucket.capacity)
+            t = bucket.earliest(amount, now)
+            if t > now and limit.fail_fast and bucket.exhausted(amount, now):
+                return _Fit(t, t, name, "exhausted", amount, bucket.capacity)
+            if t > at:
+                at, dim = t, name
+            strict = max(strict, bucket.earliest(amount, now, strict=True))
+        return _Fit(at, strict, dim)
+
+    def _take(self, request_id: str, cost: Mapping[str, int], now: float) -> None:
+        for name, amount in cost.items():
+            bucket = self.buckets.get(name)
+            if bucket is not None and amount > 0:
+                bucket.take(amount, now)
+        self.leases[request_id] = _Lease(dict(cost))
+
+    def _untake(self, request_id: str, now: float) -> None:
+        lease = self.leases.pop(request_id)
+        for name, amount in lease.cost.items():
+            bucket = self.buckets.get(name)
+            if bucket is not None and amount > 0:
+                bucket.release(amount, now)
+
+    @staticmethod
+    def _refused(request_id: str, fit: _Fit, reason: Refusal | None = None) -> Decision:
+        return Decision(
+            request_id,
+            "refused",
+            at=None if fit.at == INF else fit.at,
+            dimension=fit.dimension,
+            reason=reason or fit.refusal,
+            requested=fit.requested,
+            limit=fit.limit,
+        )
+
+    # --- operations ------------------------------------------------------------------------
+    def submit(self, request: Request, now: float) -> tuple[Decision, list[Decision]]:
+        """Returns the request's decision and decisions about other waiters."""
+        cost = {k: v for k, v in request.cost.items() if v > 0}
+        fit = self._fit(cost, now)
+        if fit.refusal is not None:
+            return self._refused(request.id, fit), []
+        if request.deadline is not None and fit.at > request.deadline:
+            return self._refused(request.id, fit, "timeout"), []
+        self.queue.push(request.id, cost, request.priority, now, request.deadline)
+        others = self.dispatch(now)
+        mine = next((d for d in others if d.id == request.id), None)
+        others = [d for d in others if d.id != request.id]
+        if mine is None:
+            mine = Decision(request.id, "waiting", None, fit.dimension)
+        if mine.outcome == "waiting" and request.nowait:
+            self.queue.remove(request.id)
+            at = mine.at if mine.at is not None else (fit.at if fit.at > now else None)
+            if self.head_id == request.id:
+                self.head_id = self.head_at = None
+                others.extend(self.dispatch(now))
+            return Decision(request.id, "refused", at, mine.dimension, "nowait"), others
+        return mine, others
+
+    def dispatch(self, now: float) -> list[Decision]:
+        """Serve the line; returns every decision taken (grants, refusals, the head's time)."""
+        out: list[Decision] = []
+        while True:
+            head = self.queue.head()
+            if head is None:
+                self.head_at = self.head_id = None
+                return out
+            fit = self._fit(head.cost, now)
+            if fit.refusal is not None:
+                self.queue.remove(head.id)
+                out.append(self._refused(head.id, fit))
+                continue
+            if fit.at <= now:
+                self.queue.remove(head.id)
+                self._take(head.id, head.cost, now)
+                out.append(Decision(head.id, "granted", now))
+                continue
+            if head.deadline is not None and fit.at > head.deadline:
+                self.queue.remove(head.id)
+                out.append(self._refused(head.id, fit, "timeout"))
+                continue
+            break
+        self._backfill(head, fit, now, out)
+        if (self.head_id, self.head_at) != (head.id, fit.at):
+            self.head_id, self.head_at = head.id, fit.at
+            at = None if fit.at == INF else fit.at
+            out.append(Decision(head.id, "waiting", at, fit.dimension))
+        return out
+
+    def _backfill(self, head: Waiter, head_fit: _Fit, now: float, out: list[Decision]) -> None:
+        if self.backfill_depth <= 0:
+            return
+        candidates = list(self.queue.in_order(self.backfill_depth + 1))[1:]
+        for cand in candidates:
+            fit = self._fit(cand.cost, now)
+            if fit.refusal is not None:
+                self.queue.remove(cand.id)
+                out.append(self._refused(cand.id, fit))
+                continue
+            if fit.at > now:
+                continue
+            self._take(cand.id, cand.cost, now)
+            after = self._fit(head.cost, now)
+            if after.strict <= head_fit.at + 1e-9 or after.refusal is not None:
+                self.queue.remove(cand.id)
+                out.append(Decision(cand.id, "granted", now))
+            else:
+                self._untake(cand.id, now)
+
+    def cancel(self, request_id: str, now: float) -> tuple[Decision | None, list[Decision]]:
+        """Leave the line; a lease already granted is reported back to be released."""
+        if request_id in self.leases:
+            return Decision(request_id, "granted", now), []
+        if self.queue.remove(request_id) is None:
+            return None, []
+        if self.head_id == request_id:
+            self.head_id = self.head_at = None
+        return None, self.dispatch(now)
+
+    def settle(
+        self, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+    ) -> list[Decision]:
+        """Anchor the lease's amounts at ``at``, apply the real usage, end the lease."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return []
+        for name, amount in lease.cost.items():
+            bucket = self.buckets.get(name)
+            if bucket is None:
+                continue
+            bucket.anchor(amount, at, now)
+            metric_actual = None if actual is None else actual.get(name)
+            real = amount if metric_actual is None else metric_actual
+            if real != amount:
+                bucket.adjust(at, real - amount, now)
+            bucket.end(real, now)
+        return self.dispatch(now)
+
+    def release(self, lease_id: str, now: float) -> list[Decision]:
+        """Return everything a lease holds."""
+        if lease_id not in self.leases:
+            return []
+        self._untake(lease_id, now)
+        return self.dispatch(now)
+
+    def pause(self, limit: str, until: float, now: float) -> list[Decision]:
+        """Hold ``limit`` until ``until``."""
+        bucket = self.buckets.get(limit)
+        if bucket is None:
+            raise KeyError(limit)
+        bucket.pause(until)
+        self.head_id = self.head_at = None  # the head's time moves: recompute and tell it
+        return self.dispatch(now)
+
+    def exhaust(self, limit: str, now: float) -> tuple[float | None, list[Decision]]:
+        """Mark a calendar limit spent until it resets."""
+        bucket = self.buckets.get(limit)
+        if bucket is None:
+            raise KeyError(limit)
+        resets = bucket.exhaust(now)
+        self.head_id = self.head_at = None
+        return resets, self.dispatch(now)
+
+    def status(self, now: float) -> dict[str, Level]:
+        """Each limit's level."""
+        return {name: b.level(now) for name, b in self.buckets.items()}

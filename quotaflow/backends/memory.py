@@ -1,0 +1,150 @@
+"""The in-memory backend: the embedded default, shared by every limiter of one process.
+
+Thread-safe (one lock, held for microseconds, never across I/O or a wait), so the async and the
+sync limiter can share one object. Listeners are called after the lock is released.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from quotaflow._scope import ScopeState
+from quotaflow.backends.base import Decision, Listener, Request
+from quotaflow.buckets import Level
+from quotaflow.errors import ConfigError
+from quotaflow.limits import Limit
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend:
+    """Buckets, lines and leases in this process's memory.
+
+    Args:
+        aging: seconds of waiting worth one priority level (anti-starvation); ``None`` for
+            strict priority.
+        backfill_depth: how many waiters behind the head may be considered for backfilling
+            on each dispatch (bounds the work per grant).
+
+    Example:
+        >>> from quotaflow import Limiter, MemoryBackend
+        >>> shared = MemoryBackend()
+        >>> limiter = Limiter(tier="tier1", backend=shared)
+    """
+
+    nonblocking = True  # every operation returns without I/O
+
+    def __init__(self, *, aging: float | None = 60.0, backfill_depth: int = 32) -> None:
+        if aging is not None and not aging > 0:
+            raise ConfigError(f"MemoryBackend(aging={aging!r}): aging must be > 0 or None")
+        if backfill_depth < 0:
+            raise ConfigError(f"MemoryBackend(backfill_depth={backfill_depth}): must be >= 0")
+        self._aging = aging
+        self._depth = backfill_depth
+        self._lock = threading.Lock()
+        self._scopes: dict[str, ScopeState] = {}
+        self._listeners: dict[str, list[Listener]] = defaultdict(list)
+
+    def _scope(self, scope: str) -> ScopeState:
+        try:
+            return self._scopes[scope]
+        except KeyError:
+            raise ConfigError(
+                f"scope {scope!r} is not configured: call configure() first"
+            ) from None
+
+    def _notify(self, scope: str, decisions: list[Decision]) -> None:
+        if not decisions:
+            return
+        listeners = list(self._listeners.get(scope, ()))
+        for d in decisions:
+            for listener in listeners:
+                listener(d)
+
+    def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
+        """Create the scope's buckets, or update their limits in place."""
+        with self._lock:
+            st = self._scopes.get(scope)
+            if st is None:
+                self._scopes[scope] = ScopeState(
+                    limits, now, aging=self._aging, backfill_depth=self._depth
+                )
+                return
+            st.configure(limits, now)
+            out = st.dispatch(now)
+        self._notify(scope, out)
+
+    def submit(self, scope: str, request: Request, now: float) -> Decision:
+        """Grant, queue or refuse ``request``."""
+        with self._lock:
+            mine, others = self._scope(scope).submit(request, now)
+        self._notify(scope, others)
+        return mine
+
+    def dispatch(self, scope: str, now: float) -> None:
+        """Serve the line (a timer fired)."""
+        with self._lock:
+            out = self._scope(scope).dispatch(now)
+        self._notify(scope, out)
+
+    def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
+        """Leave the line; returns a grant that won the race."""
+        with self._lock:
+            mine, out = self._scope(scope).cancel(request_id, now)
+        self._notify(scope, out)
+        return mine
+
+    def settle(
+        self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+    ) -> None:
+        """Anchor and reconcile a lease that reached the server."""
+        with self._lock:
+            out = self._scope(scope).settle(lease_id, actual, at, now)
+        self._notify(scope, out)
+
+    def release(self, scope: str, lease_id: str, now: float) -> None:
+        """Return a lease that never reached the server."""
+        with self._lock:
+            out = self._scope(scope).release(lease_id, now)
+        self._notify(scope, out)
+
+    def pause(self, scope: str, limit: str, until: float, now: float) -> None:
+        """Hold a limit until ``until``."""
+        with self._lock:
+            out = self._scope(scope).pause(limit, until, now)
+        self._notify(scope, out)
+
+    def exhaust(self, scope: str, limit: str, now: float) -> float | None:
+        """Mark a calendar limit spent until its reset."""
+        with self._lock:
+            resets, out = self._scope(scope).exhaust(limit, now)
+        self._notify(scope, out)
+        return resets
+
+    def status(self, scope: str, now: float) -> dict[str, Level]:
+        """Each limit's level."""
+        with self._lock:
+            return self._scope(scope).status(now)
+
+    def waiting(self, scope: str) -> int:
+        """Waiters in the scope's line."""
+        with self._lock:
+            st = self._scopes.get(scope)
+            return len(st.queue) if st else 0
+
+    def subscribe(self, scope: str, listener: Listener) -> None:
+        """Deliver decisions about the scope's waiters to ``listener``."""
+        with self._lock:
+            self._listeners[scope].append(listener)
+
+    def unsubscribe(self, scope: str, listener: Listener) -> None:
+        """Stop delivering to ``listener``."""
+        with self._lock:
+            lst = self._listeners.get(scope)
+            if lst and listener in lst:
+                lst.remove(listener)
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(scopes={len(self._scopes)}, aging={self._aging})"

@@ -1,0 +1,338 @@
+"""The public async limiter: ties tier tables, a backend and the waiting together.
+
+Example:
+    >>> import anyio, quotaflow
+    >>> async def main() -> None:
+    ...     limiter = quotaflow.Limiter(tier="tier1")
+    ...     async with limiter.acquire("gemini-2.5-flash", tokens=1200) as permit:
+    ...         permit.mark_sent()
+    ...         ...  # make the call
+    ...         await permit.settle(input_tokens=1187)
+    >>> anyio.run(main)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from quotaflow._core import DimensionStatus, Effect, LimiterCore, acquire_flow
+from quotaflow._waiting import AsyncWaiter
+from quotaflow.backends.base import AsyncBackend, Backend, Decision
+from quotaflow.backends.memory import MemoryBackend
+from quotaflow.clock import Clock
+from quotaflow.errors import ConfigError
+from quotaflow.limits import Limit
+from quotaflow.permit import Permit
+from quotaflow.tiers import TierTable
+
+__all__ = ["Limiter", "open_backend"]
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+
+def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | AsyncBackend:
+    """A backend object from an object, ``None`` (memory) or a URL."""
+    if backend is None:
+        return MemoryBackend()
+    if isinstance(backend, str):
+        if backend in ("memory", "memory://"):
+            return MemoryBackend()
+        if backend.split("://", 1)[0] in (
+            "redis",
+            "rediss",
+            "unix",
+            "redis+sentinel",
+            "redis+cluster",
+        ):
+            try:
+                from quotaflow.backends.redis import RedisBackend
+            except ImportError as exc:
+                raise ImportError(
+                    "the Redis backend needs the 'redis' extra: pip install 'quotaflow[redis]'"
+                ) from exc
+            return RedisBackend.from_url(backend)  # type: ignore[no-any-return]
+        raise ConfigError(
+            f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object"
+        )
+    return backend
+
+
+class _AsyncOps:
+    """Awaitable access to a backend, sync (non-blocking) or async."""
+
+    __slots__ = ("_b", "_is_async")
+
+    def __init__(self, backend: Backend | AsyncBackend) -> None:
+        self._b: Any = backend
+        self._is_async = inspect.iscoroutinefunction(backend.submit)
+        if not self._is_async and not getattr(backend, "nonblocking", False):
+            raise ConfigError(
+                f"{type(backend).__name__} has blocking methods: the async Limiter needs an "
+                "async backend (or one marked nonblocking=True)"
+            )
+
+    async def call(self, name: str, *args: Any) -> Any:
+        result = getattr(self._b, name)(*args)
+        if self._is_async:
+            return await result
+        return result
+
+
+class _Acquire:
+    """``async with limiter.acquire(...) as permit`` or ``permit = await limiter.acquire(...)``."""
+
+    __slots__ = ("_args", "_limiter", "_permit")
+
+    def __init__(self, limiter: Limiter, args: tuple[Any, ...]) -> None:
+        self._limiter = limiter
+        self._args = args
+        self._permit: Permit | None = None
+
+    def __await__(self) -> Generator[Any, None, Permit]:
+        return self._limiter._acquire(*self._args).__await__()
+
+    async def __aenter__(self) -> Permit:
+        self._permit = await self._limiter._acquire(*self._args)
+        return self._permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._permit is not None:
+            await self._permit._exit(failed=exc_type is not None)
+
+
+class Limiter:
+    """Admits calls to Gemini models within every limit of their quota (async, on anyio).
+
+    Args:
+        tier: a usage tier shipped in ``tier_tables/`` (``"free"``, ``"tier1"``, ``"tier2"``,
+            ``"tier3"``), your own :class:`~quotaflow.tiers.TierTable`, or ``None`` to use
+            only ``quotas``.
+        quotas: limits per model, replacing the tier table's for those models; any dimension
+            (``Limit("ipm", 10, 60, metric="images")``) and any period.
+        overrides: change single figures of the tier table: ``{"gemini-2.5-flash": {"rpm": 5}}``.
+            The ``QUOTAFLOW_LIMITS`` environment variable applies on top.
+        unknown_model: limits for models that are in no table (otherwise they raise).
+        headroom: fraction of every limit kept free (e.g. ``0.05``).
+        project: the Google Cloud project; Gemini meters per (project, model), never per key.
+        backend: ``None`` or ``"memory://"`` (this process), a ``redis://`` URL, or an object.
+        clock: a :class:`~quotaflow.clock.Clock`; tests pass a ``ManualClock``.
+        default_priority: priority of calls that name none (``"normal"``).
+    """
+
+    def __init__(
+        self,
+        tier: str | TierTable | None = "free",
+        *,
+        quotas: Mapping[str, Sequence[Limit]] | None = None,
+        overrides: Mapping[str, Mapping[str, int]] | None = None,
+        unknown_model: Sequence[Limit] | None = None,
+        headroom: float = 0.0,
+        project: str = "default",
+        backend: Backend | AsyncBackend | str | None = None,
+        clock: Clock | None = None,
+        default_priority: int | str = "normal",
+    ) -> None:
+        self._core = LimiterCore(
+            tier=tier,
+            quotas=quotas,
+            overrides=overrides,
+            unknown_model=unknown_model,
+            headroom=headroom,
+            project=project,
+            clock=clock,
+            default_priority=default_priority,
+        )
+        self.backend = open_backend(backend)
+        self._ops = _AsyncOps(self.backend)
+        self._waiters: dict[str, AsyncWaiter] = {}
+        self._subscribed: set[str] = set()
+
+    @property
+    def clock(self) -> Clock:
+        """The limiter's clock."""
+        return self._core.clock
+
+    @property
+    def project(self) -> str:
+        """The Google Cloud project the quotas belong to."""
+        return self._core.project
+
+    def quota(self, model: str) -> tuple[Limit, ...]:
+        """The usable limits of ``model`` (headroom applied)."""
+        return self._core.book.resolve(model)[1]
+
+    def _deliver(self, decision: Decision) -> None:
+        waiter = self._waiters.get(decision.id)
+        if waiter is not None:
+            waiter.deliver(decision)
+
+    async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
+        key, canonical, limits, fresh = self._core.scope(model)
+        if fresh:
+            if key not in self._subscribed:
+                self.backend.subscribe(key, self._deliver)
+                self._subscribed.add(key)
+            await self._ops.call("configure", key, limits, self.clock.now())
+            self._core.configured(key, limits)
+        return key, canonical, limits
+
+    def acquire(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> _Acquire:
+        """Wait for room on every limit of ``model``'s quota and take it all at once.
+
+        Args:
+            model: as you write it (``"gemini-2.5-flash"``, ``"models/gemini-2.5-flash"``).
+            tokens: the input token estimate (counted against TPM/TPD).
+            cost: amounts of other metrics (``{"images": 1}``), or ``{"requests": n}``.
+            priority: a level name or int; defaults to ``quotaflow.priority(...)`` or the
+                limiter's default.
+            timeout: seconds to wait at most; ``deadline``: the same as an absolute time of
+                the limiter's clock. If the computed wait is longer, raises at once.
+
+        Raises:
+            CannotFitError: the request is larger than a limit.
+            QuotaExhaustedError: a day quota is spent.
+            QuotaTimeoutError: no room before the deadline.
+        """
+        return _Acquire(self, (model, tokens, cost, priority, timeout, deadline, False))
+
+    async def acquire_nowait(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+    ) -> Permit:
+        """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
+        ``retry_after``). Never waits and never passes waiters in line."""
+        return await self._acquire(model, tokens, cost, priority, None, None, True)
+
+    try_acquire = acquire_nowait
+
+    async def _acquire(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+        nowait: bool,
+    ) -> Permit:
+        core, clock, ops = self._core, self.clock, self._ops
+        key, canonical, limits = await self._scope(model)
+        req, metrics, prio = core.request(
+            canonical, limits, tokens, cost, priority, timeout, deadline, nowait
+        )
+        started = clock.now()
+        waiter = AsyncWaiter()
+        self._waiters[req.id] = waiter
+        done = False
+        try:
+            flow = acquire_flow(req, clock)
+            result: Any = None
+            while True:
+                try:
+                    effect: Effect = flow.send(result)
+                except StopIteration as stop:
+                    d: Decision = stop.value
+                    break
+                if effect.op == "wait":
+                    await waiter.wait(clock, effect.until)
+                    result = waiter.take()
+                elif effect.op == "yield":
+                    await anyio.sleep(0.001)
+                    result = None
+                elif effect.op == "submit":
+                    result = await ops.call("submit", key, req, started)
+                elif effect.op == "cancel":
+                    with anyio.CancelScope(shield=True):
+                        result = await ops.call("cancel", key, req.id, clock.now())
+                else:  # dispatch
+                    await ops.call("dispatch", key, clock.now())
+                    result = waiter.take()
+            done = True
+            if d.outcome == "refused":
+                raise core.error(d, canonical)
+        finally:
+            self._waiters.pop(req.id, None)
+            if not done:
+                with anyio.CancelScope(shield=True):
+                    won = await ops.call("cancel", key, req.id, clock.now())
+                    if won is not None:
+                        await ops.call("release", key, req.id, clock.now())
+        state = core.permit_state(req, canonical, key, metrics, limits, started, prio)
+        return Permit(state, clock, self._settle, self._release)
+
+    async def _settle(self, scope: str, lease: str, actual: Any, at: float, now: float) -> None:
+        await self._ops.call("settle", scope, lease, actual, at, now)
+
+    async def _release(self, scope: str, lease: str, now: float) -> None:
+        await self._ops.call("release", scope, lease, now)
+
+    async def status(self, model: str) -> dict[str, DimensionStatus]:
+        """Per dimension: limit, used, free, in flight, and when capacity returns."""
+        key, _, limits = await self._scope(model)
+        levels = await self._ops.call("status", key, self.clock.now())
+        return self._core.status(limits, levels)
+
+    async def waiting(self, model: str) -> int:
+        """How many calls wait for ``model`` (in every process sharing the backend)."""
+        key, _, _ = await self._scope(model)
+        return int(await self._ops.call("waiting", key))
+
+    async def pause(self, model: str, dimension: str, until: float) -> None:
+        """Admit nothing on ``dimension`` of ``model`` before ``until`` (e.g. from a 429)."""
+        key, _, limits = await self._scope(model)
+        _check_dimension(model, dimension, limits)
+        await self._ops.call("pause", key, dimension, until, self.clock.now())
+
+    async def exhaust(self, model: str, dimension: str) -> float | None:
+        """Mark a day quota of ``model`` spent until its reset (e.g. from a per-day 429)."""
+        key, _, limits = await self._scope(model)
+        _check_dimension(model, dimension, limits)
+        resets: float | None = await self._ops.call("exhaust", key, dimension, self.clock.now())
+        return resets
+
+    async def set_limit(self, model: str, dimension: str, amount: int) -> int | None:
+        """Change one limit's amount (e.g. lowered to the server's ``quotaValue``).
+
+        Returns the previous amount, or ``None`` if the model has no such dimension.
+        """
+        old = self._core.book.set_limit(model, dimension, amount)
+        if old is None:
+            return None
+        await self._scope(model)
+        return old.amount
+
+    def __repr__(self) -> str:
+        return (
+            f"Limiter(project={self.project!r}, backend={self.backend!r}, "
+            f"waiting={len(self._waiters)})"
+        )
+
+
+def _check_dimension(model: str, dimension: str, limits: tuple[Limit, ...]) -> None:
+    names = [lim.name for lim in limits]
+    if dimension not in names:
+        raise ConfigError(f"{model} has no dimension {dimension!r}; it has {', '.join(names)}")

@@ -1,0 +1,168 @@
+"""Permits: what ``acquire`` returns. Granted -> sent -> settled, or granted -> released.
+
+The async :class:`Permit` and the sync :class:`SyncPermit` are thin shells over one
+:class:`~quotaflow._core.PermitState`; they only do the backend I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from quotaflow._core import PermitState
+from quotaflow.clock import Clock
+
+__all__ = ["Permit", "SyncPermit"]
+
+_SettleFn = Callable[[str, str, Mapping[str, int] | None, float, float], Any]
+_ReleaseFn = Callable[[str, str, float], Any]
+
+
+class _PermitBase:
+    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_state")
+
+    def __init__(
+        self, state: PermitState, clock: Clock, settle: _SettleFn, release: _ReleaseFn
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._settle_fn = settle
+        self._release_fn = release
+
+    @property
+    def id(self) -> str:
+        """The lease id in the backend."""
+        return self._state.id
+
+    @property
+    def model(self) -> str:
+        """The canonical model name."""
+        return self._state.model
+
+    @property
+    def waited(self) -> float:
+        """Seconds spent waiting for capacity."""
+        return self._state.waited
+
+    @property
+    def granted_at(self) -> float:
+        """When capacity was granted (the limiter clock's epoch seconds)."""
+        return self._state.granted_at
+
+    @property
+    def priority(self) -> int:
+        """The priority the request waited at."""
+        return self._state.priority
+
+    @property
+    def cost(self) -> dict[str, int]:
+        """The reserved amounts by metric (``requests``, ``input_tokens``, ...)."""
+        return dict(self._state.metrics)
+
+    @property
+    def actual(self) -> dict[str, int]:
+        """The real usage given to :meth:`settle` (empty until then)."""
+        return dict(self._state.actual)
+
+    @property
+    def phase(self) -> str:
+        """``granted``, ``sent``, ``settled`` or ``released``."""
+        return self._state.phase
+
+    @property
+    def sent_at(self) -> float | None:
+        """When the call was sent, if it was."""
+        return self._state.sent_at
+
+    @property
+    def response_at(self) -> float | None:
+        """When the response began, if recorded."""
+        return self._state.response_at
+
+    def mark_sent(self) -> None:
+        """The call is leaving now: from here on it keeps its request count even if it fails."""
+        self._state.mark_sent(self._clock.now())
+
+    def mark_response_started(self) -> None:
+        """The response began now: the server counted the call no later than this moment."""
+        self._state.mark_response(self._clock.now())
+
+    def _settle_args(self, input_tokens: int | None, metrics: Mapping[str, int]) -> tuple[Any, ...]:
+        actual = dict(metrics)
+        if input_tokens is not None:
+            actual["input_tokens"] = input_tokens
+        by_limit, at = self._state.plan_settle(actual, self._clock.now())
+        return (self._state.scope, self._state.id, by_limit, at, self._clock.now())
+
+    def __repr__(self) -> str:
+        s = self._state
+        return (
+            f"<{type(self).__name__} {s.id} model={s.model!r} phase={s.phase} "
+            f"cost={s.metrics} waited={s.waited:.3f}s>"
+        )
+
+
+class Permit(_PermitBase):
+    """A grant of capacity for one call (async).
+
+    Use it as ``async with limiter.acquire(...) as permit:``. Mark the call as sent just before
+    it leaves (:meth:`mark_sent`), then :meth:`settle` with the real usage. Leaving the block
+    settles with the estimate if the call was sent (or the block ended normally), and releases
+    everything if the block failed before sending.
+    """
+
+    __slots__ = ()
+
+    async def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
+        """Replace the estimate with the real usage: less refunds, more charges. Once only.
+
+        Args:
+            input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
+            **metrics: real amounts of other metrics (e.g. ``images=2``).
+        """
+        args = self._settle_args(input_tokens, metrics)
+        with anyio.CancelScope(shield=True):
+            result = self._settle_fn(*args)
+            if isinstance(result, Awaitable):
+                await result
+
+    async def release(self) -> None:
+        """Return everything: the call never reached the server. No-op once settled."""
+        if self._state.plan_release():
+            with anyio.CancelScope(shield=True):
+                result = self._release_fn(self._state.scope, self._state.id, self._clock.now())
+                if isinstance(result, Awaitable):
+                    await result
+
+    async def _exit(self, failed: bool) -> None:
+        if self._state.phase in ("settled", "released"):
+            return
+        if failed and self._state.phase == "granted":
+            await self.release()
+        else:
+            await self.settle()
+
+
+class SyncPermit(_PermitBase):
+    """The sync twin of :class:`Permit`, for threaded code."""
+
+    __slots__ = ()
+
+    def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
+        """Replace the estimate with the real usage: less refunds, more charges. Once only."""
+        self._settle_fn(*self._settle_args(input_tokens, metrics))
+
+    def release(self) -> None:
+        """Return everything: the call never reached the server. No-op once settled."""
+        if self._state.plan_release():
+            self._release_fn(self._state.scope, self._state.id, self._clock.now())
+
+    def _exit(self, failed: bool) -> None:
+        if self._state.phase in ("settled", "released"):
+            return
+        if failed and self._state.phase == "granted":
+            self.release()
+        else:
+            self.settle()

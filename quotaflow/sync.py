@@ -1,0 +1,213 @@
+"""The sync twin of :class:`~quotaflow.limiter.Limiter`, for threaded code.
+
+It runs the same :func:`~quotaflow._core.acquire_flow` and the same backend rules; only the
+waiting differs (a ``threading.Event`` instead of an anyio event). A sync and an async limiter
+can share one backend object in one process (``SyncLimiter.sharing(limiter)``).
+
+Example:
+    >>> from quotaflow import SyncLimiter
+    >>> limiter = SyncLimiter(tier="tier1")
+    >>> with limiter.acquire("gemini-2.5-flash", tokens=800) as permit:
+    ...     permit.mark_sent()
+    ...     permit.settle(input_tokens=790)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from quotaflow._core import DimensionStatus, Effect, LimiterCore, acquire_flow
+from quotaflow._waiting import SyncWaiter
+from quotaflow.backends.base import Backend, Decision
+from quotaflow.clock import Clock
+from quotaflow.errors import ConfigError
+from quotaflow.limiter import Limiter, _check_dimension, open_backend
+from quotaflow.limits import Limit
+from quotaflow.permit import SyncPermit
+from quotaflow.tiers import TierTable
+
+__all__ = ["SyncLimiter"]
+
+
+class SyncLimiter:
+    """Admits calls within every limit of their model's quota, blocking the calling thread.
+
+    Takes the same arguments as :class:`~quotaflow.limiter.Limiter`; the backend must offer
+    synchronous methods (the memory backend does; the Redis backend has a sync client).
+    """
+
+    def __init__(
+        self,
+        tier: str | TierTable | None = "free",
+        *,
+        quotas: Mapping[str, Sequence[Limit]] | None = None,
+        overrides: Mapping[str, Mapping[str, int]] | None = None,
+        unknown_model: Sequence[Limit] | None = None,
+        headroom: float = 0.0,
+        project: str = "default",
+        backend: Backend | str | None = None,
+        clock: Clock | None = None,
+        default_priority: int | str = "normal",
+        _core: LimiterCore | None = None,
+    ) -> None:
+        self._core = _core or LimiterCore(
+            tier=tier,
+            quotas=quotas,
+            overrides=overrides,
+            unknown_model=unknown_model,
+            headroom=headroom,
+            project=project,
+            clock=clock,
+            default_priority=default_priority,
+        )
+        b: Any = open_backend(backend)
+        sync_view = getattr(b, "sync", None)
+        if sync_view is not None and not isinstance(b, Backend):
+            b = sync_view  # a backend with an async face and a sync twin (e.g. Redis)
+        if not isinstance(b, Backend):
+            raise ConfigError(f"{type(b).__name__} has no synchronous methods for SyncLimiter")
+        self.backend: Backend = b
+        self._waiters: dict[str, SyncWaiter] = {}
+        self._subscribed: set[str] = set()
+
+    @classmethod
+    def sharing(cls, limiter: Limiter) -> SyncLimiter:
+        """A sync limiter on the same backend, tables and clock as ``limiter``."""
+        return cls(backend=limiter.backend, _core=limiter._core)  # type: ignore[arg-type]
+
+    @property
+    def clock(self) -> Clock:
+        """The limiter's clock."""
+        return self._core.clock
+
+    def quota(self, model: str) -> tuple[Limit, ...]:
+        """The usable limits of ``model`` (headroom applied)."""
+        return self._core.book.resolve(model)[1]
+
+    def _deliver(self, decision: Decision) -> None:
+        waiter = self._waiters.get(decision.id)
+        if waiter is not None:
+            waiter.deliver(decision)
+
+    def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
+        key, canonical, limits, fresh = self._core.scope(model)
+        if fresh or key not in self._subscribed:
+            if key not in self._subscribed:
+                self.backend.subscribe(key, self._deliver)
+                self._subscribed.add(key)
+            self.backend.configure(key, limits, self.clock.now())
+            self._core.configured(key, limits)
+        return key, canonical, limits
+
+    @contextmanager
+    def acquire(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[SyncPermit]:
+        """Block until every limit of ``model`` has room; see :meth:`Limiter.acquire`."""
+        permit = self._acquire(model, tokens, cost, priority, timeout, deadline, False)
+        failed = True
+        try:
+            yield permit
+            failed = False
+        finally:
+            permit._exit(failed)
+
+    def acquire_nowait(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+    ) -> SyncPermit:
+        """Take room now or raise :class:`~quotaflow.errors.WouldBlockError`."""
+        return self._acquire(model, tokens, cost, priority, None, None, True)
+
+    try_acquire = acquire_nowait
+
+    def _acquire(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+        nowait: bool,
+    ) -> SyncPermit:
+        core, clock, b = self._core, self.clock, self.backend
+        key, canonical, limits = self._scope(model)
+        req, metrics, prio = core.request(
+            canonical, limits, tokens, cost, priority, timeout, deadline, nowait
+        )
+        started = clock.now()
+        waiter = SyncWaiter()
+        self._waiters[req.id] = waiter
+        done = False
+        try:
+            flow = acquire_flow(req, clock)
+            result: Any = None
+            while True:
+                try:
+                    effect: Effect = flow.send(result)
+                except StopIteration as stop:
+                    d: Decision = stop.value
+                    break
+                if effect.op == "wait":
+                    waiter.wait(clock, effect.until)
+                    result = waiter.take()
+                elif effect.op == "yield":
+                    time.sleep(0.001)
+                    result = None
+                elif effect.op == "submit":
+                    result = b.submit(key, req, started)
+                elif effect.op == "cancel":
+                    result = b.cancel(key, req.id, clock.now())
+                else:  # dispatch
+                    b.dispatch(key, clock.now())
+                    result = waiter.take()
+            done = True
+            if d.outcome == "refused":
+                raise core.error(d, canonical)
+        finally:
+            self._waiters.pop(req.id, None)
+            if not done:
+                won = b.cancel(key, req.id, clock.now())
+                if won is not None:
+                    b.release(key, req.id, clock.now())
+        state = core.permit_state(req, canonical, key, metrics, limits, started, prio)
+        return SyncPermit(state, clock, b.settle, b.release)
+
+    def status(self, model: str) -> dict[str, DimensionStatus]:
+        """Per dimension: limit, used, free, in flight, and when capacity returns."""
+        key, _, limits = self._scope(model)
+        return self._core.status(limits, self.backend.status(key, self.clock.now()))
+
+    def waiting(self, model: str) -> int:
+        """How many calls wait for ``model``."""
+        return self.backend.waiting(self._scope(model)[0])
+
+    def pause(self, model: str, dimension: str, until: float) -> None:
+        """Admit nothing on ``dimension`` of ``model`` before ``until``."""
+        key, _, limits = self._scope(model)
+        _check_dimension(model, dimension, limits)
+        self.backend.pause(key, dimension, until, self.clock.now())
+
+    def exhaust(self, model: str, dimension: str) -> float | None:
+        """Mark a day quota of ``model`` spent until its reset."""
+        key, _, limits = self._scope(model)
+        _check_dimension(model, dimension, limits)
+        return self.backend.exhaust(key, dimension, self.clock.now())
+
+    def __repr__(self) -> str:
+        return f"SyncLimiter(project={self._core.project!r}, backend={self.backend!r})"
