@@ -414,6 +414,7 @@ def acquire_flow(request: Request, clock: Clock) -> Any:
     final :class:`Decision` (granted or refused).
     """
     d: Decision = yield Effect("submit")
+    spins = 0
     while d.outcome == "waiting":
         until = d.at
         if request.deadline is not None:
@@ -430,7 +431,11 @@ def acquire_flow(request: Request, clock: Clock) -> Any:
             return Decision(request.id, "refused", d.at, d.dimension, "timeout")
         new = yield Effect("dispatch")
         if new is not None:
-            d = new
+            d, spins = new, 0
         elif d.at is not None and now >= d.at:
-            yield Effect("yield")  # woke a hair early on a coarse clock
+            spins += 1
+            if spins > 3:  # not the head any more: wait to be told
+                d = Decision(d.id, "waiting", None, d.dimension)
+            else:
+                yield Effect("yield")  # woke a hair early on a coarse clock
     return d

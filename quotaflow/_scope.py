@@ -124,7 +124,7 @@ class ScopeState:
         fit = self._fit(cost, now)
         if fit.refusal is not None:
             return self._refused(request.id, fit), []
-        if request.deadline is not None and fit.at > request.deadline:
+        if request.deadline is not None and request.deadline < fit.at < INF:
             return self._refused(request.id, fit, "timeout"), []
         self.queue.push(request.id, cost, request.priority, now, request.deadline)
         others = self.dispatch(now)
@@ -159,13 +159,15 @@ class ScopeState:
                 self._take(head.id, head.cost, now)
                 out.append(Decision(head.id, "granted", now))
                 continue
-            if head.deadline is not None and fit.at > head.deadline:
+            if head.deadline is not None and head.deadline < fit.at < INF:
                 self.queue.remove(head.id)
                 out.append(self._refused(head.id, fit, "timeout"))
                 continue
             break
         self._backfill(head, fit, now, out)
         if (self.head_id, self.head_at) != (head.id, fit.at):
+            if self.head_id not in (None, head.id) and self.head_id in self.queue:
+                out.append(Decision(self.head_id, "waiting", None))  # displaced: drop its timer
             self.head_id, self.head_at = head.id, fit.at
             at = None if fit.at == INF else fit.at
             out.append(Decision(head.id, "waiting", at, fit.dimension))

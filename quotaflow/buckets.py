@@ -274,9 +274,9 @@ class GcraBucket(Bucket):
     __slots__ = ("burst", "interval", "tat")
 
     def __init__(self, capacity: int, period: float, burst: int | None, now: float) -> None:
-        super().__init__(capacity)
-        self.interval = period / capacity if capacity else INF
         self.burst = burst if burst is not None else capacity
+        super().__init__(self.burst)  # the most one request can take
+        self.interval = period / capacity if capacity else INF
         self.tat = now
 
     def earliest(self, amount: int, now: float, strict: bool = False) -> float:
