@@ -185,7 +185,7 @@ class DimensionStatus:
 PermitPhase = Literal["granted", "sent", "settled", "released"]
 
 
-@dataclass
+@dataclass(slots=True)
 class PermitState:
     """The life of a permit: granted -> sent -> settled, or granted -> released. Pure."""
 
@@ -394,7 +394,7 @@ class LimiterCore:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Effect:
     """One step the drivers carry out for :func:`acquire_flow`.
 
@@ -407,13 +407,13 @@ class Effect:
     until: float | None = None
 
 
-def acquire_flow(request: Request, clock: Clock) -> Any:
+def acquire_flow(request: Request, clock: Clock, first: Decision) -> Any:
     """The waiting logic of ``acquire``, written once; the async and sync drivers run it.
 
     A generator: it yields :class:`Effect` values and receives their results; it returns the
-    final :class:`Decision` (granted or refused).
+    final :class:`Decision` (granted or refused). ``first`` is what ``submit`` answered.
     """
-    d: Decision = yield Effect("submit")
+    d = first
     spins = 0
     while d.outcome == "waiting":
         until = d.at

@@ -91,6 +91,14 @@ class ScopeState:
             strict = max(strict, bucket.earliest(amount, now, strict=True))
         return _Fit(at, strict, dim)
 
+    def _fits_now(self, cost: Mapping[str, int], now: float) -> bool:
+        buckets = self.buckets
+        for name, amount in cost.items():
+            bucket = buckets.get(name)
+            if bucket is not None and not bucket.fits_now(amount, now):
+                return False
+        return True
+
     def _take(self, request_id: str, cost: Mapping[str, int], now: float) -> None:
         for name, amount in cost.items():
             bucket = self.buckets.get(name)
@@ -121,6 +129,9 @@ class ScopeState:
     def submit(self, request: Request, now: float) -> tuple[Decision, list[Decision]]:
         """Returns the request's decision and decisions about other waiters."""
         cost = {k: v for k, v in request.cost.items() if v > 0}
+        if not self.queue and self._fits_now(cost, now):
+            self._take(request.id, cost, now)  # the fast path: nobody waits and all fit
+            return Decision(request.id, "granted", now), []
         fit = self._fit(cost, now)
         if fit.refusal is not None:
             return self._refused(request.id, fit), []
@@ -220,14 +231,14 @@ class ScopeState:
             if real != amount:
                 bucket.adjust(at, real - amount, now)
             bucket.end(real, now)
-        return self.dispatch(now)
+        return self.dispatch(now) if self.queue else []
 
     def release(self, lease_id: str, now: float) -> list[Decision]:
         """Return everything a lease holds."""
         if lease_id not in self.leases:
             return []
         self._untake(lease_id, now)
-        return self.dispatch(now)
+        return self.dispatch(now) if self.queue else []
 
     def pause(self, limit: str, until: float, now: float) -> list[Decision]:
         """Hold ``limit`` until ``until``."""

@@ -73,6 +73,10 @@ class Bucket:
         self.paused_until = -INF
 
     # --- queries --------------------------------------------------------------------------
+    def fits_now(self, amount: int, now: float) -> bool:
+        """True if ``amount`` more fits at ``now`` (the fast path of ``earliest``)."""
+        return self.earliest(amount, now) <= now
+
     def earliest(self, amount: int, now: float, strict: bool = False) -> float:
         """The earliest time >= now at which ``amount`` more fits (``inf``: not by time)."""
         raise NotImplementedError
@@ -144,6 +148,12 @@ class WindowBucket(Bucket):
             slot, amount = log.popleft()
             del self._index[slot]
             self.logged -= amount
+
+    def fits_now(self, amount: int, now: float) -> bool:
+        log = self._log
+        if log and self._returns_at(log[0][0]) <= now + _EPS:
+            self._expire(now)
+        return self.logged + self.in_flight + amount <= self.capacity and self.paused_until <= now
 
     def earliest(self, amount: int, now: float, strict: bool = False) -> float:
         self._expire(now)
@@ -221,6 +231,11 @@ class CalendarBucket(Bucket):
         self.window_start = calendar.window_start(now)
         self.window_end = calendar.window_end(now)
         self.counted = 0
+
+    def fits_now(self, amount: int, now: float) -> bool:
+        if now >= self.window_end:
+            self._roll(now)
+        return self.counted + self.in_flight + amount <= self.capacity and self.paused_until <= now
 
     def _roll(self, now: float) -> None:
         if now >= self.window_end:

@@ -66,12 +66,12 @@ def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | Asyn
 class _AsyncOps:
     """Awaitable access to a backend, sync (non-blocking) or async."""
 
-    __slots__ = ("_b", "_is_async")
+    __slots__ = ("_b", "is_async")
 
     def __init__(self, backend: Backend | AsyncBackend) -> None:
         self._b: Any = backend
-        self._is_async = inspect.iscoroutinefunction(backend.submit)
-        if not self._is_async and not getattr(backend, "nonblocking", False):
+        self.is_async = inspect.iscoroutinefunction(backend.submit)
+        if not self.is_async and not getattr(backend, "nonblocking", False):
             raise ConfigError(
                 f"{type(backend).__name__} has blocking methods: the async Limiter needs an "
                 "async backend (or one marked nonblocking=True)"
@@ -79,7 +79,7 @@ class _AsyncOps:
 
     async def call(self, name: str, *args: Any) -> Any:
         result = getattr(self._b, name)(*args)
-        if self._is_async:
+        if self.is_async:
             return await result
         return result
 
@@ -155,7 +155,8 @@ class Limiter:
         )
         self.backend = open_backend(backend)
         self._ops = _AsyncOps(self.backend)
-        self._waiters: dict[str, AsyncWaiter] = {}
+        self._waiters: dict[str, AsyncWaiter | None] = {}
+        self._early: dict[str, Decision] = {}
         self._subscribed: set[str] = set()
 
     @property
@@ -173,9 +174,13 @@ class Limiter:
         return self._core.book.resolve(model)[1]
 
     def _deliver(self, decision: Decision) -> None:
-        waiter = self._waiters.get(decision.id)
-        if waiter is not None:
-            waiter.deliver(decision)
+        rid = decision.id
+        if rid in self._waiters:
+            waiter = self._waiters.get(rid)
+            if waiter is None:
+                self._early[rid] = decision
+            else:
+                waiter.deliver(decision)
 
     async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
         key, canonical, limits, fresh = self._core.scope(model)
@@ -245,44 +250,54 @@ class Limiter:
             canonical, limits, tokens, cost, priority, timeout, deadline, nowait
         )
         started = clock.now()
-        waiter = AsyncWaiter()
-        self._waiters[req.id] = waiter
+        waiters = self._waiters
+        waiters[req.id] = None  # decisions that arrive before the waiter exists are kept
         done = False
         try:
-            flow = acquire_flow(req, clock)
+            first: Decision = await ops.call("submit", key, req, started)
+            flow = acquire_flow(req, clock, first)
             result: Any = None
-            while True:
+            waiter: AsyncWaiter | None = None
+            while first.outcome == "waiting":
                 try:
                     effect: Effect = flow.send(result)
                 except StopIteration as stop:
-                    d: Decision = stop.value
+                    first = stop.value
                     break
                 if effect.op == "wait":
+                    if waiter is None:
+                        waiter = AsyncWaiter()
+                        early = self._early.pop(req.id, None)
+                        waiters[req.id] = waiter
+                        if early is not None:
+                            waiter.deliver(early)
                     await waiter.wait(clock, effect.until)
                     result = waiter.take()
                 elif effect.op == "yield":
                     await anyio.sleep(0.001)
                     result = None
-                elif effect.op == "submit":
-                    result = await ops.call("submit", key, req, started)
                 elif effect.op == "cancel":
                     with anyio.CancelScope(shield=True):
                         result = await ops.call("cancel", key, req.id, clock.now())
                 else:  # dispatch
                     await ops.call("dispatch", key, clock.now())
-                    result = waiter.take()
+                    result = waiter.take() if waiter is not None else None
             done = True
-            if d.outcome == "refused":
-                raise core.error(d, canonical)
+            if first.outcome == "refused":
+                raise core.error(first, canonical)
         finally:
-            self._waiters.pop(req.id, None)
+            waiters.pop(req.id, None)
+            self._early.pop(req.id, None)
             if not done:
                 with anyio.CancelScope(shield=True):
                     won = await ops.call("cancel", key, req.id, clock.now())
                     if won is not None:
                         await ops.call("release", key, req.id, clock.now())
         state = core.permit_state(req, canonical, key, metrics, limits, started, prio)
-        return Permit(state, clock, self._settle, self._release)
+        if ops.is_async:
+            return Permit(state, clock, self._settle, self._release)
+        b: Any = self.backend  # non-blocking: no need to await or shield
+        return Permit(state, clock, b.settle, b.release)
 
     async def _settle(self, scope: str, lease: str, actual: Any, at: float, now: float) -> None:
         await self._ops.call("settle", scope, lease, actual, at, now)

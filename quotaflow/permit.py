@@ -122,18 +122,17 @@ class Permit(_PermitBase):
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
-        args = self._settle_args(input_tokens, metrics)
-        with anyio.CancelScope(shield=True):
-            result = self._settle_fn(*args)
-            if isinstance(result, Awaitable):
+        result = self._settle_fn(*self._settle_args(input_tokens, metrics))
+        if isinstance(result, Awaitable):
+            with anyio.CancelScope(shield=True):
                 await result
 
     async def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled."""
         if self._state.plan_release():
-            with anyio.CancelScope(shield=True):
-                result = self._release_fn(self._state.scope, self._state.id, self._clock.now())
-                if isinstance(result, Awaitable):
+            result = self._release_fn(self._state.scope, self._state.id, self._clock.now())
+            if isinstance(result, Awaitable):
+                with anyio.CancelScope(shield=True):
                     await result
 
     async def _exit(self, failed: bool) -> None:

@@ -155,13 +155,14 @@ class SyncLimiter:
         self._waiters[req.id] = waiter
         done = False
         try:
-            flow = acquire_flow(req, clock)
+            first: Decision = b.submit(key, req, started)
+            flow = acquire_flow(req, clock, first)
             result: Any = None
-            while True:
+            while first.outcome == "waiting":
                 try:
                     effect: Effect = flow.send(result)
                 except StopIteration as stop:
-                    d: Decision = stop.value
+                    first = stop.value
                     break
                 if effect.op == "wait":
                     waiter.wait(clock, effect.until)
@@ -169,16 +170,14 @@ class SyncLimiter:
                 elif effect.op == "yield":
                     time.sleep(0.001)
                     result = None
-                elif effect.op == "submit":
-                    result = b.submit(key, req, started)
                 elif effect.op == "cancel":
                     result = b.cancel(key, req.id, clock.now())
                 else:  # dispatch
                     b.dispatch(key, clock.now())
                     result = waiter.take()
             done = True
-            if d.outcome == "refused":
-                raise core.error(d, canonical)
+            if first.outcome == "refused":
+                raise core.error(first, canonical)
         finally:
             self._waiters.pop(req.id, None)
             if not done:
@@ -208,6 +207,14 @@ class SyncLimiter:
         key, _, limits = self._scope(model)
         _check_dimension(model, dimension, limits)
         return self.backend.exhaust(key, dimension, self.clock.now())
+
+    def set_limit(self, model: str, dimension: str, amount: int) -> int | None:
+        """Change one limit's amount; see :meth:`Limiter.set_limit`."""
+        old = self._core.book.set_limit(model, dimension, amount)
+        if old is None:
+            return None
+        self._scope(model)
+        return old.amount
 
     def __repr__(self) -> str:
         return f"SyncLimiter(project={self._core.project!r}, backend={self.backend!r})"

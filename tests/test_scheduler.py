@@ -45,8 +45,14 @@ async def test_freed_capacity_goes_by_priority_then_first_come() -> None:
         await p.settle()
 
     async with anyio.create_task_group() as tg:
-        for name, prio in [("low1", "low"), ("hi1", "high"), ("low2", "low"), ("hi2", "high"),
-                           ("crit", "critical"), ("norm", "normal")]:
+        for name, prio in [
+            ("low1", "low"),
+            ("hi1", "high"),
+            ("low2", "low"),
+            ("hi2", "high"),
+            ("crit", "critical"),
+            ("norm", "normal"),
+        ]:
             tg.start_soon(call, name, prio)
             await anyio.wait_all_tasks_blocked()
         await _drain(clock, P + 1, 8)

@@ -31,7 +31,7 @@ Outcome = Literal["granted", "waiting", "refused"]
 Refusal = Literal["cannot_fit", "exhausted", "timeout", "cancelled", "nowait"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     """One request for capacity in a scope.
 
@@ -50,7 +50,7 @@ class Request:
     nowait: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """What the backend decided about one request.
 

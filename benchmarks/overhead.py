@@ -1,0 +1,141 @@
+"""Overhead of quotaflow's acquire+settle, against aiolimiter and a bare asyncio token bucket.
+
+Measured in one run, on the same machine and event loop:
+
+1. Uncontended cost: quotaflow acquire+settle on three dimensions (RPM, TPM, RPD) vs aiolimiter's
+   ``acquire`` vs a 15-line bare asyncio token bucket. Target: within 3x of the bare bucket.
+2. Cost per grant as waiters grow from 10 to 10,000: N tasks wait on one scope; capacity is
+   then released in steps, and we time the grants. Target: cost at 10,000 within 2x of at 10.
+
+Run: ``python benchmarks/overhead.py`` (needs the ``bench`` extra). Prints ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import platform
+import statistics
+import time
+
+from aiolimiter import AsyncLimiter
+
+from quotaflow import RPD, RPM, TPM, Limit, Limiter, ManualClock
+
+N_UNCONTENDED = 20_000
+
+
+class BareBucket:
+    """A bare asyncio token bucket: the floor any limiter is compared to."""
+
+    def __init__(self, rate: float, capacity: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.tokens, self.last = capacity, time.monotonic()
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= amount:
+                self.tokens -= amount
+                return
+            await asyncio.sleep((amount - self.tokens) / self.rate)
+
+
+async def bench_bare() -> float:
+    bucket = BareBucket(1e12, 1e12)
+    t0 = time.perf_counter()
+    for _ in range(N_UNCONTENDED):
+        await bucket.acquire()
+    return (time.perf_counter() - t0) / N_UNCONTENDED
+
+
+async def bench_aiolimiter() -> float:
+    lim = AsyncLimiter(1e12, 60)
+    t0 = time.perf_counter()
+    for _ in range(N_UNCONTENDED):
+        await lim.acquire()
+    return (time.perf_counter() - t0) / N_UNCONTENDED
+
+
+async def bench_quotaflow() -> float:
+    big = 10**15
+    lim = Limiter(None, quotas={"m": [RPM(big), TPM(big), RPD(big)]})
+    for _ in range(100):  # warm up the scope
+        await (await lim.acquire("m", tokens=10)).settle()
+    t0 = time.perf_counter()
+    for _ in range(N_UNCONTENDED):
+        permit = await lim.acquire("m", tokens=10)
+        await permit.settle(input_tokens=9)
+    return (time.perf_counter() - t0) / N_UNCONTENDED
+
+
+async def bench_waiters(n: int, grants: int = 2_000) -> float:
+    """Seconds per grant with ``n`` waiters in line (virtual clock: no real sleeping)."""
+    clock = ManualClock(0.0)
+    period = 1.0
+    lim = Limiter(None, quotas={"m": [Limit("rpm", grants, period)]}, clock=clock)
+    for _ in range(grants):  # fill the window
+        await (await lim.acquire("m")).settle()
+    done = 0
+    stop = asyncio.Event()
+
+    async def waiter(i: int) -> None:
+        nonlocal done
+        permit = await lim.acquire("m", priority=i % 4)
+        await permit.settle()
+        done += 1
+        if done == grants:
+            stop.set()
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(n + grants)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    while await lim.waiting("m") < n + grants:  # noqa: ASYNC110 - a benchmark's setup
+        await asyncio.sleep(0)
+    t0 = time.perf_counter()
+    clock.advance(period * 1.01)  # the whole window returns: `grants` waiters get through
+    await stop.wait()
+    elapsed = time.perf_counter() - t0
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return elapsed / grants
+
+
+def best(fn: object, repeat: int = 5) -> float:
+    return min(asyncio.run(fn()) for _ in range(repeat))  # type: ignore[operator]
+
+
+def main() -> None:
+    print(
+        f"quotaflow overhead benchmark, {time.strftime('%Y-%m-%d')}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    bare, aio, qf = best(bench_bare), best(bench_aiolimiter), best(bench_quotaflow)
+    print("\nUncontended (per call):")
+    print(f"  bare asyncio bucket          {bare * 1e6:8.2f} us")
+    print(f"  aiolimiter.acquire           {aio * 1e6:8.2f} us")
+    print(f"  quotaflow acquire+settle x3  {qf * 1e6:8.2f} us")
+    print(f"  ratio quotaflow / bare       {qf / bare:8.2f}x  (target <= 3x)")
+    print(f"  ratio quotaflow / aiolimiter {qf / aio:8.2f}x")
+    print("\nCost per grant as waiters grow:")
+    costs = {}
+    for n in (10, 100, 1_000, 10_000):
+        costs[n] = statistics.median(asyncio.run(bench_waiters(n)) for _ in range(3))
+        print(
+            f"  {n:6d} waiters  {costs[n] * 1e6:8.2f} us/grant  ({costs[n] / costs[10]:.2f}x of 10)"
+        )
+    ok1 = qf / bare <= 3.0
+    ok2 = costs[10_000] / costs[10] <= 2.0
+    print(
+        f"\ntargets: uncontended {'MET' if ok1 else 'MISSED'}; "
+        f"10k waiters {'MET' if ok2 else 'MISSED'}"
+    )
+    assert math.isfinite(qf)
+
+
+if __name__ == "__main__":
+    main()
