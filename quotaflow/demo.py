@@ -126,6 +126,8 @@ async def run_demo(
                     for n in range(agents):
                         work.start_soon(agent, level, n)
             stop.set()
+        await client.aio.aclose()
+        client.close()
         stats = served.emulator.stats()
     elapsed = time.monotonic() - started
     model_stats = stats["models"][MODEL]
