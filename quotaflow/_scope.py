@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from quotaflow._queue import Waiter, WaitQueue
 from quotaflow.backends.base import Decision, Refusal, Request
-from quotaflow.buckets import Bucket, Level, make_bucket
+from quotaflow.buckets import Bucket, ConcurrencyBucket, Level, make_bucket
 from quotaflow.limits import Limit
 
 __all__ = ["ScopeState"]
@@ -58,11 +58,15 @@ class ScopeState:
         self.backfill_depth = backfill_depth
         self.head_at: float | None = None
         self.head_id: str | None = None
+        # Backfilling can only find a new candidate after something changed: an arrival, room
+        # returned (release, refund), time passing (a timer), a limit or pause changed.
+        self.rescan = True
         self.configure(limits, now)
 
     # --- configuration ---------------------------------------------------------------------
     def configure(self, limits: Sequence[Limit], now: float) -> None:
         """Add buckets for new limits; change the amount of existing ones in place."""
+        self.rescan = True
         for lim in limits:
             old = self.limits.get(lim.name)
             if old is not None and old.reset == lim.reset and old.period == lim.period:
@@ -138,6 +142,7 @@ class ScopeState:
         if request.deadline is not None and request.deadline < fit.at < INF:
             return self._refused(request.id, fit, "timeout"), []
         self.queue.push(request.id, cost, request.priority, now, request.deadline)
+        self.rescan = True
         others = self.dispatch(now)
         mine = next((d for d in others if d.id == request.id), None)
         others = [d for d in others if d.id != request.id]
@@ -152,8 +157,13 @@ class ScopeState:
             return Decision(request.id, "refused", at, mine.dimension, "nowait"), others
         return mine, others
 
-    def dispatch(self, now: float) -> list[Decision]:
-        """Serve the line; returns every decision taken (grants, refusals, the head's time)."""
+    def dispatch(self, now: float, timer: bool = False) -> list[Decision]:
+        """Serve the line; returns every decision taken (grants, refusals, the head's time).
+
+        ``timer``: called because time passed (the head's timer), so room may have returned.
+        """
+        if timer:
+            self.rescan = True
         out: list[Decision] = []
         while True:
             head = self.queue.head()
@@ -175,7 +185,9 @@ class ScopeState:
                 out.append(self._refused(head.id, fit, "timeout"))
                 continue
             break
-        self._backfill(head, fit, now, out)
+        if self.rescan:
+            self.rescan = False
+            self._backfill(head, fit, now, out)
         if (self.head_id, self.head_at) != (head.id, fit.at):
             if self.head_id not in (None, head.id) and self.head_id in self.queue:
                 out.append(Decision(self.head_id, "waiting", None))  # displaced: drop its timer
@@ -212,6 +224,7 @@ class ScopeState:
             return None, []
         if self.head_id == request_id:
             self.head_id = self.head_at = None
+        self.rescan = True
         return None, self.dispatch(now)
 
     def settle(
@@ -230,7 +243,10 @@ class ScopeState:
             real = amount if metric_actual is None else metric_actual
             if real != amount:
                 bucket.adjust(at, real - amount, now)
+                self.rescan = self.rescan or real < amount
             bucket.end(real, now)
+            if isinstance(bucket, ConcurrencyBucket):
+                self.rescan = True
         return self.dispatch(now) if self.queue else []
 
     def release(self, lease_id: str, now: float) -> list[Decision]:
@@ -238,6 +254,7 @@ class ScopeState:
         if lease_id not in self.leases:
             return []
         self._untake(lease_id, now)
+        self.rescan = True
         return self.dispatch(now) if self.queue else []
 
     def pause(self, limit: str, until: float, now: float) -> list[Decision]:
@@ -246,6 +263,7 @@ class ScopeState:
         if bucket is None:
             raise KeyError(limit)
         bucket.pause(until)
+        self.rescan = True
         self.head_id = self.head_at = None  # the head's time moves: recompute and tell it
         return self.dispatch(now)
 
@@ -255,6 +273,7 @@ class ScopeState:
         if bucket is None:
             raise KeyError(limit)
         resets = bucket.exhaust(now)
+        self.rescan = True
         self.head_id = self.head_at = None
         return resets, self.dispatch(now)
 

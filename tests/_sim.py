@@ -113,7 +113,7 @@ def simulate(
             rid, started, real = payload  # type: ignore[misc]
             handle(now, st.settle(rid, {"tpm": real, "tpd": real}, started, now))
         elif kind == "timer":
-            handle(now, st.dispatch(now))
+            handle(now, st.dispatch(now, timer=True))
         head_at = st.head_at
         if head_at is not None and math.isfinite(head_at) and head_at != timer:
             timer = head_at

@@ -86,7 +86,7 @@ class MemoryBackend:
     def dispatch(self, scope: str, now: float) -> None:
         """Serve the line (a timer fired)."""
         with self._lock:
-            out = self._scope(scope).dispatch(now)
+            out = self._scope(scope).dispatch(now, timer=True)
         self._notify(scope, out)
 
     def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
