@@ -1,0 +1,201 @@
+"""Emulator state and the decisions every route shares: auth, model lookup, admission.
+
+All state sits behind one ``threading.Lock`` so a test thread may read stats or inject faults
+while a served emulator handles requests in its own thread. Nothing here awaits.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from ._config import EmulatorConfig, ModelConfig
+from ._errors import (
+    ApiError,
+    api_key_invalid,
+    not_found,
+    permission_denied,
+    resource_exhausted,
+    server_error,
+)
+from ._faults import FaultInjector, Injection
+from ._quota import QuotaLedger, Violation, quota_names
+from ._stats import Admission, StatsRecorder
+from ._store import Store
+
+__all__ = ["Clock", "ClockLike", "Engine", "Ticket", "as_clock", "methods_of"]
+
+Clock = Callable[[], float]
+
+
+class _HasNow(Protocol):
+    def now(self) -> float: ...
+
+
+ClockLike = Clock | _HasNow
+
+
+def as_clock(clock: ClockLike) -> Clock:
+    """A plain callable from a callable or an object with ``now()`` (e.g. a ManualClock)."""
+    now = getattr(clock, "now", None)
+    if callable(now):
+        return cast(Clock, now)
+    return cast(Clock, clock)
+
+
+_GENERATE_METHODS = (
+    "generateContent",
+    "countTokens",
+    "createCachedContent",
+    "batchGenerateContent",
+)
+_EMBED_METHODS = ("embedContent", "countTextTokens", "countTokens", "asyncBatchEmbedContent")
+_ALIASES = {"streamGenerateContent": "generateContent", "batchEmbedContents": "embedContent"}
+
+
+def methods_of(model: ModelConfig) -> list[str]:
+    """``supportedGenerationMethods`` of a model."""
+    return list(_GENERATE_METHODS if model.kind == "generate" else _EMBED_METHODS)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What an admitted request must do before answering.
+
+    Attributes:
+        latency: Seconds to wait before the response.
+        error: Server error to send instead of the response (already charged), if any.
+    """
+
+    latency: float
+    error: ApiError | None = None
+
+
+class Engine:
+    """Shared emulator state.
+
+    Args:
+        config: Validated configuration.
+        clock: Callable returning epoch seconds.
+    """
+
+    def __init__(self, config: EmulatorConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.ledger = QuotaLedger(config)
+        self.stats = StatsRecorder()
+        self.faults = FaultInjector(config.faults)
+        self.store = Store()
+        self._keys = {k.key: k for k in config.keys}
+
+    def reset(self) -> None:
+        """Forget quotas, statistics, injections and resources."""
+        with self.lock:
+            self.ledger.reset()
+            self.stats.reset()
+            self.faults.reset()
+            self.store.reset()
+
+    def authenticate(self, key: str | None) -> str:
+        """Return the project of ``key``.
+
+        Raises:
+            ApiError: 400 API_KEY_INVALID for a missing or unknown key, 403 if blocked.
+        """
+        entry = self._keys.get(key or "")
+        if entry is None:
+            raise api_key_invalid()
+        if entry.blocked:
+            raise permission_denied(
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API."
+            )
+        return entry.project
+
+    def resolve(self, model_id: str, method: str, version: str) -> ModelConfig:
+        """The config of ``model_id`` if it supports ``method``.
+
+        Raises:
+            ApiError: 404 NOT_FOUND as Gemini words it.
+        """
+        model = self.config.model(model_id)
+        if model is None or _ALIASES.get(method, method) not in methods_of(model):
+            bare = model_id.removeprefix("models/")
+            raise not_found(
+                f"models/{bare} is not found for API version {version}, or is not supported "
+                f"for {method}. Call ListModels to see the list of available models and their "
+                "supported methods."
+            )
+        return model
+
+    def admit(self, project: str, model: ModelConfig, *, requests: int, tokens: int) -> Ticket:
+        """Charge a generate/embed request or raise its 429.
+
+        Args:
+            project: Project of the caller.
+            model: Model whose quota is charged.
+            requests: Request cost.
+            tokens: Input tokens.
+
+        Returns:
+            A ticket; its ``error`` is an injected server error to send.
+
+        Raises:
+            ApiError: 429 RESOURCE_EXHAUSTED (real or injected).
+        """
+        with self.lock:
+            now = self.clock()
+            self.stats.received(model.name)
+            forced = self.faults.take(model.name, project)
+            if forced is not None and forced.status == 429:
+                self.stats.rejected(model.name, ["injected"])
+                raise self._injected_429(forced, model)
+            violations = self.ledger.try_admit(
+                project, model, requests=requests, tokens=tokens, now=now
+            )
+            if forced is not None:
+                if not violations:
+                    self.stats.admitted(Admission(now, project, model.name, requests, tokens))
+                self.stats.failed(model.name)
+                return Ticket(self.faults.latency(), server_error(forced.status))
+            if violations:
+                self.stats.rejected(model.name, [v.dimension for v in violations])
+                raise self._real_429(violations, model)
+            self.stats.admitted(Admission(now, project, model.name, requests, tokens))
+            code = self.faults.roll()
+            if code is not None:
+                self.stats.failed(model.name)
+            return Ticket(self.faults.latency(), None if code is None else server_error(code))
+
+    def admit_count(self, project: str, model: ModelConfig) -> None:
+        """Charge a countTokens request against the model's ``count_rpm``.
+
+        Raises:
+            ApiError: 429 RESOURCE_EXHAUSTED.
+        """
+        with self.lock:
+            self.stats.received(model.name, count=True)
+            violations = self.ledger.try_admit_count(project, model, now=self.clock())
+            if violations:
+                self.stats.rejected(model.name, ["count_rpm"], count=True)
+                raise self._real_429(violations, model)
+            self.stats.count_admitted(model.name)
+
+    def _real_429(self, violations: list[Violation], model: ModelConfig) -> ApiError:
+        delay = max(v.retry_after for v in violations)
+        return resource_exhausted(violations, model.name, delay, self.config.retry_delay_format)
+
+    def _injected_429(self, forced: Injection, model: ModelConfig) -> ApiError:
+        if forced.body is not None:
+            return ApiError(429, forced.body)
+        limits = {"rpm": model.rpm, "tpm": model.tpm, "rpd": model.rpd, "tpd": model.tpd}
+        delay = self.config.period_seconds if forced.retry_delay is None else forced.retry_delay
+        violations = []
+        for dim in forced.violations:
+            metric, qid = quota_names(self.config.tier, model.kind, dim)
+            violations.append(Violation(dim, limits[dim] or 0, metric, qid, delay))
+        return resource_exhausted(violations, model.name, delay, self.config.retry_delay_format)
