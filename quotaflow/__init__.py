@@ -40,6 +40,7 @@ from quotaflow.limits import (
     pacific_days,
 )
 from quotaflow.permit import Permit, SyncPermit
+from quotaflow.shares import Share
 from quotaflow.sync import SyncLimiter
 from quotaflow.tiers import ModelLimits, TierTable, load_table, load_tier
 
@@ -75,6 +76,7 @@ __all__ = [
     "QuotaTimeoutError",
     "QuotaflowError",
     "Rolling",
+    "Share",
     "SyncLimiter",
     "SyncPermit",
     "SystemClock",

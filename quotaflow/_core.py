@@ -29,6 +29,7 @@ from quotaflow.errors import (
     WouldBlockError,
 )
 from quotaflow.limits import RPD, RPM, TPD, TPM, Limit, check_cost, check_quota
+from quotaflow.shares import Share, agent_limits, floors_for
 from quotaflow.tiers import ModelLimits, TierTable, load_tier
 
 __all__ = [
@@ -264,6 +265,7 @@ class LimiterCore:
         project: str,
         clock: Clock | None,
         default_priority: int | str,
+        shares: Mapping[str, Share] | None = None,
     ) -> None:
         if not project or not isinstance(project, str) or (":" in project and " " in project):
             raise ConfigError(f"project={project!r}: give your Google Cloud project's name")
@@ -271,6 +273,12 @@ class LimiterCore:
         self.project = project
         self.clock: Clock = clock or SystemClock()
         self.default_priority = context.priority_value(default_priority)
+        self.shares: dict[str, Share] = dict(shares or {})
+        for agent, share in self.shares.items():
+            if not agent or "@" in agent or not isinstance(share, Share):
+                raise ConfigError(
+                    f"shares[{agent!r}]: give agent names (no '@') mapped to Share(...) objects"
+                )
         self._configured: dict[str, tuple[Limit, ...]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self):x}"
@@ -279,6 +287,8 @@ class LimiterCore:
     def scope(self, model: str) -> tuple[str, str, tuple[Limit, ...], bool]:
         """``(scope key, canonical model, limits, needs configure)``."""
         canonical, limits = self.book.resolve(model)
+        if self.shares:
+            limits = limits + agent_limits(limits, self.shares)
         key = f"{self.project}/{canonical}"
         return key, canonical, limits, self._configured.get(key) != limits
 
@@ -295,6 +305,7 @@ class LimiterCore:
         timeout: float | None,
         deadline: float | None,
         nowait: bool,
+        agent: str | None = None,
     ) -> tuple[Request, dict[str, int], int]:
         """The backend request, the cost by metric and the priority."""
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
@@ -305,7 +316,9 @@ class LimiterCore:
         metrics = {"requests": 1, "input_tokens": tokens}
         if cost:
             metrics.update(check_cost(cost))
-        ctx_priority, ctx_timeout, _ = context.current()
+        ctx_priority, ctx_timeout, ctx_agent = context.current()
+        if agent is None:
+            agent = ctx_agent
         prio = (
             context.priority_value(priority)
             if priority is not None
@@ -318,9 +331,18 @@ class LimiterCore:
             if not timeout >= 0:
                 raise ConfigError(f"timeout={timeout!r}: give seconds >= 0 (or None to wait)")
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
-        by_limit = {lim.name: metrics.get(lim.metric, 0) for lim in limits}
+        if self.shares:
+            by_limit = {
+                lim.name: metrics.get(lim.metric, 0)
+                for lim in limits
+                if "@" not in lim.name or lim.name.endswith(f"@{agent}")
+            }
+            floors = floors_for(agent, limits, self.shares) or None
+        else:
+            by_limit = {lim.name: metrics.get(lim.metric, 0) for lim in limits}
+            floors = None
         rid = f"{self._prefix}-{next(self._ids)}"
-        return Request(rid, by_limit, prio, deadline, nowait), metrics, prio
+        return Request(rid, by_limit, prio, deadline, nowait, floors), metrics, prio
 
     def error(self, decision: Decision, model: str) -> QuotaError:
         """The typed error for a refusal."""

@@ -17,6 +17,7 @@ Dispatch rule (run after every change):
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,8 @@ class ScopeState:
         # Backfilling can only find a new candidate after something changed: an arrival, room
         # returned (release, refund), time passing (a timer), a limit or pause changed.
         self.rescan = True
+        # per agent with a floor: its waiting requests in arrival order (see quotaflow.shares)
+        self.floor_lines: dict[tuple[str, ...], deque[tuple[str, dict[str, int]]]] = {}
         self.configure(limits, now)
 
     # --- configuration ---------------------------------------------------------------------
@@ -103,6 +106,34 @@ class ScopeState:
                 return False
         return True
 
+    def _below_floors(self, floors: Mapping[str, int], cost: Mapping[str, int], now: float) -> bool:
+        for name, floor in floors.items():
+            bucket = self.buckets.get(name)
+            if bucket is None or bucket.level(now).used + cost.get(name, 0) > floor:
+                return False
+        return True
+
+    def _serve_floors(self, now: float, out: list[Decision]) -> None:
+        """An agent below its floor is served before the line, if its oldest request fits."""
+        for key in list(self.floor_lines):
+            line = self.floor_lines[key]
+            while line and line[0][0] not in self.queue:
+                line.popleft()
+            while line:
+                rid, floors = line[0]
+                w = self.queue.get(rid)
+                if w is None:
+                    line.popleft()
+                    continue
+                if not self._below_floors(floors, w.cost, now) or not self._fits_now(w.cost, now):
+                    break
+                line.popleft()
+                self.queue.remove(rid)
+                self._take(rid, w.cost, now)
+                out.append(Decision(rid, "granted", now))
+            if not line:
+                del self.floor_lines[key]
+
     def _take(self, request_id: str, cost: Mapping[str, int], now: float) -> None:
         for name, amount in cost.items():
             bucket = self.buckets.get(name)
@@ -142,6 +173,9 @@ class ScopeState:
         if request.deadline is not None and request.deadline < fit.at < INF:
             return self._refused(request.id, fit, "timeout"), []
         self.queue.push(request.id, cost, request.priority, now, request.deadline)
+        if request.floors:
+            key = tuple(sorted(request.floors))
+            self.floor_lines.setdefault(key, deque()).append((request.id, dict(request.floors)))
         self.rescan = True
         others = self.dispatch(now)
         mine = next((d for d in others if d.id == request.id), None)
@@ -165,6 +199,8 @@ class ScopeState:
         if timer:
             self.rescan = True
         out: list[Decision] = []
+        if self.floor_lines:
+            self._serve_floors(now, out)
         while True:
             head = self.queue.head()
             if head is None:

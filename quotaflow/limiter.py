@@ -28,6 +28,7 @@ from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
 from quotaflow.permit import Permit
+from quotaflow.shares import Share
 from quotaflow.tiers import TierTable
 
 __all__ = ["Limiter", "open_backend"]
@@ -56,7 +57,7 @@ def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | Asyn
                 raise ImportError(
                     "the Redis backend needs the 'redis' extra: pip install 'quotaflow[redis]'"
                 ) from exc
-            return RedisBackend.from_url(backend)  # type: ignore[no-any-return]
+            return RedisBackend.from_url(backend)
         raise ConfigError(
             f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object"
         )
@@ -128,6 +129,8 @@ class Limiter:
         backend: ``None`` or ``"memory://"`` (this process), a ``redis://`` URL, or an object.
         clock: a :class:`~quotaflow.clock.Clock`; tests pass a ``ManualClock``.
         default_priority: priority of calls that name none (``"normal"``).
+        shares: per agent, a :class:`~quotaflow.shares.Share` of each model's rolling limits
+            (a ceiling, a floor).
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class Limiter:
         backend: Backend | AsyncBackend | str | None = None,
         clock: Clock | None = None,
         default_priority: int | str = "normal",
+        shares: Mapping[str, Share] | None = None,
     ) -> None:
         self._core = LimiterCore(
             tier=tier,
@@ -152,6 +156,7 @@ class Limiter:
             project=project,
             clock=clock,
             default_priority=default_priority,
+            shares=shares,
         )
         self.backend = open_backend(backend)
         self._ops = _AsyncOps(self.backend)
@@ -201,6 +206,7 @@ class Limiter:
         priority: int | str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
+        agent: str | None = None,
     ) -> _Acquire:
         """Wait for room on every limit of ``model``'s quota and take it all at once.
 
@@ -212,13 +218,15 @@ class Limiter:
                 limiter's default.
             timeout: seconds to wait at most; ``deadline``: the same as an absolute time of
                 the limiter's clock. If the computed wait is longer, raises at once.
+            agent: the agent making the call (defaults to ``quotaflow.agent(...)``); its
+                share (ceiling, floor) applies.
 
         Raises:
             CannotFitError: the request is larger than a limit.
             QuotaExhaustedError: a day quota is spent.
             QuotaTimeoutError: no room before the deadline.
         """
-        return _Acquire(self, (model, tokens, cost, priority, timeout, deadline, False))
+        return _Acquire(self, (model, tokens, cost, priority, timeout, deadline, False, agent))
 
     async def acquire_nowait(
         self,
@@ -227,10 +235,11 @@ class Limiter:
         *,
         cost: Mapping[str, int] | None = None,
         priority: int | str | None = None,
+        agent: str | None = None,
     ) -> Permit:
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
         ``retry_after``). Never waits and never passes waiters in line."""
-        return await self._acquire(model, tokens, cost, priority, None, None, True)
+        return await self._acquire(model, tokens, cost, priority, None, None, True, agent)
 
     try_acquire = acquire_nowait
 
@@ -243,11 +252,12 @@ class Limiter:
         timeout: float | None,
         deadline: float | None,
         nowait: bool,
+        agent: str | None = None,
     ) -> Permit:
         core, clock, ops = self._core, self.clock, self._ops
         key, canonical, limits = await self._scope(model)
         req, metrics, prio = core.request(
-            canonical, limits, tokens, cost, priority, timeout, deadline, nowait
+            canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent
         )
         started = clock.now()
         waiters = self._waiters

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.limiter import Limiter, _check_dimension, open_backend
 from quotaflow.limits import Limit
 from quotaflow.permit import SyncPermit
+from quotaflow.shares import Share
 from quotaflow.tiers import TierTable
 
 __all__ = ["SyncLimiter"]
@@ -51,6 +53,7 @@ class SyncLimiter:
         backend: Backend | str | None = None,
         clock: Clock | None = None,
         default_priority: int | str = "normal",
+        shares: Mapping[str, Share] | None = None,
         _core: LimiterCore | None = None,
     ) -> None:
         self._core = _core or LimiterCore(
@@ -62,10 +65,11 @@ class SyncLimiter:
             project=project,
             clock=clock,
             default_priority=default_priority,
+            shares=shares,
         )
         b: Any = open_backend(backend)
         sync_view = getattr(b, "sync", None)
-        if sync_view is not None and not isinstance(b, Backend):
+        if sync_view is not None and inspect.iscoroutinefunction(getattr(b, "submit", None)):
             b = sync_view  # a backend with an async face and a sync twin (e.g. Redis)
         if not isinstance(b, Backend):
             raise ConfigError(f"{type(b).__name__} has no synchronous methods for SyncLimiter")
@@ -112,9 +116,10 @@ class SyncLimiter:
         priority: int | str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
+        agent: str | None = None,
     ) -> Iterator[SyncPermit]:
         """Block until every limit of ``model`` has room; see :meth:`Limiter.acquire`."""
-        permit = self._acquire(model, tokens, cost, priority, timeout, deadline, False)
+        permit = self._acquire(model, tokens, cost, priority, timeout, deadline, False, agent)
         failed = True
         try:
             yield permit
@@ -129,9 +134,10 @@ class SyncLimiter:
         *,
         cost: Mapping[str, int] | None = None,
         priority: int | str | None = None,
+        agent: str | None = None,
     ) -> SyncPermit:
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError`."""
-        return self._acquire(model, tokens, cost, priority, None, None, True)
+        return self._acquire(model, tokens, cost, priority, None, None, True, agent)
 
     try_acquire = acquire_nowait
 
@@ -144,11 +150,12 @@ class SyncLimiter:
         timeout: float | None,
         deadline: float | None,
         nowait: bool,
+        agent: str | None = None,
     ) -> SyncPermit:
         core, clock, b = self._core, self.clock, self.backend
         key, canonical, limits = self._scope(model)
         req, metrics, prio = core.request(
-            canonical, limits, tokens, cost, priority, timeout, deadline, nowait
+            canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent
         )
         started = clock.now()
         waiter = SyncWaiter()

@@ -41,6 +41,9 @@ class Request:
         priority: larger is more important.
         deadline: absolute time after which waiting is pointless (``None``: no deadline).
         nowait: do not queue; refuse at once if it cannot be granted now.
+        floors: ``{limit name: amount}``: while every named limit's use plus this request
+            stays within the amount, the request is served before the line (an agent below its
+            floor goes first; see ``quotaflow.shares``).
     """
 
     id: str
@@ -48,6 +51,7 @@ class Request:
     priority: int = 0
     deadline: float | None = None
     nowait: bool = False
+    floors: Mapping[str, int] | None = None
 
 
 @dataclass(slots=True)
