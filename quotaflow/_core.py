@@ -281,7 +281,7 @@ class LimiterCore:
                 )
         self._configured: dict[str, tuple[Limit, ...]] = {}
         self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid():x}-{id(self):x}"
+        self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._lock = threading.Lock()
 
     def scope(self, model: str) -> tuple[str, str, tuple[Limit, ...], bool]:
@@ -324,12 +324,12 @@ class LimiterCore:
             if priority is not None
             else (ctx_priority if ctx_priority is not None else self.default_priority)
         )
-        now = self.clock.now()
         if timeout is None:
             timeout = ctx_timeout
         if timeout is not None:
             if not timeout >= 0:
                 raise ConfigError(f"timeout={timeout!r}: give seconds >= 0 (or None to wait)")
+            now = self.clock.now()
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
         if self.shares:
             by_limit = {
@@ -341,7 +341,7 @@ class LimiterCore:
         else:
             by_limit = {lim.name: metrics.get(lim.metric, 0) for lim in limits}
             floors = None
-        rid = f"{self._prefix}-{next(self._ids)}"
+        rid = self._prefix + str(next(self._ids))
         return Request(rid, by_limit, prio, deadline, nowait, floors), metrics, prio
 
     def error(self, decision: Decision, model: str) -> QuotaError:

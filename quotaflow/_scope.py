@@ -270,18 +270,14 @@ class ScopeState:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return []
+        buckets = self.buckets
         for name, amount in lease.cost.items():
-            bucket = self.buckets.get(name)
+            bucket = buckets.get(name)
             if bucket is None:
                 continue
-            bucket.anchor(amount, at, now)
-            metric_actual = None if actual is None else actual.get(name)
-            real = amount if metric_actual is None else metric_actual
-            if real != amount:
-                bucket.adjust(at, real - amount, now)
-                self.rescan = self.rescan or real < amount
-            bucket.end(real, now)
-            if isinstance(bucket, ConcurrencyBucket):
+            real = amount if actual is None else actual.get(name, amount)
+            bucket.settle(amount, real, at, now)
+            if real < amount or isinstance(bucket, ConcurrencyBucket):
                 self.rescan = True
         return self.dispatch(now) if self.queue else []
 

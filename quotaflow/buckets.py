@@ -108,6 +108,13 @@ class Bucket:
     def end(self, amount: int, now: float) -> None:
         """The call that holds an anchored ``amount`` has finished."""
 
+    def settle(self, amount: int, real: int, t: float, now: float) -> None:
+        """Anchor an in-flight ``amount`` at ``t``, correct it to ``real``, end the call."""
+        self.anchor(amount, t, now)
+        if real != amount:
+            self.adjust(t, real - amount, now)
+        self.end(real, now)
+
     def pause(self, until: float) -> None:
         """Admit nothing before ``until`` (a 429 said so)."""
         self.paused_until = max(self.paused_until, until)
@@ -172,6 +179,12 @@ class WindowBucket(Bucket):
     def anchor(self, amount: int, t: float, now: float) -> None:
         super().anchor(amount, t, now)
         self._add(self._slot(t), amount, now)
+
+    def settle(self, amount: int, real: int, t: float, now: float) -> None:
+        in_flight = self.in_flight - amount
+        self.in_flight = in_flight if in_flight > 0 else 0
+        if real:
+            self._add(math.floor(t / self.width + _EPS), real, now)
 
     def adjust(self, t: float, delta: int, now: float) -> None:
         self._add(self._slot(t), delta, now)
