@@ -1,0 +1,524 @@
+"""What a :class:`~quotaflow.transport.QuotaTransport` does with one request, written once.
+
+:func:`call_flow` is a generator: it yields effects (acquire, send, read, settle, pause, sleep,
+...) and receives their results, like httpx's auth flows. The async and the sync transport (and
+their httpx2 twins) run it; they make no decisions of their own. Exceptions raised while an
+effect runs are thrown back into the flow, so it can settle what it holds before they leave.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from quotaflow import context
+from quotaflow.clock import Clock
+from quotaflow.errors import ConfigError, QuotaError, QuotaExhaustedError, UnknownModelError
+from quotaflow.gemini import (
+    ApiError,
+    Call,
+    CountCache,
+    Usage,
+    classify,
+    count_tokens_body,
+    count_tokens_path,
+    estimate_tokens,
+    parse_error,
+    read_count,
+    redact_url,
+)
+from quotaflow.limits import RPM, Limit, pacific_days
+
+__all__ = ["CallInfo", "Settings", "Sizer", "call_flow", "settle_amounts"]
+
+log = logging.getLogger("quotaflow.transport")
+
+COUNT_MODEL = "countTokens"
+"""The scope countTokens calls are metered under (their own quota, not the model's)."""
+
+HEADER_PREFIX = "x-quotaflow-"
+RETRY_STATUSES = frozenset({500, 503, 504})
+
+Sizer = Literal["estimate", "count"] | Callable[[Call, Mapping[str, Any]], int]
+"""How input tokens are sized before a call: ``"estimate"`` (local, no I/O), ``"count"``
+(``countTokens``, cached; falls back to the estimate), or ``fn(call, body) -> int``."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of a transport (see :class:`~quotaflow.transport.QuotaTransport`)."""
+
+    sizing: Sizer | Mapping[str, Sizer] = "estimate"
+    count_quota: Sequence[Limit] = (RPM(3000),)
+    count_cache: int = 4096
+    reserve_output: bool = False
+    default_output_tokens: int = 8192
+    max_429_retries: int = 3
+    max_5xx_retries: int = 3
+    retry_writes: bool = False
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("max_429_retries", "max_5xx_retries", "count_cache"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
+        if not self.backoff >= 0 or not self.max_backoff >= 0 or not self.jitter >= 0:
+            raise ConfigError("backoff, max_backoff and jitter must be >= 0 seconds/fractions")
+        for s in self._sizers():
+            if not callable(s) and s not in ("estimate", "count"):
+                raise ConfigError(
+                    f"sizing={s!r}: use 'estimate', 'count', or a function (call, body) -> int"
+                )
+
+    def _sizers(self) -> list[Sizer]:
+        if isinstance(self.sizing, Mapping):
+            return list(self.sizing.values())
+        return [self.sizing]
+
+    def sizer(self, model: str | None) -> Sizer:
+        """The sizer of ``model`` (a mapping may name models and ``"*"`` for the rest)."""
+        if isinstance(self.sizing, Mapping):
+            found = self.sizing.get(model or "", self.sizing.get("*", "estimate"))
+            return found
+        return self.sizing
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: ``U(0.5, 1.5) * backoff * 2**attempt``."""
+        base = min(self.max_backoff, self.backoff * (2.0**attempt))
+        return base * (0.5 + random.random())
+
+
+@dataclass
+class CallInfo:
+    """What the transport did for one call; on ``response.extensions["quotaflow"]``.
+
+    Attributes:
+        call: the classification.
+        priority: the priority it waited at (``None`` for unmetered calls).
+        agent: the agent name from ``quotaflow.agent()`` or ``x-quotaflow-agent``.
+        estimated: the input tokens reserved before the call.
+        sized_by: ``estimate``, ``count``, ``cache``, ``function`` or ``""`` (not sized).
+        attempts: how many times the request was sent.
+        waited: seconds spent waiting for capacity (all attempts).
+        usage: the usage read from the response, once the body has been read.
+        settled: whether the last attempt's permit has settled.
+    """
+
+    call: Call
+    priority: int | None = None
+    agent: str | None = None
+    estimated: int = 0
+    sized_by: str = ""
+    attempts: int = 0
+    waited: float = 0.0
+    usage: Usage | None = None
+    settled: bool = False
+    statuses: list[int] = field(default_factory=list)
+
+
+class _Permit(Protocol):
+    @property
+    def waited(self) -> float: ...
+    def mark_sent(self) -> None: ...
+    def mark_response_started(self) -> None: ...
+
+
+class _Response(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+
+# ---- effects: what a driver must do ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acquire:
+    """Acquire a permit (``limiter``: ``model`` or ``count``); returns it or raises."""
+
+    limiter: Literal["model", "count"]
+    model: str
+    tokens: int
+    cost: Mapping[str, int] | None
+    priority: int | None
+    deadline: float | None
+    nowait: bool = False
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send the caller's request through the inner transport; returns the response."""
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read a response whole and close it; returns ``(decoded body, equal fresh response)``."""
+
+    response: Any
+
+
+@dataclass(frozen=True)
+class Count:
+    """Send ``POST path`` with ``body`` and the caller's credentials; returns
+    ``(status, decoded body)``, or ``None`` if the request failed."""
+
+    path: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Settle a permit (``amounts`` by metric; ``None`` keeps the estimate)."""
+
+    permit: Any
+    amounts: Mapping[str, int] | None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """``limiter.pause(model, dimension, until)``."""
+
+    model: str
+    dimension: str
+    until: float
+
+
+@dataclass(frozen=True)
+class Exhaust:
+    """``limiter.exhaust(model, dimension)``; returns the reset time."""
+
+    model: str
+    dimension: str
+
+
+@dataclass(frozen=True)
+class SetLimit:
+    """``limiter.set_limit(model, dimension, amount)``; returns the old amount."""
+
+    model: str
+    dimension: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Sleep ``seconds``."""
+
+    seconds: float
+
+
+Effect = Acquire | Send | Read | Count | Settle | Pause | Exhaust | SetLimit | Sleep
+
+
+@dataclass
+class Outcome:
+    """The flow's result: the response for the caller, and the permit to settle from its
+    body (``None`` when nothing is left to settle)."""
+
+    response: Any
+    permit: Any
+    info: CallInfo
+
+
+Flow = Generator[Effect, Any, Outcome]
+
+
+# ---- pure helpers -------------------------------------------------------------------------
+
+
+def directives(pairs: Mapping[str, str]) -> tuple[int | None, float | None, str | None]:
+    """Priority, timeout and agent from ``x-quotaflow-*`` header values (falling back to the
+    ``quotaflow.priority()/deadline()/agent()`` context)."""
+    ctx_priority, ctx_timeout, ctx_agent = context.current()
+    prio: int | None = ctx_priority
+    timeout: float | None = ctx_timeout
+    agent: str | None = ctx_agent
+    if "priority" in pairs:
+        prio = context.priority_value(pairs["priority"])
+    if "timeout" in pairs:
+        try:
+            timeout = float(pairs["timeout"])
+        except ValueError:
+            raise ConfigError(
+                f"x-quotaflow-timeout: {pairs['timeout']!r} is not a number of seconds"
+            ) from None
+        if not timeout >= 0:
+            raise ConfigError("x-quotaflow-timeout: give seconds >= 0")
+    if pairs.get("agent"):
+        agent = pairs["agent"]
+    return prio, timeout, agent
+
+
+def settle_amounts(usage: Usage | None, reserve_output: bool) -> dict[str, int] | None:
+    """What to settle a permit with, from the usage a response reported (``None``: keep the
+    estimate, because the response reported nothing usable)."""
+    if usage is None or (usage.input_tokens == 0 and usage.total_tokens == 0):
+        return None
+    out = {"input_tokens": usage.input_tokens}
+    if reserve_output:
+        out["output_tokens"] = usage.output_tokens + usage.thoughts_tokens
+    return out
+
+
+def _output_reservation(call: Call, body: Mapping[str, Any], default: int) -> int:
+    if call.surface == "openai":
+        for key in ("max_completion_tokens", "max_tokens"):
+            if isinstance(body.get(key), int):
+                return int(body[key])
+        return default
+    cfg = body.get("generationConfig", body.get("generation_config"))
+    if isinstance(cfg, dict):
+        value = cfg.get("maxOutputTokens", cfg.get("max_output_tokens"))
+        if isinstance(value, int):
+            return value
+    return default
+
+
+def _parse_body(content: bytes) -> dict[str, Any]:
+    if not content:
+        return {}
+    try:
+        obj = json.loads(content)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _dims(quota: Callable[[str], Sequence[Limit]], model: str) -> dict[str, Limit]:
+    try:
+        return {lim.name: lim for lim in quota(model)}
+    except UnknownModelError:
+        return {}
+
+
+# ---- the flow -----------------------------------------------------------------------------
+
+
+def call_flow(
+    method: str,
+    url: str,
+    content: bytes,
+    pairs: Mapping[str, str],
+    settings: Settings,
+    cache: CountCache,
+    quota: Callable[[str], Sequence[Limit]],
+    clock: Clock,
+    warned: set[tuple[str, str, int]] | None = None,
+) -> Flow:
+    """The life of one request through a quota transport.
+
+    Args:
+        method, url, content: the caller's request (``content`` is its body, read).
+        pairs: the ``x-quotaflow-*`` header values by suffix (already stripped).
+        settings: the transport's options.
+        cache: countTokens results by content hash.
+        quota: the model limiter's ``quota(model)``.
+        clock: the model limiter's clock.
+        warned: calibrations already logged (each is logged once).
+    """
+    body = _parse_body(content)
+    call = classify(method, url, body)
+    prio, timeout, agent = directives(pairs)
+    info = CallInfo(call, agent=agent)
+    deadline = None if timeout is None else clock.now() + timeout
+    metered = call.metered or call.counting
+    model = call.model or ""
+
+    tokens, cost = 0, None
+    if call.metered:
+        info.priority = prio
+        tokens = yield from _size(call, body, settings, cache, deadline, info)
+        cost_map = {"requests": call.requests}
+        if settings.reserve_output and call.area != "embeddings":
+            cost_map["output_tokens"] = _output_reservation(
+                call, body, settings.default_output_tokens
+            )
+        cost = cost_map
+        info.estimated = tokens
+    retry_5xx = call.idempotent or settings.retry_writes
+    n429 = n5xx = 0
+    while True:
+        permit: Any = None
+        if metered:
+            which: Literal["model", "count"] = "model" if call.metered else "count"
+            target = model if call.metered else COUNT_MODEL
+            permit = yield Acquire(which, target, tokens, cost, prio, deadline)
+            info.waited += permit.waited
+            info.priority = permit.priority
+            permit.mark_sent()
+        info.attempts += 1
+        try:
+            response: Any = yield Send()
+        except BaseException:
+            if permit is not None:
+                yield Settle(permit, None)  # it may have reached the server: keep the count
+            raise
+        if permit is not None:
+            permit.mark_response_started()
+        status = int(response.status_code)
+        info.statuses.append(status)
+        if status < 400 and permit is not None:
+            return Outcome(response, permit, info)
+        if permit is not None:
+            yield Settle(permit, None)
+            info.settled = True
+        if status == 429:
+            if n429 >= settings.max_429_retries:
+                return Outcome(response, None, info)
+            raw, fresh = yield Read(response)
+            err = parse_error(raw) or ApiError(code=429)
+            delay = yield from _on_429(call, err, settings, quota, clock, warned)
+            if deadline is not None and clock.now() + delay > deadline:
+                return Outcome(fresh, None, info)
+            n429 += 1
+            if delay > 0:
+                yield Sleep(delay)
+            continue
+        if status in RETRY_STATUSES and retry_5xx and n5xx < settings.max_5xx_retries:
+            raw, fresh = yield Read(response)
+            delay = settings.backoff_delay(n5xx)
+            if deadline is not None and clock.now() + delay > deadline:
+                return Outcome(fresh, None, info)
+            log.info(
+                "%s %s: %d from the server; retry %d in %.2fs",
+                method,
+                redact_url(url),
+                status,
+                n5xx + 1,
+                delay,
+            )
+            n5xx += 1
+            yield Sleep(delay)
+            continue
+        return Outcome(response, None, info)
+
+
+def _size(
+    call: Call,
+    body: Mapping[str, Any],
+    settings: Settings,
+    cache: CountCache,
+    deadline: float | None,
+    info: CallInfo,
+) -> Generator[Effect, Any, int]:
+    if not call.input_tokens:
+        return 0
+    sizer = settings.sizer(call.model)
+    if callable(sizer):
+        n = sizer(call, body)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"the sizing function returned {n!r}: return an int >= 0")
+        info.sized_by = "function"
+        return n
+    countable = call.surface == "gemini" and call.action in (
+        "generateContent",
+        "streamGenerateContent",
+    )
+    if sizer == "count" and countable:
+        cbody = count_tokens_body(call, body)
+        key = cache.key(call.model or "", cbody)
+        hit = cache.get(key)
+        if hit is not None:
+            info.sized_by = "cache"
+            return hit
+        try:
+            permit: Any = yield Acquire("count", COUNT_MODEL, 0, None, None, deadline, True)
+        except QuotaError:
+            permit = None  # counting is an optimization: never wait for it
+        if permit is not None:
+            permit.mark_sent()
+            result = yield Count(count_tokens_path(call), cbody)  # never raises
+            yield Settle(permit, None)
+            if result is not None and result[0] == 200:
+                counted = read_count(result[1])
+                if counted is not None:
+                    cache.put(key, counted)
+                    info.sized_by = "count"
+                    return counted
+    info.sized_by = "estimate"
+    return estimate_tokens(call, body)
+
+
+def _on_429(
+    call: Call,
+    err: ApiError,
+    settings: Settings,
+    quota: Callable[[str], Sequence[Limit]],
+    clock: Clock,
+    warned: set[tuple[str, str, int]] | None,
+) -> Generator[Effect, Any, float]:
+    """Feed a 429 back into the limiter; returns the seconds to wait before retrying."""
+    model = call.model if call.metered else None
+    dims = _dims(quota, model) if model else {}
+    now = clock.now()
+    # learn the server's figures first: a quotaValue below ours lowers our limit
+    for v in err.violations:
+        dim = v.dimension
+        if model and dim in dims and v.quota_value is not None:
+            current = dims[dim].amount
+            if v.quota_value < current:
+                old = yield SetLimit(model, dim, v.quota_value)
+                seen = (model, dim, v.quota_value)
+                if warned is None or seen not in warned:
+                    if warned is not None:
+                        warned.add(seen)
+                    log.warning(
+                        "%s: the server's %s limit is %d, below the configured %s; "
+                        "lowered to the server's figure",
+                        model,
+                        dim,
+                        v.quota_value,
+                        old if old is not None else current,
+                    )
+    day = err.per_day
+    if day:
+        resets: float | None = None
+        names = []
+        for v in day:
+            dim = v.dimension or "rpd"
+            names.append(dim)
+            if model and dim in dims:
+                got = yield Exhaust(model, dim)
+                resets = got if got is not None else resets
+        if resets is None:
+            resets = pacific_days().window_end(now)
+        label = model or call.model or "the model"
+        raise QuotaExhaustedError(
+            f"{label}: the server says the day quota ({', '.join(names)}) is spent; it resets "
+            f"at midnight Pacific time (in {max(0.0, resets - now):.0f}s). Retry after the "
+            "reset, use another model, or raise the tier.",
+            model=label,
+            dimension=names[0],
+            retry_after=max(0.0, resets - now),
+            resets_at=resets,
+        )
+    minute = err.per_minute
+    if minute and err.retry_delay is not None:
+        delay = err.retry_delay
+    elif minute:
+        delay = 60.0 if not dims else max(lim.period for lim in dims.values() if lim.period < 3600)
+    else:  # shared-capacity exhaustion: back off, change nothing
+        delay = err.retry_delay if err.retry_delay is not None else settings.backoff_delay(0)
+        log.info("%s: 429 without a quota violation; backing off %.2fs", model or call.path, delay)
+        return delay
+    until = now + delay * (1.0 + settings.jitter * random.random())
+    paused = False
+    for v in minute:
+        dim = v.dimension
+        if model and dim in dims:
+            yield Pause(model, dim, until)
+            paused = True
+    log.info(
+        "%s: 429 on %s; %s for %.3fs",
+        model or call.path,
+        ", ".join(v.quota_id or "?" for v in minute),
+        "paused" if paused else "waiting",
+        until - now,
+    )
+    # the retry acquires again and so waits for the pause; sleep only if nothing was paused
+    return 0.0 if paused else max(0.0, until - now)

@@ -1,0 +1,254 @@
+"""Request classification: what a Gemini API call is and what it costs. Pure, no I/O.
+
+Every route of the Gemini Developer API (``/v1``, ``/v1beta``, ``/v1alpha``, the ``/upload/``
+prefix) and of its OpenAI-compatible surface (``/v1beta/openai/...``) maps to a :class:`Call`:
+its area, whether it reads or writes, its model, and what it spends of the model's quota.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["Access", "Area", "Call", "classify", "needs_body"]
+
+Area = Literal["content", "embeddings", "counting", "files", "caching", "batch", "tuning", "other"]
+"""Where a call belongs: models and content, embeddings, token counting, files, context
+caching, the Batch API, tuned models, or ``other`` (a route quotaflow does not know)."""
+
+Access = Literal["read", "write"]
+"""``write`` spends quota or creates, changes or deletes something; ``read`` does neither."""
+
+_VERSION = re.compile(r"(?:^|/)(upload/)?(v\d+(?:alpha|beta)?\d*)/(.*)$")
+
+# model actions (``models/{m}:action``): (area, access, requests, input tokens, creates)
+_Spec = tuple[Area, Access, int, bool, bool]
+_MODEL_ACTIONS: dict[str, _Spec] = {
+    "generateContent": ("content", "write", 1, True, False),
+    "streamGenerateContent": ("content", "write", 1, True, False),
+    "countTokens": ("counting", "read", 0, False, False),
+    "embedContent": ("embeddings", "write", 1, True, False),
+    "batchEmbedContents": ("embeddings", "write", 1, True, False),
+    "batchGenerateContent": ("batch", "write", 0, False, True),
+    "asyncBatchEmbedContent": ("batch", "write", 0, False, True),
+    "predict": ("content", "write", 1, False, False),
+    "predictLongRunning": ("content", "write", 1, False, True),
+}
+
+_UNKNOWN_POST: _Spec = ("content", "write", 1, False, False)
+_UNKNOWN_READ: _Spec = ("content", "read", 0, False, False)
+
+_COLLECTIONS: dict[str, Area] = {
+    "files": "files",
+    "cachedContents": "caching",
+    "batches": "batch",
+    "tunedModels": "tuning",
+    "models": "content",
+}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One Gemini API call, classified.
+
+    Attributes:
+        method: the HTTP method (upper case).
+        path: the URL path (never the query, which may hold ``key=``).
+        surface: ``gemini`` (native REST), ``openai`` (the OpenAI-compatible routes) or
+            ``unknown``.
+        version: the API version in the path (``v1``, ``v1beta``), if any.
+        action: what is done: ``generateContent``, ``streamGenerateContent``, ``countTokens``,
+            ``embedContent``, ``batchEmbedContents``, ``chat.completions``, ``embeddings``,
+            ``list``, ``get``, ``create``, ``update``, ``delete``, ``cancel``, ``upload``,
+            ``download``, ...
+        area: see :data:`Area`.
+        access: see :data:`Access`.
+        model: the model id without ``models/`` (``gemini-2.5-flash``; tuned models keep
+            ``tunedModels/...``), or ``None``.
+        requests: requests charged to the model's RPM and RPD (0: the call carries no model
+            quota; ``batchEmbedContents`` of N items: N).
+        input_tokens: whether the call's input tokens count toward the model's TPM.
+        streaming: the response is a stream of server-sent events.
+        creates: the call creates a lasting resource (upload, cache, batch, tuned model, long
+            running operation); such calls are not retried on 5xx unless asked.
+    """
+
+    method: str
+    path: str
+    surface: Literal["gemini", "openai", "unknown"]
+    version: str | None
+    action: str
+    area: Area
+    access: Access
+    model: str | None = None
+    requests: int = 0
+    input_tokens: bool = False
+    streaming: bool = False
+    creates: bool = False
+
+    @property
+    def metered(self) -> bool:
+        """Whether the call spends the model's quota (RPM/TPM/RPD)."""
+        return self.requests > 0 and self.model is not None
+
+    @property
+    def counting(self) -> bool:
+        """Whether this is a ``countTokens`` call (metered under countTokens' own quota)."""
+        return self.action == "countTokens"
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether repeating the call after a 5xx cannot create anything twice."""
+        return not self.creates
+
+
+def _plain_model(name: str) -> str:
+    return name[len("models/") :] if name.startswith("models/") else name
+
+
+def needs_body(method: str, url: str) -> bool:
+    """Whether :func:`classify` needs the request body to classify the call fully.
+
+    True for ``batchEmbedContents`` (its item count is its cost) and the OpenAI routes (the
+    model and streaming flag are in the body).
+    """
+    path = urlsplit(url).path
+    return method.upper() == "POST" and (path.endswith(":batchEmbedContents") or "/openai/" in path)
+
+
+def classify(method: str, url: str, body: Mapping[str, Any] | None = None) -> Call:
+    """Classify one request.
+
+    Args:
+        method: the HTTP method.
+        url: the full URL or just its path (the query is read only for ``alt=sse``).
+        body: the parsed JSON body, where :func:`needs_body` says it matters.
+
+    Example:
+        >>> call = classify("POST", "https://x/v1beta/models/gemini-2.5-flash:generateContent")
+        >>> (call.area, call.access, call.model, call.requests, call.input_tokens)
+        ('content', 'write', 'gemini-2.5-flash', 1, True)
+    """
+    method = method.upper()
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    m = _VERSION.search(path)
+    if m is None:
+        return Call(method, path, "unknown", None, _verb(method, True), "other", _access(method))
+    upload, version, rest = bool(m.group(1)), m.group(2), unquote(m.group(3)).rstrip("/")
+    if rest.startswith("openai/") or rest == "openai":
+        return _openai(method, path, version, rest[len("openai/") :], body or {})
+    if upload:
+        return Call(method, path, "gemini", version, "upload", "files", "write", creates=True)
+    return _native(method, path, version, rest, body or {}, "alt=sse" in (parts.query or ""))
+
+
+def _access(method: str) -> Access:
+    return "read" if method in ("GET", "HEAD", "OPTIONS") else "write"
+
+
+def _verb(method: str, collection: bool) -> str:
+    if method == "GET":
+        return "list" if collection else "get"
+    return {"POST": "create", "PATCH": "update", "PUT": "update", "DELETE": "delete"}.get(
+        method, method.lower()
+    )
+
+
+def _native(
+    method: str, path: str, version: str, rest: str, body: Mapping[str, Any], sse: bool
+) -> Call:
+    name, _, action = rest.partition(":")
+    segs = name.split("/") if name else []
+    head = segs[0] if segs else ""
+    area = _COLLECTIONS.get(head, "other")
+    if action and head in ("models", "tunedModels") and len(segs) == 2:
+        model = name if head == "tunedModels" else _plain_model(name)
+        # an unknown model method: assume a POST spends a request
+        fallback = _UNKNOWN_POST if method == "POST" else _UNKNOWN_READ
+        a, acc, requests, tokens, creates = _MODEL_ACTIONS.get(action, fallback)
+        if head == "tunedModels" and a == "content":
+            a = "tuning"
+        if action == "batchEmbedContents":
+            items = body.get("requests")
+            requests = len(items) if isinstance(items, list) and items else 1
+        return Call(
+            method,
+            path,
+            "gemini",
+            version,
+            action,
+            a,
+            acc,
+            model,
+            requests,
+            tokens,
+            streaming=action == "streamGenerateContent" or sse,
+            creates=creates,
+        )
+    if action:  # files/x:download, batches/x:cancel, files:register, operations...
+        access: Access = "read" if method == "GET" else "write"
+        return Call(
+            method, path, "gemini", version, action, area, access, creates=action == "register"
+        )
+    collection = len(segs) % 2 == 1  # "files" vs "files/abc"; "models/m/operations" too
+    verb = _verb(method, collection)
+    made = verb == "create" and collection and area != "other"
+    owner = _plain_model("/".join(segs[:2])) if head == "models" and len(segs) >= 2 else None
+    return Call(
+        method,
+        path,
+        "gemini",
+        version,
+        verb,
+        area,
+        _access(method),
+        owner,
+        creates=made,
+    )
+
+
+def _openai(method: str, path: str, version: str, rest: str, body: Mapping[str, Any]) -> Call:
+    raw_model = body.get("model")
+    model = _plain_model(raw_model) if isinstance(raw_model, str) and raw_model else None
+    if rest == "chat/completions" and method == "POST":
+        return Call(
+            method,
+            path,
+            "openai",
+            version,
+            "chat.completions",
+            "content",
+            "write",
+            model,
+            1,
+            True,
+            streaming=bool(body.get("stream")),
+        )
+    if rest == "embeddings" and method == "POST":
+        items = body.get("input")
+        n = 1
+        if isinstance(items, list) and items and not isinstance(items[0], int):
+            n = len(items)
+        return Call(
+            method, path, "openai", version, "embeddings", "embeddings", "write", model, n, True
+        )
+    if rest.startswith("images/") and method == "POST":
+        return Call(method, path, "openai", version, "images", "content", "write", model, 1)
+    if rest == "models" or rest.startswith("models/"):
+        collection = rest == "models"
+        mid = None if collection else _plain_model(rest[len("models/") :])
+        return Call(
+            method,
+            path,
+            "openai",
+            version,
+            _verb(method, collection),
+            "content",
+            _access(method),
+            mid,
+        )
+    return Call(method, path, "openai", version, _verb(method, False), "other", _access(method))

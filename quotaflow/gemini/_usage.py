@@ -1,0 +1,209 @@
+"""Usage from responses: ``usageMetadata`` (Gemini) and ``usage`` (OpenAI surface). Pure.
+
+JSON bodies are parsed whole; server-sent event streams are scanned incrementally by
+:class:`StreamScanner`, which keeps only the unfinished event in memory, so chunks can pass to
+the caller as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BodyScanner", "StreamScanner", "Usage", "decoder_for", "usage_from_json"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts the server reported for one call.
+
+    Attributes:
+        input_tokens: the prompt (``promptTokenCount`` / ``prompt_tokens``): what TPM counts.
+        output_tokens: generated tokens (``candidatesTokenCount`` / ``completion_tokens``).
+        cached_tokens: the cached part of the prompt (``cachedContentTokenCount``).
+        thoughts_tokens: thinking tokens (``thoughtsTokenCount``).
+        tool_use_tokens: ``toolUsePromptTokenCount``.
+        total_tokens: ``totalTokenCount`` / ``total_tokens``.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    thoughts_tokens: int = 0
+    tool_use_tokens: int = 0
+    total_tokens: int = 0
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(0, value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def _from_metadata(meta: dict[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=_int(meta.get("promptTokenCount")),
+        output_tokens=_int(meta.get("candidatesTokenCount")),
+        cached_tokens=_int(meta.get("cachedContentTokenCount")),
+        thoughts_tokens=_int(meta.get("thoughtsTokenCount")),
+        tool_use_tokens=_int(meta.get("toolUsePromptTokenCount")),
+        total_tokens=_int(meta.get("totalTokenCount")),
+    )
+
+
+def _from_openai(usage: dict[str, Any]) -> Usage:
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(
+        input_tokens=_int(usage.get("prompt_tokens")),
+        output_tokens=_int(usage.get("completion_tokens")),
+        cached_tokens=cached,
+        total_tokens=_int(usage.get("total_tokens")),
+    )
+
+
+def usage_from_json(obj: Any) -> Usage | None:
+    """The usage in one parsed response (or stream chunk), or ``None`` if it has none.
+
+    Understands ``GenerateContentResponse.usageMetadata``, the OpenAI ``usage`` object, and a
+    JSON array of chunks (``streamGenerateContent`` without ``alt=sse``), whose last usage wins.
+
+    Example:
+        >>> usage_from_json({"usageMetadata": {"promptTokenCount": 11}}).input_tokens
+        11
+    """
+    if isinstance(obj, list):
+        found: Usage | None = None
+        for item in obj:
+            found = usage_from_json(item) or found
+        return found
+    if not isinstance(obj, dict):
+        return None
+    meta = obj.get("usageMetadata")
+    if isinstance(meta, dict):
+        return _from_metadata(meta)
+    usage = obj.get("usage")
+    if isinstance(usage, dict) and ("prompt_tokens" in usage or "total_tokens" in usage):
+        return _from_openai(usage)
+    return None
+
+
+class BodyScanner:
+    """Collects a JSON body chunk by chunk (up to ``limit`` bytes) and reads its usage."""
+
+    __slots__ = ("_chunks", "_limit", "_size")
+
+    def __init__(self, limit: int = 32 * 1024 * 1024) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+
+    def feed(self, chunk: bytes) -> None:
+        """Add the next (decoded) chunk."""
+        if self._size <= self._limit:
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+
+    def usage(self) -> Usage | None:
+        """The usage of the body so far (``None`` if none or the body was too large)."""
+        if self._size > self._limit or not self._chunks:
+            return None
+        try:
+            return usage_from_json(json.loads(b"".join(self._chunks)))
+        except ValueError:
+            return None
+
+
+class StreamScanner:
+    """Reads usage from a server-sent event stream without holding more than one event.
+
+    Every ``data:`` event that mentions usage is parsed; the last usage seen wins (Gemini's
+    counts are cumulative, final in the last chunk). ``[DONE]`` and raw error lines are
+    skipped.
+
+    Example:
+        >>> s = StreamScanner()
+        >>> s.feed(b'data: {"usageMetadata": {"promptTokenCount": 5}}\\n\\n')
+        >>> s.usage().input_tokens
+        5
+    """
+
+    __slots__ = ("_buf", "_last")
+
+    _MAX_EVENT = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._last: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        """Add the next chunk of the stream (any split: mid-line, mid-event)."""
+        self._buf += chunk
+        while True:
+            cut, sep = self._boundary()
+            if cut < 0:
+                break
+            event = bytes(self._buf[:cut])
+            del self._buf[: cut + sep]
+            self._event(event)
+        if len(self._buf) > self._MAX_EVENT:  # a runaway event; drop it rather than grow
+            self._buf.clear()
+
+    def _boundary(self) -> tuple[int, int]:
+        best, size = -1, 0
+        for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+            i = self._buf.find(sep)
+            if i >= 0 and (best < 0 or i < best):
+                best, size = i, len(sep)
+        return best, size
+
+    def _event(self, event: bytes) -> None:
+        if b"sage" not in event:  # usageMetadata / usage: skip the JSON parse otherwise
+            return
+        data = [
+            line[5:].lstrip(b" ")
+            for line in event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            if line.startswith(b"data:")
+        ]
+        if not data:
+            return
+        payload = b"\n".join(data)
+        if payload.strip() == b"[DONE]":
+            return
+        try:
+            found = usage_from_json(json.loads(payload))
+        except ValueError:
+            return
+        if found is not None:
+            self._last = found
+
+    def finish(self) -> None:
+        """The stream ended: read a last event that had no blank line after it."""
+        if self._buf.strip():
+            event = bytes(self._buf)
+            self._buf.clear()
+            self._event(event)
+
+    def usage(self) -> Usage | None:
+        """The last usage seen so far."""
+        return self._last
+
+
+def decoder_for(content_encoding: str) -> Callable[[bytes], bytes] | None:
+    """A chunk decoder for a ``Content-Encoding`` (identity, gzip, deflate), or ``None`` for
+    encodings that need extra packages (br, zstd): their usage is then not read."""
+    enc = content_encoding.strip().lower()
+    if enc in ("", "identity"):
+        return lambda chunk: chunk
+    if enc in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+    if enc == "deflate":
+        return zlib.decompressobj().decompress
+    return None

@@ -1,0 +1,243 @@
+"""httpx transports that pace, size, settle and retry every Gemini call.
+
+Hand one object to your client and every request to the Gemini API goes through the limiter:
+
+* :class:`QuotaTransport` (``httpx.AsyncBaseTransport``) and :class:`SyncQuotaTransport`
+  (``httpx.BaseTransport``) for httpx, the OpenAI SDK and google-genai's httpx backend;
+* :class:`Httpx2QuotaTransport` and :class:`SyncHttpx2QuotaTransport`, the same for ``httpx2``
+  (google-genai 3.x's default backend);
+* :func:`genai_http_options`: ready ``HttpOptions`` for google-genai, in one line.
+
+Example:
+    >>> import httpx, quotaflow
+    >>> from quotaflow.transport import QuotaTransport
+    >>> limiter = quotaflow.Limiter(tier="tier1")
+    >>> client = httpx.AsyncClient(transport=QuotaTransport(limiter))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import httpx
+
+from quotaflow._transport_flow import CallInfo, Settings, Sizer
+from quotaflow._transport_io import (
+    AsyncDriver,
+    SyncDriver,
+    async_stream_class,
+    sync_stream_class,
+)
+from quotaflow.limiter import Limiter
+from quotaflow.limits import RPM, Limit
+from quotaflow.sync import SyncLimiter
+
+if TYPE_CHECKING:
+    from google.genai import types as genai_types
+
+    from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
+
+__all__ = [
+    "CallInfo",
+    "Httpx2QuotaTransport",
+    "QuotaTransport",
+    "Sizer",
+    "SyncHttpx2QuotaTransport",
+    "SyncQuotaTransport",
+    "genai_http_options",
+]
+
+_DOC_ARGS = """
+    Args:
+        limiter: the limiter whose quotas pace the calls.
+        transport: the inner transport that really sends (default: the package's own).
+        sizing: how input tokens are sized before a call: ``"estimate"`` (default: local, no
+            I/O), ``"count"`` (``countTokens`` with the caller's key, cached by content hash,
+            metered under ``count_quota``; falls back to the estimate), a function
+            ``(call, body) -> int``, or a mapping of model to one of those (``"*"``: the rest).
+        count_quota: countTokens' own limits (default 3,000 requests per minute).
+        count_cache: how many counts to keep (LRU by content hash).
+        reserve_output: also reserve ``maxOutputTokens`` as ``output_tokens`` (for quotas that
+            define a limit on that metric; Gemini's TPM counts input only). Off by default.
+        default_output_tokens: the reservation when a request names no maximum.
+        max_429_retries: retries after a per-minute or shared-capacity 429.
+        max_5xx_retries: retries after 500, 503 and 504 (calls that create nothing only).
+        retry_writes: also retry calls that create resources (uploads, caches, batches, tuned
+            models) on 5xx.
+        backoff: the first backoff in seconds (doubled per retry, with jitter).
+        max_backoff: the longest backoff.
+        jitter: the fraction of a 429's ``retryDelay`` added at random to its pause.
+"""
+
+
+class _Options:
+    """Keyword options shared by every transport class."""
+
+    @staticmethod
+    def build(
+        sizing: Sizer | Mapping[str, Sizer] = "estimate",
+        count_quota: Sequence[Limit] = (RPM(3000),),
+        count_cache: int = 4096,
+        reserve_output: bool = False,
+        default_output_tokens: int = 8192,
+        max_429_retries: int = 3,
+        max_5xx_retries: int = 3,
+        retry_writes: bool = False,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        jitter: float = 0.1,
+    ) -> Settings:
+        return Settings(
+            sizing=sizing,
+            count_quota=tuple(count_quota),
+            count_cache=count_cache,
+            reserve_output=reserve_output,
+            default_output_tokens=default_output_tokens,
+            max_429_retries=max_429_retries,
+            max_5xx_retries=max_5xx_retries,
+            retry_writes=retry_writes,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            jitter=jitter,
+        )
+
+
+class QuotaTransport(AsyncDriver, httpx.AsyncBaseTransport):
+    """An async httpx transport that admits every Gemini call within its model's quota.
+
+    Metered calls (generate, stream, embed; countTokens under its own quota) wait for
+    capacity, are sized before and settled after (from ``usageMetadata``, also in SSE streams,
+    without buffering), and 429s and 5xx are fed back and retried within bounds. Everything
+    else passes straight through, classified. ``x-quotaflow-priority``, ``x-quotaflow-timeout``
+    and ``x-quotaflow-agent`` request headers set per-call options and are removed before the
+    request leaves; ``quotaflow.priority()/deadline()/agent()`` do the same for a block.
+    """
+
+    _http = httpx
+    _stream_cls = async_stream_class(httpx.AsyncByteStream)
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **options: Any,
+    ) -> None:
+        self._init_async(
+            limiter, transport or httpx.AsyncHTTPTransport(), _Options.build(**options)
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Admit, send, feed back and retry one request."""
+        return cast(httpx.Response, await self._handle_async(request))
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self._aclose()
+
+
+class SyncQuotaTransport(SyncDriver, httpx.BaseTransport):
+    """The sync twin of :class:`QuotaTransport`, on a :class:`~quotaflow.SyncLimiter`."""
+
+    _http = httpx
+    _stream_cls = sync_stream_class(httpx.SyncByteStream)
+
+    def __init__(
+        self,
+        limiter: SyncLimiter,
+        transport: httpx.BaseTransport | None = None,
+        **options: Any,
+    ) -> None:
+        self._init_sync(limiter, transport or httpx.HTTPTransport(), _Options.build(**options))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Admit, send, feed back and retry one request."""
+        return cast(httpx.Response, self._handle(request))
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self._inner.close()
+
+
+QuotaTransport.__doc__ = (QuotaTransport.__doc__ or "") + _DOC_ARGS
+SyncQuotaTransport.__doc__ = (SyncQuotaTransport.__doc__ or "") + _DOC_ARGS
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Httpx2QuotaTransport", "SyncHttpx2QuotaTransport"):
+        try:
+            from quotaflow import _transport_httpx2
+        except ImportError as exc:
+            raise ImportError(
+                f"{name} needs the httpx2 package (google-genai 3.x installs it): "
+                "pip install httpx2"
+            ) from exc
+        return getattr(_transport_httpx2, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _genai_backend() -> str:
+    """The HTTP package google-genai would pick by itself (``httpx`` or ``httpx2``)."""
+    try:
+        from google.genai import _api_client
+
+        return str(_api_client._get_http_client_backend(None))
+    except Exception:
+        return "httpx"
+
+
+def genai_http_options(
+    limiter: Limiter,
+    *,
+    sync_limiter: SyncLimiter | None = None,
+    backend: Literal["auto", "httpx", "httpx2"] = "auto",
+    base_url: str | None = None,
+    api_version: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: int | None = None,
+    **options: Any,
+) -> genai_types.HttpOptions:
+    """Ready ``HttpOptions`` for google-genai: both clients (``client.models`` and
+    ``client.aio.models``) go through quota transports on ``limiter``.
+
+    The SDK's own ``retry_options`` stay off: it ignores ``retryDelay`` and its retries would
+    stack on the transport's.
+
+    Args:
+        limiter: the async limiter; the sync client uses ``sync_limiter`` or
+            ``SyncLimiter.sharing(limiter)`` (same backend, tables and clock).
+        backend: the HTTP package; ``auto`` picks the SDK's own choice (``httpx2`` for
+            google-genai 3.x unless ``GOOGLE_GENAI_HTTP_CLIENT=httpx``).
+        base_url, api_version, headers, timeout: passed to ``HttpOptions`` (``timeout`` in
+            milliseconds, as the SDK counts it).
+        **options: transport options (``sizing=``, ``max_429_retries=``, ...).
+
+    Example:
+        >>> from google import genai
+        >>> client = genai.Client(api_key="...", http_options=genai_http_options(limiter))
+    """
+    from google.genai import types
+
+    sync = sync_limiter if sync_limiter is not None else SyncLimiter.sharing(limiter)
+    flavor = _genai_backend() if backend == "auto" else backend
+    if flavor == "httpx2":
+        from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
+
+        async_t: Any = Httpx2QuotaTransport(limiter, **options)
+        sync_t: Any = SyncHttpx2QuotaTransport(sync, **options)
+    else:
+        async_t = QuotaTransport(limiter, **options)
+        sync_t = SyncQuotaTransport(sync, **options)
+    kw: dict[str, Any] = {
+        "async_client_args": {"transport": async_t},
+        "client_args": {"transport": sync_t},
+    }
+    if base_url is not None:
+        kw["base_url"] = base_url
+    if api_version is not None:
+        kw["api_version"] = api_version
+    if headers is not None:
+        kw["headers"] = dict(headers)
+    if timeout is not None:
+        kw["timeout"] = timeout
+    return types.HttpOptions(**kw)
