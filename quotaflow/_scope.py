@@ -233,9 +233,12 @@ class ScopeState:
         return out
 
     def _backfill(self, head: Waiter, head_fit: _Fit, now: float, out: list[Decision]) -> None:
+        """Conservative backfilling within ``backfill_depth``: a waiter may start now only if
+        it fits now and no waiter ahead of it (the head included) would start later for it."""
         if self.backfill_depth <= 0:
             return
         candidates = list(self.queue.in_order(self.backfill_depth + 1))[1:]
+        ahead: list[tuple[Waiter, float]] = [(head, head_fit.at)]
         for cand in candidates:
             fit = self._fit(cand.cost, now)
             if fit.refusal is not None:
@@ -243,14 +246,15 @@ class ScopeState:
                 out.append(self._refused(cand.id, fit))
                 continue
             if fit.at > now:
+                ahead.append((cand, fit.at))
                 continue
             self._take(cand.id, cand.cost, now)
-            after = self._fit(head.cost, now)
-            if after.strict <= head_fit.at + 1e-9 or after.refusal is not None:
+            if all(self._fit(w.cost, now).strict <= at + 1e-9 for w, at in ahead):
                 self.queue.remove(cand.id)
                 out.append(Decision(cand.id, "granted", now))
             else:
                 self._untake(cand.id, now)
+                ahead.append((cand, now))
 
     def cancel(self, request_id: str, now: float) -> tuple[Decision | None, list[Decision]]:
         """Leave the line; a lease already granted is reported back to be released."""
