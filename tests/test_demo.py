@@ -16,9 +16,7 @@ from quotaflow.demo import run_demo  # noqa: E402
 @pytest.mark.slow
 def test_demo_runs_without_429_and_prioritizes() -> None:
     out = io.StringIO()
-    summary = anyio.run(
-        lambda: run_demo(period=1.0, rpm=6, tpm=3_000, agents=3, calls=3, out=out)
-    )
+    summary = anyio.run(lambda: run_demo(period=1.0, rpm=6, tpm=3_000, agents=3, calls=3, out=out))
     assert summary["server_429s"] == 0
     assert summary["max_requests_in_any_window"] <= 6
     per = summary["per_priority"]

@@ -16,6 +16,7 @@ PURE = ["limits.py", "buckets.py", "_queue.py", "_scope.py", "tiers.py", "errors
 
 def test_all_is_sorted_and_complete() -> None:
     names = quotaflow.__all__
+
     def group(n: str) -> tuple[int, str]:  # isort style: CONSTANTS, Classes, functions
         return (0 if n.isupper() else 1 if n[0].isupper() else 2, n)
 
