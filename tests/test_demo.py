@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("google.genai")
 pytest.importorskip("starlette")
 
-from quotaflow.demo import run_demo  # noqa: E402
+from quotaflow.demo import run_demo
 
 
 @pytest.mark.slow
