@@ -148,6 +148,7 @@ class Acquire:
     priority: int | None
     deadline: float | None
     nowait: bool = False
+    agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ def call_flow(
         if metered:
             which: Literal["model", "count"] = "model" if call.metered else "count"
             target = model if call.metered else COUNT_MODEL
-            permit = yield Acquire(which, target, tokens, cost, prio, deadline)
+            permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
             info.waited += permit.waited
             info.priority = permit.priority
             permit.mark_sent()

@@ -309,7 +309,11 @@ class AsyncDriver(_DriverBase):
             lim = self._limiter if effect.limiter == "model" else self._count
             if effect.nowait:
                 return await lim.acquire_nowait(
-                    effect.model, effect.tokens, cost=effect.cost, priority=effect.priority
+                    effect.model,
+                    effect.tokens,
+                    cost=effect.cost,
+                    priority=effect.priority,
+                    agent=effect.agent,
                 )
             return await lim.acquire(
                 effect.model,
@@ -317,6 +321,7 @@ class AsyncDriver(_DriverBase):
                 cost=effect.cost,
                 priority=effect.priority,
                 deadline=effect.deadline,
+                agent=effect.agent,
             )
         if isinstance(effect, Settle):
             await effect.permit.settle(**(effect.amounts or {}))
@@ -435,7 +440,11 @@ class SyncDriver(_DriverBase):
             lim = self._limiter if effect.limiter == "model" else self._count
             if effect.nowait:
                 return lim.acquire_nowait(
-                    effect.model, effect.tokens, cost=effect.cost, priority=effect.priority
+                    effect.model,
+                    effect.tokens,
+                    cost=effect.cost,
+                    priority=effect.priority,
+                    agent=effect.agent,
                 )
             return lim._acquire(
                 effect.model,
@@ -445,6 +454,7 @@ class SyncDriver(_DriverBase):
                 None,
                 effect.deadline,
                 False,
+                effect.agent,
             )
         if isinstance(effect, Settle):
             effect.permit.settle(**(effect.amounts or {}))

@@ -14,9 +14,10 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -30,6 +31,11 @@ from quotaflow.limits import Limit
 from quotaflow.permit import Permit
 from quotaflow.shares import Share
 from quotaflow.tiers import TierTable
+
+if TYPE_CHECKING:
+    from quotaflow.agents.audit import AuditLog
+    from quotaflow.agents.handle import AgentHandle
+    from quotaflow.agents.policy import Policy
 
 __all__ = ["Limiter", "open_backend"]
 
@@ -131,6 +137,8 @@ class Limiter:
         default_priority: priority of calls that name none (``"normal"``).
         shares: per agent, a :class:`~quotaflow.shares.Share` of each model's rolling limits
             (a ceiling, a floor).
+        policy: the agents' grants, shares and budgets (a :class:`~quotaflow.agents.Policy`
+            or a TOML file); its shares join ``shares``. See :meth:`agent`.
     """
 
     def __init__(
@@ -146,7 +154,19 @@ class Limiter:
         clock: Clock | None = None,
         default_priority: int | str = "normal",
         shares: Mapping[str, Share] | None = None,
+        policy: Policy | str | os.PathLike[str] | None = None,
     ) -> None:
+        self.policy: Policy | None = None
+        self._agents: Any = None
+        if policy is not None:
+            from quotaflow.agents import policy as agents_policy
+
+            self.policy = (
+                policy
+                if isinstance(policy, agents_policy.Policy)
+                else agents_policy.load_policy(policy)
+            )
+            shares = {**self.policy.shares(), **(shares or {})}
         self._core = LimiterCore(
             tier=tier,
             quotas=quotas,
@@ -349,6 +369,17 @@ class Limiter:
             return None
         await self._scope(model)
         return old.amount
+
+    def agent(self, name: str | None = None, *, audit: AuditLog | None = None) -> AgentHandle:
+        """The handle of agent ``name``: its transports, google-genai options and ``acquire``,
+        held to the policy's grants, share, priority and budget (needs ``policy=``).
+
+        ``name=None`` gives a handle for clients shared by several agents: each call names its
+        agent with ``quotaflow.agent(name)`` or the ``x-quotaflow-agent`` header.
+        """
+        from quotaflow.agents.handle import AgentHandle
+
+        return AgentHandle(self, name, audit=audit)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,229 @@
+"""One request through an agent transport: its decisions and its audit record. No I/O.
+
+The drivers in :mod:`quotaflow.agents._transport` read the request, ask :class:`AgentCall`
+what to do (answer locally, take budget, send with these headers, read the create response),
+and hand it what happened; :meth:`AgentCall.record` turns that into an
+:class:`~quotaflow.agents.audit.AuditRecord`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from quotaflow import context
+from quotaflow.agents._local import BudgetExhaustedError, LocalAnswer, budget_answer, denied_answer
+from quotaflow.agents._ownership import created_name
+from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, path_template
+from quotaflow.agents.grants import GrantDecision, decide, target_resource
+from quotaflow.errors import ConfigError
+from quotaflow.gemini import classify, estimate_tokens, needs_body, redact_text
+
+if TYPE_CHECKING:
+    from quotaflow._transport_flow import CallInfo
+    from quotaflow.agents.handle import AgentRuntime
+
+__all__ = ["AgentCall", "Tap", "request_key"]
+
+
+@dataclass
+class Tap:
+    """What the inner tap saw of each attempt (statuses, ``quotaId`` of 429s)."""
+
+    statuses: list[int] = field(default_factory=list)
+    quota_ids: list[str] = field(default_factory=list)
+
+
+def request_key(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+    """The credential a request carries (header, ``?key=`` or bearer token)."""
+    key = headers.get("x-goog-api-key") or params.get("key")
+    if key:
+        return key
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _body_model(body: Mapping[str, Any]) -> str | None:
+    for k in ("model", "baseModel", "base_model"):
+        v = body.get(k)
+        if isinstance(v, str) and v:
+            return v.removeprefix("models/")
+    return None
+
+
+class AgentCall:
+    """The decisions and the record of one request.
+
+    Args:
+        runtime: the agents layer of the limiter.
+        bound: the handle's agent (``None``: from the header or ``quotaflow.agent()``).
+        method, url: the request line.
+        pairs: ``x-quotaflow-*`` header values by suffix.
+        body: the request body (``b""`` when not read, e.g. an upload).
+        key: the request's credential (only its fingerprint is kept).
+    """
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        bound: str | None,
+        method: str,
+        url: str,
+        pairs: Mapping[str, str],
+        body: bytes,
+        key: str | None,
+        audit_hash: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.started = runtime.clock.now()
+        ctx_prio, _, ctx_agent = context.current()
+        self.agent: str | None = bound or pairs.get("agent") or ctx_agent
+        parsed = _parse(body) if body and (needs_body(method, url) or method != "GET") else {}
+        self.call = classify(method, url, parsed)
+        self.model = self.call.model or (_body_model(parsed) if self.call.creates else None)
+        self.path = path_template(url)
+        self.resource = target_resource(self.call)
+        owner = runtime.ownership.owner(self.resource) if self.resource else None
+        self.decision: GrantDecision = decide(
+            runtime.policy, self.agent, self.call, model=self.model, owner=owner
+        )
+        spec = runtime.policy.for_agent(self.agent)
+        asked = ctx_prio
+        if "priority" in pairs:
+            try:
+                asked = context.priority_value(pairs["priority"])
+            except ConfigError:
+                asked = None
+        self.priority: int | None = None
+        if spec is not None:
+            own = spec.priority_level
+            self.priority = own if asked is None else min(asked, own)
+        self.estimate = (
+            estimate_tokens(self.call, parsed)
+            if self.call.metered and self.call.input_tokens
+            else 0
+        )
+        self.key = key_fingerprint(key)
+        self.hash = content_hash(body) if audit_hash else None
+        self.reason: str = self.decision.reason
+        self.outcome = "denied"
+        self.status: int | None = None
+        self.info: CallInfo | None = None
+        self.tap = Tap()
+        self.error: str | None = None
+        self.created: str | None = None
+
+    # ---- before sending -------------------------------------------------------------------
+
+    def denied(self) -> LocalAnswer | None:
+        """The local 403 when the policy denies the call, else ``None``."""
+        if self.decision.allowed:
+            return None
+        self.status = 403
+        return denied_answer(self.call, self.decision)
+
+    def budget_cost(self) -> tuple[str, int, dict[str, int]] | None:
+        """``(agent, tokens, cost)`` to take from the agent's budget, or ``None``."""
+        if self.agent is None or not self.call.metered:
+            return None
+        if self.agent not in self.runtime.budgets:
+            return None
+        return self.agent, self.estimate, {"requests": self.call.requests}
+
+    def budget_refused(self, exc: Exception) -> LocalAnswer:
+        """The local 429 for a spent budget."""
+        err = BudgetExhaustedError.from_quota(self.agent or "", exc, self.runtime.clock.now())
+        self.reason = "budget"
+        self.status = 429
+        self.error = f"{type(err).__name__}: {redact_text(str(err))}"
+        return budget_answer(self.call, err)
+
+    def headers(self) -> dict[str, str]:
+        """``x-quotaflow-*`` headers for the quota transport underneath."""
+        out: dict[str, str] = {}
+        if self.agent is not None:
+            out["x-quotaflow-agent"] = self.agent
+        if self.priority is not None:
+            out["x-quotaflow-priority"] = str(self.priority)
+        return out
+
+    # ---- after sending --------------------------------------------------------------------
+
+    def responded(self, status: int, info: Any) -> None:
+        """The quota transport answered ``status``; ``info`` is its ``CallInfo`` (or None)."""
+        self.outcome = "ok" if status < 400 else "http_error"
+        self.status = status
+        self.info = info
+        if status < 300 and self.call.action == "delete" and self.resource:
+            self.runtime.ownership.forget(self.resource)
+
+    def wants_body(self) -> bool:
+        """Whether the response must be read to learn the name of a created resource."""
+        return (
+            self.agent is not None
+            and self.status is not None
+            and self.status < 300
+            and (self.call.creates or self.call.action == "upload")
+        )
+
+    def body(self, decoded: bytes) -> None:
+        """The create response's body: record the new resource under the agent."""
+        name = created_name(_parse(decoded))
+        if name and self.agent is not None:
+            self.created = name
+            self.runtime.ownership.record(name, self.agent)
+
+    def failed(self, exc: BaseException) -> None:
+        """The call raised ``exc`` (a quota error, a network error, a cancellation)."""
+        self.outcome = "error"
+        self.error = f"{type(exc).__name__}: {redact_text(str(exc))}"[:500]
+
+    def settle_amounts(self) -> dict[str, int]:
+        """What to settle the budget permit with (the usage, else the estimate)."""
+        usage = getattr(self.info, "usage", None)
+        if usage is not None and (usage.input_tokens or usage.total_tokens):
+            return {"input_tokens": int(usage.input_tokens)}
+        return {}
+
+    def record(self) -> AuditRecord:
+        """The audit record of the call as it stands."""
+        info = self.info
+        usage = getattr(info, "usage", None)
+        attempts = max(getattr(info, "attempts", 0), len(self.tap.statuses))
+        waited_at: int | None = getattr(info, "priority", None)
+        return AuditRecord(
+            time=self.started,
+            agent=self.agent,
+            method=self.call.action,
+            http_method=self.call.method,
+            path=self.path,
+            area=self.call.area,
+            access=self.call.access,
+            model=self.model,
+            decision="allowed" if self.decision.allowed and self.reason != "budget" else "denied",
+            reason=self.reason,
+            outcome=self.outcome,
+            status=self.status,
+            wait=round(float(getattr(info, "waited", 0.0)), 6),
+            tokens_estimated=int(getattr(info, "estimated", 0) or self.estimate),
+            tokens_actual=usage.input_tokens if usage is not None else None,
+            output_tokens=(usage.output_tokens + usage.thoughts_tokens) if usage else None,
+            retries=max(0, attempts - 1),
+            quota_id=self.tap.quota_ids[-1] if self.tap.quota_ids else None,
+            priority=self.priority if waited_at is None else waited_at,
+            duration=round(max(0.0, self.runtime.clock.now() - self.started), 6),
+            key=self.key,
+            content_hash=self.hash,
+            resource=self.created or self.resource,
+            error=self.error,
+        )

@@ -1,0 +1,149 @@
+"""Grant decisions: may this agent make this call? Pure, no I/O.
+
+:func:`decide` takes a policy, an agent name, a classified call (see
+:func:`quotaflow.gemini.classify`) and, for the ``own`` scope, who created the resource the
+call changes; it returns a :class:`GrantDecision` whose message names the agent, the method,
+the area, the access needed and the grant held.
+
+Example:
+    >>> from quotaflow.gemini import classify
+    >>> from quotaflow.agents.policy import Policy
+    >>> policy = Policy.from_dict({"agents": {"indexer": {"grants": {"embeddings": "write"}}}})
+    >>> call = classify("DELETE", "/v1beta/files/abc")
+    >>> d = decide(policy, "indexer", call)
+    >>> d.allowed, d.reason
+    (False, 'no_grant')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from quotaflow.agents.policy import METHODS, AgentPolicy, Policy
+from quotaflow.gemini import Call
+
+__all__ = ["GrantDecision", "Reason", "decide", "target_resource"]
+
+Reason = Literal[
+    "granted",
+    "no_agent",
+    "unknown_agent",
+    "unknown_route",
+    "no_grant",
+    "read_only",
+    "method_denied",
+    "model_denied",
+    "not_owner",
+]
+"""Why a call was allowed (``granted``) or denied."""
+
+_CHANGES = frozenset({"update", "delete", "cancel"})
+_RESOURCE = re.compile(r"(?:^|/)((?:files|cachedContents|batches|tunedModels)/[^/:]+)")
+
+
+@dataclass(frozen=True)
+class GrantDecision:
+    """The answer for one call.
+
+    Attributes:
+        allowed: whether the call may leave the process.
+        reason: see :data:`Reason`.
+        agent: the agent name (``None`` when the call named none).
+        method: the method (``generateContent``, ``delete``, ...).
+        area: the area of the call.
+        needed: the access the call needs (``read``/``write``).
+        grant: the grant the agent holds in that area, as text.
+        message: a sentence for the caller: who, what, which area, needed, held.
+    """
+
+    allowed: bool
+    reason: Reason
+    agent: str | None
+    method: str
+    area: str
+    needed: str
+    grant: str
+    message: str
+
+
+def target_resource(call: Call) -> str | None:
+    """The resource a call acts on (``files/abc``, ``batches/x``), from its path."""
+    m = _RESOURCE.search(call.path)
+    return m.group(1) if m else None
+
+
+def decide(
+    policy: Policy,
+    agent: str | None,
+    call: Call,
+    *,
+    model: str | None = None,
+    owner: str | None = None,
+) -> GrantDecision:
+    """Whether ``agent`` may make ``call`` under ``policy``.
+
+    Args:
+        policy: the policy.
+        agent: the agent making the call (``None``: the call named no agent).
+        call: the classified call.
+        model: the model when the call names it only in its body (a cache, a tuning job).
+        owner: for the ``own`` scope, the agent that created the resource the call changes
+            (``None``: unknown, e.g. created outside quotaflow or by another process).
+    """
+    model = call.model or model
+    method = call.action
+    area = call.area
+    needed = call.access
+    who = f"agent {agent!r}" if agent else "a call that names no agent"
+
+    def verdict(ok: bool, reason: Reason, held: str, why: str) -> GrantDecision:
+        target = f" on {model}" if model else ""
+        text = (
+            f"quotaflow policy: {who} may not call {method}{target} ({call.method} "
+            f"{call.path}): area {area!r} needs {needed!r} access, the agent holds "
+            f"{held!r}; {why}"
+        )
+        if ok:
+            text = f"quotaflow policy: {who} may call {method}{target} (area {area!r}, {held!r})"
+        return GrantDecision(ok, reason, agent, method, area, needed, held, text)
+
+    spec: AgentPolicy | None = policy.for_agent(agent)
+    if spec is None:
+        if agent is None:
+            return verdict(
+                False,
+                "no_agent",
+                "none",
+                "name the agent: limiter.agent(name) or quotaflow.agent()",
+            )
+        return verdict(False, "unknown_agent", "none", "the policy names no such agent")
+    if area not in METHODS:
+        return verdict(False, "unknown_route", "none", "the route is in no grantable area")
+    grant = spec.grant(area)
+    held = grant.describe()
+    if grant.access == "none":
+        return verdict(False, "no_grant", held, f"grant {area!r} in the policy to allow it")
+    if needed == "write" and grant.access != "write":
+        return verdict(False, "read_only", held, "the grant is read-only")
+    if method in grant.deny or (grant.allow and method not in grant.allow):
+        return verdict(False, "method_denied", held, f"the grant excludes {method!r}")
+    if model and grant.models and not any(_match(model, g) for g in grant.models):
+        return verdict(
+            False, "model_denied", held, f"{model!r} matches none of {list(grant.models)}"
+        )
+    if grant.own and needed == "write" and method in _CHANGES:
+        resource = target_resource(call)
+        if resource is not None and owner != agent:
+            whose = f"agent {owner!r}" if owner else "no agent known to quotaflow"
+            return verdict(
+                False, "not_owner", held, f"{resource} was created by {whose}, not by this agent"
+            )
+    return verdict(True, "granted", held, "")
+
+
+def _match(model: str, pattern: str) -> bool:
+    plain = model.removeprefix("models/")
+    return fnmatchcase(plain, pattern.removeprefix("models/"))

@@ -1,0 +1,349 @@
+"""Agent handles: one agent's transports, google-genai options and ``acquire``.
+
+Example:
+    >>> import quotaflow
+    >>> from quotaflow.agents import Policy
+    >>> policy = Policy.from_dict({"agents": {"indexer": {"grants": {"embeddings": "write"}}}})
+    >>> limiter = quotaflow.Limiter(tier="tier1", policy=policy)
+    >>> indexer = limiter.agent("indexer")
+    >>> options = indexer.http_options()  # genai.Client(api_key=..., http_options=options)
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Generator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from quotaflow import context
+from quotaflow.agents._local import BudgetExhaustedError
+from quotaflow.agents._ownership import Ownership
+from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
+from quotaflow.agents.grants import GrantDecision, decide, target_resource
+from quotaflow.agents.policy import AgentPolicy, Policy
+from quotaflow.errors import ConfigError, QuotaError
+from quotaflow.gemini import classify
+from quotaflow.limiter import Limiter
+from quotaflow.permit import Permit
+from quotaflow.sync import SyncLimiter
+
+if TYPE_CHECKING:
+    from google.genai import types as genai_types
+
+    from quotaflow.agents.transports import AgentTransport, SyncAgentTransport
+
+__all__ = ["AgentHandle", "AgentPermit", "AgentRuntime", "runtime_for"]
+
+_LOCK = threading.Lock()
+
+
+class AgentRuntime:
+    """The agents layer of one limiter: policy, resource owners, budgets, default audit log.
+
+    Budgets are limits of a scope per agent (``budget@<agent>``) in the limiter's backend, so
+    they hold across processes that share a Redis backend. Resource owners are kept in memory.
+    """
+
+    def __init__(self, limiter: Limiter, policy: Policy) -> None:
+        self.limiter = limiter
+        self.policy = policy
+        self.clock = limiter.clock
+        self.ownership = Ownership()
+        self.budgets = policy.budgets()
+        quotas = {f"budget@{name}": lims for name, lims in self.budgets.items()}
+        self.budget = Limiter(
+            tier=None,
+            quotas=quotas,
+            backend=limiter.backend,
+            clock=limiter.clock,
+            project=limiter.project,
+        )
+        self.sync_limiter = SyncLimiter.sharing(limiter)
+        self.sync_budget = SyncLimiter.sharing(self.budget)
+        self._audit: AuditLog | None = None
+
+    @property
+    def audit(self) -> AuditLog:
+        """The default audit log, from the policy's ``[audit]`` settings (made on first use;
+        closed at exit)."""
+        with _LOCK:
+            if self._audit is None:
+                s = self.policy.audit
+                sink: Sink = (
+                    JsonLinesSink(s.path, s.max_bytes, s.backups)
+                    if s.path
+                    else LoggingSink("quotaflow.audit")
+                )
+                self._audit = AuditLog([sink], content_hash=s.content_hash)
+                atexit.register(self._audit.close)
+            return self._audit
+
+
+def runtime_for(limiter: Limiter) -> AgentRuntime:
+    """The agents layer of ``limiter`` (made on first use from ``Limiter(policy=...)``)."""
+    with _LOCK:
+        rt: AgentRuntime | None = getattr(limiter, "_agents", None)
+        if rt is None:
+            policy = getattr(limiter, "policy", None)
+            if policy is None:
+                raise ConfigError(
+                    "limiter.agent(...) needs a policy: Limiter(..., policy=Policy(...) or "
+                    "'policy.toml'); without one every call would be denied"
+                )
+            rt = AgentRuntime(limiter, policy)
+            limiter._agents = rt
+        return rt
+
+
+class AgentPermit:
+    """A model permit and, when the agent has a budget, its budget permit, used as one."""
+
+    def __init__(self, permit: Permit, budget: Permit | None) -> None:
+        self.permit = permit
+        self.budget = budget
+
+    @property
+    def waited(self) -> float:
+        """Seconds waited for the model's quota."""
+        return self.permit.waited
+
+    @property
+    def priority(self) -> int:
+        """The priority it was granted at."""
+        return self.permit.priority
+
+    def mark_sent(self) -> None:
+        """The call leaves now (see :meth:`quotaflow.Permit.mark_sent`)."""
+        self.permit.mark_sent()
+        if self.budget is not None:
+            self.budget.mark_sent()
+
+    def mark_response_started(self) -> None:
+        """The response began now."""
+        self.permit.mark_response_started()
+
+    async def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
+        """Settle the model permit and the budget with the real usage."""
+        await self.permit.settle(input_tokens, **metrics)
+        if self.budget is not None:
+            await self.budget.settle(input_tokens)
+
+    async def release(self) -> None:
+        """Give everything back (the call never left)."""
+        await self.permit.release()
+        if self.budget is not None:
+            await self.budget.release()
+
+    async def _exit(self, failed: bool) -> None:
+        await self.permit._exit(failed)
+        if self.budget is not None:
+            await self.budget._exit(failed)
+
+    def __repr__(self) -> str:
+        return f"AgentPermit({self.permit!r}, budget={self.budget!r})"
+
+
+class _AgentAcquire:
+    """``async with handle.acquire(...) as permit`` or ``permit = await handle.acquire(...)``."""
+
+    def __init__(self, handle: AgentHandle, args: tuple[Any, ...]) -> None:
+        self._handle = handle
+        self._args = args
+        self._permit: AgentPermit | None = None
+
+    def __await__(self) -> Generator[Any, None, AgentPermit]:
+        return self._handle._acquire(*self._args).__await__()
+
+    async def __aenter__(self) -> AgentPermit:
+        self._permit = await self._handle._acquire(*self._args)
+        return self._permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._permit is not None:
+            await self._permit._exit(failed=exc_type is not None)
+
+
+class AgentHandle:
+    """One agent's way to Gemini: transports, google-genai options, ``acquire``.
+
+    Get one with ``limiter.agent("researcher")``. A handle without a name
+    (``limiter.agent()``) serves agent loops that share one client: each call's agent comes
+    from ``quotaflow.agent(name)`` or the ``x-quotaflow-agent`` header.
+
+    Args:
+        limiter: a limiter made with ``policy=...``.
+        name: the agent (``None``: per call).
+        audit: the audit log (default: the one the policy's ``[audit]`` table describes).
+    """
+
+    def __init__(
+        self, limiter: Limiter, name: str | None = None, *, audit: AuditLog | None = None
+    ) -> None:
+        if name is not None and (not name or "@" in name):
+            raise ConfigError(f"agent name {name!r}: give a non-empty name without '@'")
+        self.runtime = runtime_for(limiter)
+        self.name = name
+        self.audit = audit if audit is not None else self.runtime.audit
+
+    @property
+    def policy(self) -> AgentPolicy | None:
+        """This agent's policy (its own or the default), ``None`` if it gets nothing."""
+        return self.runtime.policy.for_agent(self.name)
+
+    def check(self, method: str, url: str, body: Mapping[str, Any] | None = None) -> GrantDecision:
+        """The policy's answer for a request, without sending it."""
+        call = classify(method, url, body)
+        owner = None
+        resource = target_resource(call)
+        if resource is not None:
+            owner = self.runtime.ownership.owner(resource)
+        agent = self.name or context.current()[2]
+        return decide(self.runtime.policy, agent, call, owner=owner)
+
+    # ---- transports ------------------------------------------------------------------------
+
+    def transport(self, transport: Any = None, **options: Any) -> AgentTransport:
+        """An async httpx transport (``httpx.AsyncClient(transport=...)``)."""
+        from quotaflow.agents.transports import AgentTransport
+
+        return AgentTransport(self, transport, **options)
+
+    def sync_transport(self, transport: Any = None, **options: Any) -> SyncAgentTransport:
+        """A sync httpx transport (``httpx.Client(transport=...)``)."""
+        from quotaflow.agents.transports import SyncAgentTransport
+
+        return SyncAgentTransport(self, transport, **options)
+
+    def httpx2_transport(self, transport: Any = None, **options: Any) -> Any:
+        """An async ``httpx2`` transport."""
+        from quotaflow.agents._httpx2 import Httpx2AgentTransport
+
+        return Httpx2AgentTransport(self, transport, **options)
+
+    def sync_httpx2_transport(self, transport: Any = None, **options: Any) -> Any:
+        """A sync ``httpx2`` transport."""
+        from quotaflow.agents._httpx2 import SyncHttpx2AgentTransport
+
+        return SyncHttpx2AgentTransport(self, transport, **options)
+
+    def http_options(
+        self,
+        *,
+        backend: Literal["auto", "httpx", "httpx2"] = "auto",
+        base_url: str | None = None,
+        api_version: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: int | None = None,
+        **options: Any,
+    ) -> genai_types.HttpOptions:
+        """google-genai ``HttpOptions`` whose async and sync clients go through this agent.
+
+        Args:
+            backend: the HTTP package (``auto``: the SDK's own choice).
+            base_url, api_version, headers, timeout: passed to ``HttpOptions``.
+            **options: quota transport options.
+        """
+        from google.genai import types
+
+        flavor = _genai_backend() if backend == "auto" else backend
+        if flavor == "httpx2":
+            async_t: Any = self.httpx2_transport(**options)
+            sync_t: Any = self.sync_httpx2_transport(**options)
+        else:
+            async_t, sync_t = self.transport(**options), self.sync_transport(**options)
+        kw: dict[str, Any] = {
+            "async_client_args": {"transport": async_t},
+            "client_args": {"transport": sync_t},
+        }
+        for k, v in (
+            ("base_url", base_url),
+            ("api_version", api_version),
+            ("headers", dict(headers) if headers is not None else None),
+            ("timeout", timeout),
+        ):
+            if v is not None:
+                kw[k] = v
+        return types.HttpOptions(**kw)
+
+    # ---- acquire ---------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> _AgentAcquire:
+        """:meth:`quotaflow.Limiter.acquire` as this agent: its share, its priority (the
+        highest it may ask), and its budget first.
+
+        Raises:
+            BudgetExhaustedError: the agent's daily budget is spent (at once).
+            QuotaError: as :meth:`quotaflow.Limiter.acquire`.
+        """
+        return _AgentAcquire(self, (model, tokens, cost, priority, timeout, deadline))
+
+    async def _acquire(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> AgentPermit:
+        agent = self.name or context.current()[2]
+        if agent is None:
+            raise ConfigError("acquire on a handle without a name: set quotaflow.agent(name)")
+        spec = self.runtime.policy.for_agent(agent)
+        prio: int | None = None
+        if spec is not None:
+            asked = context.current()[0] if priority is None else context.priority_value(priority)
+            prio = spec.priority_level if asked is None else min(asked, spec.priority_level)
+        budget: Permit | None = None
+        if agent in self.runtime.budgets:
+            requests = dict(cost or {}).get("requests", 1)
+            try:
+                budget = await self.runtime.budget.acquire_nowait(
+                    f"budget@{agent}", tokens, cost={"requests": requests}
+                )
+            except QuotaError as exc:
+                raise BudgetExhaustedError.from_quota(agent, exc, self.runtime.clock.now()) from exc
+        try:
+            permit = await self.runtime.limiter.acquire(
+                model,
+                tokens,
+                cost=cost,
+                priority=prio,
+                timeout=timeout,
+                deadline=deadline,
+                agent=agent,
+            )
+        except BaseException:
+            if budget is not None:
+                await budget.release()
+            raise
+        return AgentPermit(permit, budget)
+
+    def __repr__(self) -> str:
+        return f"AgentHandle({self.name!r}, policy={self.policy is not None})"
+
+
+def _genai_backend() -> str:
+    """The HTTP package google-genai would pick by itself (``httpx`` or ``httpx2``)."""
+    try:
+        from google.genai import _api_client
+
+        return str(_api_client._get_http_client_backend(None))
+    except Exception:
+        return "httpx"
