@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -91,21 +91,31 @@ class _AsyncOps:
         return result
 
 
-class _Acquire:
-    """``async with limiter.acquire(...) as permit`` or ``permit = await limiter.acquire(...)``."""
+class _Exits(Protocol):
+    async def _exit(self, failed: bool) -> None: ...
 
-    __slots__ = ("_args", "_limiter", "_permit")
 
-    def __init__(self, limiter: Limiter, args: tuple[Any, ...]) -> None:
-        self._limiter = limiter
+_P = TypeVar("_P", bound=_Exits)
+
+
+class _Acquire(Generic[_P]):
+    """``async with x.acquire(...) as permit`` or ``permit = await x.acquire(...)``.
+
+    Wraps a coroutine function and its arguments; leaving the block calls ``permit._exit``.
+    """
+
+    __slots__ = ("_args", "_fn", "_permit")
+
+    def __init__(self, fn: Callable[..., Awaitable[_P]], args: tuple[Any, ...]) -> None:
+        self._fn = fn
         self._args = args
-        self._permit: Permit | None = None
+        self._permit: _P | None = None
 
-    def __await__(self) -> Generator[Any, None, Permit]:
-        return self._limiter._acquire(*self._args).__await__()
+    def __await__(self) -> Generator[Any, None, _P]:
+        return self._fn(*self._args).__await__()
 
-    async def __aenter__(self) -> Permit:
-        self._permit = await self._limiter._acquire(*self._args)
+    async def __aenter__(self) -> _P:
+        self._permit = await self._fn(*self._args)
         return self._permit
 
     async def __aexit__(
@@ -227,7 +237,7 @@ class Limiter:
         timeout: float | None = None,
         deadline: float | None = None,
         agent: str | None = None,
-    ) -> _Acquire:
+    ) -> _Acquire[Permit]:
         """Wait for room on every limit of ``model``'s quota and take it all at once.
 
         Args:
@@ -246,7 +256,9 @@ class Limiter:
             QuotaExhaustedError: a day quota is spent.
             QuotaTimeoutError: no room before the deadline.
         """
-        return _Acquire(self, (model, tokens, cost, priority, timeout, deadline, False, agent))
+        return _Acquire(
+            self._acquire, (model, tokens, cost, priority, timeout, deadline, False, agent)
+        )
 
     async def acquire_nowait(
         self,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Generator, Mapping
-from types import TracebackType
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from quotaflow import context
@@ -25,7 +24,7 @@ from quotaflow.agents.grants import GrantDecision, decide, target_resource
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
 from quotaflow.gemini import classify
-from quotaflow.limiter import Limiter
+from quotaflow.limiter import Limiter, _Acquire
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
 
@@ -145,31 +144,6 @@ class AgentPermit:
         return f"AgentPermit({self.permit!r}, budget={self.budget!r})"
 
 
-class _AgentAcquire:
-    """``async with handle.acquire(...) as permit`` or ``permit = await handle.acquire(...)``."""
-
-    def __init__(self, handle: AgentHandle, args: tuple[Any, ...]) -> None:
-        self._handle = handle
-        self._args = args
-        self._permit: AgentPermit | None = None
-
-    def __await__(self) -> Generator[Any, None, AgentPermit]:
-        return self._handle._acquire(*self._args).__await__()
-
-    async def __aenter__(self) -> AgentPermit:
-        self._permit = await self._handle._acquire(*self._args)
-        return self._permit
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._permit is not None:
-            await self._permit._exit(failed=exc_type is not None)
-
-
 class AgentHandle:
     """One agent's way to Gemini: transports, google-genai options, ``acquire``.
 
@@ -283,7 +257,7 @@ class AgentHandle:
         priority: int | str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
-    ) -> _AgentAcquire:
+    ) -> _Acquire[AgentPermit]:
         """:meth:`quotaflow.Limiter.acquire` as this agent: its share, its priority (the
         highest it may ask), and its budget first.
 
@@ -291,7 +265,7 @@ class AgentHandle:
             BudgetExhaustedError: the agent's daily budget is spent (at once).
             QuotaError: as :meth:`quotaflow.Limiter.acquire`.
         """
-        return _AgentAcquire(self, (model, tokens, cost, priority, timeout, deadline))
+        return _Acquire(self._acquire, (model, tokens, cost, priority, timeout, deadline))
 
     async def _acquire(
         self,
