@@ -92,6 +92,8 @@ class QuotaBook:
         self._quotas = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
         self._unknown = check_quota(unknown_model) if unknown_model is not None else None
         self._cache: dict[str, tuple[str, tuple[Limit, ...]]] = {}
+        self._canonical: dict[str, tuple[str, tuple[Limit, ...]]] = {}
+        self._calibrated: dict[str, dict[str, int]] = {}
 
     @staticmethod
     def _plain(name: str) -> str:
@@ -126,6 +128,19 @@ class QuotaBook:
                         ) from None
                     raise
                 out = (plain, self._scale(self._unknown))
+        canonical = out[0]
+        first = self._canonical.setdefault(canonical, out)
+        if first[1] == out[1]:
+            out = first  # every spelling of a model shares one tuple of limits
+        calibrated = self._calibrated.get(canonical)
+        if calibrated:
+            out = (
+                canonical,
+                tuple(
+                    lim.with_amount(calibrated[lim.name]) if lim.name in calibrated else lim
+                    for lim in out[1]
+                ),
+            )
         self._cache[model] = out
         return out
 
@@ -137,20 +152,14 @@ class QuotaBook:
     def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
         """Change one limit's amount (self-calibration); returns the old limit."""
         canonical, limits = self.resolve(model)
-        new: list[Limit] = []
-        old: Limit | None = None
-        for lim in limits:
-            if lim.name == name:
-                old = lim
-                lim = lim.with_amount(amount)
-            new.append(lim)
+        old = next((lim for lim in limits if lim.name == name), None)
         if old is None:
             return None
-        out = (canonical, tuple(new))
+        # kept per canonical model, so that every spelling resolved later sees it too
+        self._calibrated.setdefault(canonical, {})[name] = amount
         for key, value in list(self._cache.items()):
             if value[0] == canonical:
-                self._cache[key] = out
-        self._cache[model] = out
+                del self._cache[key]
         return old
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from quotaflow._queue import Waiter, WaitQueue
 from quotaflow.backends.base import Decision, Refusal, Request
-from quotaflow.buckets import Bucket, ConcurrencyBucket, Level, make_bucket
+from quotaflow.buckets import Bucket, ConcurrencyBucket, GcraBucket, Level, make_bucket
 from quotaflow.limits import Limit
 
 __all__ = ["ScopeState"]
@@ -73,7 +73,11 @@ class ScopeState:
         for lim in limits:
             old = self.limits.get(lim.name)
             if old is not None and old.reset == lim.reset and old.period == lim.period:
-                self.buckets[lim.name].capacity = lim.amount
+                bucket = self.buckets[lim.name]
+                if isinstance(bucket, GcraBucket):
+                    bucket.set_rate(lim.amount, now)
+                else:
+                    bucket.capacity = lim.amount
             else:
                 self.buckets[lim.name] = make_bucket(lim, now)
             self.limits[lim.name] = lim
@@ -185,6 +189,7 @@ class ScopeState:
         if mine.outcome == "waiting" and request.nowait:
             self.queue.remove(request.id)
             at = mine.at if mine.at is not None else (fit.at if fit.at > now else None)
+            self.rescan = True  # its scan may have blocked others behind it
             if self.head_id == request.id:
                 self.head_id = self.head_at = None
                 others.extend(self.dispatch(now))
@@ -249,7 +254,9 @@ class ScopeState:
                 ahead.append((cand, fit.at))
                 continue
             self._take(cand.id, cand.cost, now)
-            if all(self._fit(w.cost, now).strict <= at + 1e-9 for w, at in ahead):
+            # a waiter ahead with no computed start (blocked on a concurrency limit) is never
+            # passed: nothing says the passer would not delay it
+            if all(at < INF and self._fit(w.cost, now).strict <= at + 1e-9 for w, at in ahead):
                 self.queue.remove(cand.id)
                 out.append(Decision(cand.id, "granted", now))
             else:

@@ -82,8 +82,9 @@ class Bucket:
         raise NotImplementedError
 
     def exhausted(self, amount: int, now: float) -> bool:
-        """True if ``amount`` cannot fit before a calendar reset (used by fail-fast limits)."""
-        return False
+        """True if a fail-fast limit should refuse ``amount`` now (it does not fit now; a
+        calendar bucket: it cannot fit before the reset)."""
+        return self.earliest(amount, now) > now
 
     def level(self, now: float) -> Level:
         """A snapshot of the bucket at ``now``."""
@@ -299,16 +300,29 @@ class CalendarBucket(Bucket):
 class GcraBucket(Bucket):
     """Continuous refill (GCRA): the theoretical arrival time ``tat`` is the whole state."""
 
-    __slots__ = ("burst", "interval", "tat")
+    __slots__ = ("_fixed_burst", "burst", "interval", "period", "tat")
 
     def __init__(self, capacity: int, period: float, burst: int | None, now: float) -> None:
-        self.burst = burst if burst is not None else capacity
-        super().__init__(self.burst)  # the most one request can take
-        self.interval = period / capacity if capacity else INF
+        self.period = period
+        self._fixed_burst = burst
+        self.burst = 0
+        self.interval = INF
+        super().__init__(0)
         self.tat = now
+        self.set_rate(capacity, now)
+
+    def set_rate(self, amount: int, now: float) -> None:
+        """Change the limit (``amount`` per period), keeping the fraction in use."""
+        old_interval, old_burst = self.interval, self.burst
+        self.interval = self.period / amount if amount else INF
+        self.burst = 0 if not amount else (self._fixed_burst or amount)
+        self.capacity = self.burst  # the most one request can take
+        if old_burst and amount and self.tat > now:
+            used = (self.tat - now) / old_interval
+            self.tat = now + used * self.interval
 
     def earliest(self, amount: int, now: float, strict: bool = False) -> float:
-        if amount > self.burst:
+        if amount > self.burst or self.interval == INF:
             return INF
         new_tat = max(self.tat, now) + amount * self.interval
         return self._paused(max(now, new_tat - self.burst * self.interval))
@@ -326,7 +340,9 @@ class GcraBucket(Bucket):
         self.tat = max(self.tat, now - self.burst * self.interval) + delta * self.interval
 
     def level(self, now: float) -> Level:
-        used = max(0, math.ceil((self.tat - now) / self.interval - _EPS)) if self.capacity else 0
+        if self.interval == INF:
+            return Level(0, 0, 0, 0, None, now, None)
+        used = max(0, math.ceil((self.tat - now) / self.interval - _EPS))
         return Level(
             limit=self.burst,
             used=min(used, self.burst),

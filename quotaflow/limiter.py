@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -192,6 +193,7 @@ class Limiter:
         self._ops = _AsyncOps(self.backend)
         self._waiters: dict[str, AsyncWaiter | None] = {}
         self._early: dict[str, Decision] = {}
+        self._early_lock = threading.Lock()
         self._subscribed: set[str] = set()
 
     @property
@@ -211,18 +213,19 @@ class Limiter:
     def _deliver(self, decision: Decision) -> None:
         rid = decision.id
         if rid in self._waiters:
-            waiter = self._waiters.get(rid)
-            if waiter is None:
-                self._early[rid] = decision
-            else:
-                waiter.deliver(decision)
+            with self._early_lock:  # may run in another thread than the waiting task
+                waiter = self._waiters.get(rid)
+                if waiter is None:
+                    self._early[rid] = decision
+                    return
+            waiter.deliver(decision)
 
     async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
         key, canonical, limits, fresh = self._core.scope(model)
+        if key not in self._subscribed:  # a SyncLimiter sharing the core may have configured it
+            self.backend.subscribe(key, self._deliver)
+            self._subscribed.add(key)
         if fresh:
-            if key not in self._subscribed:
-                self.backend.subscribe(key, self._deliver)
-                self._subscribed.add(key)
             await self._ops.call("configure", key, limits, self.clock.now())
             self._core.configured(key, limits)
         return key, canonical, limits
@@ -270,7 +273,8 @@ class Limiter:
         agent: str | None = None,
     ) -> Permit:
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
-        ``retry_after``). Never waits and never passes waiters in line."""
+        ``retry_after``). Never waits; passes waiters in line only as backfilling allows (when
+        no waiter ahead would start later for it)."""
         return await self._acquire(model, tokens, cost, priority, None, None, True, agent)
 
     try_acquire = acquire_nowait
@@ -309,8 +313,9 @@ class Limiter:
                 if effect.op == "wait":
                     if waiter is None:
                         waiter = AsyncWaiter()
-                        early = self._early.pop(req.id, None)
-                        waiters[req.id] = waiter
+                        with self._early_lock:
+                            early = self._early.pop(req.id, None)
+                            waiters[req.id] = waiter
                         if early is not None:
                             waiter.deliver(early)
                     await waiter.wait(clock, effect.until)
@@ -392,6 +397,12 @@ class Limiter:
         from quotaflow.agents.handle import AgentHandle
 
         return AgentHandle(self, name, audit=audit)
+
+    def close(self) -> None:
+        """Stop listening to the backend (a shared backend outlives this limiter)."""
+        for key in self._subscribed:
+            self.backend.unsubscribe(key, self._deliver)
+        self._subscribed.clear()
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ The *reset rule* says when spent amounts come back:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,14 +72,17 @@ class Rolling:
 class Calendar:
     """Everything spent in a calendar window returns when the window ends.
 
+    Two calendars are the same rule when their names are equal: give each distinct calendar
+    a distinct name (the built-in ones encode their arguments in it).
+
     Args:
         window_end: maps a time (epoch seconds) to the end of the window holding it.
         window_start: maps a time to the start of the window holding it.
-        name: shown in reprs and errors.
+        name: identifies the calendar; shown in reprs and errors.
     """
 
-    window_end: Callable[[float], float]
-    window_start: Callable[[float], float]
+    window_end: Callable[[float], float] = field(compare=False)
+    window_start: Callable[[float], float] = field(compare=False)
     name: str = "calendar"
 
 
@@ -115,9 +119,10 @@ def fixed_windows(period: float, origin: float = 0.0) -> Calendar:
     def end(t: float) -> float:
         return start(t) + period
 
-    return Calendar(window_end=end, window_start=start, name=f"fixed({period:g}s)")
+    return Calendar(window_end=end, window_start=start, name=f"fixed({period!r}s@{origin!r})")
 
 
+@functools.lru_cache(maxsize=64)
 def pacific_days(tz: str = PACIFIC) -> Calendar:
     """Calendar days in ``tz`` (default America/Los_Angeles), daylight saving included."""
     zone = ZoneInfo(tz)

@@ -223,5 +223,11 @@ class SyncLimiter:
         self._scope(model)
         return old.amount
 
+    def close(self) -> None:
+        """Stop listening to the backend (a shared backend outlives this limiter)."""
+        for key in self._subscribed:
+            self.backend.unsubscribe(key, self._deliver)
+        self._subscribed.clear()
+
     def __repr__(self) -> str:
         return f"SyncLimiter(project={self._core.project!r}, backend={self.backend!r})"

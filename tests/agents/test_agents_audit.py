@@ -171,7 +171,8 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
     log = AuditLog([CallbackSink(slow)], queue_size=2)
     for _ in range(20):
         log.emit(_record())  # returns at once even though the sink is stuck
-    assert log.dropped >= 17
+    # at most the queue (2) plus what the writer already took (one batch of at most 2) got in
+    assert log.dropped >= 20 - 2 * 2
     gate.set()
     log.close()
     assert len(written) + log.dropped == 20

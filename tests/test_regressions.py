@@ -1,0 +1,130 @@
+"""Each bug found in review gets the test that would have caught it."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from quotaflow import (
+    RPD,
+    RPM,
+    CannotFitError,
+    Concurrent,
+    Limit,
+    Limiter,
+    ManualClock,
+    MemoryBackend,
+    QuotaExhaustedError,
+    SyncLimiter,
+    TokenBucket,
+    WouldBlockError,
+)
+from quotaflow.backends.base import Request
+
+
+@pytest.mark.anyio
+async def test_async_limiter_is_woken_when_a_sharing_sync_limiter_configured_first() -> None:
+    clock = ManualClock(0.0)
+    lim = Limiter(None, quotas={"m": [RPM(1, 10.0)]}, clock=clock)
+    sync = SyncLimiter.sharing(lim)
+    with sync.acquire("m") as p:  # the sync side touches the scope first
+        p.mark_sent()
+    done: list[int] = []
+
+    async def waiter() -> None:
+        await (await lim.acquire("m")).settle()
+        done.append(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(11.0)
+    assert done == [1]
+
+
+@pytest.mark.anyio
+async def test_day_count_survives_other_spellings_of_a_model() -> None:
+    lim = Limiter("tier1", overrides={"gemini-2.5-pro": {"rpd": 3}}, clock=ManualClock(1e9))
+    names = ["gemini-2.5-pro", "models/gemini-2.5-pro", "gemini-2.5-pro-latest"]
+    for name in names:
+        await (await lim.acquire(name)).settle()
+    with pytest.raises(QuotaExhaustedError):
+        await lim.acquire("models/gemini-2.5-pro")
+    assert (await lim.status("gemini-2.5-pro"))["rpd"].used == 3
+
+
+@pytest.mark.anyio
+async def test_calibrated_limit_holds_for_every_spelling() -> None:
+    lim = Limiter("tier1", clock=ManualClock(0.0))
+    await lim.acquire("gemini-2.5-flash")
+    assert await lim.set_limit("gemini-2.5-flash", "rpm", 2) == 1000
+    await lim.acquire("models/gemini-2.5-flash")
+    with pytest.raises(WouldBlockError):
+        await lim.acquire_nowait("gemini-2.5-flash-latest")
+    assert {x.name: x.amount for x in lim.quota("models/gemini-2.5-flash")}["rpm"] == 2
+
+
+def test_head_blocked_on_concurrency_is_never_passed() -> None:
+    b = MemoryBackend()
+    b.configure("s", [Limit("conc", 2, 60.0, reset=Concurrent())], 0.0)
+    assert b.submit("s", Request("small0", {"conc": 1}), 0.0).outcome == "granted"
+    assert b.submit("s", Request("big", {"conc": 2}), 0.0).outcome == "waiting"
+    assert b.submit("s", Request("small1", {"conc": 1}), 1.0).outcome == "waiting"
+    got: dict[str, str] = {}
+    b.subscribe("s", lambda d: got.__setitem__(d.id, d.outcome))
+    b.settle("s", "small0", None, 1.0, 1.0)
+    assert got.get("big") == "granted"
+
+
+@pytest.mark.anyio
+async def test_set_limit_changes_a_token_bucket_rate() -> None:
+    clock = ManualClock(0.0)
+    lim = Limiter(None, quotas={"m": [Limit("rps", 10, 1.0, reset=TokenBucket())]}, clock=clock)
+    await (await lim.acquire("m")).settle()
+    await lim.set_limit("m", "rps", 2)
+    admitted = 0
+    for _ in range(20):
+        try:
+            await (await lim.acquire_nowait("m")).settle()
+            admitted += 1
+        except WouldBlockError:
+            break
+    assert admitted <= 2
+    assert (await lim.status("m"))["rps"].limit == 2
+
+
+@pytest.mark.anyio
+async def test_fail_fast_works_on_rolling_limits() -> None:
+    lim = Limiter(
+        None, quotas={"m": [Limit("rph", 1, 3600.0, fail_fast=True)]}, clock=ManualClock(0.0)
+    )
+    await (await lim.acquire("m")).settle()
+    with pytest.raises(QuotaExhaustedError) as info:
+        await lim.acquire("m", timeout=10_000)
+    assert info.value.retry_after is not None and info.value.retry_after > 3000
+
+
+@pytest.mark.anyio
+async def test_zero_token_bucket_admits_nothing() -> None:
+    lim = Limiter(
+        None,
+        quotas={"m": [Limit("rpm", 0, 60.0, reset=TokenBucket(burst=5))]},
+        clock=ManualClock(0.0),
+    )
+    with pytest.raises(CannotFitError):
+        await lim.acquire("m")
+    assert (await lim.status("m"))["rpm"].limit == 0
+
+
+def test_rpd_preset_calendars_compare_equal() -> None:
+    assert RPD(5) == RPD(5)
+    assert RPD(5).reset is RPD(6).reset
+
+
+def test_close_unsubscribes_from_a_shared_backend() -> None:
+    backend = MemoryBackend()
+    lim = Limiter(None, quotas={"m": [RPM(5)]}, backend=backend)
+    anyio.run(lim.status, "m")
+    assert backend._listeners["default/m"]
+    lim.close()
+    assert not backend._listeners["default/m"]
