@@ -1,0 +1,249 @@
+"""The scope script's codec for the Redis backend: keys, arguments, replies. Pure (no I/O).
+
+The Lua in ``quotaflow/backends/lua/`` is one script in four files (prelude, buckets, queue,
+scope), concatenated here and loaded by SHA. Its header documents KEYS, ARGV and the reply.
+
+Calendars are Python callables (``pacific_days``, ``fixed_windows``); the script cannot call
+them, so the client passes, per calendar limit, the windows around its estimate of Redis time
+(``window_start(t)``, ``window_end(t)`` for ``t`` a second before, at and after the estimate).
+The script picks the window that holds Redis ``TIME``; window boundaries depend only on time,
+never on state, so this is not client time inside Lua. If no window holds ``TIME`` (a clock
+far off), the script answers ``cal`` and the client retries with the script's time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from quotaflow.backends.base import Decision, Request
+from quotaflow.buckets import Level
+from quotaflow.limits import Calendar, Concurrent, Limit, Rolling, TokenBucket
+
+__all__ = ["SCRIPT", "SCRIPT_SHA", "Codec", "Reply"]
+
+_PARTS = ("prelude.lua", "buckets.lua", "queue.lua", "scope.lua")
+
+
+def _load_script() -> str:
+    base = resources.files("quotaflow.backends") / "lua"
+    return "\n".join((base / name).read_text(encoding="utf-8") for name in _PARTS)
+
+
+SCRIPT = _load_script()
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+
+def f17(x: float) -> str:
+    """A float as text that reads back bit for bit (``repr`` does; Lua reads it too)."""
+    return repr(float(x))
+
+
+def _num(s: Any) -> float | None:
+    text = s.decode() if isinstance(s, bytes) else str(s)
+    return None if text == "" else float(text)
+
+
+def _text(s: Any) -> str:
+    return s.decode() if isinstance(s, bytes) else str(s)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded script reply; times are Redis times."""
+
+    status: str
+    now: float
+    result: Any
+    decisions: list[Decision]
+
+
+def decode_decision(fields: Sequence[Any]) -> Decision:
+    """``{id, outcome, at, dimension, reason, requested, limit}`` (Redis times)."""
+    reason = _text(fields[4]) or None
+    return Decision(
+        _text(fields[0]),
+        _text(fields[1]),  # type: ignore[arg-type]
+        _num(fields[2]),
+        _text(fields[3]),
+        reason,  # type: ignore[arg-type]
+        int(fields[5]),
+        int(fields[6]),
+    )
+
+
+def decode_reply(raw: Sequence[Any]) -> Reply:
+    """The script's ``{status, now, result, decisions}``."""
+    now = _num(raw[1])
+    return Reply(
+        _text(raw[0]),
+        0.0 if now is None else now,
+        raw[2],
+        [decode_decision(d) for d in raw[3]],
+    )
+
+
+def decode_message(data: Any) -> tuple[str, float, list[Decision]]:
+    """A published message: ``(scope, redis now, decisions)``."""
+    lines = _text(data).split("\n")
+    now, scope = lines[0].split("\t", 1)
+    return scope, float(now), [decode_decision(line.split("\t")) for line in lines[1:]]
+
+
+def decode_levels(rows: Sequence[Sequence[Any]]) -> dict[str, tuple[Any, ...]]:
+    """Status rows ``{name, limit, used, in_flight, free, next, full, paused}`` (Redis times)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        out[_text(row[0])] = (
+            int(row[1]),
+            int(row[2]),
+            int(row[3]),
+            int(row[4]),
+            _num(row[5]),
+            _num(row[6]),
+            _num(row[7]),
+        )
+    return out
+
+
+def shift_level(row: tuple[Any, ...], shift: float) -> Level:
+    """A status row as a :class:`Level`, its times moved by ``shift`` (Redis -> local)."""
+
+    def mv(t: float | None) -> float | None:
+        return None if t is None else t + shift
+
+    return Level(row[0], row[1], row[2], row[3], mv(row[4]), mv(row[5]), mv(row[6]))
+
+
+def limit_spec(lim: Limit) -> list[str]:
+    """``name kind amount period param fail_fast`` for the configure op."""
+    rule = lim.reset
+    if isinstance(rule, Rolling):
+        kind, param = "w", str(rule.slots)
+    elif isinstance(rule, Calendar):
+        kind, param = "c", rule.name
+    elif isinstance(rule, TokenBucket):
+        kind, param = "g", "" if rule.burst is None else str(rule.burst)
+    elif isinstance(rule, Concurrent):
+        kind, param = "x", ""
+    else:  # pragma: no cover - Limit validates its rule
+        raise TypeError(f"unknown reset rule {rule!r}")
+    return [lim.name, kind, str(lim.amount), f17(lim.period), param, "1" if lim.fail_fast else "0"]
+
+
+class Codec:
+    """Keys and arguments of one backend (namespace, owner, ticket time to live)."""
+
+    def __init__(self, namespace: str, owner: str, ttl: float) -> None:
+        self.namespace = namespace
+        self.owner = owner
+        self.ttl = ttl
+        self.channel_prefix = f"{namespace}:o:"
+        self._keys: dict[str, list[str]] = {}
+
+    @property
+    def channel(self) -> str:
+        """The channel this backend's decisions are published on."""
+        return self.channel_prefix + self.owner
+
+    def keys(self, scope: str) -> list[str]:
+        """The scope's seven keys, sharing one hash tag (one Redis Cluster slot per scope)."""
+        keys = self._keys.get(scope)
+        if keys is None:
+            tag = scope.replace("{", "(").replace("}", ")")
+            base = f"{self.namespace}:{{{tag}}}:"
+            keys = self._keys[scope] = [base + s for s in "SQWTLEZ"]
+        return keys
+
+    def argv(
+        self,
+        op: str,
+        scope: str,
+        args: Sequence[str],
+        limits: Sequence[Limit],
+        redis_now: float | None,
+        estimate: float,
+    ) -> list[str]:
+        """ARGV (one string); ``redis_now`` is the test-only clock (``None``: Redis TIME)."""
+        fields = [
+            op,
+            "" if redis_now is None else f17(redis_now),
+            self.owner,
+            f17(self.ttl),
+            calendar_windows(limits, estimate, exact=redis_now is not None),
+            self.channel_prefix,
+            scope,
+            *args,
+        ]
+        return ["\x1f".join(fields)]
+
+
+def calendar_windows(limits: Sequence[Limit], t: float, *, exact: bool) -> str:
+    """Candidate windows per calendar limit around ``t`` (just ``t``'s window if exact)."""
+    lines = []
+    for lim in limits:
+        cal = lim.reset
+        if not isinstance(cal, Calendar):
+            continue
+        points = (t,) if exact else (t - 1.0, t, t + 1.0)
+        wins: list[str] = []
+        seen: set[tuple[float, float]] = set()
+        for p in points:
+            w = (cal.window_start(p), cal.window_end(p))
+            if w not in seen:
+                seen.add(w)
+                wins += [f17(w[0]), f17(w[1])]
+        lines.append("\t".join([lim.name, *wins]))
+    return "\n".join(lines)
+
+
+def time_arg(t: float | None, now: float, exact: bool) -> str:
+    """A time for the script: absolute when the caller drives the clock, else relative."""
+    if t is None:
+        return ""
+    if exact:
+        return "a" + f17(t)
+    return "r" + f17(t - now)
+
+
+def submit_args(request: Request, now: float, exact: bool) -> list[str]:
+    """ARGV tail of ``submit``."""
+    cost = list(request.cost.items())
+    out = [
+        request.id,
+        str(int(request.priority)),
+        time_arg(request.deadline, now, exact),
+        "1" if request.nowait else "0",
+        str(len(cost)),
+    ]
+    for name, amount in cost:
+        out += [name, str(int(amount))]
+    floors = list((request.floors or {}).items())
+    out.append(str(len(floors)))
+    for name, amount in floors:
+        out += [name, str(int(amount))]
+    return out
+
+
+def settle_args(
+    lease_id: str, actual: Mapping[str, int] | None, at: float, now: float, exact: bool
+) -> list[str]:
+    """ARGV tail of ``settle``."""
+    out = [lease_id, time_arg(at, now, exact)]
+    if actual is None:
+        return [*out, "-1"]
+    out.append(str(len(actual)))
+    for name, amount in actual.items():
+        out += [name, str(int(amount))]
+    return out
+
+
+def configure_args(limits: Sequence[Limit], aging: float | None, depth: int) -> list[str]:
+    """ARGV tail of ``configure``."""
+    out = ["" if aging is None else f17(aging), str(depth), str(len(limits))]
+    for lim in limits:
+        out += limit_spec(lim)
+    return out

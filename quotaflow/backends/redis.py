@@ -1,0 +1,434 @@
+"""The Redis backend: a fleet of processes shares quotas as if it were one process.
+
+The rules are those of the memory backend (``quotaflow._scope``), ported once to Lua
+(``quotaflow/backends/lua/``): one script call takes every dimension of a request or nothing,
+queues it in a fleet-wide line (priority, aging, backfilling), or refuses it. Redis ``TIME`` is
+the only clock; the keys of one (project, model) scope share a hash tag, so Redis Cluster works.
+
+Example:
+    >>> import quotaflow
+    >>> limiter = quotaflow.Limiter(tier="tier1", backend="redis://localhost:6379/0")
+    >>> sync_limiter = quotaflow.SyncLimiter(tier="tier1", backend="redis://localhost:6379/0")
+
+URLs: ``redis://``, ``rediss://`` (TLS), ``unix://``, with ``user:password@``;
+``redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]``;
+``redis+cluster://host:port[,host:port]``. Query options of quotaflow (``namespace``,
+``on_error``, ``local_fraction``, ``lease_ttl``, ``aging``, ``backfill_depth``) are taken
+out of the URL; the rest go to redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import anyio
+import sniffio
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.retry
+    import redis.asyncio.sentinel
+    import redis.backoff
+    import redis.cluster
+    import redis.exceptions as rexc
+    import redis.retry
+    import redis.sentinel
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "the Redis backend needs the 'redis' extra: pip install 'quotaflow[redis]'"
+    ) from exc
+
+from quotaflow.backends import _redis_script as rs
+from quotaflow.backends._redis_engine import Engine, Exec, Flow, Policy, Sleep, Transient
+from quotaflow.backends._redis_link import Link
+from quotaflow.backends.base import Decision, Listener, Request
+from quotaflow.buckets import Level
+from quotaflow.errors import BackendError, ConfigError
+from quotaflow.limits import Limit
+
+__all__ = ["RedisBackend", "SyncRedisBackend"]
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ReadOnlyError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    rexc.RedisClusterException,
+    rexc.ClusterError,
+    OSError,
+)
+_OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
+
+
+def _clients(url: str) -> tuple[Any, Any]:
+    """(sync client, factory of asyncio clients) for a URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        base = "rediss" if scheme.startswith("rediss") else "redis"
+        hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+        creds = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        first = urlunsplit((base, creds + hosts[0], parts.path, parts.query, ""))
+        nodes = [h.rsplit(":", 1) for h in hosts]
+        startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in nodes]  # type: ignore[no-untyped-call]
+        sync = redis.cluster.RedisCluster.from_url(first, startup_nodes=startup, retry=_retry())
+
+        def make_async() -> Any:
+            anodes = [redis.asyncio.cluster.ClusterNode(h, int(p)) for h, p in nodes]
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                first, startup_nodes=anodes, retry=_aretry()
+            )
+
+        return sync, make_async
+    if scheme == "redis+sentinel":
+        hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+        password = unquote(parts.password) if parts.password else None
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ConfigError(f"{url!r}: name the service: redis+sentinel://host:port/mymaster")
+        service, db = path[0], int(path[1]) if len(path) > 1 else 0
+        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts]
+        kw: dict[str, Any] = {"password": password, "db": db}
+        skw = {"password": password} if password else None
+        sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=skw, **kw)  # type: ignore[no-untyped-call]
+        sync = sentinel.master_for(service)  # type: ignore[no-untyped-call]
+
+        def make_async() -> Any:
+            sent = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+                sentinels, sentinel_kwargs=skw, **kw
+            )
+            return sent.master_for(service)
+
+        return sync, make_async
+    return (
+        redis.Redis.from_url(url, retry=_retry()),
+        lambda: redis.asyncio.Redis.from_url(url, retry=_aretry()),
+    )
+
+
+def _retry() -> Any:
+    # deterministic backoff: no jitter, so no use of the global random module from our threads
+    return redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.01), 3)
+
+
+def _aretry() -> Any:
+    return redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.01), 3)
+
+
+class SyncRedisBackend:
+    """The synchronous face of a :class:`RedisBackend` (the sync redis-py client).
+
+    ``SyncLimiter(backend="redis://...")`` uses it; it shares keys, scripts, listeners and the
+    background thread with its async twin.
+    """
+
+    def __init__(self, owner: RedisBackend) -> None:
+        self._owner = owner
+        self._e = owner._engine
+
+    def _run(self, flow: Flow) -> Any:
+        client = self._owner._client
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            result, error = None, None
+            if isinstance(effect, Sleep):
+                time.sleep(effect.seconds)
+                continue
+            try:
+                result = _exec_sync(client, effect)
+            except TRANSIENT as exc:
+                error = Transient(str(exc))
+                error.__cause__ = exc
+            except rexc.RedisError as exc:
+                raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+
+    def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
+        """Create the scope's buckets, or update their limits (any process may)."""
+        self._owner._start()
+        self._run(self._e.configure(scope, limits, now))
+
+    def submit(self, scope: str, request: Request, now: float) -> Decision:
+        """Grant, queue or refuse ``request`` in one round trip."""
+        return self._run(self._e.submit(scope, request, now))  # type: ignore[no-any-return]
+
+    def dispatch(self, scope: str, now: float) -> None:
+        """Serve the line (a timer fired)."""
+        self._run(self._e.dispatch(scope, now))
+
+    def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
+        """Leave the line; returns a grant that won the race."""
+        return self._run(self._e.cancel(scope, request_id, now))  # type: ignore[no-any-return]
+
+    def settle(
+        self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+    ) -> None:
+        """Anchor and reconcile a lease that reached the server."""
+        self._run(self._e.settle(scope, lease_id, actual, at, now))
+
+    def release(self, scope: str, lease_id: str, now: float) -> None:
+        """Return a lease that never reached the server."""
+        self._run(self._e.release(scope, lease_id, now))
+
+    def pause(self, scope: str, limit: str, until: float, now: float) -> None:
+        """Hold a limit until ``until`` in every process."""
+        self._run(self._e.pause(scope, limit, until, now))
+
+    def exhaust(self, scope: str, limit: str, now: float) -> float | None:
+        """Mark a calendar limit spent until its reset, in every process."""
+        return self._run(self._e.exhaust(scope, limit, now))  # type: ignore[no-any-return]
+
+    def status(self, scope: str, now: float) -> dict[str, Level]:
+        """Each limit's level."""
+        return self._run(self._e.status(scope, now))  # type: ignore[no-any-return]
+
+    def waiting(self, scope: str) -> int:
+        """Waiters in the scope's line, fleet-wide."""
+        return self._run(self._e.waiting(scope))  # type: ignore[no-any-return]
+
+    def subscribe(self, scope: str, listener: Listener) -> None:
+        """Deliver decisions about this process's waiters in ``scope`` to ``listener``."""
+        self._owner.subscribe(scope, listener)
+
+    def unsubscribe(self, scope: str, listener: Listener) -> None:
+        """Stop delivering to ``listener``."""
+        self._owner.unsubscribe(scope, listener)
+
+    def __repr__(self) -> str:
+        return f"SyncRedisBackend({self._owner!r})"
+
+
+def _exec_sync(client: Any, e: Exec) -> Any:
+    try:
+        return client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
+    except rexc.NoScriptError:  # first call, SCRIPT FLUSH, or a restarted server
+        return client.eval(rs.SCRIPT, len(e.keys), *e.keys, *e.argv)
+
+
+async def _exec_async(client: Any, e: Exec) -> Any:
+    try:
+        return await client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
+    except rexc.NoScriptError:
+        return await client.eval(rs.SCRIPT, len(e.keys), *e.keys, *e.argv)
+
+
+class RedisBackend:
+    """Buckets, lines and leases in Redis, shared by every process that names the same server.
+
+    Args:
+        url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+            ``redis+cluster://`` (see the module docstring).
+        namespace: prefix of every key and channel; tenants with different namespaces never
+            see each other.
+        on_error: when Redis is unreachable: ``"wait"`` for it (backoff), ``"raise"``
+            :class:`~quotaflow.errors.BackendError`, or ``"local"``: admit from an in-process
+            memory backend at ``local_fraction`` of each limit until Redis is back.
+        local_fraction: the share of each limit one process may use while on ``"local"``
+            (e.g. ``1 / number of processes``).
+        lease_ttl: seconds a waiter's ticket or an unsettled lease survives its process;
+            refreshed every third of it while the process lives.
+        aging: seconds of waiting worth one priority level (``None``: strict priority).
+        backfill_depth: waiters behind the head considered for backfilling per dispatch.
+        exact_time: tests only: the script's clock is the ``now`` the caller passes.
+
+    Attributes:
+        sync: the synchronous face (:class:`SyncRedisBackend`) over the same keys.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        namespace: str = "quotaflow",
+        on_error: Policy = "wait",
+        local_fraction: float = 0.1,
+        lease_ttl: float = 30.0,
+        aging: float | None = 60.0,
+        backfill_depth: int = 32,
+        exact_time: bool = False,
+    ) -> None:
+        if on_error not in ("wait", "raise", "local"):
+            raise ConfigError(f"on_error={on_error!r}: use 'wait', 'raise' or 'local'")
+        if not 0 < local_fraction <= 1:
+            raise ConfigError(f"local_fraction={local_fraction!r}: give a share in (0, 1]")
+        if not lease_ttl > 0:
+            raise ConfigError(f"lease_ttl={lease_ttl!r}: give seconds > 0")
+        if aging is not None and not aging > 0:
+            raise ConfigError(f"aging={aging!r}: aging must be > 0 or None")
+        if backfill_depth < 0:
+            raise ConfigError(f"backfill_depth={backfill_depth}: must be >= 0")
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ConfigError(f"namespace={namespace!r}: a non-empty name without braces")
+        self.url = url
+        self._engine = Engine(
+            namespace=namespace,
+            on_error=on_error,
+            local_fraction=local_fraction,
+            lease_ttl=lease_ttl,
+            aging=aging,
+            backfill_depth=backfill_depth,
+            exact=exact_time,
+        )
+        self._client, self._make_async = _clients(url)
+        self._aclients: dict[int, Any] = {}
+        self.sync = SyncRedisBackend(self)
+        self._link: Link | None = None
+        self._beat_every = lease_ttl / 3
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisBackend:
+        """A backend from a URL; quotaflow's options may also be given as query parameters.
+
+        Example:
+            >>> RedisBackend.from_url("redis://localhost/0?namespace=team-a&on_error=local")
+        """
+        parts = urlsplit(url)
+        rest = []
+        for key, value in parse_qsl(parts.query):
+            if key in _OPTIONS and key not in options:
+                conv = {"namespace": str, "on_error": str, "backfill_depth": int}.get(key, float)
+                options[key] = None if key == "aging" and value == "none" else conv(value)
+            elif key not in _OPTIONS:
+                rest.append((key, value))
+        clean = urlunsplit((*parts[:3], urlencode(rest), parts.fragment))
+        return cls(clean, **options)
+
+    # --- plumbing --------------------------------------------------------------------------
+    @property
+    def namespace(self) -> str:
+        """The key and channel prefix."""
+        return self._engine.codec.namespace
+
+    def _start(self) -> None:
+        if self._engine.exact:
+            return
+        with self._engine.lock:
+            if self._link is None:
+                self._link = Link(
+                    self._engine, self._client, self.sync._run, TRANSIENT, self._beat_every
+                )
+                self._link.start()
+        self._engine.subscribed.wait(5.0)
+
+    def close(self) -> None:
+        """Stop the background thread and close the connections (optional at exit)."""
+        if self._link is not None:
+            self._link.stop()
+            self._link.join(5.0)
+            self._link = None
+        self._client.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's asyncio connections, then everything :meth:`close` does."""
+        if sniffio.current_async_library() == "asyncio":
+            client = self._aclients.pop(id(asyncio.get_running_loop()), None)
+            if client is not None:
+                await client.aclose()
+        await anyio.to_thread.run_sync(self.close)
+
+    def _aclient(self) -> Any:
+        loop = id(asyncio.get_running_loop())
+        client = self._aclients.get(loop)
+        if client is None:
+            client = self._aclients[loop] = self._make_async()
+        return client
+
+    async def _arun(self, flow: Flow) -> Any:
+        if sniffio.current_async_library() != "asyncio":  # redis.asyncio is asyncio-only
+            return await anyio.to_thread.run_sync(self.sync._run, flow)
+        client = self._aclient()
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = flow.send(result) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            result, error = None, None
+            if isinstance(effect, Sleep):
+                await anyio.sleep(effect.seconds)
+                continue
+            try:
+                result = await _exec_async(client, effect)
+            except TRANSIENT as exc:
+                error = Transient(str(exc))
+                error.__cause__ = exc
+            except rexc.RedisError as exc:
+                raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+
+    # --- the AsyncBackend protocol ------------------------------------------------------------
+    async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
+        """Create the scope's buckets, or update their limits (any process may)."""
+        if not self._engine.subscribed.is_set() and not self._engine.exact:
+            await anyio.to_thread.run_sync(self._start)
+        await self._arun(self._engine.configure(scope, limits, now))
+
+    async def submit(self, scope: str, request: Request, now: float) -> Decision:
+        """Grant, queue or refuse ``request`` in one round trip."""
+        return await self._arun(self._engine.submit(scope, request, now))  # type: ignore[no-any-return]
+
+    async def dispatch(self, scope: str, now: float) -> None:
+        """Serve the line (a timer fired)."""
+        await self._arun(self._engine.dispatch(scope, now))
+
+    async def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
+        """Leave the line; returns a grant that won the race."""
+        return await self._arun(self._engine.cancel(scope, request_id, now))  # type: ignore[no-any-return]
+
+    async def settle(
+        self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+    ) -> None:
+        """Anchor and reconcile a lease that reached the server (one round trip)."""
+        await self._arun(self._engine.settle(scope, lease_id, actual, at, now))
+
+    async def release(self, scope: str, lease_id: str, now: float) -> None:
+        """Return a lease that never reached the server."""
+        await self._arun(self._engine.release(scope, lease_id, now))
+
+    async def pause(self, scope: str, limit: str, until: float, now: float) -> None:
+        """Hold a limit until ``until`` in every process (e.g. after a 429)."""
+        await self._arun(self._engine.pause(scope, limit, until, now))
+
+    async def exhaust(self, scope: str, limit: str, now: float) -> float | None:
+        """Mark a calendar limit spent until its reset, in every process."""
+        return await self._arun(self._engine.exhaust(scope, limit, now))  # type: ignore[no-any-return]
+
+    async def status(self, scope: str, now: float) -> dict[str, Level]:
+        """Each limit's level."""
+        return await self._arun(self._engine.status(scope, now))  # type: ignore[no-any-return]
+
+    async def waiting(self, scope: str) -> int:
+        """Waiters in the scope's line, fleet-wide."""
+        return await self._arun(self._engine.waiting(scope))  # type: ignore[no-any-return]
+
+    def subscribe(self, scope: str, listener: Listener) -> None:
+        """Deliver decisions about this process's waiters in ``scope`` to ``listener``."""
+        with self._engine.lock:
+            self._engine.listeners.setdefault(scope, []).append(listener)
+
+    def unsubscribe(self, scope: str, listener: Listener) -> None:
+        """Stop delivering to ``listener``."""
+        with self._engine.lock:
+            lst = self._engine.listeners.get(scope)
+            if lst and listener in lst:
+                lst.remove(listener)
+
+    def __repr__(self) -> str:
+        e = self._engine
+        state = "up" if e.up else f"down, on_error={e.on_error!r}"
+        return (
+            f"RedisBackend(namespace={e.codec.namespace!r}, {state}, "
+            f"waiting={len(e.tickets)}, leases={len(e.leases)})"
+        )

@@ -1,0 +1,94 @@
+"""Helpers of the Redis tests: find, start, kill and restart ``redis-server`` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+HOW = "install it with `apt-get install redis-server` (or set REDIS_URL)"
+
+
+def need_redis(what: str = "redis-server") -> None:
+    """Skip (or fail under QUOTAFLOW_REQUIRE_REDIS=1) when ``what`` is missing."""
+    msg = f"{what} not found: {HOW}"
+    if os.environ.get("QUOTAFLOW_REQUIRE_REDIS") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port(bus: bool = False) -> int:
+    """A free TCP port; with ``bus``, ``port + 10000`` (the cluster bus) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000) if bus else (port,):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+class RedisServer:
+    """A ``redis-server`` process owned by a test (no persistence unless asked)."""
+
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        if REDIS_SERVER is None:
+            need_redis()
+        self.port = port or free_port()
+        self.args = args
+        self.dir = tempfile.mkdtemp(prefix="qf-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert REDIS_SERVER is not None
+        cmd = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def restart(self, down: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down)
+        self.start()

@@ -1,0 +1,196 @@
+"""The Redis backend through the public limiters: async (asyncio and trio), sync, keys."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from quotaflow import Limit, Limiter, SyncLimiter, WouldBlockError
+from quotaflow.backends.redis import RedisBackend
+from quotaflow.limits import Concurrent, fixed_windows
+
+pytestmark = pytest.mark.redis
+
+QUOTAS = {
+    "m": [Limit("rpm", 5, 1.0), Limit("tpm", 1000, 1.0, metric="input_tokens")],
+    "other": [Limit("rpm", 5, 1.0)],
+}
+
+
+@pytest.fixture
+def url(redis_url: str, namespace: str) -> str:
+    return f"{redis_url}?namespace={namespace}"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+# redis.asyncio runs on asyncio; under trio the backend runs the sync client in a worker
+# thread (anyio.to_thread), so both anyio backends are tested.
+@pytest.mark.anyio
+async def test_async_limiter_admits_at_the_limit(url: str) -> None:
+    limiter = Limiter(tier=None, quotas=QUOTAS, backend=url)
+    t0 = time.monotonic()
+    stamps: list[float] = []
+
+    async def one() -> None:
+        async with limiter.acquire("m", tokens=100) as permit:
+            permit.mark_sent()
+            stamps.append(time.monotonic() - t0)
+            await permit.settle(input_tokens=100)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(12):
+            tg.start_soon(one)
+    stamps.sort()
+    assert stamps[4] < 0.5 < stamps[5]  # 5 at once, then the next period
+    assert stamps[10] > 2.0
+    status = await limiter.status("m")
+    assert status["rpm"].limit == 5
+    assert await limiter.waiting("m") == 0
+    await limiter.backend.aclose()  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_nowait_and_pause_are_fleet_wide(url: str) -> None:
+    a = Limiter(tier=None, quotas=QUOTAS, backend=url)
+    b = Limiter(tier=None, quotas=QUOTAS, backend=RedisBackend.from_url(url))
+    await a.pause("m", "rpm", a.clock.now() + 0.5)
+    with pytest.raises(WouldBlockError) as info:
+        await b.acquire_nowait("m")
+    assert info.value.retry_after is not None and 0.2 < info.value.retry_after <= 0.6
+    t0 = time.monotonic()
+    async with b.acquire("m") as permit:
+        permit.mark_sent()
+    assert 0.3 < time.monotonic() - t0 < 1.5
+    for lim in (a, b):
+        await lim.backend.aclose()  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_release_in_one_backend_wakes_a_waiter_in_another(url: str) -> None:
+    quotas = {"c": [Limit("conc", 1, 1.0, reset=Concurrent())]}
+    a = Limiter(tier=None, quotas=quotas, backend=url)
+    b = Limiter(tier=None, quotas=quotas, backend=RedisBackend.from_url(url))
+    held = await a.acquire("c")
+    got: list[float] = []
+
+    async def waiter() -> None:
+        async with b.acquire("c") as p:
+            got.append(time.monotonic())
+            await p.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.3)
+        assert not got
+        released = time.monotonic()
+        await held.release()
+    for lim in (a, b):
+        await lim.backend.aclose()  # type: ignore[union-attr]
+    assert got and got[0] - released < 0.2  # woken by pub/sub, not by a poll
+
+
+def test_sync_limiter_uses_the_sync_face(url: str) -> None:
+    limiter = SyncLimiter(tier=None, quotas=QUOTAS, backend=url)
+    assert type(limiter.backend).__name__ == "SyncRedisBackend"
+    t0 = time.monotonic()
+    for _ in range(7):
+        with limiter.acquire("m", tokens=10) as permit:
+            permit.mark_sent()
+            permit.settle(input_tokens=10)
+    assert 0.8 < time.monotonic() - t0 < 2.0
+    used = limiter.status("m")["tpm"].used
+    assert 0 < used <= 50 and used % 10 == 0
+
+
+def test_keys_share_a_hash_tag_and_expire(url: str, namespace: str, client: redis.Redis) -> None:
+    from redis.crc import key_slot
+
+    limiter = SyncLimiter(tier=None, quotas=QUOTAS, backend=url)
+    for model in ("m", "other"):
+        with limiter.acquire(model) as permit:
+            permit.mark_sent()
+            permit.settle()
+    keys = [k.decode() for k in client.scan_iter(match=f"{namespace}:*")]
+    assert keys
+    slots: dict[str, set[int]] = {}
+    for key in keys:
+        ttl = client.pttl(key)
+        assert 0 < ttl <= 3_600_000, f"{key} has no TTL"
+        tag = key[key.index("{") + 1 : key.index("}")]
+        slots.setdefault(tag, set()).add(key_slot(key.encode()))
+    assert set(slots) == {"default/m", "default/other"}
+    assert all(len(s) == 1 for s in slots.values())  # one scope, one slot
+    assert slots["default/m"] != slots["default/other"]  # models spread over slots
+
+
+def test_memory_per_scope_is_bounded(url: str, namespace: str, client: redis.Redis) -> None:
+    quotas = {"m": [Limit("tpm", 10**9, 1.0, metric="input_tokens")]}
+    limiter = SyncLimiter(tier=None, quotas=quotas, backend=url)
+    for i in range(400):
+        with limiter.acquire("m", tokens=10**6) as permit:
+            permit.mark_sent()
+            permit.settle(input_tokens=10**6 - i)
+    z = next(k for k in client.scan_iter(match=f"{namespace}:*Z"))
+    assert client.zcard(z) <= 601  # slots + 1, whatever the volume
+
+
+def test_calendar_limits_and_exhaust(url: str) -> None:
+    quotas = {"m": [Limit("rpd", 3, 4.0, reset=fixed_windows(4.0))]}
+    limiter = SyncLimiter(tier=None, quotas=quotas, backend=url)
+    resets = limiter.exhaust("m", "rpd")
+    assert resets is not None and 0 < resets - limiter.clock.now() <= 4.5
+    from quotaflow import QuotaExhaustedError
+
+    with pytest.raises(QuotaExhaustedError), limiter.acquire("m"):
+        pass
+
+
+def test_url_options_and_password(make_redis: Any) -> None:
+    server = make_redis("--requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{server.port}/0?namespace=pw&on_error=raise&lease_ttl=9"
+    backend = RedisBackend.from_url(url)
+    assert backend.namespace == "pw"
+    assert backend._engine.on_error == "raise" and backend._engine.codec.ttl == 9.0
+    limiter = SyncLimiter(tier=None, quotas=QUOTAS, backend=backend)
+    with limiter.acquire("m") as permit:
+        permit.mark_sent()
+    backend.close()
+
+
+def test_sentinel_url(make_redis: Any, tmp_path: Any) -> None:
+    import subprocess
+
+    from redis_helpers import REDIS_SERVER, free_port
+
+    master = make_redis()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+    )
+    assert REDIS_SERVER is not None
+    proc = subprocess.Popen(
+        [REDIS_SERVER, str(conf), "--sentinel", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        url = f"redis+sentinel://127.0.0.1:{port}/mymaster?namespace=sentinel"
+        limiter = SyncLimiter(tier=None, quotas=QUOTAS, backend=url)
+        with limiter.acquire("m") as permit:
+            permit.mark_sent()
+        assert limiter.status("m")["rpm"].used == 1
+    finally:
+        proc.kill()
+        proc.wait()
