@@ -68,9 +68,19 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 _OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
 
 
+# A dead server must surface as an error (which the failure policy handles), never as a read
+# that blocks forever; a URL's own socket_timeout=/socket_connect_timeout= take precedence.
+_TIMEOUTS: dict[str, float] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+
+
+def _timeouts(query: str) -> dict[str, Any]:
+    return {k: v for k, v in _TIMEOUTS.items() if k not in query}
+
+
 def _clients(url: str) -> tuple[Any, Any]:
     """(sync client, factory of asyncio clients) for a URL."""
     parts = urlsplit(url)
+    to = _timeouts(parts.query)
     scheme = parts.scheme
     if scheme in ("redis+cluster", "rediss+cluster"):
         base = "rediss" if scheme.startswith("rediss") else "redis"
@@ -79,12 +89,14 @@ def _clients(url: str) -> tuple[Any, Any]:
         first = urlunsplit((base, creds + hosts[0], parts.path, parts.query, ""))
         nodes = [h.rsplit(":", 1) for h in hosts]
         startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in nodes]  # type: ignore[no-untyped-call]
-        sync = redis.cluster.RedisCluster.from_url(first, startup_nodes=startup, retry=_retry())
+        sync = redis.cluster.RedisCluster.from_url(
+            first, startup_nodes=startup, retry=_retry(), **to
+        )
 
         def make_async() -> Any:
             anodes = [redis.asyncio.cluster.ClusterNode(h, int(p)) for h, p in nodes]
             return redis.asyncio.cluster.RedisCluster.from_url(
-                first, startup_nodes=anodes, retry=_aretry()
+                first, startup_nodes=anodes, retry=_aretry(), **to
             )
 
         return sync, make_async
@@ -96,7 +108,7 @@ def _clients(url: str) -> tuple[Any, Any]:
             raise ConfigError(f"{url!r}: name the service: redis+sentinel://host:port/mymaster")
         service, db = path[0], int(path[1]) if len(path) > 1 else 0
         sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts]
-        kw: dict[str, Any] = {"password": password, "db": db}
+        kw: dict[str, Any] = {"password": password, "db": db, **to}
         skw = {"password": password} if password else None
         sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=skw, **kw)  # type: ignore[no-untyped-call]
         sync = sentinel.master_for(service)  # type: ignore[no-untyped-call]
@@ -109,8 +121,8 @@ def _clients(url: str) -> tuple[Any, Any]:
 
         return sync, make_async
     return (
-        redis.Redis.from_url(url, retry=_retry()),
-        lambda: redis.asyncio.Redis.from_url(url, retry=_aretry()),
+        redis.Redis.from_url(url, retry=_retry(), **to),
+        lambda: redis.asyncio.Redis.from_url(url, retry=_aretry(), **to),
     )
 
 
