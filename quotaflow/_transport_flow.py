@@ -33,6 +33,8 @@ from quotaflow.gemini import (
 )
 from quotaflow.limits import RPM, Limit, pacific_days
 
+_jitter = random.Random()  # our own generator: never disturb a user's seeded global one
+
 __all__ = ["CallInfo", "Settings", "Sizer", "call_flow", "settle_amounts"]
 
 log = logging.getLogger("quotaflow.transport")
@@ -91,7 +93,7 @@ class Settings:
     def backoff_delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter: ``U(0.5, 1.5) * backoff * 2**attempt``."""
         base = min(self.max_backoff, self.backoff * (2.0**attempt))
-        return base * (0.5 + random.random())
+        return base * (0.5 + _jitter.random())
 
 
 @dataclass
@@ -507,7 +509,7 @@ def _on_429(
         delay = err.retry_delay if err.retry_delay is not None else settings.backoff_delay(0)
         log.info("%s: 429 without a quota violation; backing off %.2fs", model or call.path, delay)
         return delay
-    until = now + delay * (1.0 + settings.jitter * random.random())
+    until = now + delay * (1.0 + settings.jitter * _jitter.random())
     paused = False
     for v in minute:
         dim = v.dimension

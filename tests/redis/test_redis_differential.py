@@ -19,7 +19,13 @@ from quotaflow.backends.base import Decision, Request
 from quotaflow.backends.memory import MemoryBackend
 from quotaflow.limits import Concurrent, Limit, Rolling, TokenBucket, fixed_windows
 
-pytestmark = pytest.mark.redis
+pytestmark = [
+    pytest.mark.redis,
+    # Hypothesis flags any use of the global `random` module while it generates data, even from
+    # another thread (a background thread left by an earlier test, e.g. a client's jittered
+    # retry). These strategies do not use it; the warning must not fail the run.
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning"),
+]
 
 SCOPE = "proj/model-x"
 
