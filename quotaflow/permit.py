@@ -6,6 +6,8 @@ The async :class:`Permit` and the sync :class:`SyncPermit` are thin shells over 
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -20,8 +22,30 @@ _SettleFn = Callable[[str, str, Mapping[str, int] | None, float, float], Any]
 _ReleaseFn = Callable[[str, str, float], Any]
 
 
+def _on_drop(state: PermitState, clock: Clock, settle: _SettleFn, release: _ReleaseFn) -> None:
+    """A permit garbage-collected without settle/release: nothing may stay held for ever.
+
+    Only for backends whose operations never block (memory): a finalizer must not do I/O. A
+    remote backend's lease expires on its own (e.g. Redis, after ``lease_ttl``).
+    """
+    if not getattr(getattr(release, "__self__", None), "nonblocking", False):
+        return
+    now = clock.now()
+    if state.phase == "granted":
+        state.phase = "released"
+        result = release(state.scope, state.id, now)
+    elif state.phase == "sent":
+        state.phase = "settled"
+        at = state.response_at if state.response_at is not None else now
+        result = settle(state.scope, state.id, None, at, now)
+    else:
+        return
+    if inspect.iscoroutine(result):  # pragma: no cover - nonblocking backends are sync
+        result.close()
+
+
 class _PermitBase:
-    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_state")
+    __slots__ = ("__weakref__", "_clock", "_release_fn", "_settle_fn", "_state")
 
     def __init__(
         self, state: PermitState, clock: Clock, settle: _SettleFn, release: _ReleaseFn
@@ -30,6 +54,7 @@ class _PermitBase:
         self._clock = clock
         self._settle_fn = settle
         self._release_fn = release
+        weakref.finalize(self, _on_drop, state, clock, settle, release)
 
     @property
     def id(self) -> str:

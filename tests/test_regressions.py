@@ -56,9 +56,9 @@ async def test_day_count_survives_other_spellings_of_a_model() -> None:
 @pytest.mark.anyio
 async def test_calibrated_limit_holds_for_every_spelling() -> None:
     lim = Limiter("tier1", clock=ManualClock(0.0))
-    await lim.acquire("gemini-2.5-flash")
+    held = [await lim.acquire("gemini-2.5-flash")]
     assert await lim.set_limit("gemini-2.5-flash", "rpm", 2) == 1000
-    await lim.acquire("models/gemini-2.5-flash")
+    held.append(await lim.acquire("models/gemini-2.5-flash"))
     with pytest.raises(WouldBlockError):
         await lim.acquire_nowait("gemini-2.5-flash-latest")
     assert {x.name: x.amount for x in lim.quota("models/gemini-2.5-flash")}["rpm"] == 2
@@ -128,3 +128,21 @@ def test_close_unsubscribes_from_a_shared_backend() -> None:
     assert backend._listeners["default/m"]
     lim.close()
     assert not backend._listeners["default/m"]
+
+
+@pytest.mark.anyio
+async def test_a_dropped_permit_gives_back_what_it_holds() -> None:
+    import gc
+
+    lim = Limiter(None, quotas={"m": [RPM(5, 60.0)]}, clock=ManualClock(0.0))
+    permit = await lim.acquire("m")
+    assert (await lim.status("m"))["rpm"].used == 1
+    del permit  # never sent, never released
+    gc.collect()
+    assert (await lim.status("m"))["rpm"].used == 0
+    sent = await lim.acquire("m")
+    sent.mark_sent()
+    del sent  # sent: keeps its request count, settled with the estimate
+    gc.collect()
+    status = await lim.status("m")
+    assert (status["rpm"].used, status["rpm"].in_flight) == (1, 0)
