@@ -199,7 +199,7 @@ def test_sync_limiter_in_threads_shares_the_backend_with_async() -> None:
 
     def worker() -> None:
         for _ in range(3):
-            with sync.acquire("m", timeout=10) as permit:
+            with sync.acquire("m", timeout=60) as permit:
                 permit.mark_sent()
                 with lock:
                     grants.append(sync.clock.now())
@@ -210,7 +210,7 @@ def test_sync_limiter_in_threads_shares_the_backend_with_async() -> None:
 
     async def also_async() -> None:
         for _ in range(4):
-            async with lim.acquire("m", timeout=10) as permit:
+            async with lim.acquire("m", timeout=60) as permit:
                 permit.mark_sent()
                 with lock:
                     grants.append(lim.clock.now())
