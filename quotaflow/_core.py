@@ -10,7 +10,7 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ __all__ = [
     "LimiterCore",
     "PermitState",
     "QuotaBook",
+    "Subscriptions",
     "acquire_flow",
 ]
 
@@ -470,3 +471,30 @@ def acquire_flow(request: Request, clock: Clock, first: Decision) -> Any:
             else:
                 yield Effect("yield")  # woke a hair early on a coarse clock
     return d
+
+
+class Subscriptions:
+    """The scopes a limiter listens to, written once for the async and the sync driver.
+
+    Listening is per limiter object, configuring is per core: a limiter sharing its core with
+    another (``SyncLimiter.sharing``) must subscribe even when the scope is already configured.
+    """
+
+    __slots__ = ("_backend", "_deliver", "_keys")
+
+    def __init__(self, backend: Any, deliver: Callable[[Decision], None]) -> None:
+        self._backend = backend
+        self._deliver = deliver
+        self._keys: set[str] = set()
+
+    def ensure(self, key: str) -> None:
+        """Listen to ``key`` if not already."""
+        if key not in self._keys:
+            self._backend.subscribe(key, self._deliver)
+            self._keys.add(key)
+
+    def close(self) -> None:
+        """Stop listening to every scope."""
+        for key in self._keys:
+            self._backend.unsubscribe(key, self._deliver)
+        self._keys.clear()

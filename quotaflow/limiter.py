@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 
-from quotaflow._core import DimensionStatus, Effect, LimiterCore, acquire_flow
+from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend
@@ -194,7 +194,7 @@ class Limiter:
         self._waiters: dict[str, AsyncWaiter | None] = {}
         self._early: dict[str, Decision] = {}
         self._early_lock = threading.Lock()
-        self._subscribed: set[str] = set()
+        self._listening = Subscriptions(self.backend, self._deliver)
 
     @property
     def clock(self) -> Clock:
@@ -222,9 +222,7 @@ class Limiter:
 
     async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
         key, canonical, limits, fresh = self._core.scope(model)
-        if key not in self._subscribed:  # a SyncLimiter sharing the core may have configured it
-            self.backend.subscribe(key, self._deliver)
-            self._subscribed.add(key)
+        self._listening.ensure(key)
         if fresh:
             await self._ops.call("configure", key, limits, self.clock.now())
             self._core.configured(key, limits)
@@ -400,9 +398,7 @@ class Limiter:
 
     def close(self) -> None:
         """Stop listening to the backend (a shared backend outlives this limiter)."""
-        for key in self._subscribed:
-            self.backend.unsubscribe(key, self._deliver)
-        self._subscribed.clear()
+        self._listening.close()
 
     def __repr__(self) -> str:
         return (

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from quotaflow._core import DimensionStatus, Effect, LimiterCore, acquire_flow
+from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
 from quotaflow._waiting import SyncWaiter
 from quotaflow.backends.base import Backend, Decision
 from quotaflow.clock import Clock
@@ -75,7 +75,7 @@ class SyncLimiter:
             raise ConfigError(f"{type(b).__name__} has no synchronous methods for SyncLimiter")
         self.backend: Backend = b
         self._waiters: dict[str, SyncWaiter] = {}
-        self._subscribed: set[str] = set()
+        self._listening = Subscriptions(self.backend, self._deliver)
 
     @classmethod
     def sharing(cls, limiter: Limiter) -> SyncLimiter:
@@ -98,10 +98,8 @@ class SyncLimiter:
 
     def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
         key, canonical, limits, fresh = self._core.scope(model)
-        if fresh or key not in self._subscribed:
-            if key not in self._subscribed:
-                self.backend.subscribe(key, self._deliver)
-                self._subscribed.add(key)
+        self._listening.ensure(key)
+        if fresh:
             self.backend.configure(key, limits, self.clock.now())
             self._core.configured(key, limits)
         return key, canonical, limits
@@ -225,9 +223,7 @@ class SyncLimiter:
 
     def close(self) -> None:
         """Stop listening to the backend (a shared backend outlives this limiter)."""
-        for key in self._subscribed:
-            self.backend.unsubscribe(key, self._deliver)
-        self._subscribed.clear()
+        self._listening.close()
 
     def __repr__(self) -> str:
         return f"SyncLimiter(project={self._core.project!r}, backend={self.backend!r})"
