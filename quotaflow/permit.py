@@ -6,8 +6,8 @@ The async :class:`Permit` and the sync :class:`SyncPermit` are thin shells over 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -45,7 +45,7 @@ def _on_drop(state: PermitState, clock: Clock, settle: _SettleFn, release: _Rele
 
 
 class _PermitBase:
-    __slots__ = ("__weakref__", "_clock", "_release_fn", "_settle_fn", "_state")
+    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_state")
 
     def __init__(
         self, state: PermitState, clock: Clock, settle: _SettleFn, release: _ReleaseFn
@@ -54,7 +54,12 @@ class _PermitBase:
         self._clock = clock
         self._settle_fn = settle
         self._release_fn = release
-        weakref.finalize(self, _on_drop, state, clock, settle, release)
+
+    def __del__(self) -> None:
+        # cheaper than a weakref.finalize per permit on the hot path: a phase check at dealloc
+        if self._state.phase in ("granted", "sent"):
+            with contextlib.suppress(Exception):  # a finalizer must never raise
+                _on_drop(self._state, self._clock, self._settle_fn, self._release_fn)
 
     @property
     def id(self) -> str:
