@@ -203,7 +203,6 @@ class PermitState:
     id: str
     model: str
     scope: str
-    cost: dict[str, int]  # by limit name
     metrics: dict[str, int]  # by metric
     limits: tuple[Limit, ...]
     granted_at: float
@@ -290,6 +289,9 @@ class LimiterCore:
                     f"shares[{agent!r}]: give agent names (no '@') mapped to Share(...) objects"
                 )
         self._configured: dict[str, tuple[Limit, ...]] = {}
+        # per model spelling: what the fast path needs (see `fast_state`); a backend with a
+        # fast lane (memory) and no shares only
+        self.lanes: dict[str, tuple[str, str, tuple[Limit, ...], Any, Any]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._lock = threading.Lock()
@@ -304,6 +306,65 @@ class LimiterCore:
 
     def configured(self, key: str, limits: tuple[Limit, ...]) -> None:
         self._configured[key] = limits
+
+    def remember_lane(
+        self, model: str, key: str, canonical: str, limits: tuple[Limit, ...], backend: Any
+    ) -> None:
+        """Let later acquires of ``model`` try the backend's fast lane first."""
+        if self.shares or not hasattr(backend, "take_fast"):
+            return
+        self.lanes[model] = (key, canonical, limits, backend.lane(key), backend.take_fast)
+
+    def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
+        """Change one limit's amount (self-calibration); returns the old limit."""
+        old = self.book.set_limit(model, name, amount)
+        self.lanes.clear()  # the next acquire of each model reconfigures through the scope
+        return old
+
+    def fast_state(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+    ) -> PermitState | None:
+        """The permit of a request the fast lane grants at once, or ``None`` (take the line).
+
+        Only for plain requests (one request, ``tokens`` input tokens): where nobody waits and
+        the lane's bounds say it fits, the exact rule would grant it too, so neither priority
+        nor a deadline can change the outcome.
+        """
+        hit = self.lanes.get(model)
+        if (
+            hit is None
+            or cost is not None
+            or tokens.__class__ is not int
+            or tokens < 0
+            or (timeout is not None and not timeout >= 0)
+        ):
+            return None
+        key, canonical, limits, lane, take_fast = hit
+        if priority is None:
+            prio = context.current_priority()
+            if prio is None:
+                prio = self.default_priority
+        else:
+            prio = context.priority_value(priority)
+        rid = self._prefix + str(next(self._ids))
+        now = self.clock.now()
+        if not take_fast(lane, rid, tokens, now):
+            return None
+        return PermitState(
+            rid,
+            canonical,
+            key,
+            {"requests": 1, "input_tokens": tokens},
+            limits,
+            now,
+            0.0,
+            prio,
+        )
 
     def request(
         self,
@@ -408,7 +469,6 @@ class LimiterCore:
             request.id,
             model,
             scope,
-            dict(request.cost),
             metrics,
             limits,
             now,

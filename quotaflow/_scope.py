@@ -21,9 +21,18 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from quotaflow._lane import FastLane
 from quotaflow._queue import Waiter, WaitQueue
 from quotaflow.backends.base import Decision, Refusal, Request
-from quotaflow.buckets import Bucket, ConcurrencyBucket, GcraBucket, Level, make_bucket
+from quotaflow.buckets import (
+    Bucket,
+    CalendarBucket,
+    ConcurrencyBucket,
+    GcraBucket,
+    Level,
+    WindowBucket,
+    make_bucket,
+)
 from quotaflow.limits import Limit
 
 __all__ = ["ScopeState"]
@@ -64,6 +73,8 @@ class ScopeState:
         self.rescan = True
         # per agent with a floor: its waiting requests in arrival order (see quotaflow.shares)
         self.floor_lines: dict[tuple[str, ...], deque[tuple[str, dict[str, int]]]] = {}
+        # the fast lane (see quotaflow._lane): the limits it charges, by metric
+        self.lane = FastLane()
         self.configure(limits, now)
 
     # --- configuration ---------------------------------------------------------------------
@@ -81,6 +92,70 @@ class ScopeState:
             else:
                 self.buckets[lim.name] = make_bucket(lim, now)
             self.limits[lim.name] = lim
+
+    # --- the fast lane ----------------------------------------------------------------------
+    def lane_close(self, now: float) -> None:
+        """Write the lane's grants and settles into the buckets and leases; close it."""
+        lane = self.lane
+        if not lane.open:
+            return
+        lane.open = False
+        buckets = self.buckets
+        if lane.pending_requests or lane.pending_tokens:
+            for name in lane.limits_requests:
+                buckets[name].in_flight += lane.pending_requests
+            for name in lane.limits_tokens:
+                buckets[name].in_flight += lane.pending_tokens
+            lane.pending_requests = lane.pending_tokens = 0
+        if lane.anchored_requests or lane.anchored_tokens:
+            for names, amount in (
+                (lane.limits_requests, lane.anchored_requests),
+                (lane.limits_tokens, lane.anchored_tokens),
+            ):
+                for name in names:  # every anchor gathered lies in the slot of anchored_at
+                    buckets[name].adjust(lane.anchored_at, amount, now)
+            lane.anchored_requests = lane.anchored_tokens = 0
+        lane.anchored_slot = -1
+        for lease_id, tokens in lane.leases.items():
+            cost = dict.fromkeys(lane.limits_requests, 1)
+            if tokens:
+                cost.update(dict.fromkeys(lane.limits_tokens, tokens))
+            self.leases[lease_id] = _Lease(cost)
+        lane.leases.clear()
+
+    def lane_open(self, now: float) -> None:
+        """Open the lane if nobody waits and every limit is of a kind it serves."""
+        lane = self.lane
+        if lane.open or self.queue or self.floor_lines:
+            return
+        rooms: dict[str, int] = {}
+        requests: list[str] = []
+        tokens: list[str] = []
+        until = INF
+        width = 0.0
+        for name, bucket in self.buckets.items():
+            metric = self.limits[name].metric
+            if metric == "requests":
+                requests.append(name)
+            elif metric == "input_tokens":
+                tokens.append(name)
+            else:
+                continue  # the lane charges nothing else: such limits cannot block it
+            if bucket.paused_until > now:
+                return
+            if isinstance(bucket, WindowBucket):
+                if width and bucket.width != width:
+                    return
+                width = bucket.width
+            elif isinstance(bucket, CalendarBucket):
+                until = min(until, bucket.next_reset(now))
+            else:
+                return
+            free = bucket.room(now)
+            rooms[metric] = min(rooms.get(metric, free), free)
+        lane.limits_requests, lane.limits_tokens = tuple(requests), tuple(tokens)
+        lane.width, lane.until = width, until
+        lane.reset_room(rooms.get("requests"), rooms.get("input_tokens"))
 
     # --- fitting ---------------------------------------------------------------------------
     def _fit(self, cost: Mapping[str, int], now: float) -> _Fit:
@@ -290,6 +365,12 @@ class ScopeState:
             bucket.settle(amount, real, at, now)
             if real < amount or isinstance(bucket, ConcurrencyBucket):
                 self.rescan = True
+        if actual is not None:  # usage that was not estimated (0 reserved) still counts
+            for name, real in actual.items():
+                if real > 0 and name not in lease.cost:
+                    bucket = buckets.get(name)
+                    if bucket is not None:
+                        bucket.settle(0, real, at, now)
         return self.dispatch(now) if self.queue else []
 
     def release(self, lease_id: str, now: float) -> list[Decision]:

@@ -81,6 +81,10 @@ class Bucket:
         """The earliest time >= now at which ``amount`` more fits (``inf``: not by time)."""
         raise NotImplementedError
 
+    def room(self, now: float) -> int:
+        """How much more fits at ``now`` (may be negative), ignoring a pause."""
+        raise NotImplementedError
+
     def exhausted(self, amount: int, now: float) -> bool:
         """True if a fail-fast limit should refuse ``amount`` now (it does not fit now; a
         calendar bucket: it cannot fit before the reset)."""
@@ -162,6 +166,10 @@ class WindowBucket(Bucket):
         if log and self._returns_at(log[0][0]) <= now + _EPS:
             self._expire(now)
         return self.logged + self.in_flight + amount <= self.capacity and self.paused_until <= now
+
+    def room(self, now: float) -> int:
+        self._expire(now)
+        return self.capacity - self.logged - self.in_flight
 
     def earliest(self, amount: int, now: float, strict: bool = False) -> float:
         self._expire(now)
@@ -256,6 +264,15 @@ class CalendarBucket(Bucket):
             self.window_start = self._cal.window_start(now)
             self.window_end = self._cal.window_end(now)
             self.counted = 0
+
+    def room(self, now: float) -> int:
+        self._roll(now)
+        return self.capacity - self.counted - self.in_flight
+
+    def next_reset(self, now: float) -> float:
+        """When the current calendar window ends."""
+        self._roll(now)
+        return self.window_end
 
     def earliest(self, amount: int, now: float, strict: bool = False) -> float:
         self._roll(now)

@@ -14,7 +14,15 @@ from contextvars import ContextVar
 
 from quotaflow.errors import ConfigError
 
-__all__ = ["PRIORITIES", "agent", "current", "deadline", "priority", "priority_value"]
+__all__ = [
+    "PRIORITIES",
+    "agent",
+    "current",
+    "current_priority",
+    "deadline",
+    "priority",
+    "priority_value",
+]
 
 PRIORITIES: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "critical": 3}
 """Named priority levels; any int works too (larger is more important)."""
@@ -74,6 +82,11 @@ def agent(name: str) -> Iterator[None]:
         yield
     finally:
         _agent.reset(token)
+
+
+def current_priority() -> int | None:
+    """The priority set by an enclosing :func:`priority`, if any."""
+    return _priority.get()
 
 
 def current() -> tuple[int | None, float | None, str | None]:

@@ -105,18 +105,28 @@ class _Acquire(Generic[_P]):
     Wraps a coroutine function and its arguments; leaving the block calls ``permit._exit``.
     """
 
-    __slots__ = ("_args", "_fn", "_permit")
+    __slots__ = ("_args", "_fast", "_fn", "_permit")
 
-    def __init__(self, fn: Callable[..., Awaitable[_P]], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[_P]],
+        args: tuple[Any, ...],
+        fast: Callable[..., _P | None] | None = None,
+    ) -> None:
         self._fn = fn
         self._args = args
+        self._fast = fast  # a grant without waiting (the fast lane), or None
         self._permit: _P | None = None
 
     def __await__(self) -> Generator[Any, None, _P]:
-        return self._fn(*self._args).__await__()
+        if self._fast is not None:
+            permit = self._fast(*self._args)
+            if permit is not None:
+                return permit
+        return (yield from self._fn(*self._args).__await__())
 
     async def __aenter__(self) -> _P:
-        self._permit = await self._fn(*self._args)
+        self._permit = await self
         return self._permit
 
     async def __aexit__(
@@ -221,12 +231,32 @@ class Limiter:
             waiter.deliver(decision)
 
     async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
-        key, canonical, limits, fresh = self._core.scope(model)
+        core = self._core
+        key, canonical, limits, fresh = core.scope(model)
         self._listening.ensure(key)
         if fresh:
             await self._ops.call("configure", key, limits, self.clock.now())
-            self._core.configured(key, limits)
+            core.configured(key, limits)
+        if model not in core.lanes:
+            core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
+
+    def _fast(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+        nowait: bool,
+        agent: str | None = None,
+    ) -> Permit | None:
+        state = self._core.fast_state(model, tokens, cost, priority, timeout)
+        if state is None:
+            return None
+        b: Any = self.backend  # a backend with a fast lane never blocks
+        return Permit(state, self._core.clock, b.settle, b.release)
 
     def acquire(
         self,
@@ -258,7 +288,9 @@ class Limiter:
             QuotaTimeoutError: no room before the deadline.
         """
         return _Acquire(
-            self._acquire, (model, tokens, cost, priority, timeout, deadline, False, agent)
+            self._acquire,
+            (model, tokens, cost, priority, timeout, deadline, False, agent),
+            self._fast,
         )
 
     async def acquire_nowait(
@@ -273,7 +305,8 @@ class Limiter:
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
         ``retry_after``). Never waits; passes waiters in line only as backfilling allows (when
         no waiter ahead would start later for it)."""
-        return await self._acquire(model, tokens, cost, priority, None, None, True, agent)
+        args = (model, tokens, cost, priority, None, None, True, agent)
+        return self._fast(*args) or await self._acquire(*args)
 
     try_acquire = acquire_nowait
 
@@ -379,7 +412,7 @@ class Limiter:
 
         Returns the previous amount, or ``None`` if the model has no such dimension.
         """
-        old = self._core.book.set_limit(model, dimension, amount)
+        old = self._core.set_limit(model, dimension, amount)
         if old is None:
             return None
         await self._scope(model)

@@ -97,11 +97,14 @@ class SyncLimiter:
             waiter.deliver(decision)
 
     def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
-        key, canonical, limits, fresh = self._core.scope(model)
+        core = self._core
+        key, canonical, limits, fresh = core.scope(model)
         self._listening.ensure(key)
         if fresh:
             self.backend.configure(key, limits, self.clock.now())
-            self._core.configured(key, limits)
+            core.configured(key, limits)
+        if model not in core.lanes:
+            core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
 
     @contextmanager
@@ -151,6 +154,9 @@ class SyncLimiter:
         agent: str | None = None,
     ) -> SyncPermit:
         core, clock, b = self._core, self.clock, self.backend
+        fast = core.fast_state(model, tokens, cost, priority, timeout)
+        if fast is not None:
+            return SyncPermit(fast, clock, b.settle, b.release)
         key, canonical, limits = self._scope(model)
         req, metrics, prio = core.request(
             canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent
@@ -215,7 +221,7 @@ class SyncLimiter:
 
     def set_limit(self, model: str, dimension: str, amount: int) -> int | None:
         """Change one limit's amount; see :meth:`Limiter.set_limit`."""
-        old = self._core.book.set_limit(model, dimension, amount)
+        old = self._core.set_limit(model, dimension, amount)
         if old is None:
             return None
         self._scope(model)

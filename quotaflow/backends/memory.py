@@ -10,6 +10,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+from quotaflow._lane import FastLane
 from quotaflow._scope import ScopeState
 from quotaflow.backends.base import Decision, Listener, Request
 from quotaflow.buckets import Level
@@ -68,31 +69,55 @@ class MemoryBackend:
         with self._lock:
             st = self._scopes.get(scope)
             if st is None:
-                self._scopes[scope] = ScopeState(
+                st = self._scopes[scope] = ScopeState(
                     limits, now, aging=self._aging, backfill_depth=self._depth
                 )
+                st.lane_open(now)
                 return
+            st.lane_close(now)
             st.configure(limits, now)
             out = st.dispatch(now)
+            st.lane_open(now)
         self._notify(scope, out)
+
+    def lane(self, scope: str) -> FastLane:
+        """The scope's fast lane (see :mod:`quotaflow._lane`); use it under :attr:`lock`."""
+        return self._scope(scope).lane
+
+    def take_fast(self, lane: FastLane, lease_id: str, tokens: int, now: float) -> bool:
+        """Grant one request of ``tokens`` input tokens through ``lane``, if it surely fits.
+
+        ``False`` says nothing about the request: send it to :meth:`submit`.
+        """
+        with self._lock:
+            return lane.take(lease_id, tokens, now)
 
     def submit(self, scope: str, request: Request, now: float) -> Decision:
         """Grant, queue or refuse ``request``."""
         with self._lock:
-            mine, others = self._scope(scope).submit(request, now)
+            st = self._scope(scope)
+            st.lane_close(now)
+            mine, others = st.submit(request, now)
+            st.lane_open(now)
         self._notify(scope, others)
         return mine
 
     def dispatch(self, scope: str, now: float) -> None:
         """Serve the line (a timer fired)."""
         with self._lock:
-            out = self._scope(scope).dispatch(now, timer=True)
+            st = self._scope(scope)
+            st.lane_close(now)
+            out = st.dispatch(now, timer=True)
+            st.lane_open(now)
         self._notify(scope, out)
 
     def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
         """Leave the line; returns a grant that won the race."""
         with self._lock:
-            mine, out = self._scope(scope).cancel(request_id, now)
+            st = self._scope(scope)
+            st.lane_close(now)
+            mine, out = st.cancel(request_id, now)
+            st.lane_open(now)
         self._notify(scope, out)
         return mine
 
@@ -101,32 +126,52 @@ class MemoryBackend:
     ) -> None:
         """Anchor and reconcile a lease that reached the server."""
         with self._lock:
-            out = self._scope(scope).settle(lease_id, actual, at, now)
+            st = self._scope(scope)
+            if st.lane.settle(lease_id, actual, at, now):
+                return
+            st.lane_close(now)
+            out = st.settle(lease_id, actual, at, now)
+            st.lane_open(now)
         self._notify(scope, out)
 
     def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server."""
         with self._lock:
-            out = self._scope(scope).release(lease_id, now)
+            st = self._scope(scope)
+            if st.lane.release(lease_id):
+                return
+            st.lane_close(now)
+            out = st.release(lease_id, now)
+            st.lane_open(now)
         self._notify(scope, out)
 
     def pause(self, scope: str, limit: str, until: float, now: float) -> None:
         """Hold a limit until ``until``."""
         with self._lock:
-            out = self._scope(scope).pause(limit, until, now)
+            st = self._scope(scope)
+            st.lane_close(now)
+            out = st.pause(limit, until, now)
+            st.lane_open(now)
         self._notify(scope, out)
 
     def exhaust(self, scope: str, limit: str, now: float) -> float | None:
         """Mark a calendar limit spent until its reset."""
         with self._lock:
-            resets, out = self._scope(scope).exhaust(limit, now)
+            st = self._scope(scope)
+            st.lane_close(now)
+            resets, out = st.exhaust(limit, now)
+            st.lane_open(now)
         self._notify(scope, out)
         return resets
 
     def status(self, scope: str, now: float) -> dict[str, Level]:
         """Each limit's level."""
         with self._lock:
-            return self._scope(scope).status(now)
+            st = self._scope(scope)
+            st.lane_close(now)
+            levels = st.status(now)
+            st.lane_open(now)
+            return levels
 
     def waiting(self, scope: str) -> int:
         """Waiters in the scope's line."""

@@ -1,0 +1,202 @@
+"""The fast lane makes exactly the decisions of the exact rule, and leaves the same state.
+
+A :class:`MemoryBackend` (which opens the lane whenever nobody waits) and a bare
+:class:`ScopeState` (the reference, no lane) get the same operations at the same times; a plain
+request first tries the lane, as the limiters do. Every decision and every limit's level must
+match after every step.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quotaflow import Limiter, ManualClock, SyncLimiter
+from quotaflow._scope import ScopeState
+from quotaflow.backends.base import Request
+from quotaflow.backends.memory import MemoryBackend
+from quotaflow.limits import RPM, TPM, Concurrent, Limit, fixed_windows
+
+PERIOD = 1.0
+
+QUOTAS = {
+    "rolling": [RPM(6, PERIOD), TPM(60, PERIOD)],
+    "with a day": [
+        RPM(6, PERIOD),
+        TPM(60, PERIOD),
+        Limit("rpd", 15, 3.0, "requests", fixed_windows(3.0), fail_fast=True),
+        Limit("tpd", 150, 3.0, "input_tokens", fixed_windows(3.0), fail_fast=True),
+    ],
+    "days only": [
+        Limit("rpd", 8, 0.5, "requests", fixed_windows(0.5), fail_fast=True),
+        Limit("tpd", 80, 0.5, "input_tokens", fixed_windows(0.5), fail_fast=True),
+    ],
+    "two widths": [RPM(6, PERIOD), TPM(60, 2 * PERIOD)],
+    "concurrency": [RPM(6, PERIOD), Limit("conc", 3, 1.0, reset=Concurrent())],
+}
+
+acquire = st.tuples(st.just("acquire"), st.sampled_from([0, 5, 10, 20, 30]), st.booleans())
+op = st.one_of(
+    acquire,
+    acquire,
+    acquire,
+    st.tuples(st.just("settle"), st.integers(0, 30), st.integers(-1, 40), st.booleans()),
+    st.tuples(st.just("settle"), st.integers(0, 30), st.integers(-1, 40), st.booleans()),
+    st.tuples(st.just("release"), st.integers(0, 30)),
+    st.tuples(st.just("wait"), st.floats(0, 0.6)),  # time passes and a timer fires
+    st.tuples(st.just("tick"), st.floats(0, 0.6)),  # time passes, nobody looks
+    st.tuples(st.just("tick"), st.sampled_from([0.001, 0.002, 0.01])),
+    st.tuples(st.just("pause"), st.floats(0, 0.5)),
+    st.tuples(st.just("cancel"), st.integers(0, 30)),
+    st.tuples(
+        st.just("status"),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    quota=st.sampled_from(
+        ["rolling", "rolling", "with a day", "with a day", "days only", "two widths", "concurrency"]
+    ),
+    ops=st.lists(op, min_size=5, max_size=80),
+)
+def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ...]]) -> None:
+    limits = QUOTAS[quota]
+    now = 0.0
+    backend = MemoryBackend(aging=None, backfill_depth=4)
+    backend.configure("s", limits, now)
+    ref = ScopeState(limits, now, aging=None, backfill_depth=4)
+    granted: list[str] = []  # leases held, in both
+    waiting: list[str] = []
+    for n, (kind, *args) in enumerate(ops):
+        rid = f"r{n}"
+        if kind == "acquire":
+            tokens, nowait = int(args[0]), bool(args[1])  # type: ignore[call-overload]
+            cost = {lim.name: 1 if lim.metric == "requests" else tokens for lim in limits}
+            req = Request(rid, cost, 0, None, nowait)
+            expected, _ = ref.submit(req, now)
+            if backend.take_fast(backend.lane("s"), rid, tokens, now):
+                assert expected.outcome == "granted", "the lane granted what the rule would not"
+                got = expected
+            else:
+                got = backend.submit("s", req, now)
+            assert (got.outcome, got.reason) == (expected.outcome, expected.reason)
+            if got.outcome == "granted":
+                granted.append(rid)
+            elif got.outcome == "waiting":
+                waiting.append(rid)
+        elif kind in ("settle", "release") and granted:
+            lease = granted.pop(int(args[0]) % len(granted))  # type: ignore[call-overload]
+            if kind == "settle":
+                real, early = int(args[1]), bool(args[2])  # type: ignore[call-overload]
+                actual = (
+                    None
+                    if real < 0
+                    else {lim.name: 1 if lim.metric == "requests" else real for lim in limits}
+                )
+                at = max(0.0, now - 0.004) if early else now
+                backend.settle("s", lease, actual, at, now)
+                ref.settle(lease, actual, at, now)
+            else:
+                backend.release("s", lease, now)
+                ref.release(lease, now)
+        elif kind == "cancel" and waiting:
+            rid_w = waiting.pop(int(args[0]) % len(waiting))  # type: ignore[call-overload]
+            won = backend.cancel("s", rid_w, now)
+            won_ref, _ = ref.cancel(rid_w, now)
+            assert (won is None) == (won_ref is None)
+        elif kind == "wait":
+            now += float(args[0])  # type: ignore[arg-type]
+            backend.dispatch("s", now)
+            for d in ref.dispatch(now, timer=True):
+                if d.outcome == "granted" and d.id in waiting:
+                    waiting.remove(d.id)
+                    granted.append(d.id)
+        elif kind == "tick":
+            now += float(args[0])  # type: ignore[arg-type]
+        elif kind == "pause":
+            first = limits[0].name
+            backend.pause("s", first, now + float(args[0]), now)  # type: ignore[arg-type]
+            ref.pause(first, now + float(args[0]), now)  # type: ignore[arg-type]
+        lane = backend.lane("s")
+        if lane.open:  # the lane's figures are lower bounds of the exact free room
+            for lim in limits:
+                room = ref.buckets[lim.name].room(now)
+                if lim.metric == "requests":
+                    assert lane.room_requests <= room, f"after step {n}: {kind}"
+                else:
+                    assert lane.room_tokens <= room, f"after step {n}: {kind}"
+        if kind == "status":  # writes the lane out (and reopens it): everything must agree
+            assert backend.status("s", now) == ref.status(now), f"after step {n}"
+    assert backend.status("s", now) == ref.status(now)
+
+
+def test_the_lane_serves_plain_requests_and_steps_aside_for_the_line() -> None:
+    clock = ManualClock(0.0)
+    backend = MemoryBackend()
+    lim = SyncLimiter(
+        None, quotas={"m": [RPM(3, 1.0), TPM(100, 1.0)]}, backend=backend, clock=clock
+    )
+    with lim.acquire("m", tokens=10) as first:  # the first acquire configures (slow path)
+        first.settle(input_tokens=8)
+    lane = backend.lane("default/m")
+    assert lane.open
+    permit = lim.acquire_nowait("m", tokens=50)
+    assert permit.id in lane.leases  # served by the lane
+    assert lim.status("m")["tpm"].in_flight == 50  # status writes the lane out first
+    permit.settle(input_tokens=20)
+    assert lim.status("m")["tpm"].used == 28
+    with pytest.raises(Exception, match="no room"):
+        lim.acquire_nowait("m", tokens=80)  # 28 + 80 > 100: the exact rule refuses
+    clock.advance(1.01)
+    assert lim.status("m")["tpm"].used == 0
+
+
+@pytest.mark.anyio
+async def test_a_calibrated_limit_reaches_the_lane() -> None:
+    clock = ManualClock(0.0)
+    lim = Limiter(None, quotas={"m": [RPM(10, 1.0)]}, clock=clock)
+    await (await lim.acquire("m")).settle()
+    await lim.set_limit("m", "rpm", 2)  # e.g. a 429's quotaValue
+    await (await lim.acquire("m")).settle()
+    with pytest.raises(Exception, match="no room"):
+        await lim.acquire_nowait("m")
+    with anyio.fail_after(5):
+        assert (await lim.status("m"))["rpm"].limit == 2
+
+
+@pytest.mark.parametrize("quota", ["with a day", "days only"])
+def test_settles_on_both_sides_of_a_reset_count_in_their_own_windows(quota: str) -> None:
+    limits = QUOTAS[quota]
+    backend = MemoryBackend()
+    backend.configure("s", limits, 0.0)
+    ref = ScopeState(limits, 0.0, aging=60.0, backfill_depth=32)
+    lane = backend.lane("s")
+    for rid in ("a", "b"):
+        assert backend.take_fast(lane, rid, 10, 0.0)
+        ref.submit(
+            Request(rid, {lim.name: 1 if lim.metric == "requests" else 10 for lim in limits}), 0.0
+        )
+    backend.status("s", 0.0)  # writes the lane out; it reopens at once
+    assert backend.take_fast(lane, "c", 10, 0.01) and backend.take_fast(lane, "d", 10, 0.01)
+    for rid in ("c", "d"):
+        ref.submit(
+            Request(rid, {lim.name: 1 if lim.metric == "requests" else 10 for lim in limits}), 0.01
+        )
+    day = limits[-1].reset.window_end(0.0)  # type: ignore[union-attr]
+    backend.settle("s", "c", None, day - 0.1, day - 0.1)
+    ref.settle("c", None, day - 0.1, day - 0.1)
+    backend.settle("s", "d", None, day + 0.05, day + 0.05)  # the day turned in between
+    ref.settle("d", None, day + 0.05, day + 0.05)
+    assert backend.status("s", day + 0.05) == ref.status(day + 0.05)
+
+
+def test_the_lane_stays_closed_for_kinds_it_does_not_serve() -> None:
+    for quota in ("two widths", "concurrency"):
+        backend = MemoryBackend()
+        backend.configure("s", QUOTAS[quota], 0.0)
+        assert not backend.lane("s").open
+        assert not backend.take_fast(backend.lane("s"), "a", 1, 0.0)
