@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Generator
 
 from aiolimiter import AsyncLimiter
 
@@ -42,6 +43,44 @@ class BareBucket:
                 self.tokens -= amount
                 return
             await asyncio.sleep((amount - self.tokens) / self.rate)
+
+
+class _EmptyPermit:
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    async def settle(self, input_tokens: int | None = None) -> None:
+        self.tokens = input_tokens or 0
+
+
+class _EmptyAcquire:
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def __await__(self) -> Generator[None, None, _EmptyPermit]:
+        return _EmptyPermit(self.tokens)
+        yield  # a generator: the awaitable protocol, as cheap as it gets
+
+
+class EmptyLimiter:
+    """quotaflow's API shape with nothing inside: ``await acquire(...)`` then ``await
+    permit.settle(...)``. The floor of any pure-Python limiter offering that API."""
+
+    def acquire(self, model: str, tokens: int = 0) -> _EmptyAcquire:
+        return _EmptyAcquire(tokens)
+
+
+async def bench_empty_shape() -> float:
+    lim = EmptyLimiter()
+    t0 = time.perf_counter()
+    for _ in range(N_UNCONTENDED):
+        permit = await lim.acquire("m", tokens=10)
+        await permit.settle(input_tokens=9)
+    return (time.perf_counter() - t0) / N_UNCONTENDED
 
 
 async def bench_bare() -> float:
@@ -115,11 +154,14 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     bare, aio, qf = best(bench_bare), best(bench_aiolimiter), best(bench_quotaflow)
+    empty = best(bench_empty_shape)
     print("\nUncontended (per call):")
     print(f"  bare asyncio bucket          {bare * 1e6:8.2f} us")
     print(f"  aiolimiter.acquire           {aio * 1e6:8.2f} us")
+    print(f"  the API shape, empty         {empty * 1e6:8.2f} us  (acquire+settle doing nothing)")
     print(f"  quotaflow acquire+settle x3  {qf * 1e6:8.2f} us")
     print(f"  ratio quotaflow / bare       {qf / bare:8.2f}x  (target <= 3x)")
+    print(f"  ratio empty shape / bare     {empty / bare:8.2f}x  (the floor of that ratio)")
     print(f"  ratio quotaflow / aiolimiter {qf / aio:8.2f}x")
     print("\nCost per grant as waiters grow:")
     costs = {}

@@ -11,13 +11,14 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from quotaflow import context
 from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
 from quotaflow.clock import Clock, SystemClock
+from quotaflow.context import current_priority as _current_priority
 from quotaflow.errors import (
     CannotFitError,
     ConfigError,
@@ -208,10 +209,12 @@ class PermitState:
     granted_at: float
     waited: float
     priority: int
+    # for grants of a fast lane: the backend's ``settle_tokens`` (see MemoryBackend)
+    quick: Callable[[str, str, int | None, float, float], None] | None
     phase: PermitPhase = "granted"
     sent_at: float | None = None
     response_at: float | None = None
-    actual: dict[str, int] = field(default_factory=dict)
+    actual: dict[str, int] | None = None  # the real usage given to settle, by metric
 
     def mark_sent(self, now: float) -> None:
         if self.phase in ("settled", "released"):
@@ -246,6 +249,20 @@ class PermitState:
             if lim.metric in actual_metrics
         }
         return by_limit, at
+
+    def plan_quick_settle(self, input_tokens: int | None, now: float) -> float | None:
+        """:meth:`plan_settle` for a lane grant settled with input tokens only; returns the
+        anchor time, or ``None`` if this settle needs the full way (it then raises or plans)."""
+        if self.quick is None or self.phase in ("settled", "released"):
+            return None
+        if input_tokens is not None:
+            if input_tokens.__class__ is not int or input_tokens < 0:
+                return None
+            self.actual = {"input_tokens": input_tokens}
+        if self.sent_at is None:
+            self.sent_at = now
+        self.phase = "settled"
+        return self.response_at if self.response_at is not None else now
 
     def plan_release(self) -> bool:
         """True if the lease must be returned (the call never reached the server)."""
@@ -291,7 +308,7 @@ class LimiterCore:
         self._configured: dict[str, tuple[Limit, ...]] = {}
         # per model spelling: what the fast path needs (see `fast_state`); a backend with a
         # fast lane (memory) and no shares only
-        self.lanes: dict[str, tuple[str, str, tuple[Limit, ...], Any, Any]] = {}
+        self.lanes: dict[str, tuple[str, str, tuple[Limit, ...], Any, Any, Any]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._lock = threading.Lock()
@@ -311,9 +328,16 @@ class LimiterCore:
         self, model: str, key: str, canonical: str, limits: tuple[Limit, ...], backend: Any
     ) -> None:
         """Let later acquires of ``model`` try the backend's fast lane first."""
-        if self.shares or not hasattr(backend, "take_fast"):
+        if self.shares or not hasattr(backend, "settle_tokens"):
             return
-        self.lanes[model] = (key, canonical, limits, backend.lane(key), backend.take_fast)
+        self.lanes[model] = (
+            key,
+            canonical,
+            limits,
+            backend.lane(key),
+            backend.lock,
+            backend.settle_tokens,
+        )
 
     def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
         """Change one limit's amount (self-calibration); returns the old limit."""
@@ -344,17 +368,18 @@ class LimiterCore:
             or (timeout is not None and not timeout >= 0)
         ):
             return None
-        key, canonical, limits, lane, take_fast = hit
+        key, canonical, limits, lane, lock, quick = hit
         if priority is None:
-            prio = context.current_priority()
+            prio = _current_priority()
             if prio is None:
                 prio = self.default_priority
         else:
             prio = context.priority_value(priority)
         rid = self._prefix + str(next(self._ids))
         now = self.clock.now()
-        if not take_fast(lane, rid, tokens, now):
-            return None
+        with lock:
+            if not lane.take(rid, tokens, now):
+                return None
         return PermitState(
             rid,
             canonical,
@@ -364,6 +389,7 @@ class LimiterCore:
             now,
             0.0,
             prio,
+            quick,
         )
 
     def request(
@@ -474,6 +500,7 @@ class LimiterCore:
             now,
             now - started,
             prio,
+            None,
         )
 
     def status(

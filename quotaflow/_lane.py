@@ -88,26 +88,27 @@ class FastLane:
         return False
 
     def settle(
-        self, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+        self,
+        lease_id: str,
+        real_requests: int | None,
+        real_tokens: int | None,
+        at: float,
+        now: float,
     ) -> bool:
-        """Settle a lane grant in the lane; ``False``: not here (ask the scope)."""
+        """Settle a lane grant in the lane (``None``: as granted); ``False``: ask the scope."""
         tokens = self.leases.get(lease_id)
         if tokens is None or not self.open or now >= self.until or at > now:
             return False
-        real_requests, real_tokens = 1, tokens
-        if actual is not None:  # by limit name; every limit of one metric has the same amount
-            for name in self.limits_tokens:
-                real_tokens = actual.get(name, tokens)
-                break
-            for name in self.limits_requests:
-                real_requests = actual.get(name, 1)
-                break
         if self.width:
             slot = math.floor(at / self.width + _EPS)
             if slot != self.anchored_slot:
                 if self.anchored_requests or self.anchored_tokens:
                     return False  # another slot: the scope writes this one out first
                 self.anchored_slot = slot
+        if real_requests is None:
+            real_requests = 1
+        if real_tokens is None:
+            real_tokens = tokens
         del self.leases[lease_id]
         self.pending_requests -= 1
         self.pending_tokens -= tokens
@@ -118,6 +119,14 @@ class FastLane:
         if at > self.anchored_at:
             self.anchored_at = at
         return True
+
+    def by_metric(self, actual: Mapping[str, int] | None) -> tuple[int | None, int | None]:
+        """Real amounts by limit name as ``(requests, input tokens)`` (``None``: as granted)."""
+        if actual is None:
+            return None, None
+        requests = next((actual[n] for n in self.limits_requests if n in actual), None)
+        tokens = next((actual[n] for n in self.limits_tokens if n in actual), None)
+        return requests, tokens
 
     def release(self, lease_id: str) -> bool:
         """Return a lane grant that never reached the server; ``False``: not here."""

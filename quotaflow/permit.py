@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -94,7 +94,7 @@ class _PermitBase:
     @property
     def actual(self) -> dict[str, int]:
         """The real usage given to :meth:`settle` (empty until then)."""
-        return dict(self._state.actual)
+        return dict(self._state.actual or {})
 
     @property
     def phase(self) -> str:
@@ -152,8 +152,14 @@ class Permit(_PermitBase):
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
+        if not metrics:
+            now = self._clock.now()
+            at = self._state.plan_quick_settle(input_tokens, now)
+            if at is not None:  # a fast-lane grant: the backend's quick way, never blocks
+                self._state.quick(self._state.scope, self._state.id, input_tokens, at, now)  # type: ignore[misc]
+                return
         result = self._settle_fn(*self._settle_args(input_tokens, metrics))
-        if isinstance(result, Awaitable):
+        if result is not None:
             with anyio.CancelScope(shield=True):
                 await result
 
@@ -161,7 +167,7 @@ class Permit(_PermitBase):
         """Return everything: the call never reached the server. No-op once settled."""
         if self._state.plan_release():
             result = self._release_fn(self._state.scope, self._state.id, self._clock.now())
-            if isinstance(result, Awaitable):
+            if result is not None:
                 with anyio.CancelScope(shield=True):
                     await result
 
@@ -181,6 +187,12 @@ class SyncPermit(_PermitBase):
 
     def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
+        if not metrics:
+            now = self._clock.now()
+            at = self._state.plan_quick_settle(input_tokens, now)
+            if at is not None:  # a fast-lane grant: the backend's quick way
+                self._state.quick(self._state.scope, self._state.id, input_tokens, at, now)  # type: ignore[misc]
+                return
         self._settle_fn(*self._settle_args(input_tokens, metrics))
 
     def release(self) -> None:

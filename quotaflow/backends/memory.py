@@ -44,7 +44,7 @@ class MemoryBackend:
             raise ConfigError(f"MemoryBackend(backfill_depth={backfill_depth}): must be >= 0")
         self._aging = aging
         self._depth = backfill_depth
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # guards everything; the fast lane is used under it
         self._scopes: dict[str, ScopeState] = {}
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
 
@@ -66,7 +66,7 @@ class MemoryBackend:
 
     def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
         """Create the scope's buckets, or update their limits in place."""
-        with self._lock:
+        with self.lock:
             st = self._scopes.get(scope)
             if st is None:
                 st = self._scopes[scope] = ScopeState(
@@ -89,12 +89,12 @@ class MemoryBackend:
 
         ``False`` says nothing about the request: send it to :meth:`submit`.
         """
-        with self._lock:
+        with self.lock:
             return lane.take(lease_id, tokens, now)
 
     def submit(self, scope: str, request: Request, now: float) -> Decision:
         """Grant, queue or refuse ``request``."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             st.lane_close(now)
             mine, others = st.submit(request, now)
@@ -104,7 +104,7 @@ class MemoryBackend:
 
     def dispatch(self, scope: str, now: float) -> None:
         """Serve the line (a timer fired)."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             st.lane_close(now)
             out = st.dispatch(now, timer=True)
@@ -113,7 +113,7 @@ class MemoryBackend:
 
     def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
         """Leave the line; returns a grant that won the race."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             st.lane_close(now)
             mine, out = st.cancel(request_id, now)
@@ -125,18 +125,42 @@ class MemoryBackend:
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
     ) -> None:
         """Anchor and reconcile a lease that reached the server."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
-            if st.lane.settle(lease_id, actual, at, now):
+            lane = st.lane
+            if lane.open and lease_id in lane.leases:
+                requests, tokens = lane.by_metric(actual)
+                if lane.settle(lease_id, requests, tokens, at, now):
+                    return
+            st.lane_close(now)
+            out = st.settle(lease_id, actual, at, now)
+            st.lane_open(now)
+        self._notify(scope, out)
+
+    def settle_tokens(
+        self, scope: str, lease_id: str, input_tokens: int | None, at: float, now: float
+    ) -> None:
+        """:meth:`settle` with the real input tokens only (``None``: as granted): the lane's
+        quick way; the same result."""
+        with self.lock:
+            st = self._scope(scope)
+            if st.lane.settle(lease_id, None, input_tokens, at, now):
                 return
             st.lane_close(now)
+            actual = None
+            if input_tokens is not None:
+                actual = {
+                    name: input_tokens
+                    for name, lim in st.limits.items()
+                    if lim.metric == "input_tokens"
+                }
             out = st.settle(lease_id, actual, at, now)
             st.lane_open(now)
         self._notify(scope, out)
 
     def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             if st.lane.release(lease_id):
                 return
@@ -147,7 +171,7 @@ class MemoryBackend:
 
     def pause(self, scope: str, limit: str, until: float, now: float) -> None:
         """Hold a limit until ``until``."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             st.lane_close(now)
             out = st.pause(limit, until, now)
@@ -156,7 +180,7 @@ class MemoryBackend:
 
     def exhaust(self, scope: str, limit: str, now: float) -> float | None:
         """Mark a calendar limit spent until its reset."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             st.lane_close(now)
             resets, out = st.exhaust(limit, now)
@@ -166,7 +190,7 @@ class MemoryBackend:
 
     def status(self, scope: str, now: float) -> dict[str, Level]:
         """Each limit's level."""
-        with self._lock:
+        with self.lock:
             st = self._scope(scope)
             st.lane_close(now)
             levels = st.status(now)
@@ -175,18 +199,18 @@ class MemoryBackend:
 
     def waiting(self, scope: str) -> int:
         """Waiters in the scope's line."""
-        with self._lock:
+        with self.lock:
             st = self._scopes.get(scope)
             return len(st.queue) if st else 0
 
     def subscribe(self, scope: str, listener: Listener) -> None:
         """Deliver decisions about the scope's waiters to ``listener``."""
-        with self._lock:
+        with self.lock:
             self._listeners[scope].append(listener)
 
     def unsubscribe(self, scope: str, listener: Listener) -> None:
         """Stop delivering to ``listener``."""
-        with self._lock:
+        with self.lock:
             lst = self._listeners.get(scope)
             if lst and listener in lst:
                 lst.remove(listener)
