@@ -355,14 +355,18 @@ class LimiterCore:
     ) -> PermitState | None:
         """The permit of a request the fast lane grants at once, or ``None`` (take the line).
 
-        Only for plain requests (one request, ``tokens`` input tokens): where nobody waits and
+        Only for plain requests (one request, ``tokens`` input tokens, no other cost; the
+        transports' ``cost={"requests": 1}`` is the same): where nobody waits and
         the lane's bounds say it fits, the exact rule would grant it too, so neither priority
         nor a deadline can change the outcome.
         """
         hit = self.lanes.get(model)
         if (
             hit is None
-            or cost is not None
+            or (
+                cost is not None
+                and (len(cost) != 1 or cost.get("requests") != 1 or type(cost["requests"]) is bool)
+            )
             or tokens.__class__ is not int
             or tokens < 0
             or (timeout is not None and not timeout >= 0)

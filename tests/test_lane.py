@@ -205,3 +205,17 @@ def test_the_lane_stays_closed_for_kinds_it_does_not_serve() -> None:
         backend.configure("s", QUOTAS[quota], 0.0)
         assert not backend.lane("s").open
         assert not backend.take_fast(backend.lane("s"), "a", 1, 0.0)
+
+
+def test_the_transports_cost_of_one_request_takes_the_lane_and_other_costs_do_not() -> None:
+    backend = MemoryBackend()
+    lim = SyncLimiter(None, quotas={"m": [RPM(10, 60.0), TPM(1000, 60.0)]}, backend=backend)
+    lim.acquire_nowait("m", tokens=1).settle()  # configures the scope
+    lane = backend.lane("default/m")
+    one = lim.acquire_nowait("m", tokens=5, cost={"requests": 1})
+    assert one.id in lane.leases
+    two = lim.acquire_nowait("m", tokens=5, cost={"requests": 2})  # a batch: the full rule
+    assert two.id not in lane.leases
+    assert lim.status("m")["rpm"].used == 4
+    with pytest.raises(ValueError, match="requests"):
+        lim.acquire_nowait("m", cost={"requests": True})  # validated by the full rule
