@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -29,6 +30,7 @@ from quotaflow._transport_io import (
     async_stream_class,
     sync_stream_class,
 )
+from quotaflow.errors import ConfigError
 from quotaflow.limiter import Limiter
 from quotaflow.limits import RPM, Limit
 from quotaflow.sync import SyncLimiter
@@ -176,14 +178,33 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _genai_backend() -> str:
-    """The HTTP package google-genai would pick by itself (``httpx`` or ``httpx2``)."""
+def _genai_backend(http_options: Any = None) -> str:
+    """The HTTP package google-genai picks (``httpx`` or ``httpx2``): by itself, or for
+    ``http_options`` (``GOOGLE_GENAI_HTTP_CLIENT`` wins over the objects they hold)."""
     try:
         from google.genai import _api_client
 
-        return str(_api_client._get_http_client_backend(None))
+        return str(_api_client._get_http_client_backend(http_options))
     except Exception:
         return "httpx"
+
+
+def _check_backend(options: genai_types.HttpOptions, flavor: str) -> None:
+    """Fail at once if google-genai would drive our transports with the other HTTP package.
+
+    The SDK lets ``GOOGLE_GENAI_HTTP_CLIENT`` override what it detects from the transports; an
+    httpx client then sends through an httpx2 transport (or the reverse), which fails only after
+    the request has reached the server, with an ``AssertionError`` deep in the HTTP package.
+    """
+    picked = _genai_backend(options)
+    if picked != flavor:
+        raise ConfigError(
+            f"google-genai will use {picked} (GOOGLE_GENAI_HTTP_CLIENT="
+            f"{os.environ.get('GOOGLE_GENAI_HTTP_CLIENT')!r}), but the quota transports were "
+            f"built for {flavor}, which a {picked} client cannot drive: call "
+            f"genai_http_options(..., backend='auto') (or backend={picked!r}), or unset "
+            "GOOGLE_GENAI_HTTP_CLIENT"
+        )
 
 
 def genai_http_options(
@@ -200,8 +221,10 @@ def genai_http_options(
     """Ready ``HttpOptions`` for google-genai: both clients (``client.models`` and
     ``client.aio.models``) go through quota transports on ``limiter``.
 
-    The SDK's own ``retry_options`` stay off: it ignores ``retryDelay`` and its retries would
-    stack on the transport's.
+    The async transport goes in ``async_client_args``, which also keeps ``client.aio`` off
+    aiohttp when aiohttp is installed (the SDK sends through aiohttp only when no transport is
+    given). The SDK's own ``retry_options`` stay off: it ignores ``retryDelay`` and its retries
+    would stack on the transport's.
 
     Args:
         limiter: the async limiter; the sync client uses ``sync_limiter`` or
@@ -211,6 +234,10 @@ def genai_http_options(
         base_url, api_version, headers, timeout: passed to ``HttpOptions`` (``timeout`` in
             milliseconds, as the SDK counts it).
         **options: transport options (``sizing=``, ``max_429_retries=``, ...).
+
+    Raises:
+        ConfigError: ``GOOGLE_GENAI_HTTP_CLIENT`` makes the SDK use the other HTTP package
+            than ``backend`` (its client could not drive these transports).
 
     Example:
         >>> from google import genai
@@ -240,4 +267,6 @@ def genai_http_options(
         kw["headers"] = dict(headers)
     if timeout is not None:
         kw["timeout"] = timeout
-    return types.HttpOptions(**kw)
+    http_options = types.HttpOptions(**kw)
+    _check_backend(http_options, flavor)
+    return http_options
