@@ -119,6 +119,20 @@ class _PermitBase:
         """The response began now: the server counted the call no later than this moment."""
         self._state.mark_response(self._clock.now())
 
+    def _settled_quickly(self, input_tokens: int | None) -> bool:
+        """Settle a fast-lane grant the backend's quick way (it never blocks); ``False``: this
+        settle takes the general way."""
+        state = self._state
+        quick = state.quick
+        if quick is None:
+            return False
+        now = self._clock.now()
+        at = state.plan_quick_settle(input_tokens, now)
+        if at is None:
+            return False
+        quick(state.scope, state.id, input_tokens, at, now)
+        return True
+
     def _settle_args(self, input_tokens: int | None, metrics: Mapping[str, int]) -> tuple[Any, ...]:
         actual = dict(metrics)
         if input_tokens is not None:
@@ -152,12 +166,8 @@ class Permit(_PermitBase):
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
-        if not metrics:
-            now = self._clock.now()
-            at = self._state.plan_quick_settle(input_tokens, now)
-            if at is not None:  # a fast-lane grant: the backend's quick way, never blocks
-                self._state.quick(self._state.scope, self._state.id, input_tokens, at, now)  # type: ignore[misc]
-                return
+        if not metrics and self._settled_quickly(input_tokens):
+            return
         result = self._settle_fn(*self._settle_args(input_tokens, metrics))
         if result is not None:
             with anyio.CancelScope(shield=True):
@@ -187,12 +197,8 @@ class SyncPermit(_PermitBase):
 
     def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
-        if not metrics:
-            now = self._clock.now()
-            at = self._state.plan_quick_settle(input_tokens, now)
-            if at is not None:  # a fast-lane grant: the backend's quick way
-                self._state.quick(self._state.scope, self._state.id, input_tokens, at, now)  # type: ignore[misc]
-                return
+        if not metrics and self._settled_quickly(input_tokens):
+            return
         self._settle_fn(*self._settle_args(input_tokens, metrics))
 
     def release(self) -> None:
