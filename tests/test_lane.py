@@ -8,6 +8,8 @@ match after every step.
 
 from __future__ import annotations
 
+import threading
+
 import anyio
 import pytest
 from hypothesis import given, settings
@@ -219,3 +221,33 @@ def test_the_transports_cost_of_one_request_takes_the_lane_and_other_costs_do_no
     assert lim.status("m")["rpm"].used == 4
     with pytest.raises(ValueError, match="requests"):
         lim.acquire_nowait("m", cost={"requests": True})  # validated by the full rule
+
+
+def test_threads_sharing_the_lane_lose_nothing() -> None:
+    clock = ManualClock(0.0)
+    backend = MemoryBackend()
+    lim = SyncLimiter(
+        None, quotas={"m": [RPM(10**6, 1.0), TPM(10**9, 1.0)]}, backend=backend, clock=clock
+    )
+    totals: list[int] = []  # per thread: the input tokens it settled
+
+    def work(seed: int) -> None:
+        total = 0
+        for i in range(500):
+            permit = lim.acquire_nowait("m", tokens=10 + (seed + i) % 7)
+            if i % 5 == 0:
+                permit.release()
+            else:
+                permit.settle(input_tokens=(seed + i) % 11)
+                total += (seed + i) % 11
+        totals.append(total)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    status = lim.status("m")
+    assert status["rpm"].in_flight == status["tpm"].in_flight == 0
+    assert status["rpm"].used == 4 * 400
+    assert status["tpm"].used == sum(totals)
