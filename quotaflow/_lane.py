@@ -120,12 +120,19 @@ class FastLane:
             self.anchored_at = at
         return True
 
-    def by_metric(self, actual: Mapping[str, int] | None) -> tuple[int | None, int | None]:
-        """Real amounts by limit name as ``(requests, input tokens)`` (``None``: as granted)."""
+    def by_metric(self, actual: Mapping[str, int] | None) -> tuple[int | None, int | None] | None:
+        """Real amounts by limit name as ``(requests, input tokens)`` (``None``: as granted);
+        ``None`` if ``actual`` names a limit the lane does not charge (ask the scope)."""
         if actual is None:
             return None, None
-        requests = next((actual[n] for n in self.limits_requests if n in actual), None)
-        tokens = next((actual[n] for n in self.limits_tokens if n in actual), None)
+        requests = tokens = None
+        for name, amount in actual.items():
+            if name in self.limits_requests:
+                requests = amount
+            elif name in self.limits_tokens:
+                tokens = amount
+            else:
+                return None
         return requests, tokens
 
     def release(self, lease_id: str) -> bool:

@@ -25,6 +25,7 @@ PERIOD = 1.0
 
 QUOTAS = {
     "rolling": [RPM(6, PERIOD), TPM(60, PERIOD)],
+    "and images": [RPM(6, PERIOD), TPM(60, PERIOD), Limit("ipm", 4, PERIOD, metric="images")],
     "with a day": [
         RPM(6, PERIOD),
         TPM(60, PERIOD),
@@ -61,7 +62,16 @@ op = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(
     quota=st.sampled_from(
-        ["rolling", "rolling", "with a day", "with a day", "days only", "two widths", "concurrency"]
+        [
+            "rolling",
+            "rolling",
+            "and images",
+            "with a day",
+            "with a day",
+            "days only",
+            "two widths",
+            "concurrency",
+        ]
     ),
     ops=st.lists(op, min_size=5, max_size=80),
 )
@@ -77,7 +87,10 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
         rid = f"r{n}"
         if kind == "acquire":
             tokens, nowait = int(args[0]), bool(args[1])  # type: ignore[call-overload]
-            cost = {lim.name: 1 if lim.metric == "requests" else tokens for lim in limits}
+            cost = {
+                lim.name: {"requests": 1, "input_tokens": tokens}.get(lim.metric, 0)
+                for lim in limits
+            }
             req = Request(rid, cost, 0, None, nowait)
             expected, _ = ref.submit(req, now)
             if backend.take_fast(backend.lane("s"), rid, tokens, now):
@@ -97,7 +110,10 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
                 actual = (
                     None
                     if real < 0
-                    else {lim.name: 1 if lim.metric == "requests" else real for lim in limits}
+                    else {
+                        lim.name: {"requests": 1, "images": real % 3}.get(lim.metric, real)
+                        for lim in limits
+                    }
                 )
                 at = max(0.0, now - 0.004) if early else now
                 if real % 2:  # the backend's general way
@@ -134,7 +150,7 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
                 room = ref.buckets[lim.name].room(now)
                 if lim.metric == "requests":
                     assert lane.room_requests <= room, f"after step {n}: {kind}"
-                else:
+                elif lim.metric == "input_tokens":
                     assert lane.room_tokens <= room, f"after step {n}: {kind}"
         if kind == "status":  # writes the lane out (and reopens it): everything must agree
             assert backend.status("s", now) == ref.status(now), f"after step {n}"

@@ -129,8 +129,8 @@ class MemoryBackend:
             st = self._scope(scope)
             lane = st.lane
             if lane.open and lease_id in lane.leases:
-                requests, tokens = lane.by_metric(actual)
-                if lane.settle(lease_id, requests, tokens, at, now):
+                amounts = lane.by_metric(actual)
+                if amounts is not None and lane.settle(lease_id, *amounts, at, now):
                     return
             st.lane_close(now)
             out = st.settle(lease_id, actual, at, now)
