@@ -373,7 +373,8 @@ class Limiter:
                         await ops.call("release", key, req.id, clock.now())
         state = core.permit_state(req, canonical, key, metrics, limits, started, prio)
         if ops.is_async:
-            return Permit(state, clock, self._settle, self._release)
+            quick = getattr(self.backend, "settle_nowait", None)
+            return Permit(state, clock, self._settle, self._release, quick)
         b: Any = self.backend  # non-blocking: no need to await or shield
         return Permit(state, clock, b.settle, b.release)
 

@@ -45,15 +45,24 @@ def _on_drop(state: PermitState, clock: Clock, settle: _SettleFn, release: _Rele
 
 
 class _PermitBase:
-    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_state")
+    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_settle_nowait", "_state")
 
     def __init__(
-        self, state: PermitState, clock: Clock, settle: _SettleFn, release: _ReleaseFn
+        self,
+        state: PermitState,
+        clock: Clock,
+        settle: _SettleFn,
+        release: _ReleaseFn,
+        settle_nowait: Callable[[str, str, Mapping[str, int] | None, float, float], bool]
+        | None = None,
     ) -> None:
         self._state = state
         self._clock = clock
         self._settle_fn = settle
         self._release_fn = release
+        # a backend's way to settle without waiting (e.g. queued to ride on its next call);
+        # False: it cannot now, use ``settle``
+        self._settle_nowait = settle_nowait
 
     def __del__(self) -> None:
         # cheaper than a weakref.finalize per permit on the hot path: a phase check at dealloc
@@ -168,7 +177,10 @@ class Permit(_PermitBase):
         """
         if not metrics and self._settled_quickly(input_tokens):
             return
-        result = self._settle_fn(*self._settle_args(input_tokens, metrics))
+        args = self._settle_args(input_tokens, metrics)
+        if self._settle_nowait is not None and self._settle_nowait(*args):
+            return
+        result = self._settle_fn(*args)
         if result is not None:
             with anyio.CancelScope(shield=True):
                 await result

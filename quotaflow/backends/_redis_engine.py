@@ -8,10 +8,16 @@ Time: the script's clock is Redis ``TIME``. Drivers pass ``now`` from the limite
 expect absolute times of that clock in decisions, so a reply's times are moved by
 ``local - redis`` measured around the call (``at = local_now + (redis_at - redis_now)``).
 ``exact=True`` (tests only) instead sends the driver's ``now`` as the script's clock.
+
+Settles ride along: every script call of a scope carries the settles waiting for it (ARGV[4]),
+and the script applies them before its op. The async face may *defer* a settle while the
+scope's line is empty (as of the last reply): it returns at once and the settle goes out with
+the next call for the scope, or after :data:`SETTLE_DELAY` at the latest (see ``redis.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,7 +34,7 @@ from quotaflow.buckets import Level
 from quotaflow.errors import BackendError, ConfigError
 from quotaflow.limits import Limit
 
-__all__ = ["Engine", "Exec", "Policy", "Sleep", "Transient", "Unavailable"]
+__all__ = ["SETTLE_DELAY", "Engine", "Exec", "Policy", "Sleep", "Transient", "Unavailable"]
 
 log = logging.getLogger("quotaflow.redis")
 
@@ -59,6 +65,21 @@ class Unavailable(Exception):
 
 
 Flow = Generator[Exec | Sleep, Any, Any]
+
+
+@dataclass(slots=True)
+class Started:
+    """A submit the async face sent itself (see :meth:`Engine.start_submit`)."""
+
+    keys: list[bytes]
+    argv: list[str]
+    t0: float
+    taken: list[rs.Settle]
+    raw: Any = None
+
+
+SETTLE_DELAY = 0.002
+"""Seconds a deferred settle may wait for a script call to ride on before it is sent alone."""
 
 
 def _shift(d: Decision, shift: float) -> Decision:
@@ -94,6 +115,9 @@ class Engine:
         self.local_ids: set[str] = set()
         self.local_scopes: set[str] = set()
         self.outbox: deque[tuple[str, str, tuple[Any, ...]]] = deque()
+        self.pending: dict[str, list[rs.Settle]] = {}  # scope -> deferred settles
+        self.pending_since: dict[str, float] = {}  # scope -> monotonic time of the oldest
+        self.calm: dict[str, bool] = {}  # scope -> the line was empty at the last reply
         self.up = True
         self.skew = 0.0  # limiter clock - monotonic clock
         self.roff = 0.0  # Redis time - limiter clock
@@ -166,49 +190,172 @@ class Engine:
             ) from None
 
     def op(
-        self, op: str, scope: str, build: Callable[[float], list[str]], now: float, wait: bool
+        self,
+        op: str,
+        scope: str,
+        build: Callable[[float], list[str]],
+        now: float,
+        wait: bool,
+        settles: Sequence[rs.Settle] = (),
+        first: Started | None = None,
     ) -> Generator[Exec | Sleep, Any, tuple[rs.Reply, float]]:
-        """Run ``op``; returns the reply and the shift from Redis to limiter times."""
+        """Run ``op`` with ``settles`` and the scope's deferred ones; returns the reply and the
+        shift from Redis to limiter times. ``first``: a call already made (see
+        :meth:`start_submit`), whose reply is taken as the first attempt's."""
         limits = self.limits_of(scope)
-        t0 = time.monotonic()
+        t0 = time.monotonic() if first is None else first.t0
         if not self.exact:
             self.skew = now - t0
-        if not self.up and not (wait and self.on_error == "wait"):
+        if first is None and not self.up and not (wait and self.on_error == "wait"):
             raise Unavailable
+        taken: list[rs.Settle] = []
+        if first is not None:
+            taken = first.taken
+        elif self.pending and op != "configure":
+            with self.lock:
+                taken = self.pending.pop(scope, [])
+                self.pending_since.pop(scope, None)
+        carried = [*settles, *taken] if taken else settles
         attempt = 0
         stale = True  # a first failure may be a pooled connection the server closed: retry once
+        raw: Any = None if first is None else first.raw
         while True:
-            cur = now + (time.monotonic() - t0)
-            argv = self.codec.argv(
-                op, scope, build(cur), limits, now if self.exact else None, cur + self.roff
-            )
-            try:
-                raw = yield Exec(self.codec.keys(scope), argv)
-            except Transient as exc:
-                if stale:
-                    stale = False
+            if raw is None:  # else: the reply of a call made before this flow began
+                cur = now + (time.monotonic() - t0)
+                argv = self.codec.argv(
+                    op,
+                    scope,
+                    build(cur),
+                    limits,
+                    now if self.exact else None,
+                    cur + self.roff,
+                    rs.settles_arg(carried, cur, self.exact) if carried else "",
+                )
+                try:
+                    raw = yield Exec(self.codec.keys(scope), argv)
+                except Transient as exc:
+                    if stale:
+                        stale = False
+                        continue
+                    self.went_down(exc.__cause__ or exc)
+                    if not (wait and self.on_error == "wait"):
+                        self._requeue(scope, taken)
+                        raise Unavailable from exc
+                    yield Sleep(min(1.0, 0.02 * 2**attempt))
+                    attempt += 1
                     continue
-                self.went_down(exc.__cause__ or exc)
-                if not (wait and self.on_error == "wait"):
-                    raise Unavailable from exc
-                yield Sleep(min(1.0, 0.02 * 2**attempt))
-                attempt += 1
-                continue
-            self.came_up()
+            if not self.up:
+                self.came_up()
             reply = rs.decode_reply(raw)
+            raw = None
             end = now + (time.monotonic() - t0)
             shift = 0.0 if self.exact else end - reply.now
             if not self.exact:
                 self.roff = reply.now - end
-            if reply.status == "noconf":
+            status = reply.status
+            if status == "noconf":
                 yield from self.op("configure", scope, self._configure_args(scope), now, wait)
                 continue
-            if reply.status == "cal" and attempt < 5:
+            if status == "cal" and attempt < 5:
                 attempt += 1
                 continue
-            if reply.status != "ok":
-                raise (KeyError if reply.status == "nolimit" else BackendError)(reply.status)
+            self.calm[scope] = reply.waiting == 0
+            if carried:
+                with self.lock:
+                    for s in carried:
+                        self.leases.pop(s[0], None)
+            if status != "ok":
+                raise (KeyError if status == "nolimit" else BackendError)(status)
             return reply, shift
+
+    def _requeue(self, scope: str, taken: Sequence[rs.Settle]) -> None:
+        """Deferred settles whose call failed: into the outbox, replayed when Redis is back."""
+        if taken:
+            with self.lock:
+                self.outbox.extend(("flush", scope, s) for s in taken)
+
+    def start_submit(self, scope: str, request: Request, now: float) -> Started | None:
+        """The async face's lean submit: keys and ARGV to send now (deferred settles of the
+        scope included), or None to take the general flow."""
+        limits = self.limits.get(scope)
+        if limits is None or self.exact or not self.up:
+            return None
+        t0 = time.monotonic()
+        self.skew = now - t0
+        taken: list[rs.Settle] = []
+        if self.pending:
+            with self.lock:
+                taken = self.pending.pop(scope, [])
+                self.pending_since.pop(scope, None)
+        argv = self.codec.argv(
+            "submit",
+            scope,
+            rs.submit_args(request, now, False),
+            limits,
+            None,
+            now + self.roff,
+            rs.settles_arg(taken, now, False) if taken else "",
+        )
+        return Started(self.codec.keys_bytes(scope), argv, t0, taken)
+
+    def end_submit(self, scope: str, request: Request, now: float, s: Started) -> Decision | None:
+        """The grant of a lean submit answered by the fast path; None: run :meth:`submit` with
+        ``first=s`` (any other reply) or ``first=None`` after putting ``s``'s settles back."""
+        raw = s.raw
+        if raw.__class__ is not bytes or raw[:1] != b"G":
+            return None
+        rnow = float(raw[1:])
+        end = now + (time.monotonic() - s.t0)
+        self.roff = rnow - end
+        self.calm[scope] = True
+        with self.lock:
+            self.leases[request.id] = scope
+            for t in s.taken:
+                self.leases.pop(t[0], None)
+        return Decision(request.id, "granted", end)
+
+    def unstart(self, scope: str, s: Started) -> None:
+        """A lean submit failed to send: its settles go back to the front of the queue."""
+        if s.taken:
+            with self.lock:
+                lst = self.pending.setdefault(scope, [])
+                lst[:0] = s.taken
+                self.pending_since.setdefault(scope, s.t0)
+
+    def defer(self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float) -> bool:
+        """Queue a settle for the scope's next call, if nobody waits; False: send it now."""
+        if self.exact or not self.up or not self.calm.get(scope) or lease_id in self.local_ids:
+            return False
+        entry = (lease_id, actual, at)
+        with self.lock:
+            lst = self.pending.get(scope)
+            if lst is None:
+                self.pending[scope] = [entry]
+                self.pending_since[scope] = time.monotonic()
+            else:
+                lst.append(entry)
+        return True
+
+    def due(self, age: float) -> tuple[list[str], float | None]:
+        """Scopes with a deferred settle older than ``age``, and when the next one will be."""
+        t = time.monotonic()
+        out: list[str] = []
+        nxt: float | None = None
+        with self.lock:
+            for scope, since in self.pending_since.items():
+                if t - since >= age * 0.9:
+                    out.append(scope)
+                elif nxt is None or since + age < nxt:
+                    nxt = since + age
+        return out, nxt
+
+    def flush(self, scope: str, now: float) -> Flow:
+        """Send the scope's deferred settles (a call of their own)."""
+        if scope not in self.pending:
+            return None
+        with contextlib.suppress(Unavailable):  # op() moved them to the outbox
+            yield from self.op("flush", scope, lambda cur: [], now, False)
+        return None
 
     def _configure_args(self, scope: str) -> Callable[[float], list[str]]:
         limits = self.limits_of(scope)
@@ -245,12 +392,24 @@ class Engine:
         self.deliver(scope, reply.decisions, shift)
         return None
 
-    def submit(self, scope: str, request: Request, now: float, wait: bool = True) -> Flow:
+    def submit(
+        self,
+        scope: str,
+        request: Request,
+        now: float,
+        wait: bool = True,
+        first: Started | None = None,
+    ) -> Flow:
         """Grant, queue or refuse ``request`` (one round trip when uncontended)."""
         exact = self.exact
         try:
             reply, shift = yield from self.op(
-                "submit", scope, lambda cur: rs.submit_args(request, cur, exact), now, wait
+                "submit",
+                scope,
+                lambda cur: rs.submit_args(request, cur, exact),
+                now,
+                wait,
+                first=first,
             )
         except Unavailable as exc:
             if self.on_error != "local":
@@ -259,6 +418,10 @@ class Engine:
             with self.lock:
                 self.local_ids.add(request.id)
             return self.local.submit(scope, request, now)
+        if reply.result == "G":  # the fast path: granted, nothing else happened
+            with self.lock:
+                self.leases[request.id] = scope
+            return Decision(request.id, "granted", reply.now + shift)
         mine = rs.decode_decision(reply.result)
         with self.lock:
             if mine.outcome == "granted":
@@ -300,7 +463,7 @@ class Engine:
             self.local_ids.discard(lease_id)
             self.local.settle(scope, lease_id, actual, at, now)
             return None
-        return (yield from self.remote("settle", scope, (lease_id, actual, at), now))
+        return (yield from self.remote("flush", scope, (lease_id, actual, at), now))
 
     def release(self, scope: str, lease_id: str, now: float) -> Flow:
         """Return everything a lease holds."""
@@ -311,17 +474,17 @@ class Engine:
         return (yield from self.remote("release", scope, (lease_id,), now))
 
     def remote(self, op: str, scope: str, args: tuple[Any, ...], now: float) -> Flow:
-        """cancel/settle/release in Redis; if it is down, kept in the outbox and replayed."""
+        """cancel/flush (a settle)/release in Redis; if it is down, kept in the outbox and
+        replayed."""
         rid = args[0]
-        exact = self.exact
-
-        def build(cur: float) -> list[str]:
-            if op == "settle":
-                return rs.settle_args(rid, args[1], args[2] - now + cur, cur, exact)
-            return [rid]
-
+        settles: tuple[rs.Settle, ...] = ()
+        if op == "flush":
+            settles = ((rid, args[1], args[2]),)
+            argv: list[str] = []
+        else:
+            argv = [rid]
         try:
-            reply, shift = yield from self.op(op, scope, build, now, False)
+            reply, shift = yield from self.op(op, scope, lambda cur: argv, now, False, settles)
         except Unavailable:
             with self.lock:
                 self.outbox.append((op, scope, args))

@@ -7,6 +7,8 @@
   the fleet drops those of a process that died) and reports what became of each, recovering a
   decision lost while the subscription was down, or re-queuing a ticket that vanished with a
   Redis restart. Each beat also serves the line, which keeps it moving if a head's owner died.
+* **Deferred settles.** A settle the async face deferred goes out with the scope's next call or
+  on its event loop's timer; if that loop stopped first, this thread sends it.
 * **Recovery.** While Redis is unreachable it probes with backoff; under ``on_error='local'``
   it moves waiting tickets to the local fallback; when Redis is back it replays the outbox
   (settles, releases, cancels that failed), so no capacity is lost.
@@ -82,6 +84,9 @@ class Link(threading.Thread):
                     msg = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
                 if eng.outbox:
                     self._run(flush(eng))
+                if eng.pending:  # deferred settles whose event loop never sent them
+                    for scope in eng.due(0.05)[0]:
+                        self._run(eng.flush(scope, eng.lnow()))
                 if time.monotonic() >= next_beat or eng.wake.is_set():
                     eng.wake.clear()
                     next_beat = time.monotonic() + self._beat_every

@@ -1,7 +1,8 @@
 """The scope script's codec for the Redis backend: keys, arguments, replies. Pure (no I/O).
 
-The Lua in ``quotaflow/backends/lua/`` is one script in four files (prelude, buckets, queue,
-scope), concatenated here and loaded by SHA. Its header documents KEYS, ARGV and the reply.
+The Lua in ``quotaflow/backends/lua/`` is one script in five files (fast, prelude, buckets,
+queue, scope), concatenated here and loaded by SHA. The prelude's header documents KEYS, ARGV
+and the reply; ``fast.lua`` the fast path that answers uncontended calls.
 
 Calendars are Python callables (``pacific_days``, ``fixed_windows``); the script cannot call
 them, so the client passes, per calendar limit, the windows around its estimate of Redis time
@@ -14,6 +15,7 @@ far off), the script answers ``cal`` and the client retries with the script's ti
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -23,9 +25,9 @@ from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
 from quotaflow.limits import Calendar, Concurrent, Limit, Rolling, TokenBucket
 
-__all__ = ["SCRIPT", "SCRIPT_SHA", "Codec", "Reply"]
+__all__ = ["SCRIPT", "SCRIPT_SHA", "Codec", "Reply", "Settle"]
 
-_PARTS = ("prelude.lua", "buckets.lua", "queue.lua", "scope.lua")
+_PARTS = ("fast.lua", "prelude.lua", "buckets.lua", "queue.lua", "scope.lua")
 
 
 def _load_script() -> str:
@@ -35,6 +37,7 @@ def _load_script() -> str:
 
 SCRIPT = _load_script()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+SCRIPT_SHA_BYTES = SCRIPT_SHA.encode()
 
 
 def f17(x: float) -> str:
@@ -51,14 +54,19 @@ def _text(s: Any) -> str:
     return s.decode() if isinstance(s, bytes) else str(s)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
-    """A decoded script reply; times are Redis times."""
+    """A decoded script reply; times are Redis times.
+
+    ``waiting`` is the length of the line after the call (0 for a fast-path answer, whose
+    ``result`` is ``"G"``: granted, or ``"K"``: settles applied).
+    """
 
     status: str
     now: float
     result: Any
     decisions: list[Decision]
+    waiting: int = 0
 
 
 def decode_decision(fields: Sequence[Any]) -> Decision:
@@ -75,14 +83,20 @@ def decode_decision(fields: Sequence[Any]) -> Decision:
     )
 
 
-def decode_reply(raw: Sequence[Any]) -> Reply:
-    """The script's ``{status, now, result, decisions}``."""
+def decode_reply(raw: Any) -> Reply:
+    """The fast path's ``G<now>``/``K<now>``, or the full path's
+    ``{status, now, result, decisions[, waiting]}``."""
+    if isinstance(raw, bytes):
+        return Reply("ok", float(raw[1:]), raw[:1].decode(), [])
+    if isinstance(raw, str):
+        return Reply("ok", float(raw[1:]), raw[:1], [])
     now = _num(raw[1])
     return Reply(
         _text(raw[0]),
         0.0 if now is None else now,
         raw[2],
-        [decode_decision(d) for d in raw[3]],
+        [decode_decision(d) for d in raw[3]] if raw[3] else [],
+        int(raw[4]) if len(raw) > 4 else 0,
     )
 
 
@@ -143,6 +157,9 @@ class Codec:
         self.ttl = ttl
         self.channel_prefix = f"{namespace}:o:"
         self._keys: dict[str, list[str]] = {}
+        self._bkeys: dict[str, list[bytes]] = {}
+        self._heads: dict[str, str] = {}
+        self._cal: dict[str, tuple[Sequence[Limit], float, float, str]] = {}
 
     @property
     def channel(self) -> str:
@@ -155,7 +172,14 @@ class Codec:
         if keys is None:
             tag = scope.replace("{", "(").replace("}", ")")
             base = f"{self.namespace}:{{{tag}}}:"
-            keys = self._keys[scope] = [base + s for s in "SQWTLEZ"]
+            keys = self._keys[scope] = [base + s for s in "HQWTLEZ"]
+        return keys
+
+    def keys_bytes(self, scope: str) -> list[bytes]:
+        """:meth:`keys`, encoded once (redis-py passes bytes through untouched)."""
+        keys = self._bkeys.get(scope)
+        if keys is None:
+            keys = self._bkeys[scope] = [k.encode() for k in self.keys(scope)]
         return keys
 
     def argv(
@@ -166,19 +190,46 @@ class Codec:
         limits: Sequence[Limit],
         redis_now: float | None,
         estimate: float,
+        settles: str = "",
     ) -> list[str]:
-        """ARGV (one string); ``redis_now`` is the test-only clock (``None``: Redis TIME)."""
-        fields = [
-            op,
-            "" if redis_now is None else f17(redis_now),
-            self.owner,
-            f17(self.ttl),
-            calendar_windows(limits, estimate, exact=redis_now is not None),
-            self.channel_prefix,
-            scope,
-            *args,
+        """ARGV: header, the op's arguments, settles, calendar windows (see the prelude).
+
+        ``redis_now`` is the test-only clock (``None``: Redis TIME).
+        """
+        head = self._heads.get(scope)
+        if head is None:
+            head = self._heads[scope] = "\x1f".join(
+                (self.owner, f17(self.ttl), self.channel_prefix, scope)
+            )
+        override = "" if redis_now is None else f17(redis_now)
+        out = [
+            f"{op}\x1f{override}\x1f{head}",
+            "\x1f".join(args),
+            settles,
+            self.calendars(scope, limits, estimate, redis_now is not None),
         ]
-        return ["\x1f".join(fields)]
+        while out[-1] == "":  # trailing empty arguments may be left out
+            out.pop()
+        return out
+
+    def calendars(self, scope: str, limits: Sequence[Limit], t: float, exact: bool) -> str:
+        """:func:`calendar_windows`, cached while ``t`` stays inside one window."""
+        if exact:
+            return calendar_windows(limits, t, exact=True)
+        hit = self._cal.get(scope)
+        if hit is not None and hit[0] is limits and hit[1] <= t < hit[2]:
+            return hit[3]
+        text = calendar_windows(limits, t, exact=False)
+        lo, hi = -math.inf, math.inf
+        for lim in limits:
+            cal = lim.reset
+            if isinstance(cal, Calendar):
+                # while t - 1 and t + 1 stay in t's window, the candidates are that window alone
+                lo = max(lo, cal.window_start(t) + 1.0)
+                hi = min(hi, cal.window_end(t) - 1.0)
+        if lo < hi:
+            self._cal[scope] = (limits, lo, hi, text)
+        return text
 
 
 def calendar_windows(limits: Sequence[Limit], t: float, *, exact: bool) -> str:
@@ -228,17 +279,23 @@ def submit_args(request: Request, now: float, exact: bool) -> list[str]:
     return out
 
 
-def settle_args(
-    lease_id: str, actual: Mapping[str, int] | None, at: float, now: float, exact: bool
-) -> list[str]:
-    """ARGV tail of ``settle``."""
-    out = [lease_id, time_arg(at, now, exact)]
-    if actual is None:
-        return [*out, "-1"]
-    out.append(str(len(actual)))
-    for name, amount in actual.items():
-        out += [name, str(int(amount))]
-    return out
+Settle = tuple[str, Mapping[str, int] | None, float]
+"""A settle to apply: (lease id, real amounts by limit or None, ``at`` of the limiter clock)."""
+
+
+def settles_arg(settles: Sequence[Settle], now: float, exact: bool) -> str:
+    """ARGV[4]: settles (their ``at`` relative to ``now``, or absolute if ``exact``)."""
+    parts = []
+    for lease_id, actual, at in settles:
+        fields = [lease_id, time_arg(at, now, exact)]
+        if actual is None:
+            fields.append("-1")
+        else:
+            fields.append(str(len(actual)))
+            for name, amount in actual.items():
+                fields += [name, str(int(amount))]
+        parts.append("\x1f".join(fields))
+    return "\x1e".join(parts)
 
 
 def configure_args(limits: Sequence[Limit], aging: float | None, depth: int) -> list[str]:

@@ -20,6 +20,7 @@ out of the URL; the rest go to redis-py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,7 +46,15 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from quotaflow.backends import _redis_script as rs
-from quotaflow.backends._redis_engine import Engine, Exec, Flow, Policy, Sleep, Transient
+from quotaflow.backends._redis_engine import (
+    SETTLE_DELAY,
+    Engine,
+    Exec,
+    Flow,
+    Policy,
+    Sleep,
+    Transient,
+)
 from quotaflow.backends._redis_link import Link
 from quotaflow.backends.base import Decision, Listener, Request
 from quotaflow.buckets import Level
@@ -298,6 +307,8 @@ class RedisBackend:
         self.sync = SyncRedisBackend(self)
         self._link: Link | None = None
         self._beat_every = lease_ttl / 3
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # event loop id -> flush timer
+        self._flushing: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
@@ -335,7 +346,11 @@ class RedisBackend:
         self._engine.subscribed.wait(5.0)
 
     def close(self) -> None:
-        """Stop the background thread and close the connections (optional at exit)."""
+        """Send deferred settles, stop the background thread and close the connections
+        (optional at exit: a lease not settled expires after ``lease_ttl``)."""
+        for scope in list(self._engine.pending):
+            with contextlib.suppress(Exception):
+                self.sync._run(self._engine.flush(scope, self._engine.lnow()))
         if self._link is not None:
             self._link.stop()
             self._link.join(5.0)
@@ -343,9 +358,19 @@ class RedisBackend:
         self._client.close()
 
     async def aclose(self) -> None:
-        """Close this event loop's asyncio connections, then everything :meth:`close` does."""
+        """Send deferred settles, close this event loop's asyncio connections, then everything
+        :meth:`close` does."""
         if sniffio.current_async_library() == "asyncio":
-            client = self._aclients.pop(id(asyncio.get_running_loop()), None)
+            loop = asyncio.get_running_loop()
+            timer = self._timers.pop(id(loop), None)
+            if timer is not None:
+                timer.cancel()
+            for task in [t for t in self._flushing if t.get_loop() is loop]:
+                with contextlib.suppress(Exception):
+                    await task
+            for scope in list(self._engine.pending):
+                await self._flush(scope)
+            client = self._aclients.pop(id(loop), None)
             if client is not None:
                 await client.aclose()
         await anyio.to_thread.run_sync(self.close)
@@ -389,7 +414,27 @@ class RedisBackend:
 
     async def submit(self, scope: str, request: Request, now: float) -> Decision:
         """Grant, queue or refuse ``request`` in one round trip."""
-        return await self._arun(self._engine.submit(scope, request, now))  # type: ignore[no-any-return]
+        e = self._engine
+        started = None
+        if sniffio.current_async_library() == "asyncio":
+            started = e.start_submit(scope, request, now)
+        if started is None:
+            return await self._arun(e.submit(scope, request, now))  # type: ignore[no-any-return]
+        # the lean path: one EVALSHA without the flow machinery; any surprise takes the flow
+        try:
+            started.raw = await self._aclient().evalsha(
+                rs.SCRIPT_SHA_BYTES, 7, *started.keys, *started.argv
+            )
+        except Exception:  # NOSCRIPT, a dropped connection...: the flow handles them all
+            e.unstart(scope, started)
+            return await self._arun(e.submit(scope, request, now))  # type: ignore[no-any-return]
+        except BaseException:  # cancelled: whether it ran is unknown; settles stay queued
+            e.unstart(scope, started)
+            raise
+        granted = e.end_submit(scope, request, now, started)
+        if granted is not None:
+            return granted
+        return await self._arun(e.submit(scope, request, now, first=started))  # type: ignore[no-any-return]
 
     async def dispatch(self, scope: str, now: float) -> None:
         """Serve the line (a timer fired)."""
@@ -402,8 +447,46 @@ class RedisBackend:
     async def settle(
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
     ) -> None:
-        """Anchor and reconcile a lease that reached the server (one round trip)."""
-        await self._arun(self._engine.settle(scope, lease_id, actual, at, now))
+        """Anchor and reconcile a lease that reached the server.
+
+        While nobody waits in the scope's line (as of the last reply), the settle is deferred:
+        it returns at once and rides on the scope's next script call, or is sent after
+        ``SETTLE_DELAY`` (2 ms) at the latest. Otherwise one round trip.
+        """
+        if not self.settle_nowait(scope, lease_id, actual, at, now):
+            await self._arun(self._engine.settle(scope, lease_id, actual, at, now))
+
+    def settle_nowait(
+        self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+    ) -> bool:
+        """Defer the settle (see :meth:`settle`) if it can be; ``False``: it needs the round
+        trip. Called from a coroutine; never blocks."""
+        if sniffio.current_async_library() == "asyncio" and self._engine.defer(
+            scope, lease_id, actual, at
+        ):
+            self._arm(asyncio.get_running_loop(), SETTLE_DELAY)
+            return True
+        return False
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        key = id(loop)
+        if key not in self._timers:
+            self._timers[key] = loop.call_later(delay, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The flush timer: send deferred settles that found no call to ride on."""
+        self._timers.pop(id(loop), None)
+        scopes, nxt = self._engine.due(SETTLE_DELAY)
+        for scope in scopes:
+            task = loop.create_task(self._flush(scope))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        if nxt is not None:
+            self._arm(loop, max(0.0, nxt - time.monotonic()))
+
+    async def _flush(self, scope: str) -> None:
+        with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
+            await self._arun(self._engine.flush(scope, self._engine.lnow()))
 
     async def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server."""

@@ -194,3 +194,54 @@ def test_sentinel_url(make_redis: Any, tmp_path: Any) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.anyio
+async def test_a_deferred_settle_reaches_other_processes_without_another_call(url: str) -> None:
+    # On asyncio, a settle made while nobody waits returns at once and rides on the scope's next
+    # script call; with no next call, its timer sends it within milliseconds.
+    quotas = {"m": [Limit("tpm", 1000, 60.0, metric="input_tokens")]}
+    a = Limiter(tier=None, quotas=quotas, backend=url)
+    b = Limiter(tier=None, quotas=quotas, backend=RedisBackend.from_url(url))
+    p = await a.acquire("m", tokens=900)
+    p.mark_sent()
+    await p.settle(input_tokens=100)
+    for _ in range(1000):  # b sees the real use though a made no call since
+        if (await b.status("m"))["tpm"].used == 100:
+            break
+        await anyio.sleep(0.005)
+    assert (await b.status("m"))["tpm"].used == 100
+    assert (await a.status("m"))["tpm"].in_flight == 0
+    for lim in (a, b):
+        await lim.backend.aclose()  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_settles_ride_on_acquires_and_wake_a_waiter_elsewhere(url: str) -> None:
+    quotas = {"m": [Limit("tpm", 100, 60.0, metric="input_tokens")]}
+    a = Limiter(tier=None, quotas=quotas, backend=url)
+    b = Limiter(tier=None, quotas=quotas, backend=RedisBackend.from_url(url))
+    for _ in range(20):  # 20 estimates of 70 with real use 1: only settles make room
+        p = await a.acquire("m", tokens=70)
+        p.mark_sent()
+        await p.settle(input_tokens=1)
+    held = await a.acquire("m", tokens=70)
+    held.mark_sent()
+    got: list[int] = []
+
+    async def waiter() -> None:
+        async with b.acquire("m", tokens=50) as q:
+            got.append(1)
+            q.mark_sent()
+
+    with anyio.fail_after(10):  # woken by the settle, not by the period's end (60 s)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.2)
+            assert not got  # 20 + 70 + 50 > 100
+            await held.settle(input_tokens=10)  # deferred (a saw no line); its timer wakes b
+    assert got
+    status = await b.status("m")
+    assert status["tpm"].used == 20 + 10 + 50 and status["tpm"].in_flight == 0
+    for lim in (a, b):
+        await lim.backend.aclose()  # type: ignore[union-attr]

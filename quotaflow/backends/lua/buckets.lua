@@ -1,8 +1,11 @@
---[[ quotaflow scope script, part 2 of 4: bucket arithmetic (port of quotaflow/buckets.py).
+--[[ quotaflow scope script, part 3 of 5: bucket arithmetic (port of quotaflow/buckets.py).
 
 A bucket is a table in ST.b[name] with a kind t:
   "w" rolling window (WindowBucket): cap, per, w (slot width), fl (in flight), lg (logged),
-      fs (front slot of the log or false); the log itself lives in KEYS[7] (Z)
+      fs (front slot of the log or false), zl (an upper bound of the newest slot in Z, -INF
+      if none), ts/ta (the tail: the newest slot and its amount when the fast path keeps it
+      out of Z; -INF/0 otherwise, and always so inside the full path); the log itself lives
+      in KEYS[7] (Z)
   "c" calendar (CalendarBucket): cap, fl, cn (counted), ws/we (window start/end)
   "g" GCRA (GcraBucket): cap, i (interval), bu (burst), tat
   "x" concurrency (ConcurrencyBucket): cap, fl, r (running)
@@ -58,6 +61,7 @@ function B.expire(b, name)
       local m = redis.call('ZRANGEBYLEX', KZ, wlo(name), whi(name), 'LIMIT', 0, 1)[1]
       b.fs = m and (wparse(m)) or false
     end
+    if not b.fs then b.zl = -INF end
   end
 end
 
@@ -99,6 +103,16 @@ function B.add(b, name, slot, amount)
   redis.call('ZADD', KZ, 0, wmember(name, slot, amount))
   b.lg = b.lg + amount
   if not b.fs or slot < b.fs then b.fs = slot end
+  if slot > b.zl then b.zl = slot end
+end
+
+-- the fast path's tail (newest slot) back into Z, where the full path keeps the whole log
+function B.untail(b, name)
+  if b.ts == -INF then return end
+  redis.call('ZADD', KZ, 0, wmember(name, b.ts, b.ta))
+  touch(KZ)
+  if b.ts > b.zl then b.zl = b.ts end
+  b.ts, b.ta = -INF, 0
 end
 
 function B.clear_log(name)
@@ -279,7 +293,7 @@ function B.make(name, kind, amount, period, param, ff)
              sig = kind .. ':' .. f17(period) .. ':' .. param}
   if kind == 'w' then
     b.w = period / tonumber(param)
-    b.lg, b.fs = 0, false
+    b.lg, b.fs, b.zl, b.ts, b.ta = 0, false, -INF, -INF, 0
     B.clear_log(name)
   elseif kind == 'c' then
     local s, e = calwin(name)

@@ -1,4 +1,4 @@
---[[ quotaflow scope script, part 4 of 4: the rules of one scope (port of quotaflow/_scope.py)
+--[[ quotaflow scope script, part 5 of 5: the rules of one scope (port of quotaflow/_scope.py)
 and the entry point. See the prelude for KEYS, ARGV and the reply.
 
 Beyond the reference, every call first drops expired tickets (their process stopped
@@ -210,6 +210,14 @@ local function settle_lease(lease, actual, at)
       if real < amount or b.t == 'x' then ST.rescan = true end
     end
   end
+  if actual then  -- usage that was not estimated (0 reserved) still counts
+    local held = {}
+    for i = 1, #c, 2 do held[c[i]] = true end
+    for name, real in pairs(actual) do
+      local b = ST.b[name]
+      if real > 0 and not held[name] and b then B.settle(b, name, 0, real, at) end
+    end
+  end
 end
 
 -- drop tickets and anchor leases whose owners stopped refreshing them
@@ -232,10 +240,6 @@ local function purge()
   end
   return changed
 end
-
--- the op's arguments after field 7
-local A = {}
-for i = 8, #AR do A[#A + 1] = AR[i] end
 
 local function pairs_from(first, n)  -- {name, amount, ...} from A[first..]
   local out = {}
@@ -326,19 +330,21 @@ function OPS.cancel()
   return nil
 end
 
-function OPS.settle()
-  local id, at, n = A[1], tm(A[2]), tonumber(A[3])
-  local lease = lease_pop(id)
-  if not lease then return nil end
+-- one settle of ARGV[4]: fields id, at, n, n pairs (limit, real amount)
+local function settle_one(f)
+  local lease = lease_pop(f[1])
+  if not lease then return end
   local actual = nil
+  local n = tonumber(f[3])
   if n >= 0 then
     actual = {}
-    local p = pairs_from(4, n)
-    for i = 1, #p, 2 do actual[p[i]] = p[i + 1] end
+    for i = 4, 3 + 2 * n, 2 do actual[f[i]] = tonumber(f[i + 1]) end
   end
-  settle_lease(lease, actual, at)
+  settle_lease(lease, actual, tm(f[2]))
   if ST.nq > 0 then dispatch(DEC) end
 end
+
+function OPS.flush() end  -- the settles of ARGV[4] are applied before every op
 
 function OPS.release()
   local lease = lease_pop(A[1])
@@ -414,7 +420,7 @@ local function configure()
   local n = tonumber(A[3])
   local fresh = ST == nil
   if fresh then
-    redis.call('DEL', KQ, KW, KT, KL, KE, KZ)
+    redis.call('DEL', KS, KQ, KW, KT, KL, KE, KZ)
     ST = {v = 1, names = {}, b = {}, aging = num(A[1]) or false, depth = tonumber(A[2]),
           hid = false, hat = false, seq = 0, nq = 0, lv = {}, fl = {}, flk = {}, kttl = 60}
   end
@@ -447,15 +453,75 @@ local function configure()
 end
 
 -- entry point ------------------------------------------------------------------------------
-local raw = redis.call('GET', KS)
-if raw then
-  ST = cmsgpack.unpack(raw)
+local W_FIELDS = '<ddddddddddd'
+local C_FIELDS = '<ddddddd'
+
+local function load()
+  local raw = redis.call('HGETALL', KS)
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  if not h.s then return end
+  ST = cmsgpack.unpack(h.s)
   ST.fl, ST.flk = ST.fl or {}, ST.flk or {}
+  for _, name in ipairs(ST.names) do  -- the fast path's numbers override those in "s"
+    local b, r = ST.b[name], h['b:' .. name]
+    if b and r then
+      local k = struct.unpack('<d', r)
+      if k == 1 then
+        local _, cap, pu, fl, lg, fs, ts, ta, zl = struct.unpack(W_FIELDS, r)
+        b.cap, b.pu, b.fl, b.lg, b.ts, b.ta, b.zl = cap, pu, fl, lg, ts, ta, zl
+        if fs == -INF then b.fs = false else b.fs = fs end
+      elseif k == 2 then
+        local _, cap, pu, fl, cn, ws, we = struct.unpack(C_FIELDS, r)
+        b.cap, b.pu, b.fl, b.cn, b.ws, b.we = cap, pu, fl, cn, ws, we
+      end
+    end
+  end
 end
+
+local function record(b)
+  if b.t == 'w' then
+    return struct.pack(W_FIELDS, 1, b.cap, b.pu, b.fl, b.lg, b.fs or -INF, b.ts, b.ta, b.zl,
+                       b.w, b.per)
+  elseif b.t == 'c' then
+    return struct.pack(C_FIELDS, 2, b.cap, b.pu, b.fl, b.cn, b.ws, b.we)
+  end
+  return struct.pack('<d', 3)
+end
+
+local function save()
+  local px = math.floor(ST.kttl * 1000)
+  local hs = {'s', cmsgpack.pack(ST)}
+  for _, name in ipairs(ST.names) do
+    if ST.b[name] then
+      hs[#hs + 1] = 'b:' .. name
+      hs[#hs + 1] = record(ST.b[name])
+    end
+  end
+  -- sentinels keep L and E from emptying (and losing the TTL set below) between full calls
+  redis.call('HSETNX', KL, '', '')
+  redis.call('ZADD', KE, 'NX', 'inf', '')
+  local e = redis.call('ZRANGE', KE, 0, 0, 'WITHSCORES')
+  local emin = tonumber(e[2]) or INF
+  hs[#hs + 1] = 'h'
+  hs[#hs + 1] = struct.pack('<dddd', ST.nq, emin, now + ST.kttl / 2, ST.kttl)
+  redis.call('HSET', KS, unpack(hs))
+  -- every key, every time: the fast path refreshes only what it writes, and only until tdue
+  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, px) end
+end
+
+load()
 if OP ~= 'configure' and not ST then return {'noconf', f17(now), '', {}} end
 if ST then
   for _, name in ipairs(ST.names) do
     if not B.roll(ST.b[name], name) then return {'cal', f17(now), '', {}} end
+  end
+  for _, name in ipairs(ST.names) do
+    local b = ST.b[name]
+    if b and b.t == 'w' then
+      if b.zl == nil then b.zl, b.ts, b.ta = -INF, -INF, 0 end
+      B.untail(b, name)
+    end
   end
 end
 
@@ -464,15 +530,19 @@ if OP == 'configure' then
   status = configure()
   if status then return {status, f17(now), '', {}} end
 else
-  local changed = purge()
   local fn = OPS[OP]
   if not fn then return redis.error_reply('quotaflow: unknown op ' .. tostring(OP)) end
+  local changed = purge()
+  for s in string.gmatch(SETTLES, '[^\30]+') do
+    local f = {}
+    for x in string.gmatch(s, '[^\31]+') do f[#f + 1] = x end
+    settle_one(f)
+  end
   result, status = fn()
   if changed and (OP == 'status' or OP == 'waiting') then dispatch(DEC) end
 end
 
-redis.call('SET', KS, cmsgpack.pack(ST), 'PX', math.floor(ST.kttl * 1000))
-for k in pairs(TOUCHED) do redis.call('PEXPIRE', k, math.floor(ST.kttl * 1000)) end
+save()
 
 local function enc(d) return {d.id, d.o, f17(d.at), d.dim, d.rs, d.rq, d.lm} end
 local mine, remote = {}, {}
@@ -493,4 +563,4 @@ for o, lines in pairs(remote) do redis.call('PUBLISH', CHAN .. o, table.concat(l
 
 if type(result) == 'table' and result.o then result = enc(result) end
 if result == nil then result = '' end
-return {status or 'ok', f17(now), result, mine}
+return {status or 'ok', f17(now), result, mine, ST.nq}
