@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -119,6 +120,7 @@ class Engine:
         self.pending_since: dict[str, float] = {}  # scope -> monotonic time of the oldest
         self.calm: dict[str, bool] = {}  # scope -> the line was empty at the last reply
         self.up = True
+        self.failure = ""  # why Redis was last unreachable
         self.skew = 0.0  # limiter clock - monotonic clock
         self.roff = 0.0  # Redis time - limiter clock
         self.wake = threading.Event()  # pokes the link thread
@@ -133,6 +135,7 @@ class Engine:
         """Redis failed; log the transition once and wake the link thread."""
         with self.lock:
             was, self.up = self.up, False
+            self.failure = re.sub(r"//[^/@\s]*@", "//***@", str(exc))  # never a password
         if was:
             log.warning("Redis unreachable (%s); on_error=%r", exc, self.on_error)
             self.wake.set()
@@ -369,8 +372,10 @@ class Engine:
             self.local_scopes.add(scope)
 
     def _unavailable(self, exc: Unavailable) -> BackendError:
+        why = f" ({self.failure})" if self.failure else ""
         return BackendError(
-            "Redis is unreachable and on_error='raise'; the backend reconnects by itself"
+            f"Redis is unreachable{why} and on_error='raise'; the backend reconnects by "
+            "itself: retry later, or choose on_error='wait' or 'local'"
         )
 
     # --- operations -------------------------------------------------------------------------------

@@ -245,3 +245,68 @@ async def test_settles_ride_on_acquires_and_wake_a_waiter_elsewhere(url: str) ->
     assert status["tpm"].used == 20 + 10 + 50 and status["tpm"].in_flight == 0
     for lim in (a, b):
         await lim.backend.aclose()  # type: ignore[union-attr]
+
+
+def _tls_server(make_redis: Any, tmp_path: Any) -> tuple[int, str]:
+    """A private redis-server with TLS on a free port and a self-signed certificate."""
+    import shutil
+    import subprocess
+
+    from redis_helpers import free_port
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not found: apt-get install openssl (needed to make a certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject, *files],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    try:
+        make_redis(*tls, "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+    except RuntimeError:
+        pytest.skip("this redis-server was built without TLS (BUILD_TLS=yes)")
+    return port, str(cert)
+
+
+def test_rediss_url_with_a_verified_certificate(make_redis: Any, tmp_path: Any) -> None:
+    port, cert = _tls_server(make_redis, tmp_path)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_cert_reqs=required&namespace=tls"
+    backend = RedisBackend.from_url(url)
+    limiter = SyncLimiter(tier=None, quotas=QUOTAS, backend=backend)
+    with limiter.acquire("m") as permit:
+        permit.mark_sent()
+    assert limiter.status("m")["rpm"].used == 1
+    backend.close()
+
+
+@pytest.mark.anyio
+async def test_rediss_url_async(make_redis: Any, tmp_path: Any) -> None:
+    port, cert = _tls_server(make_redis, tmp_path)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&namespace=tls-async"
+    limiter = Limiter(tier=None, quotas=QUOTAS, backend=url)
+    async with limiter.acquire("m") as permit:
+        permit.mark_sent()
+    assert (await limiter.status("m"))["rpm"].used == 1
+    await limiter.backend.aclose()  # type: ignore[union-attr]
+
+
+def test_rediss_refuses_an_unverified_server(make_redis: Any, tmp_path: Any) -> None:
+    port, _ = _tls_server(make_redis, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, wrong_ca = _tls_server(make_redis, other)  # a certificate the server does not have
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={wrong_ca}&namespace=tls-bad&on_error=raise"
+    from quotaflow.errors import BackendError
+
+    backend = RedisBackend.from_url(url)
+    with pytest.raises(BackendError, match=r"CERTIFICATE_VERIFY_FAILED"):
+        limiter = SyncLimiter(tier=None, quotas=QUOTAS, backend=backend)
+        with limiter.acquire("m", timeout=5):
+            pass
+    backend.close()
