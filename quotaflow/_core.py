@@ -365,7 +365,11 @@ class LimiterCore:
             hit is None
             or (
                 cost is not None
-                and (len(cost) != 1 or cost.get("requests") != 1 or type(cost["requests"]) is bool)
+                and (
+                    len(cost) != 1
+                    or cost.get("requests").__class__ is not int
+                    or cost["requests"] != 1
+                )
             )
             or tokens.__class__ is not int
             or tokens < 0

@@ -105,6 +105,7 @@ class FastLane:
                 if self.anchored_requests or self.anchored_tokens:
                     return False  # another slot: the scope writes this one out first
                 self.anchored_slot = slot
+                self.anchored_at = at  # the anchor time written out lies in this slot
         if real_requests is None:
             real_requests = 1
         if real_tokens is None:
@@ -122,18 +123,24 @@ class FastLane:
 
     def by_metric(self, actual: Mapping[str, int] | None) -> tuple[int | None, int | None] | None:
         """Real amounts by limit name as ``(requests, input tokens)`` (``None``: as granted);
-        ``None`` if ``actual`` names a limit the lane does not charge (ask the scope)."""
+        ``None`` unless ``actual`` gives every limit of a metric it names the same amount and
+        names no limit the lane does not charge (then ask the scope)."""
         if actual is None:
             return None, None
-        requests = tokens = None
-        for name, amount in actual.items():
-            if name in self.limits_requests:
-                requests = amount
-            elif name in self.limits_tokens:
-                tokens = amount
+        out: list[int | None] = []
+        for names in (self.limits_requests, self.limits_tokens):
+            given = {actual[n] for n in names if n in actual}
+            if not given:
+                out.append(None)
+            elif len(given) == 1 and all(n in actual for n in names):
+                out.append(given.pop())
             else:
                 return None
-        return requests, tokens
+        if len(actual) != sum(
+            n in actual for names in (self.limits_requests, self.limits_tokens) for n in names
+        ):
+            return None  # a limit the lane does not charge
+        return out[0], out[1]
 
     def release(self, lease_id: str) -> bool:
         """Return a lane grant that never reached the server; ``False``: not here."""

@@ -111,8 +111,10 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
                     None
                     if real < 0
                     else {
-                        lim.name: {"requests": 1, "images": real % 3}.get(lim.metric, real)
-                        for lim in limits
+                        lim.name: {"requests": int(real % 5 > 0), "images": real % 3}.get(
+                            lim.metric, real
+                        )
+                        for lim in limits[: len(limits) - (real % 7 == 0)]  # some: partial
                     }
                 )
                 at = max(0.0, now - 0.004) if early else now
@@ -267,3 +269,41 @@ def test_threads_sharing_the_lane_lose_nothing() -> None:
     assert status["rpm"].in_flight == status["tpm"].in_flight == 0
     assert status["rpm"].used == 4 * 400
     assert status["tpm"].used == sum(totals)
+
+
+def test_a_zero_settle_then_a_late_one_anchors_each_in_its_own_slot() -> None:
+    clock = ManualClock(0.0)
+    backend = MemoryBackend()
+    lim = SyncLimiter(None, quotas={"m": [RPM(6, 1.0), TPM(60, 1.0)]}, backend=backend, clock=clock)
+    lim.acquire_nowait("m").release()  # configures; the lane opens
+    p1, p2 = lim.acquire_nowait("m"), lim.acquire_nowait("m")
+    assert p1.id in backend.lane("default/m").leases
+    clock.advance(0.1)
+    p2.mark_response_started()  # the server counted p2 at t=0.1
+    clock.advance(0.4)
+    p1.settle(requests=0)  # the server did not count p1
+    p2.settle()  # arrives late: anchored at 0.1, not 0.5
+    clock.advance(0.7)  # t=1.2: p2's request came back at about 1.1017
+    assert lim.status("m")["rpm"].used == 0
+
+
+def test_a_settle_naming_one_of_two_token_limits_keeps_the_other_as_granted() -> None:
+    limits = [RPM(6, 1.0), TPM(60, 1.0), Limit("tpd", 150, 3.0, "input_tokens", fixed_windows(3.0))]
+    backend = MemoryBackend(aging=None)
+    backend.configure("s", limits, 0.0)
+    ref = ScopeState(limits, 0.0, aging=None, backfill_depth=32)
+    assert backend.take_fast(backend.lane("s"), "a", 10, 0.0)
+    ref.submit(Request("a", {"rpm": 1, "tpm": 10, "tpd": 10}), 0.0)
+    backend.settle("s", "a", {"tpm": 3}, 0.1, 0.1)  # the Backend protocol allows it
+    ref.settle("a", {"tpm": 3}, 0.1, 0.1)
+    assert backend.status("s", 0.2) == ref.status(0.2)
+
+
+@pytest.mark.parametrize("requests", [1.0, True, "1"])
+def test_a_request_cost_that_is_not_an_int_fails_the_same_with_the_lane(requests: object) -> None:
+    lim = SyncLimiter(None, quotas={"m": [RPM(6, 1.0)]}, backend=MemoryBackend())
+    with pytest.raises(ValueError):  # cold: the full rule
+        lim.acquire_nowait("m", cost={"requests": requests})  # type: ignore[dict-item]
+    lim.acquire_nowait("m").settle()  # the lane is open now
+    with pytest.raises(ValueError):
+        lim.acquire_nowait("m", cost={"requests": requests})  # type: ignore[dict-item]
