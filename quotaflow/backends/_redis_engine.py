@@ -222,54 +222,60 @@ class Engine:
         attempt = 0
         stale = True  # a first failure may be a pooled connection the server closed: retry once
         raw: Any = None if first is None else first.raw
-        while True:
-            if raw is None:  # else: the reply of a call made before this flow began
-                cur = now + (time.monotonic() - t0)
-                argv = self.codec.argv(
-                    op,
-                    scope,
-                    build(cur),
-                    limits,
-                    now if self.exact else None,
-                    cur + self.roff,
-                    rs.settles_arg(carried, cur, self.exact) if carried else "",
-                )
-                try:
-                    raw = yield Exec(self.codec.keys(scope), argv)
-                except Transient as exc:
-                    if stale:
-                        stale = False
+        try:
+            while True:
+                if raw is None:  # else: the reply of a call made before this flow began
+                    cur = now + (time.monotonic() - t0)
+                    argv = self.codec.argv(
+                        op,
+                        scope,
+                        build(cur),
+                        limits,
+                        now if self.exact else None,
+                        cur + self.roff,
+                        rs.settles_arg(carried, cur, self.exact) if carried else "",
+                    )
+                    try:
+                        raw = yield Exec(self.codec.keys(scope), argv)
+                    except Transient as exc:
+                        if stale:
+                            stale = False
+                            continue
+                        self.went_down(exc.__cause__ or exc)
+                        if not (wait and self.on_error == "wait"):
+                            self._requeue(scope, taken)
+                            raise Unavailable from exc
+                        yield Sleep(min(1.0, 0.02 * 2**attempt))
+                        attempt += 1
                         continue
-                    self.went_down(exc.__cause__ or exc)
-                    if not (wait and self.on_error == "wait"):
-                        self._requeue(scope, taken)
-                        raise Unavailable from exc
-                    yield Sleep(min(1.0, 0.02 * 2**attempt))
+                if not self.up:
+                    self.came_up()
+                reply = rs.decode_reply(raw)
+                raw = None
+                end = now + (time.monotonic() - t0)
+                shift = 0.0 if self.exact else end - reply.now
+                if not self.exact:
+                    self.roff = reply.now - end
+                status = reply.status
+                if status == "noconf":
+                    yield from self.op("configure", scope, self._configure_args(scope), now, wait)
+                    continue
+                if status == "cal" and attempt < 5:
                     attempt += 1
                     continue
-            if not self.up:
-                self.came_up()
-            reply = rs.decode_reply(raw)
-            raw = None
-            end = now + (time.monotonic() - t0)
-            shift = 0.0 if self.exact else end - reply.now
-            if not self.exact:
-                self.roff = reply.now - end
-            status = reply.status
-            if status == "noconf":
-                yield from self.op("configure", scope, self._configure_args(scope), now, wait)
-                continue
-            if status == "cal" and attempt < 5:
-                attempt += 1
-                continue
-            self.calm[scope] = reply.waiting == 0
-            if carried:
-                with self.lock:
-                    for s in carried:
-                        self.leases.pop(s[0], None)
-            if status != "ok":
-                raise (KeyError if status == "nolimit" else BackendError)(status)
-            return reply, shift
+                self.calm[scope] = reply.waiting == 0
+                if status != "ok":  # nothing was applied: the deferred settles wait for the next
+                    self._putback(scope, taken, t0)
+                    taken = []
+                    raise (KeyError if status == "nolimit" else BackendError)(status)
+                if carried:
+                    with self.lock:
+                        for s in carried:
+                            self.leases.pop(s[0], None)
+                return reply, shift
+        except GeneratorExit:  # the caller gave up (cancelled): keep what it carried
+            self._putback(scope, taken, t0)
+            raise
 
     def _requeue(self, scope: str, taken: Sequence[rs.Settle]) -> None:
         """Deferred settles whose call failed: into the outbox, replayed when Redis is back."""
@@ -319,11 +325,16 @@ class Engine:
 
     def unstart(self, scope: str, s: Started) -> None:
         """A lean submit failed to send: its settles go back to the front of the queue."""
-        if s.taken:
+        self._putback(scope, s.taken, s.t0)
+
+    def _putback(self, scope: str, taken: Sequence[rs.Settle], since: float) -> None:
+        """Deferred settles whose call was abandoned go back to the front of the queue (sent
+        again: a settle of a lease already settled is ignored)."""
+        if taken:
             with self.lock:
                 lst = self.pending.setdefault(scope, [])
-                lst[:0] = s.taken
-                self.pending_since.setdefault(scope, s.t0)
+                lst[:0] = taken
+                self.pending_since.setdefault(scope, since)
 
     def defer(self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float) -> bool:
         """Queue a settle for the scope's next call, if nobody waits; False: send it now."""

@@ -20,8 +20,11 @@ out of the URL; the rest go to redis-py.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -159,22 +162,25 @@ class SyncRedisBackend:
         client = self._owner._client
         result: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.send(result) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            result, error = None, None
-            if isinstance(effect, Sleep):
-                time.sleep(effect.seconds)
-                continue
-            try:
-                result = _exec_sync(client, effect)
-            except TRANSIENT as exc:
-                error = Transient(str(exc))
-                error.__cause__ = exc
-            except rexc.RedisError as exc:
-                raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+        try:
+            while True:
+                try:
+                    effect = flow.send(result) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                result, error = None, None
+                if isinstance(effect, Sleep):
+                    time.sleep(effect.seconds)
+                    continue
+                try:
+                    result = _exec_sync(client, effect)
+                except TRANSIENT as exc:
+                    error = Transient(str(exc))
+                    error.__cause__ = exc
+                except rexc.RedisError as exc:
+                    raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+        finally:
+            flow.close()  # abandoned (an error, a signal): the flow keeps what it carried
 
     def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
         """Create the scope's buckets, or update their limits (any process may)."""
@@ -229,6 +235,12 @@ class SyncRedisBackend:
 
     def __repr__(self) -> str:
         return f"SyncRedisBackend({self._owner!r})"
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[RedisBackend]) -> None:
+    backend = ref()
+    if backend is not None:
+        backend._flush_pending()
 
 
 def _exec_sync(client: Any, e: Exec) -> Any:
@@ -303,12 +315,16 @@ class RedisBackend:
             exact=exact_time,
         )
         self._client, self._make_async = _clients(url)
-        self._aclients: dict[int, Any] = {}
+        # per event loop (by id, with the loop itself: a new loop may reuse a dead one's id)
+        self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
         self.sync = SyncRedisBackend(self)
         self._link: Link | None = None
         self._beat_every = lease_ttl / 3
-        self._timers: dict[int, asyncio.TimerHandle] = {}  # event loop id -> flush timer
+        self._timers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
         self._flushing: set[asyncio.Task[Any]] = set()
+        # a program that ends without close(): its deferred settles still go out at exit
+        self._at_exit = functools.partial(_flush_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
@@ -347,15 +363,21 @@ class RedisBackend:
 
     def close(self) -> None:
         """Send deferred settles, stop the background thread and close the connections
-        (optional at exit: a lease not settled expires after ``lease_ttl``)."""
-        for scope in list(self._engine.pending):
-            with contextlib.suppress(Exception):
-                self.sync._run(self._engine.flush(scope, self._engine.lnow()))
+        (optional at exit: deferred settles are sent then; a lease never settled expires after
+        ``lease_ttl``)."""
+        atexit.unregister(self._at_exit)
+        self._flush_pending()
         if self._link is not None:
             self._link.stop()
             self._link.join(5.0)
             self._link = None
         self._client.close()
+
+    def _flush_pending(self) -> None:
+        """Send every deferred settle now, with the sync client."""
+        for scope in list(self._engine.pending):
+            with contextlib.suppress(Exception):
+                self.sync._run(self._engine.flush(scope, self._engine.lnow()))
 
     async def aclose(self) -> None:
         """Send deferred settles, close this event loop's asyncio connections, then everything
@@ -364,23 +386,23 @@ class RedisBackend:
             loop = asyncio.get_running_loop()
             timer = self._timers.pop(id(loop), None)
             if timer is not None:
-                timer.cancel()
+                timer[1].cancel()
             for task in [t for t in self._flushing if t.get_loop() is loop]:
                 with contextlib.suppress(Exception):
                     await task
             for scope in list(self._engine.pending):
                 await self._flush(scope)
             client = self._aclients.pop(id(loop), None)
-            if client is not None:
-                await client.aclose()
+            if client is not None and client[0] is loop:
+                await client[1].aclose()
         await anyio.to_thread.run_sync(self.close)
 
     def _aclient(self) -> Any:
-        loop = id(asyncio.get_running_loop())
-        client = self._aclients.get(loop)
-        if client is None:
-            client = self._aclients[loop] = self._make_async()
-        return client
+        loop = asyncio.get_running_loop()
+        entry = self._aclients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            entry = self._aclients[id(loop)] = (loop, self._make_async())
+        return entry[1]
 
     async def _arun(self, flow: Flow) -> Any:
         if sniffio.current_async_library() != "asyncio":  # redis.asyncio is asyncio-only
@@ -388,22 +410,25 @@ class RedisBackend:
         client = self._aclient()
         result: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.send(result) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            result, error = None, None
-            if isinstance(effect, Sleep):
-                await anyio.sleep(effect.seconds)
-                continue
-            try:
-                result = await _exec_async(client, effect)
-            except TRANSIENT as exc:
-                error = Transient(str(exc))
-                error.__cause__ = exc
-            except rexc.RedisError as exc:
-                raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+        try:
+            while True:
+                try:
+                    effect = flow.send(result) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                result, error = None, None
+                if isinstance(effect, Sleep):
+                    await anyio.sleep(effect.seconds)
+                    continue
+                try:
+                    result = await _exec_async(client, effect)
+                except TRANSIENT as exc:
+                    error = Transient(str(exc))
+                    error.__cause__ = exc
+                except rexc.RedisError as exc:
+                    raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+        finally:
+            flow.close()  # abandoned (cancelled): the flow keeps what it carried
 
     # --- the AsyncBackend protocol ------------------------------------------------------------
     async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
@@ -469,13 +494,15 @@ class RedisBackend:
         return False
 
     def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        key = id(loop)
-        if key not in self._timers:
-            self._timers[key] = loop.call_later(delay, self._fire, loop)
+        entry = self._timers.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            self._timers[id(loop)] = (loop, loop.call_later(delay, self._fire, loop))
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
         """The flush timer: send deferred settles that found no call to ride on."""
-        self._timers.pop(id(loop), None)
+        entry = self._timers.get(id(loop))
+        if entry is not None and entry[0] is loop:
+            del self._timers[id(loop)]
         scopes, nxt = self._engine.due(SETTLE_DELAY)
         for scope in scopes:
             task = loop.create_task(self._flush(scope))

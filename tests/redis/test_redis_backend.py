@@ -247,6 +247,67 @@ async def test_settles_ride_on_acquires_and_wake_a_waiter_elsewhere(url: str) ->
         await lim.backend.aclose()  # type: ignore[union-attr]
 
 
+def test_a_program_that_ends_without_close_still_sends_its_deferred_settles(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent(
+        """
+        import asyncio, sys
+        from quotaflow import Limit, Limiter
+        async def main() -> None:
+            lim = Limiter(None, quotas={"m": [Limit("tpm", 10_000, 60.0, metric="input_tokens")]},
+                          backend=sys.argv[1])
+            for _ in range(3):
+                async with lim.acquire("m", tokens=500) as p:
+                    p.mark_sent()
+                    await p.settle(input_tokens=1)  # the last one is deferred: nobody waits
+        asyncio.run(main())  # and no aclose()
+        """
+    )
+    url = f"{redis_url}?namespace={namespace}"
+    out = subprocess.run([sys.executable, "-c", child, url], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    lim = SyncLimiter(
+        tier=None, quotas={"m": [Limit("tpm", 10_000, 60.0, metric="input_tokens")]}, backend=url
+    )
+    status = lim.status("m")["tpm"]
+    assert (status.used, status.in_flight) == (3, 0)  # the real use, nothing held
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # settles are deferred on asyncio only
+async def test_a_deferred_settle_survives_the_cancelled_call_it_rode_on(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import quotaflow.backends.redis as qr
+
+    backend = RedisBackend.from_url(url)
+    lim = Limiter(tier=None, quotas=QUOTAS, backend=backend)
+    for _ in range(2):  # the second settle is deferred (the line was empty at the last reply)
+        p = await lim.acquire("m")
+        p.mark_sent()
+        await p.settle()
+    assert backend._engine.pending
+    real = qr._exec_async
+
+    async def slow(client: Any, effect: Any) -> Any:  # e.g. waiting for a pooled connection
+        await anyio.sleep(0.5)
+        return await real(client, effect)
+
+    monkeypatch.setattr(qr, "_exec_async", slow)
+    with anyio.move_on_after(0.05):
+        await lim.status("m")  # carries the deferred settle; cancelled before it is sent
+    monkeypatch.setattr(qr, "_exec_async", real)
+    assert backend._engine.pending  # kept, to ride on the next call
+    status = (await lim.status("m"))["rpm"]
+    assert (status.used, status.in_flight) == (2, 0)
+    await backend.aclose()
+
+
 def _tls_server(make_redis: Any, tmp_path: Any) -> tuple[int, str]:
     """A private redis-server with TLS on a free port and a self-signed certificate."""
     import shutil
@@ -310,3 +371,35 @@ def test_rediss_refuses_an_unverified_server(make_redis: Any, tmp_path: Any) -> 
         with limiter.acquire("m", timeout=5):
             pass
     backend.close()
+
+
+def test_a_configure_answered_cal_keeps_the_fast_paths_tail_counted_once(
+    client: redis.Redis, namespace: str
+) -> None:
+    # configure moved the tail (the newest slot of fast-path settles) into the log, then
+    # answered "cal" without saving: a later fast settle into that slot counted it twice
+    from quotaflow.backends import _redis_script as rs
+    from quotaflow.backends.base import Request
+    from quotaflow.limits import RPM
+
+    codec = rs.Codec(namespace, "owner1", 30.0)
+    keys = codec.keys("p/m")
+    one = (RPM(10, 1.0),)
+    two = (*one, Limit("rpd", 100, 10.0, "requests", fixed_windows(10.0)))
+
+    def call(op: str, args: list[str], limits: tuple[Limit, ...], now: float, **kw: Any) -> Any:
+        settles, estimate = kw.get("settles", ""), kw.get("estimate", now)
+        argv = codec.argv(op, "p/m", args, limits, now, estimate, settles)
+        return client.eval(rs.SCRIPT, len(keys), *keys, *argv)
+
+    call("configure", rs.configure_args(one, None, 4), one, 1000.0)
+    for i, rid in enumerate(["a", "b"]):
+        t = 1000.0 + 0.01 * (i + 1)
+        call("submit", rs.submit_args(Request(rid, {"rpm": 1}), t, True), one, t)
+    t = 1000.5
+    call("flush", [], one, t, settles=rs.settles_arg([("a", None, t)], t, True))  # the tail
+    reply = call("configure", rs.configure_args(two, None, 4), two, t, estimate=t + 100.0)
+    assert reply[0] == b"cal"  # no calendar window given holds the script's time
+    call("flush", [], one, t, settles=rs.settles_arg([("b", None, t)], t, True))
+    assert int(call("status", [], one, 1000.6)[2][0][2]) == 2
+    assert int(call("status", [], one, 1002.0)[2][0][2]) == 0  # both came back, no more

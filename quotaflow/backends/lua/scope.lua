@@ -525,13 +525,20 @@ if ST then
   end
 end
 
+local loaded = ST ~= nil  -- then the tails are in Z: an early return must save the numbers too
 local result, status
 if OP == 'configure' then
   status = configure()
-  if status then return {status, f17(now), '', {}} end
+  if status then
+    if loaded then save() end
+    return {status, f17(now), '', {}}
+  end
 else
   local fn = OPS[OP]
-  if not fn then return redis.error_reply('quotaflow: unknown op ' .. tostring(OP)) end
+  if not fn then
+    if loaded then save() end
+    return redis.error_reply('quotaflow: unknown op ' .. tostring(OP))
+  end
   local changed = purge()
   for s in string.gmatch(SETTLES, '[^\30]+') do
     local f = {}
