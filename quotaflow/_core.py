@@ -308,7 +308,7 @@ class LimiterCore:
         self._configured: dict[str, tuple[Limit, ...]] = {}
         # per model spelling: what the fast path needs (see `fast_state`); a backend with a
         # fast lane (memory) and no shares only
-        self.lanes: dict[str, tuple[str, str, tuple[Limit, ...], Any, Any, Any]] = {}
+        self.lanes: dict[str, tuple[str, str, tuple[Limit, ...], Any, Any, Any, int]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._lock = threading.Lock()
@@ -330,13 +330,18 @@ class LimiterCore:
         """Let later acquires of ``model`` try the backend's fast lane first."""
         if self.shares or not hasattr(backend, "settle_tokens"):
             return
+        lane = backend.lane(key)
+        version = lane.version
+        if lane.scope_limits != frozenset(lim.name for lim in limits):
+            return  # the scope has limits this limiter would not charge: the full rule only
         self.lanes[model] = (
             key,
             canonical,
             limits,
-            backend.lane(key),
+            lane,
             backend.lock,
             backend.settle_tokens,
+            version,
         )
 
     def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
@@ -376,7 +381,10 @@ class LimiterCore:
             or (timeout is not None and not timeout >= 0)
         ):
             return None
-        key, canonical, limits, lane, lock, quick = hit
+        key, canonical, limits, lane, lock, quick, version = hit
+        if lane.version != version:  # the scope's limits changed: look again (full path)
+            self.lanes.pop(model, None)
+            return None
         if priority is None:
             prio = _current_priority()
             if prio is None:

@@ -51,7 +51,9 @@ class FastLane:
         "pending_tokens",
         "room_requests",
         "room_tokens",
+        "scope_limits",
         "until",
+        "version",
         "width",
     )
 
@@ -70,6 +72,10 @@ class FastLane:
         self.leases: dict[str, int] = {}  # lease id -> input tokens
         self.limits_requests: tuple[str, ...] = ()  # the limits the lane charges, by metric
         self.limits_tokens: tuple[str, ...] = ()
+        # every limit of the scope, and a count of changes to that set: a limiter whose own
+        # limits are not exactly these (another limiter configured more) must not use the lane
+        self.scope_limits: frozenset[str] = frozenset()
+        self.version = 0
 
     def take(self, lease_id: str, tokens: int, now: float) -> bool:
         """Grant one request of ``tokens`` input tokens if the lower bounds allow it."""

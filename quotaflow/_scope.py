@@ -92,6 +92,10 @@ class ScopeState:
             else:
                 self.buckets[lim.name] = make_bucket(lim, now)
             self.limits[lim.name] = lim
+        names = frozenset(self.limits)
+        if names != self.lane.scope_limits:
+            self.lane.scope_limits = names
+            self.lane.version += 1
 
     # --- the fast lane ----------------------------------------------------------------------
     def lane_close(self, now: float) -> None:

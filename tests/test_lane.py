@@ -307,3 +307,21 @@ def test_a_request_cost_that_is_not_an_int_fails_the_same_with_the_lane(requests
     lim.acquire_nowait("m").settle()  # the lane is open now
     with pytest.raises(ValueError):
         lim.acquire_nowait("m", cost={"requests": requests})  # type: ignore[dict-item]
+
+
+def test_a_limiter_whose_limits_are_not_the_scopes_keeps_to_the_full_rule() -> None:
+    from quotaflow import Share
+
+    backend = MemoryBackend()
+    quotas = {"m": [RPM(100, 60.0)]}
+    plain = SyncLimiter(None, quotas=quotas, backend=backend)
+    plain.acquire_nowait("m").settle()
+    lane = backend.lane("default/m")
+    assert plain._core.lanes  # the plain limiter's limits are the scope's: it uses the lane
+    shared = SyncLimiter(None, quotas=quotas, backend=backend, shares={"a": Share(ceiling=0.5)})
+    shared.acquire_nowait("m", agent="a").settle()  # adds the agent's limit to the scope
+    assert "rpm@a" in lane.scope_limits
+    for _ in range(3):
+        plain.acquire_nowait("m").settle()  # the full rule: charges only "rpm"
+    status = shared.status("m")
+    assert (status["rpm"].used, status["rpm@a"].used) == (5, 1)
