@@ -85,7 +85,12 @@ Listener = Callable[[Decision], None]
 
 @runtime_checkable
 class Backend(Protocol):
-    """Synchronous storage of buckets, lines and leases. Every method is atomic."""
+    """Synchronous storage of buckets, lines and leases. Every method is atomic.
+
+    Optional, found by the limiters with ``hasattr``: a fast lane for uncontended calls
+    (``lane(scope)``, ``lock``, ``take_fast``, ``settle_tokens``; see
+    :class:`~quotaflow.backends.memory.MemoryBackend` and :mod:`quotaflow._lane`).
+    """
 
     def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
         """Create the scope's buckets, or update their limits (keeping what is held)."""
@@ -144,7 +149,11 @@ class Backend(Protocol):
 
 @runtime_checkable
 class AsyncBackend(Protocol):
-    """The same operations for backends that do I/O (e.g. Redis): awaitable twins."""
+    """The same operations for backends that do I/O (e.g. Redis): awaitable twins.
+
+    Optional: ``settle_nowait(scope, lease_id, actual, at, now) -> bool``, a settle that needs
+    no waiting (e.g. queued to ride on the scope's next call); ``False``: use ``settle``.
+    """
 
     async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None: ...
     async def submit(self, scope: str, request: Request, now: float) -> Decision: ...
