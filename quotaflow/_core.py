@@ -1,4 +1,5 @@
-"""What the async and the sync limiter share: quota lookup, cost vectors, errors, permits.
+"""What the async and the sync limiter share: scopes, cost vectors, errors, the fast-lane entry,
+the waiting logic.
 
 The drivers (``limiter.py``, ``sync.py``) only wait and do I/O; every decision is made here or in
 the backend.
@@ -12,9 +13,11 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from quotaflow import context
+from quotaflow._permit_state import PermitState
+from quotaflow._quota_book import QuotaBook
 from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
 from quotaflow.clock import Clock, SystemClock
@@ -22,147 +25,22 @@ from quotaflow.context import current_priority as _current_priority
 from quotaflow.errors import (
     CannotFitError,
     ConfigError,
-    PermitError,
     QuotaError,
     QuotaExhaustedError,
     QuotaTimeoutError,
-    UnknownModelError,
     WouldBlockError,
 )
-from quotaflow.limits import RPD, RPM, TPD, TPM, Limit, check_cost, check_quota
+from quotaflow.limits import Limit, check_cost
 from quotaflow.shares import Share, agent_limits, floors_for
-from quotaflow.tiers import ModelLimits, TierTable, load_tier
+from quotaflow.tiers import TierTable
 
 __all__ = [
     "DimensionStatus",
     "Effect",
     "LimiterCore",
-    "PermitState",
-    "QuotaBook",
     "Subscriptions",
     "acquire_flow",
 ]
-
-
-def limits_from_table(entry: ModelLimits) -> tuple[Limit, ...]:
-    """Gemini's dimensions of one tier-table entry as limits (absent figures: no limit)."""
-    out: list[Limit] = []
-    if entry.rpm is not None:
-        out.append(RPM(entry.rpm))
-    if entry.tpm is not None:
-        out.append(TPM(entry.tpm))
-    if entry.rpd is not None:
-        out.append(RPD(entry.rpd))
-    if entry.tpd is not None:
-        out.append(TPD(entry.tpd))
-    return tuple(out)
-
-
-class QuotaBook:
-    """Resolves a model name to its canonical name and its limits (headroom applied)."""
-
-    def __init__(
-        self,
-        tier: str | TierTable | None,
-        quotas: Mapping[str, Sequence[Limit]] | None,
-        overrides: Mapping[str, Mapping[str, int]] | None,
-        unknown_model: Sequence[Limit] | None,
-        headroom: float,
-        use_env: bool = True,
-    ) -> None:
-        if not 0.0 <= headroom < 1.0:
-            raise ConfigError(
-                f"headroom={headroom!r}: give the fraction of each limit to keep free, "
-                "0 <= headroom < 1 (e.g. 0.05)"
-            )
-        table: TierTable | None
-        if tier is None:
-            table = None
-        elif isinstance(tier, TierTable):
-            table = tier
-        else:
-            table = load_tier(tier)
-        if table is not None:
-            if overrides:
-                table = table.with_overrides(overrides)
-            if use_env:
-                table = table.with_env_overrides(os.environ)
-        elif overrides:
-            raise ConfigError("overrides=... needs a tier table: pass tier='free' (or another)")
-        self.table = table
-        self.headroom = headroom
-        self._quotas = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
-        self._unknown = check_quota(unknown_model) if unknown_model is not None else None
-        self._cache: dict[str, tuple[str, tuple[Limit, ...]]] = {}
-        self._canonical: dict[str, tuple[str, tuple[Limit, ...]]] = {}
-        self._calibrated: dict[str, dict[str, int]] = {}
-
-    @staticmethod
-    def _plain(name: str) -> str:
-        return name[len("models/") :] if name.startswith("models/") else name
-
-    def _scale(self, limits: tuple[Limit, ...]) -> tuple[Limit, ...]:
-        if not self.headroom:
-            return limits
-        return tuple(lim.scaled(1.0 - self.headroom) for lim in limits)
-
-    def resolve(self, model: str) -> tuple[str, tuple[Limit, ...]]:
-        """``(canonical name, limits)`` for ``model``; raises UnknownModelError."""
-        hit = self._cache.get(model)
-        if hit is not None:
-            return hit
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
-        plain = self._plain(model.strip())
-        if plain in self._quotas:
-            out = (plain, self._scale(self._quotas[plain]))
-        else:
-            try:
-                if self.table is None:
-                    raise UnknownModelError(model, self._close(plain))
-                canonical, entry = self.table.resolve(model)
-                out = (canonical, self._scale(limits_from_table(entry)))
-            except UnknownModelError as exc:
-                if self._unknown is None:
-                    if self._quotas:
-                        raise UnknownModelError(
-                            model, self._close(plain) or exc.suggestions
-                        ) from None
-                    raise
-                out = (plain, self._scale(self._unknown))
-        canonical = out[0]
-        first = self._canonical.setdefault(canonical, out)
-        if first[1] == out[1]:
-            out = first  # every spelling of a model shares one tuple of limits
-        calibrated = self._calibrated.get(canonical)
-        if calibrated:
-            out = (
-                canonical,
-                tuple(
-                    lim.with_amount(calibrated[lim.name]) if lim.name in calibrated else lim
-                    for lim in out[1]
-                ),
-            )
-        self._cache[model] = out
-        return out
-
-    def _close(self, name: str) -> list[str]:
-        import difflib
-
-        return difflib.get_close_matches(name, list(self._quotas), n=3, cutoff=0.5)
-
-    def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
-        """Change one limit's amount (self-calibration); returns the old limit."""
-        canonical, limits = self.resolve(model)
-        old = next((lim for lim in limits if lim.name == name), None)
-        if old is None:
-            return None
-        # kept per canonical model, so that every spelling resolved later sees it too
-        self._calibrated.setdefault(canonical, {})[name] = amount
-        for key, value in list(self._cache.items()):
-            if value[0] == canonical:
-                del self._cache[key]
-        return old
 
 
 @dataclass(frozen=True)
@@ -192,89 +70,6 @@ class DimensionStatus:
             level.next_return,
             level.paused_until,
         )
-
-
-PermitPhase = Literal["granted", "sent", "settled", "released"]
-
-
-@dataclass(slots=True)
-class PermitState:
-    """The life of a permit: granted -> sent -> settled, or granted -> released. Pure."""
-
-    id: str
-    model: str
-    scope: str
-    metrics: dict[str, int]  # by metric
-    limits: tuple[Limit, ...]
-    granted_at: float
-    waited: float
-    priority: int
-    # for grants of a fast lane: the backend's ``settle_tokens`` (see MemoryBackend)
-    quick: Callable[[str, str, int | None, float, float], None] | None
-    phase: PermitPhase = "granted"
-    sent_at: float | None = None
-    response_at: float | None = None
-    actual: dict[str, int] | None = None  # the real usage given to settle, by metric
-
-    def mark_sent(self, now: float) -> None:
-        if self.phase in ("settled", "released"):
-            raise PermitError(f"permit {self.id} is already {self.phase}; acquire a new one")
-        if self.sent_at is None:
-            self.sent_at = now
-        self.phase = "sent"
-
-    def mark_response(self, now: float) -> None:
-        self.mark_sent(now)
-        if self.response_at is None:
-            self.response_at = now
-
-    def plan_settle(
-        self, actual_metrics: Mapping[str, int], now: float
-    ) -> tuple[dict[str, int] | None, float]:
-        """The actual cost by limit name (``None``: as granted) and the anchor time."""
-        if self.phase in ("settled", "released"):
-            raise PermitError(
-                f"permit {self.id} is already {self.phase}: settle() runs once per call"
-            )
-        actual_metrics = check_cost(actual_metrics)
-        self.sent_at = self.sent_at if self.sent_at is not None else now
-        self.phase = "settled"
-        self.actual = dict(actual_metrics)
-        at = self.response_at if self.response_at is not None else now
-        if not actual_metrics:
-            return None, at
-        by_limit = {
-            lim.name: actual_metrics[lim.metric]
-            for lim in self.limits
-            if lim.metric in actual_metrics
-        }
-        return by_limit, at
-
-    def plan_quick_settle(self, input_tokens: int | None, now: float) -> float | None:
-        """:meth:`plan_settle` for a lane grant settled with input tokens only; returns the
-        anchor time, or ``None`` if this settle needs the full way (it then raises or plans)."""
-        if self.quick is None or self.phase in ("settled", "released"):
-            return None
-        if input_tokens is not None:
-            if input_tokens.__class__ is not int or input_tokens < 0:
-                return None
-            self.actual = {"input_tokens": input_tokens}
-        if self.sent_at is None:
-            self.sent_at = now
-        self.phase = "settled"
-        return self.response_at if self.response_at is not None else now
-
-    def plan_release(self) -> bool:
-        """True if the lease must be returned (the call never reached the server)."""
-        if self.phase in ("settled", "released"):
-            return False
-        if self.phase == "sent":
-            raise PermitError(
-                f"permit {self.id} was sent: a call that reached the server keeps its request "
-                "count; use settle() instead of release()"
-            )
-        self.phase = "released"
-        return True
 
 
 class LimiterCore:

@@ -1,7 +1,7 @@
 """Permits: what ``acquire`` returns. Granted -> sent -> settled, or granted -> released.
 
 The async :class:`Permit` and the sync :class:`SyncPermit` are thin shells over one
-:class:`~quotaflow._core.PermitState`; they only do the backend I/O.
+:class:`~quotaflow._permit_state.PermitState`; they only do the backend I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from quotaflow._core import PermitState
+from quotaflow._permit_state import PermitState
 from quotaflow.clock import Clock
 
 __all__ = ["Permit", "SyncPermit"]

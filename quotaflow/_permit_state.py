@@ -1,0 +1,94 @@
+"""The life of a permit, pure: granted -> sent -> settled, or granted -> released."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from quotaflow.errors import PermitError
+from quotaflow.limits import Limit, check_cost
+
+__all__ = ["PermitPhase", "PermitState"]
+
+PermitPhase = Literal["granted", "sent", "settled", "released"]
+
+
+@dataclass(slots=True)
+class PermitState:
+    """The life of a permit: granted -> sent -> settled, or granted -> released. Pure."""
+
+    id: str
+    model: str
+    scope: str
+    metrics: dict[str, int]  # by metric
+    limits: tuple[Limit, ...]
+    granted_at: float
+    waited: float
+    priority: int
+    # for grants of a fast lane: the backend's ``settle_tokens`` (see MemoryBackend)
+    quick: Callable[[str, str, int | None, float, float], None] | None
+    phase: PermitPhase = "granted"
+    sent_at: float | None = None
+    response_at: float | None = None
+    actual: dict[str, int] | None = None  # the real usage given to settle, by metric
+
+    def mark_sent(self, now: float) -> None:
+        if self.phase in ("settled", "released"):
+            raise PermitError(f"permit {self.id} is already {self.phase}; acquire a new one")
+        if self.sent_at is None:
+            self.sent_at = now
+        self.phase = "sent"
+
+    def mark_response(self, now: float) -> None:
+        self.mark_sent(now)
+        if self.response_at is None:
+            self.response_at = now
+
+    def plan_settle(
+        self, actual_metrics: Mapping[str, int], now: float
+    ) -> tuple[dict[str, int] | None, float]:
+        """The actual cost by limit name (``None``: as granted) and the anchor time."""
+        if self.phase in ("settled", "released"):
+            raise PermitError(
+                f"permit {self.id} is already {self.phase}: settle() runs once per call"
+            )
+        actual_metrics = check_cost(actual_metrics)
+        self.sent_at = self.sent_at if self.sent_at is not None else now
+        self.phase = "settled"
+        self.actual = dict(actual_metrics)
+        at = self.response_at if self.response_at is not None else now
+        if not actual_metrics:
+            return None, at
+        by_limit = {
+            lim.name: actual_metrics[lim.metric]
+            for lim in self.limits
+            if lim.metric in actual_metrics
+        }
+        return by_limit, at
+
+    def plan_quick_settle(self, input_tokens: int | None, now: float) -> float | None:
+        """:meth:`plan_settle` for a lane grant settled with input tokens only; returns the
+        anchor time, or ``None`` if this settle needs the full way (it then raises or plans)."""
+        if self.quick is None or self.phase in ("settled", "released"):
+            return None
+        if input_tokens is not None:
+            if input_tokens.__class__ is not int or input_tokens < 0:
+                return None
+            self.actual = {"input_tokens": input_tokens}
+        if self.sent_at is None:
+            self.sent_at = now
+        self.phase = "settled"
+        return self.response_at if self.response_at is not None else now
+
+    def plan_release(self) -> bool:
+        """True if the lease must be returned (the call never reached the server)."""
+        if self.phase in ("settled", "released"):
+            return False
+        if self.phase == "sent":
+            raise PermitError(
+                f"permit {self.id} was sent: a call that reached the server keeps its request "
+                "count; use settle() instead of release()"
+            )
+        self.phase = "released"
+        return True
