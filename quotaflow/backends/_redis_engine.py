@@ -72,12 +72,15 @@ Flow = Generator[Exec | Sleep, Any, Any]
 class Started:
     """A submit the async face sent itself (see :meth:`Engine.start_submit`)."""
 
-    keys: list[bytes]
+    keys: list[bytes]  # with argv: the call for clients that take no packed command
     argv: list[str]
     t0: float
     taken: list[rs.Settle]
+    packed: bytes = b""  # the whole command, encoded (see Codec.packed_submit)
     raw: Any = None
 
+
+_NOKEYS: list[Any] = []
 
 SETTLE_DELAY = 0.002
 """Seconds a deferred settle may wait for a script call to ride on before it is sent alone."""
@@ -283,9 +286,12 @@ class Engine:
             with self.lock:
                 self.outbox.extend(("flush", scope, s) for s in taken)
 
-    def start_submit(self, scope: str, request: Request, now: float) -> Started | None:
-        """The async face's lean submit: keys and ARGV to send now (deferred settles of the
-        scope included), or None to take the general flow."""
+    def start_submit(
+        self, scope: str, request: Request, now: float, packed: bool = False
+    ) -> Started | None:
+        """The async face's lean submit: the call to send now (deferred settles of the scope
+        included): encoded whole if ``packed``, else keys and ARGV; or None to take the
+        general flow."""
         limits = self.limits.get(scope)
         if limits is None or self.exact or not self.up:
             return None
@@ -296,6 +302,15 @@ class Engine:
             with self.lock:
                 taken = self.pending.pop(scope, [])
                 self.pending_since.pop(scope, None)
+        if packed:
+            cmd = self.codec.packed_submit(
+                scope,
+                rs.submit_arg(request, now),
+                limits,
+                now + self.roff,
+                rs.settles_arg(taken, now, False) if taken else "",
+            )
+            return Started(_NOKEYS, _NOKEYS, t0, taken, cmd)
         argv = self.codec.argv(
             "submit",
             scope,

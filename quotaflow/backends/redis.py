@@ -23,6 +23,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import inspect
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ try:
     import redis
     import redis.asyncio
     import redis.asyncio.cluster
+    import redis.asyncio.connection
     import redis.asyncio.retry
     import redis.asyncio.sentinel
     import redis.backoff
@@ -89,8 +91,28 @@ def _timeouts(query: str) -> dict[str, Any]:
     return {k: v for k, v in _TIMEOUTS.items() if k not in query}
 
 
-def _clients(url: str) -> tuple[Any, Any]:
-    """(sync client, factory of asyncio clients) for a URL."""
+# redis-py's asyncio client runs each write under asyncio.wait_for (a task per call) when it
+# has a socket_timeout; where asyncio.timeout exists (3.11+), the backend instead bounds each of
+# its calls itself (one timer), with the same default.
+_timeout: Any = getattr(asyncio, "timeout", None)
+
+
+def _needs_command_name() -> bool:
+    """redis-py before 5.3 requires get_connection's command name; later ones deprecate it."""
+    try:
+        sig = inspect.signature(redis.asyncio.connection.ConnectionPool.get_connection)
+        param = sig.parameters["command_name"]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return param.default is inspect.Parameter.empty
+
+
+_GET_ARGS: tuple[str, ...] = ("EVALSHA",) if _needs_command_name() else ()
+
+
+def _clients(url: str) -> tuple[Any, Any, float | None]:
+    """(sync client, factory of asyncio clients, the timeout the backend puts around each
+    asyncio call itself, or None) for a URL."""
     parts = urlsplit(url)
     to = _timeouts(parts.query)
     scheme = parts.scheme
@@ -111,7 +133,7 @@ def _clients(url: str) -> tuple[Any, Any]:
                 first, startup_nodes=anodes, retry=_aretry(), **to
             )
 
-        return sync, make_async
+        return sync, make_async, None
     if scheme == "redis+sentinel":
         hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
         password = unquote(parts.password) if parts.password else None
@@ -131,10 +153,13 @@ def _clients(url: str) -> tuple[Any, Any]:
             )
             return sent.master_for(service)
 
-        return sync, make_async
+        return sync, make_async, None
+    own = to.get("socket_timeout") if _timeout is not None else None
+    ato = {**to, "socket_timeout": None} if own is not None else to
     return (
         redis.Redis.from_url(url, retry=_retry(), **to),
-        lambda: redis.asyncio.Redis.from_url(url, retry=_aretry(), **to),
+        lambda: redis.asyncio.Redis.from_url(url, retry=_aretry(), **ato),
+        own,
     )
 
 
@@ -250,7 +275,10 @@ def _exec_sync(client: Any, e: Exec) -> Any:
         return client.eval(rs.SCRIPT, len(e.keys), *e.keys, *e.argv)
 
 
-async def _exec_async(client: Any, e: Exec) -> Any:
+async def _exec_async(client: Any, e: Exec, limit: float | None) -> Any:
+    if limit is not None:
+        async with _timeout(limit):
+            return await _exec_async(client, e, None)
     try:
         return await client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
     except rexc.NoScriptError:
@@ -314,9 +342,11 @@ class RedisBackend:
             backfill_depth=backfill_depth,
             exact=exact_time,
         )
-        self._client, self._make_async = _clients(url)
+        self._client, self._make_async, self._atimeout = _clients(url)
         # per event loop (by id, with the loop itself: a new loop may reuse a dead one's id)
         self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        # per event loop: connections the lean submit keeps out of the pool between its calls
+        self._conns: dict[int, tuple[asyncio.AbstractEventLoop, list[Any]]] = {}
         self.sync = SyncRedisBackend(self)
         self._link: Link | None = None
         self._beat_every = lease_ttl / 3
@@ -392,7 +422,12 @@ class RedisBackend:
                     await task
             for scope in list(self._engine.pending):
                 await self._flush(scope)
+            conns = self._conns.pop(id(loop), None)
             client = self._aclients.pop(id(loop), None)
+            if conns is not None and client is not None and conns[0] is loop:
+                for conn in conns[1]:
+                    with contextlib.suppress(Exception):
+                        await client[1].connection_pool.release(conn)
             if client is not None and client[0] is loop:
                 await client[1].aclose()
         await anyio.to_thread.run_sync(self.close)
@@ -421,7 +456,7 @@ class RedisBackend:
                     await anyio.sleep(effect.seconds)
                     continue
                 try:
-                    result = await _exec_async(client, effect)
+                    result = await _exec_async(client, effect, self._atimeout)
                 except TRANSIENT as exc:
                     error = Transient(str(exc))
                     error.__cause__ = exc
@@ -429,6 +464,29 @@ class RedisBackend:
                     raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
         finally:
             flow.close()  # abandoned (cancelled): the flow keeps what it carried
+
+    async def _call_packed(self, pool: Any, packed: bytes) -> Any:
+        """Send one encoded command and read its reply, on a connection taken from the pool
+        once and kept for the next lean call (redis-py's public connection API without its
+        per-command machinery: the command is encoded already, EVALSHA's reply needs no
+        callback, and errors take the general flow, which retries). A connection that fails
+        mid-call is disconnected by redis-py itself (the next use reconnects it); an error
+        reply leaves it clean."""
+        loop = asyncio.get_running_loop()
+        entry = self._conns.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            entry = self._conns[id(loop)] = (loop, [])
+        free = entry[1]
+        conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
+        try:
+            if self._atimeout is None:
+                await conn.send_packed_command(packed, False)
+                return await conn.read_response()
+            async with _timeout(self._atimeout):
+                await conn.send_packed_command(packed, False)
+                return await conn.read_response()
+        finally:
+            free.append(conn)
 
     # --- the AsyncBackend protocol ------------------------------------------------------------
     async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
@@ -442,14 +500,20 @@ class RedisBackend:
         e = self._engine
         started = None
         if sniffio.current_async_library() == "asyncio":
-            started = e.start_submit(scope, request, now)
+            client = self._aclient()
+            pool = getattr(client, "connection_pool", None)
+            packed = pool is not None and client.connection is None
+            started = e.start_submit(scope, request, now, packed)
         if started is None:
             return await self._arun(e.submit(scope, request, now))  # type: ignore[no-any-return]
         # the lean path: one EVALSHA without the flow machinery; any surprise takes the flow
         try:
-            started.raw = await self._aclient().evalsha(
-                rs.SCRIPT_SHA_BYTES, 7, *started.keys, *started.argv
-            )
+            if packed:
+                started.raw = await self._call_packed(pool, started.packed)
+            else:
+                started.raw = await client.evalsha(
+                    rs.SCRIPT_SHA_BYTES, 7, *started.keys, *started.argv
+                )
         except Exception:  # NOSCRIPT, a dropped connection...: the flow handles them all
             e.unstart(scope, started)
             return await self._arun(e.submit(scope, request, now))  # type: ignore[no-any-return]

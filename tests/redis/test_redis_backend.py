@@ -134,6 +134,40 @@ def test_keys_share_a_hash_tag_and_expire(url: str, namespace: str, client: redi
     assert slots["default/m"] != slots["default/other"]  # models spread over slots
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the lean submit is asyncio's
+async def test_fast_leases_live_in_the_scope_hash_until_the_full_path_moves_them(
+    url: str, client: redis.Redis
+) -> None:
+    backend = RedisBackend.from_url(url)
+    limiter = Limiter(tier=None, quotas=QUOTAS, backend=backend)
+    await limiter.status("m")  # configured; the line is empty
+    a = await limiter.acquire("m", tokens=10)
+    b = await limiter.acquire("m", tokens=20)
+    ks, kl, ke = (backend._engine.codec.keys("default/m")[i] for i in (0, 4, 5))
+    fields = {f.decode() for f in client.hkeys(ks)}
+    assert {f"l:{a.id}", f"l:{b.id}"} <= fields  # granted by the fast path: in S alone
+    assert not client.hexists(kl, a.id)
+    a.mark_sent()
+    await a.settle(input_tokens=10)  # deferred; rides on the next call (the full path's)
+    level = (await limiter.status("m"))["tpm"]
+    assert (level.used, level.in_flight) == (30, 20)  # used counts what is in flight
+    assert not [f for f in client.hkeys(ks) if f.startswith(b"l:")]  # moved to L and E
+    assert client.hexists(kl, b.id) and not client.hexists(kl, a.id)
+    score = client.zscore(ke, b.id)
+    assert score is not None and score > client.time()[0]
+    for key in (ks, kl, ke):
+        assert client.pttl(key) > 0
+    b.mark_sent()
+    await b.settle(input_tokens=5)  # a lease of L, settled by the fast path
+    await backend.aclose()
+    other = RedisBackend.from_url(url)
+    level = (await Limiter(tier=None, quotas=QUOTAS, backend=other).status("m"))["tpm"]
+    assert (level.used, level.in_flight) == (15, 0)
+    assert not client.hexists(kl, b.id)
+    await other.aclose()
+
+
 def test_memory_per_scope_is_bounded(url: str, namespace: str, client: redis.Redis) -> None:
     quotas = {"m": [Limit("tpm", 10**9, 1.0, metric="input_tokens")]}
     limiter = SyncLimiter(tier=None, quotas=quotas, backend=url)
@@ -294,9 +328,9 @@ async def test_a_deferred_settle_survives_the_cancelled_call_it_rode_on(
     assert backend._engine.pending
     real = qr._exec_async
 
-    async def slow(client: Any, effect: Any) -> Any:  # e.g. waiting for a pooled connection
+    async def slow(client: Any, effect: Any, limit: Any) -> Any:  # e.g. waiting for a pool
         await anyio.sleep(0.5)
-        return await real(client, effect)
+        return await real(client, effect, limit)
 
     monkeypatch.setattr(qr, "_exec_async", slow)
     with anyio.move_on_after(0.05):

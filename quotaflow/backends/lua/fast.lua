@@ -8,10 +8,11 @@ falls through to the full path with nothing written. It sets no TTL: the full pa
 key its TTL and keeps L and E from emptying (a sentinel member ""), so their TTLs persist, and
 the fast path runs only before tdue, half a TTL after the full path last ran.
 
-What it reads: the header field "h" of S, {nq, emin, tdue, kttl} packed as doubles, where
-emin is a lower bound of the earliest lease expiry in E and tdue is when the full path must
-next refresh every key's TTL; and per limit the field "b:<name>", that limit's changing
-numbers packed as doubles:
+What it reads: the header field "h" of S, {nq, emin, tdue, kttl, nl} packed as doubles, where
+nl is an upper bound of the leases in L (0: a lease id is in L only if it is in S), emin is a
+lower bound of the earliest lease expiry (in E and of the leases kept in S, see below) and
+tdue is when the full path must next refresh every key's TTL; and per limit the field
+"b:<name>", that limit's changing numbers packed as doubles:
   k = 1 rolling window: cap, pu, fl, lg, fs, ts, ta, zl, w, per
   k = 2 calendar:       cap, pu, fl, cn, ws, we
   k = 3 other kinds (never fast)
@@ -20,8 +21,17 @@ come back over time, so a stale lg over-counts and a fit found with it is a fit 
 of free room). Settled amounts of the newest slot accumulate in the tail (ts, ta) instead of
 the log Z; a settle into an older slot, or a new slot while the log's front has expired, falls
 through (the full path moves the tail into Z on load, so Z stays bounded: slots + 1 entries).
+
+Leases it grants are fields "l:<id>" of S, cmsgpack {c, o, e} (cost, owner, expiry), so a
+grant and the settle riding on it write S alone (one HDEL, one HSET). Their expiries count in
+emin, so the full path runs when the earliest is due; on load it moves every such lease into L
+and E, where the full path keeps leases (heartbeats, expiry, cancel), before anything reads
+them. A settle finds its lease in S or L.
 ]]
-if redis.replicate_commands then pcall(redis.replicate_commands) end
+-- effects replication (TIME before writes): the default since Redis 5, the only mode in 7
+if not redis.REDIS_VERSION_NUM and redis.replicate_commands then
+  pcall(redis.replicate_commands)
+end
 
 local INF = math.huge
 local EPS = 1e-9
@@ -32,9 +42,47 @@ local SETTLES = ARGV[3] or ''
 local function fast()
   local op, ov, owner, ttl = string.match(ARGV[1], '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)')
   if op ~= 'submit' and op ~= 'flush' then return nil end
-  local hdr = redis.call('HGET', KS, 'h')
+  -- one HMGET reads what the call needs: the header, the records of the limits the request
+  -- names, the leases it settles and the field its own lease would take
+  local fields, want = {'h'}, {}
+  local id, req
+  if op == 'submit' then
+    -- id, priority, deadline, nowait, then n, n pairs (limit, amount), m, floors
+    local rest
+    id, rest = string.match(ARGV[2], '^([^\31]*)\31[^\31]*\31[^\31]*\31[^\31]*\31(.*)$')
+    local it = string.gmatch(rest, '[^\31]+')
+    req = {}
+    for _ = 1, tonumber(it()) do
+      local name, amount = it(), tonumber(it())
+      if amount > 0 then
+        req[#req + 1] = name
+        req[#req + 1] = amount
+        local f = 'b:' .. name
+        if not want[f] then
+          want[f] = true
+          fields[#fields + 1] = f
+        end
+      end
+    end
+    fields[#fields + 1] = 'l:' .. id
+  end
+  local S, seen = {}, {}
+  for s in string.gmatch(SETTLES, '[^\30]+') do
+    local f = {}
+    for x in string.gmatch(s, '[^\31]+') do f[#f + 1] = x end
+    if not seen[f[1]] then
+      seen[f[1]] = true
+      S[#S + 1] = f
+      fields[#fields + 1] = 'l:' .. f[1]
+    end
+  end
+  local vals = redis.call('HMGET', KS, unpack(fields))
+  local hdr = vals[1]
   if not hdr then return nil end
-  local nq, emin, tdue, kttl = struct.unpack('<dddd', hdr)
+  local got = {}
+  for i = 2, #fields do got[fields[i]] = vals[i] end
+  if #hdr ~= 40 then return nil end  -- an older layout: the full path rewrites it
+  local nq, emin, tdue, kttl, nl = struct.unpack('<ddddd', hdr)
   if ov ~= '' then
     now = tonumber(ov)
   else
@@ -47,7 +95,8 @@ local function fast()
     local r = R[name]
     if r == nil then
       r = false
-      local raw = redis.call('HGET', KS, 'b:' .. name)
+      local raw = got['b:' .. name]
+      if raw == nil then raw = redis.call('HGET', KS, 'b:' .. name) end
       if raw then
         local k = struct.unpack('<d', raw)
         if k == 1 then
@@ -66,7 +115,7 @@ local function fast()
     end
     return r
   end
-  local zadd, gone, seen = {}, {}, {}
+  local zadd, gone, goneh = {}, {}, {}
   -- Bucket.settle on a record (kinds 1 and 2); false: the full path must do it
   local function settle(name, amount, real, at)
     local r = rec(name)
@@ -107,96 +156,91 @@ local function fast()
     dirty[name] = r
     return true
   end
-  -- settles first, as the full path applies them before the op
-  for s in string.gmatch(SETTLES, '[^\30]+') do
-    local f = {}
-    for x in string.gmatch(s, '[^\31]+') do f[#f + 1] = x end
-    local id = f[1]
-    if not seen[id] then
-      seen[id] = true
-      local raw = redis.call('HGET', KL, id)
-      if raw then
-        gone[#gone + 1] = id
-        local at = tonumber(string.sub(f[2], 2))
-        if string.sub(f[2], 1, 1) == 'r' then at = now + at end
-        local actual = nil
-        if f[3] ~= '-1' then
-          actual = {}
-          for i = 4, #f, 2 do actual[f[i]] = tonumber(f[i + 1]) end
-        end
-        local c = cmsgpack.unpack(raw).c
-        local held = {}
-        for i = 1, #c, 2 do
-          local name, amount = c[i], c[i + 1]
-          held[name] = true
-          local real = amount
-          if actual and actual[name] ~= nil then real = actual[name] end
-          if not settle(name, amount, real, at) then return nil end
-        end
-        if actual then  -- usage that was not estimated (0 reserved) still counts
-          for name, real in pairs(actual) do
-            if real > 0 and not held[name] and not settle(name, 0, real, at) then
-              return nil
-            end
+  -- settles first, as the full path applies them before the op; a lease is a field "l:<id>"
+  -- of S (granted here) or an entry of L (granted by the full path, or moved there by it)
+  for _, f in ipairs(S) do
+    local lid = f[1]
+    local raw = got['l:' .. lid]
+    if raw then
+      goneh[#goneh + 1] = 'l:' .. lid
+    else
+      raw = redis.call('HGET', KL, lid)
+      if raw then gone[#gone + 1] = lid end
+    end
+    if raw then
+      local at = tonumber(string.sub(f[2], 2))
+      if string.sub(f[2], 1, 1) == 'r' then at = now + at end
+      local actual = nil
+      if f[3] ~= '-1' then
+        actual = {}
+        for i = 4, #f, 2 do actual[f[i]] = tonumber(f[i + 1]) end
+      end
+      local c = cmsgpack.unpack(raw).c
+      local held = {}
+      for i = 1, #c, 2 do
+        local name, amount = c[i], c[i + 1]
+        held[name] = true
+        local real = amount
+        if actual and actual[name] ~= nil then real = actual[name] end
+        if not settle(name, amount, real, at) then return nil end
+      end
+      if actual then  -- usage that was not estimated (0 reserved) still counts
+        for name, real in pairs(actual) do
+          if real > 0 and not held[name] and not settle(name, 0, real, at) then
+            return nil
           end
         end
       end
     end
   end
   local reply = 'K'
-  local lease, id, cost
+  local hs = {}
   if op == 'submit' then
-    -- id, priority, deadline, nowait, then n, n pairs (limit, amount), m, floors
-    local rest
-    id, rest = string.match(ARGV[2], '^([^\31]*)\31[^\31]*\31[^\31]*\31[^\31]*\31(.*)$')
-    local it = string.gmatch(rest, '[^\31]+')
-    local n = tonumber(it())
-    cost = {}
-    for _ = 1, n do
-      local name, amount = it(), tonumber(it())
-      if amount > 0 then
-        local r = rec(name)
-        if r then
-          if r.k == 1 then
-            if r.pu > now or r.lg + r.fl + amount > r.cap then return nil end
-          elseif r.k == 2 then
-            if now >= r.we or r.pu > now or r.cn + r.fl + amount > r.cap then return nil end
-          else
-            return nil
-          end
+    for i = 1, #req, 2 do
+      local r = rec(req[i])
+      if r then
+        local amount = req[i + 1]
+        if r.k == 1 then
+          if r.pu > now or r.lg + r.fl + amount > r.cap then return nil end
+        elseif r.k == 2 then
+          if now >= r.we or r.pu > now or r.cn + r.fl + amount > r.cap then return nil end
+        else
+          return nil
         end
-        cost[#cost + 1] = name
-        cost[#cost + 1] = amount
       end
     end
     reply = 'G'
-    lease = cmsgpack.pack({c = cost, o = owner})
+    -- a retry of a granted submit (its reply was lost) takes nothing more
+    -- (a lease settled by this very call is gone)
+    local held = not seen[id]
+      and (got['l:' .. id] or (nl > 0 and redis.call('HEXISTS', KL, id) == 1))
+    if not held then
+      for i = 1, #req, 2 do
+        local r = R[req[i]]
+        if r then
+          r.fl = r.fl + req[i + 1]
+          dirty[req[i]] = r
+        end
+      end
+      local exp = now + tonumber(ttl)
+      hs[1] = 'l:' .. id
+      hs[2] = cmsgpack.pack({c = req, o = owner, e = exp})
+      if exp < emin then
+        hs[3] = 'h'
+        hs[4] = struct.pack('<ddddd', nq, exp, tdue, kttl, nl)
+      end
+    end
   end
   -- decided: write
-  local px = math.floor(kttl * 1000)
+  if #goneh > 0 then redis.call('HDEL', KS, unpack(goneh)) end
   if #gone > 0 then
     redis.call('HDEL', KL, unpack(gone))
     redis.call('ZREM', KE, unpack(gone))
   end
-  if lease and redis.call('HSETNX', KL, id, lease) == 1 then
-    for i = 1, #cost, 2 do
-      local r = R[cost[i]]
-      if r then
-        r.fl = r.fl + cost[i + 1]
-        dirty[cost[i]] = r
-      end
-    end
-    local exp = now + tonumber(ttl)
-    redis.call('ZADD', KE, string.format('%.17g', exp), id)
-    if exp < emin then
-      redis.call('HSET', KS, 'h', struct.pack('<dddd', nq, exp, tdue, kttl))
-    end
-  end
   if #zadd > 0 then
     redis.call('ZADD', KZ, unpack(zadd))
-    redis.call('PEXPIRE', KZ, px)
+    redis.call('PEXPIRE', KZ, math.floor(kttl * 1000))
   end
-  local hs = {}
   for name, r in pairs(dirty) do
     hs[#hs + 1] = 'b:' .. name
     if r.k == 1 then

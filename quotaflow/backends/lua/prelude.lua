@@ -10,7 +10,8 @@ for infinities), amounts are integers.
 KEYS (all carry the scope's hash tag, so one script call touches one Redis Cluster slot):
   1 H  hash    "s": cmsgpack blob of the scope (limits, line levels, head of the line);
                "h": header for the fast path; "b:<limit>": the limit's changing numbers
-               (see fast.lua), which override those in "s"
+               (see fast.lua), which override those in "s"; "l:<id>": a lease the fast
+               path granted (moved to L and E by the full path on load)
   2 Q  zset    the waiting line: score = order key, member = <seq, 15 digits>:<id>
   3 W  hash    id -> cmsgpack waiter {id, m, c, p, a, s, d, o, k}
   4 T  zset    id -> ticket expiry (a waiter whose process stops refreshing it is dropped)

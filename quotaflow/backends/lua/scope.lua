@@ -458,9 +458,28 @@ local C_FIELDS = '<ddddddd'
 
 local function load()
   local raw = redis.call('HGETALL', KS)
-  local h = {}
-  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  local h, fast = {}, {}
+  for i = 1, #raw, 2 do
+    if string.sub(raw[i], 1, 2) == 'l:' then fast[#fast + 1] = i else h[raw[i]] = raw[i + 1] end
+  end
   if not h.s then return end
+  -- leases the fast path granted (fields "l:<id>" of S) move to L and E, in batches
+  for j = 1, #fast, 256 do
+    local hl, exps, gone = {}, {}, {}
+    for k = j, math.min(#fast, j + 255) do
+      local i = fast[k]
+      local id = string.sub(raw[i], 3)
+      hl[#hl + 1] = id
+      hl[#hl + 1] = raw[i + 1]
+      exps[#exps + 1] = f17(cmsgpack.unpack(raw[i + 1]).e)
+      exps[#exps + 1] = id
+      gone[#gone + 1] = raw[i]
+    end
+    redis.call('HSET', KL, unpack(hl))
+    redis.call('ZADD', KE, unpack(exps))
+    redis.call('HDEL', KS, unpack(gone))
+    touch(KL); touch(KE)
+  end
   ST = cmsgpack.unpack(h.s)
   ST.fl, ST.flk = ST.fl or {}, ST.flk or {}
   for _, name in ipairs(ST.names) do  -- the fast path's numbers override those in "s"
@@ -504,7 +523,8 @@ local function save()
   local e = redis.call('ZRANGE', KE, 0, 0, 'WITHSCORES')
   local emin = tonumber(e[2]) or INF
   hs[#hs + 1] = 'h'
-  hs[#hs + 1] = struct.pack('<dddd', ST.nq, emin, now + ST.kttl / 2, ST.kttl)
+  local nl = redis.call('HLEN', KL) - 1  -- the sentinel is no lease
+  hs[#hs + 1] = struct.pack('<ddddd', ST.nq, emin, now + ST.kttl / 2, ST.kttl, nl)
   redis.call('HSET', KS, unpack(hs))
   -- every key, every time: the fast path refreshes only what it writes, and only until tdue
   for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, px) end
