@@ -467,26 +467,35 @@ class RedisBackend:
 
     async def _call_packed(self, pool: Any, packed: bytes) -> Any:
         """Send one encoded command and read its reply, on a connection taken from the pool
-        once and kept for the next lean call (redis-py's public connection API without its
+        and kept for the next lean call (redis-py's public connection API without its
         per-command machinery: the command is encoded already, EVALSHA's reply needs no
         callback, and errors take the general flow, which retries). A connection that fails
         mid-call is disconnected by redis-py itself (the next use reconnects it); an error
-        reply leaves it clean."""
+        reply leaves it clean. The whole call, taking the connection included, is bounded."""
         loop = asyncio.get_running_loop()
         entry = self._conns.get(id(loop))
         if entry is None or entry[0] is not loop:
             entry = self._conns[id(loop)] = (loop, [])
-        free = entry[1]
+        if self._atimeout is None:
+            return await self._send_packed(pool, entry[1], packed)
+        async with _timeout(self._atimeout):
+            return await self._send_packed(pool, entry[1], packed)
+
+    @staticmethod
+    async def _send_packed(pool: Any, free: list[Any], packed: bytes) -> Any:
         conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
         try:
-            if self._atimeout is None:
-                await conn.send_packed_command(packed, False)
-                return await conn.read_response()
-            async with _timeout(self._atimeout):
-                await conn.send_packed_command(packed, False)
-                return await conn.read_response()
-        finally:
+            await conn.send_packed_command(packed, False)
+            reply = await conn.read_response()
+        except BaseException:
+            free.append(conn)  # redis-py disconnected it if it broke; trimmed by a later call
+            raise
+        # keep at most half the pool: the general path (and other clients) need the rest
+        if len(free) < getattr(pool, "max_connections", 0) // 2:
             free.append(conn)
+        else:
+            await pool.release(conn)
+        return reply
 
     # --- the AsyncBackend protocol ------------------------------------------------------------
     async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:

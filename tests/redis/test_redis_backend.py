@@ -437,3 +437,35 @@ def test_a_configure_answered_cal_keeps_the_fast_paths_tail_counted_once(
     call("flush", [], one, t, settles=rs.settles_arg([("b", None, t)], t, True))
     assert int(call("status", [], one, 1000.6)[2][0][2]) == 2
     assert int(call("status", [], one, 1002.0)[2][0][2]) == 0  # both came back, no more
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the lean call is asyncio's
+async def test_lean_calls_leave_connections_for_the_general_path(make_redis: Any) -> None:
+    server = make_redis()
+    url = f"{server.url}?namespace=maxconn&on_error=raise&max_connections=4"
+    backend = RedisBackend.from_url(url)
+    lim = Limiter(tier=None, quotas={"m": [Limit("rpm", 10**6, 60.0)]}, backend=backend)
+    await lim.status("m")
+    outcomes: list[object] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await lim.acquire("m"))
+        except Exception as exc:  # a burst above max_connections may be refused
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(one)
+    from quotaflow.errors import BackendError
+
+    with anyio.fail_after(10):  # the pool has room again: kept connections were given back
+        while True:
+            try:
+                status = (await lim.status("m"))["rpm"]
+                break
+            except BackendError:  # "too many connections" counted as down until the link sees
+                await anyio.sleep(0.1)  # Redis again
+    assert status.in_flight == sum(1 for o in outcomes if not isinstance(o, Exception))
+    await backend.aclose()

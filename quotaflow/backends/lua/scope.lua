@@ -534,7 +534,10 @@ load()
 if OP ~= 'configure' and not ST then return {'noconf', f17(now), '', {}} end
 if ST then
   for _, name in ipairs(ST.names) do
-    if not B.roll(ST.b[name], name) then return {'cal', f17(now), '', {}} end
+    if not B.roll(ST.b[name], name) then
+      save()  -- load() may have moved the hash's leases into L: the header must say so
+      return {'cal', f17(now), '', {}}
+    end
   end
   for _, name in ipairs(ST.names) do
     local b = ST.b[name]
