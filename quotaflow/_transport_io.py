@@ -191,6 +191,7 @@ class _DriverBase:
 
     _http: Any  # the httpx-compatible module
     _inner: Any
+    _limiter: Any  # the async or the sync limiter, set by each driver
     _settings: Settings
     _cache: CountCache
 
@@ -200,6 +201,20 @@ class _DriverBase:
         self._cache = CountCache(settings.count_cache)
         self._warned: set[tuple[str, str, int]] = set()
         self._inner = inner
+
+    def _flow(self, request: Any, content: bytes, pairs: Any) -> Any:
+        """The call's flow (``call_flow``) with this transport's settings and limiter."""
+        return call_flow(
+            request.method,
+            str(request.url),
+            content,
+            pairs,
+            self._settings,
+            self._cache,
+            self._limiter.quota,
+            self._limiter.clock,
+            self._warned,
+        )
 
     def _passthrough(self, request: Any) -> bool:
         """Uploads (streamed bodies that create files) skip the flow: nothing to meter, and
@@ -243,7 +258,7 @@ class _DriverBase:
         s = self._settings
         sizing = s.sizing if not callable(s.sizing) else getattr(s.sizing, "__name__", "fn")
         return (
-            f"{type(self).__name__}(limiter={self._limiter!r}, "  # type: ignore[attr-defined]
+            f"{type(self).__name__}(limiter={self._limiter!r}, "
             f"inner={type(self._inner).__name__}, sizing={sizing!r})"
         )
 
@@ -276,17 +291,7 @@ class AsyncDriver(_DriverBase):
         if self._passthrough(request):
             return await self._inner.handle_async_request(request)
         content = await request.aread()
-        flow = call_flow(
-            request.method,
-            str(request.url),
-            content,
-            pairs,
-            self._settings,
-            self._cache,
-            self._limiter.quota,
-            self._limiter.clock,
-            self._warned,
-        )
+        flow = self._flow(request, content, pairs)
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -407,17 +412,7 @@ class SyncDriver(_DriverBase):
         if self._passthrough(request):
             return self._inner.handle_request(request)
         content = request.read()
-        flow = call_flow(
-            request.method,
-            str(request.url),
-            content,
-            pairs,
-            self._settings,
-            self._cache,
-            self._limiter.quota,
-            self._limiter.clock,
-            self._warned,
-        )
+        flow = self._flow(request, content, pairs)
         result: Any = None
         error: BaseException | None = None
         while True:

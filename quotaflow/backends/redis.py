@@ -199,11 +199,8 @@ class SyncRedisBackend:
                     continue
                 try:
                     result = _exec_sync(client, effect)
-                except TRANSIENT as exc:
-                    error = Transient(str(exc))
-                    error.__cause__ = exc
-                except rexc.RedisError as exc:
-                    raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+                except _CALL_ERRORS as exc:
+                    error = _transient(exc)
         finally:
             flow.close()  # abandoned (an error, a signal): the flow keeps what it carried
 
@@ -260,6 +257,19 @@ class SyncRedisBackend:
 
     def __repr__(self) -> str:
         return f"SyncRedisBackend({self._owner!r})"
+
+
+_CALL_ERRORS: tuple[type[BaseException], ...] = (rexc.RedisError, *TRANSIENT)
+
+
+def _transient(exc: BaseException) -> Transient:
+    """A failed script call for the flow to handle (it retries or gives up), or raise: Redis
+    refused the call itself."""
+    if isinstance(exc, TRANSIENT):
+        error = Transient(str(exc))
+        error.__cause__ = exc
+        return error
+    raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[RedisBackend]) -> None:
@@ -457,11 +467,8 @@ class RedisBackend:
                     continue
                 try:
                     result = await _exec_async(client, effect, self._atimeout)
-                except TRANSIENT as exc:
-                    error = Transient(str(exc))
-                    error.__cause__ = exc
-                except rexc.RedisError as exc:
-                    raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
+                except _CALL_ERRORS as exc:
+                    error = _transient(exc)
         finally:
             flow.close()  # abandoned (cancelled): the flow keeps what it carried
 
