@@ -469,3 +469,12 @@ async def test_lean_calls_leave_connections_for_the_general_path(make_redis: Any
                 await anyio.sleep(0.1)  # Redis again
     assert status.in_flight == sum(1 for o in outcomes if not isinstance(o, Exception))
     await backend.aclose()
+
+
+def test_why_redis_is_unreachable_never_shows_a_password() -> None:
+    backend = RedisBackend.from_url("redis://:s3cret@127.0.0.1:1/0?namespace=pw-redact")
+    engine = backend._engine
+    engine.went_down(OSError("Error connecting to redis://:s3cret@127.0.0.1:1/0"))
+    message = str(engine._unavailable(None))  # type: ignore[arg-type]
+    assert "127.0.0.1:1" in message and "s3cret" not in message
+    backend.close()
