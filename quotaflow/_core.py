@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from quotaflow import context
+from quotaflow._gate import LaneGate
 from quotaflow._permit_state import PermitState
 from quotaflow._quota_book import QuotaBook
 from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
 from quotaflow.clock import Clock, SystemClock
-from quotaflow.context import current_priority as _current_priority
 from quotaflow.errors import (
     CannotFitError,
     ConfigError,
@@ -101,9 +101,9 @@ class LimiterCore:
                     f"shares[{agent!r}]: give agent names (no '@') mapped to Share(...) objects"
                 )
         self._configured: dict[str, tuple[Limit, ...]] = {}
-        # per model spelling: what the fast path needs (see `fast_state`); a backend with a
-        # fast lane (memory) and no shares only
-        self.lanes: dict[str, tuple[str, str, tuple[Limit, ...], Any, Any, Any, int]] = {}
+        # per model spelling: the way into the backend's fast lane (a backend with one, such
+        # as memory, and no shares only)
+        self.lanes: dict[str, LaneGate] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._lock = threading.Lock()
@@ -122,21 +122,24 @@ class LimiterCore:
     def remember_lane(
         self, model: str, key: str, canonical: str, limits: tuple[Limit, ...], backend: Any
     ) -> None:
-        """Let later acquires of ``model`` try the backend's fast lane first."""
+        """Let later acquires of ``model`` try the backend's fast lane first (a
+        :class:`~quotaflow._gate.LaneGate` in :attr:`lanes`)."""
         if self.shares or not hasattr(backend, "settle_tokens"):
             return
         lane = backend.lane(key)
-        version = lane.version
         if lane.scope_limits != frozenset(lim.name for lim in limits):
             return  # the scope has limits this limiter would not charge: the full rule only
-        self.lanes[model] = (
+        self.lanes[model] = LaneGate(
+            self.lanes,
+            model,
             key,
             canonical,
             limits,
             lane,
-            backend.lock,
-            backend.settle_tokens,
-            version,
+            backend,
+            self.clock,
+            self.default_priority,
+            f"{self._prefix}{next(self._ids)}.",
         )
 
     def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
@@ -144,64 +147,6 @@ class LimiterCore:
         old = self.book.set_limit(model, name, amount)
         self.lanes.clear()  # the next acquire of each model reconfigures through the scope
         return old
-
-    def fast_state(
-        self,
-        model: str,
-        tokens: int,
-        cost: Mapping[str, int] | None,
-        priority: int | str | None,
-        timeout: float | None,
-    ) -> PermitState | None:
-        """The permit of a request the fast lane grants at once, or ``None`` (take the line).
-
-        Only for plain requests (one request, ``tokens`` input tokens, no other cost; the
-        transports' ``cost={"requests": 1}`` is the same): where nobody waits and
-        the lane's bounds say it fits, the exact rule would grant it too, so neither priority
-        nor a deadline can change the outcome.
-        """
-        hit = self.lanes.get(model)
-        if (
-            hit is None
-            or (
-                cost is not None
-                and (
-                    len(cost) != 1
-                    or cost.get("requests").__class__ is not int
-                    or cost["requests"] != 1
-                )
-            )
-            or tokens.__class__ is not int
-            or tokens < 0
-            or (timeout is not None and not timeout >= 0)
-        ):
-            return None
-        key, canonical, limits, lane, lock, quick, version = hit
-        if lane.version != version:  # the scope's limits changed: look again (full path)
-            self.lanes.pop(model, None)
-            return None
-        if priority is None:
-            prio = _current_priority()
-            if prio is None:
-                prio = self.default_priority
-        else:
-            prio = context.priority_value(priority)
-        rid = self._prefix + str(next(self._ids))
-        now = self.clock.now()
-        with lock:
-            if not lane.take(rid, tokens, now):
-                return None
-        return PermitState(
-            rid,
-            canonical,
-            key,
-            {"requests": 1, "input_tokens": tokens},
-            limits,
-            now,
-            0.0,
-            prio,
-            quick,
-        )
 
     def request(
         self,
@@ -232,10 +177,23 @@ class LimiterCore:
             if priority is not None
             else (ctx_priority if ctx_priority is not None else self.default_priority)
         )
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or math.isnan(deadline)
+        ):
+            raise ConfigError(
+                f"deadline={deadline!r}: give a time of the limiter's clock (limiter.clock.now() "
+                "+ seconds), or None"
+            )
         if timeout is None:
             timeout = ctx_timeout
         if timeout is not None:
-            if not timeout >= 0:
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not timeout >= 0
+            ):
                 raise ConfigError(f"timeout={timeout!r}: give seconds >= 0 (or None to wait)")
             now = self.clock.now()
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)

@@ -2,36 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
 
 from quotaflow.errors import PermitError
 from quotaflow.limits import Limit, check_cost
+
+if TYPE_CHECKING:
+    from quotaflow._gate import LaneGate
 
 __all__ = ["PermitPhase", "PermitState"]
 
 PermitPhase = Literal["granted", "sent", "settled", "released"]
 
 
-@dataclass(slots=True)
 class PermitState:
-    """The life of a permit: granted -> sent -> settled, or granted -> released. Pure."""
+    """The life of a permit: granted -> sent -> settled, or granted -> released. Pure.
 
-    id: str
-    model: str
-    scope: str
-    metrics: dict[str, int]  # by metric
-    limits: tuple[Limit, ...]
-    granted_at: float
-    waited: float
-    priority: int
-    # for grants of a fast lane: the backend's ``settle_tokens`` (see MemoryBackend)
-    quick: Callable[[str, str, int | None, float, float], None] | None
-    phase: PermitPhase = "granted"
-    sent_at: float | None = None
-    response_at: float | None = None
-    actual: dict[str, int] | None = None  # the real usage given to settle, by metric
+    A plain class with its own ``__init__`` (not a dataclass): it is built on the hot path, and
+    compiled with mypyc a written ``__init__`` is native while a dataclass's is not.
+    """
+
+    __slots__ = (
+        "actual",
+        "granted_at",
+        "id",
+        "limits",
+        "metrics",
+        "model",
+        "phase",
+        "priority",
+        "quick",
+        "response_at",
+        "scope",
+        "sent_at",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        model: str,
+        scope: str,
+        metrics: dict[str, int],
+        limits: tuple[Limit, ...],
+        granted_at: float,
+        waited: float,
+        priority: int,
+        quick: LaneGate | None,
+    ) -> None:
+        self.id = id
+        self.model = model
+        self.scope = scope
+        self.metrics = metrics  # by metric
+        self.limits = limits
+        self.granted_at = granted_at
+        self.waited = waited
+        self.priority = priority
+        # for grants of a fast lane: the gate that granted it (it settles them the quick way)
+        self.quick = quick
+        self.phase: PermitPhase = "granted"
+        self.sent_at: float | None = None
+        self.response_at: float | None = None
+        self.actual: dict[str, int] | None = None  # the real usage given to settle, by metric
+
+    def __repr__(self) -> str:
+        return (
+            f"PermitState(id={self.id!r}, model={self.model!r}, phase={self.phase!r}, "
+            f"metrics={self.metrics!r}, granted_at={self.granted_at!r})"
+        )
 
     def mark_sent(self, now: float) -> None:
         if self.phase in ("settled", "released"):

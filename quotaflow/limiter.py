@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import anyio
 
 from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
+from quotaflow._gate import LaneGate
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend
@@ -99,30 +100,37 @@ class _Exits(Protocol):
 _P = TypeVar("_P", bound=_Exits)
 
 
-class _Acquire(Generic[_P]):
+# Not in the compiled modules (see hatch_build.py): a mypyc-compiled generator that delegates
+# to the full acquire with ``yield from`` does not pass a cancellation thrown into it on to the
+# awaited coroutine, so an anyio deadline scope inside the wait would not see it.
+class Acquire(Generic[_P]):
     """``async with x.acquire(...) as permit`` or ``permit = await x.acquire(...)``.
 
-    Wraps a coroutine function and its arguments; leaving the block calls ``permit._exit``.
+    Wraps a coroutine function and its arguments ``(model, tokens, cost, priority, timeout,
+    deadline, ...)``; ``gates`` (model spelling -> :class:`LaneGate`) are tried first. Leaving
+    the block calls ``permit._exit``.
     """
-
-    __slots__ = ("_args", "_fast", "_fn", "_permit")
 
     def __init__(
         self,
         fn: Callable[..., Awaitable[_P]],
         args: tuple[Any, ...],
-        fast: Callable[..., _P | None] | None = None,
+        gates: dict[str, LaneGate] | None = None,
     ) -> None:
         self._fn = fn
         self._args = args
-        self._fast = fast  # a grant without waiting (the fast lane), or None
+        self._gates = gates
         self._permit: _P | None = None
 
     def __await__(self) -> Generator[Any, None, _P]:
-        if self._fast is not None:
-            permit = self._fast(*self._args)
-            if permit is not None:
-                return permit
+        gates = self._gates
+        if gates:
+            args = self._args
+            gate = gates.get(args[0])
+            if gate is not None:
+                permit: Any = gate.grant(args[1], args[2], args[3], args[4], args[5])
+                if permit is not None:
+                    return permit  # type: ignore[no-any-return]
         return (yield from self._fn(*self._args).__await__())
 
     async def __aenter__(self) -> _P:
@@ -241,23 +249,6 @@ class Limiter:
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
 
-    def _fast(
-        self,
-        model: str,
-        tokens: int,
-        cost: Mapping[str, int] | None,
-        priority: int | str | None,
-        timeout: float | None,
-        deadline: float | None,
-        nowait: bool,
-        agent: str | None = None,
-    ) -> Permit | None:
-        state = self._core.fast_state(model, tokens, cost, priority, timeout)
-        if state is None:
-            return None
-        b: Any = self.backend  # a backend with a fast lane never blocks
-        return Permit(state, self._core.clock, b.settle, b.release)
-
     def acquire(
         self,
         model: str,
@@ -268,7 +259,7 @@ class Limiter:
         timeout: float | None = None,
         deadline: float | None = None,
         agent: str | None = None,
-    ) -> _Acquire[Permit]:
+    ) -> Acquire[Permit]:
         """Wait for room on every limit of ``model``'s quota and take it all at once.
 
         Args:
@@ -287,10 +278,10 @@ class Limiter:
             QuotaExhaustedError: a day quota is spent.
             QuotaTimeoutError: no room before the deadline.
         """
-        return _Acquire(
+        return Acquire(
             self._acquire,
             (model, tokens, cost, priority, timeout, deadline, False, agent),
-            self._fast,
+            self._core.lanes,
         )
 
     async def acquire_nowait(
@@ -305,10 +296,24 @@ class Limiter:
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
         ``retry_after``). Never waits; passes waiters in line only as backfilling allows (when
         no waiter ahead would start later for it)."""
-        args = (model, tokens, cost, priority, None, None, True, agent)
-        return self._fast(*args) or await self._acquire(*args)
+        gate = self._core.lanes.get(model)
+        if gate is not None:
+            permit = gate.grant(tokens, cost, priority, None, None)
+            if permit is not None:
+                return permit
+        return await self._acquire(model, tokens, cost, priority, None, None, True, agent)
 
-    try_acquire = acquire_nowait
+    async def try_acquire(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        agent: str | None = None,
+    ) -> Permit:
+        """The same as :meth:`acquire_nowait`."""
+        return await self.acquire_nowait(model, tokens, cost=cost, priority=priority, agent=agent)
 
     async def _acquire(
         self,

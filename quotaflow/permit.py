@@ -15,6 +15,7 @@ import anyio
 
 from quotaflow._permit_state import PermitState
 from quotaflow.clock import Clock
+from quotaflow.errors import ConfigError
 
 __all__ = ["Permit", "SyncPermit"]
 
@@ -42,6 +43,16 @@ def _on_drop(state: PermitState, clock: Clock, settle: _SettleFn, release: _Rele
         return
     if inspect.iscoroutine(result):  # pragma: no cover - nonblocking backends are sync
         result.close()
+
+
+def _check_tokens(input_tokens: int | None) -> None:
+    """The same error for a bad ``input_tokens`` whether this module is compiled or not (a
+    compiled build would otherwise turn ``True`` into ``1``)."""
+    if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+        raise ConfigError(
+            f"input_tokens={input_tokens!r}: give the real input token count as an int >= 0 "
+            "(usageMetadata.promptTokenCount), or None to keep the estimate"
+        )
 
 
 class _PermitBase:
@@ -129,18 +140,10 @@ class _PermitBase:
         self._state.mark_response(self._clock.now())
 
     def _settled_quickly(self, input_tokens: int | None) -> bool:
-        """Settle a fast-lane grant the backend's quick way (it never blocks); ``False``: this
-        settle takes the general way."""
-        state = self._state
-        quick = state.quick
-        if quick is None:
-            return False
-        now = self._clock.now()
-        at = state.plan_quick_settle(input_tokens, now)
-        if at is None:
-            return False
-        quick(state.scope, state.id, input_tokens, at, now)
-        return True
+        """Settle a fast-lane grant the quick way (it never blocks); ``False``: this settle
+        takes the general way."""
+        gate = self._state.quick
+        return gate is not None and gate.settle(self._state, input_tokens)
 
     def _settle_args(self, input_tokens: int | None, metrics: Mapping[str, int]) -> tuple[Any, ...]:
         actual = dict(metrics)
@@ -175,6 +178,7 @@ class Permit(_PermitBase):
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
+        _check_tokens(input_tokens)
         if not metrics and self._settled_quickly(input_tokens):
             return
         args = self._settle_args(input_tokens, metrics)
@@ -209,6 +213,7 @@ class SyncPermit(_PermitBase):
 
     def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
+        _check_tokens(input_tokens)
         if not metrics and self._settled_quickly(input_tokens):
             return
         self._settle_fn(*self._settle_args(input_tokens, metrics))

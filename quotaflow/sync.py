@@ -154,9 +154,11 @@ class SyncLimiter:
         agent: str | None = None,
     ) -> SyncPermit:
         core, clock, b = self._core, self.clock, self.backend
-        fast = core.fast_state(model, tokens, cost, priority, timeout)
-        if fast is not None:
-            return SyncPermit(fast, clock, b.settle, b.release)
+        gate = core.lanes.get(model)
+        if gate is not None:
+            fast = gate.grant_sync(tokens, cost, priority, timeout, deadline)
+            if fast is not None:
+                return fast
         key, canonical, limits = self._scope(model)
         req, metrics, prio = core.request(
             canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent

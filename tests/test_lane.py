@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotaflow import Limiter, ManualClock, SyncLimiter
+from quotaflow._lane import FastLane
 from quotaflow._scope import ScopeState
 from quotaflow.backends.base import Request
 from quotaflow.backends.memory import MemoryBackend
@@ -59,6 +60,12 @@ op = st.one_of(
 )
 
 
+def _take(backend: MemoryBackend, lane: FastLane, rid: str, tokens: int, now: float) -> bool:
+    """A grant through the lane, as :class:`~quotaflow._gate.LaneGate` makes it."""
+    with backend.lock:
+        return lane.take(rid, tokens, now)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     quota=st.sampled_from(
@@ -93,7 +100,7 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
             }
             req = Request(rid, cost, 0, None, nowait)
             expected, _ = ref.submit(req, now)
-            if backend.take_fast(backend.lane("s"), rid, tokens, now):
+            if _take(backend, backend.lane("s"), rid, tokens, now):
                 assert expected.outcome == "granted", "the lane granted what the rule would not"
                 got = expected
             else:
@@ -201,12 +208,12 @@ def test_settles_on_both_sides_of_a_reset_count_in_their_own_windows(quota: str)
     ref = ScopeState(limits, 0.0, aging=60.0, backfill_depth=32)
     lane = backend.lane("s")
     for rid in ("a", "b"):
-        assert backend.take_fast(lane, rid, 10, 0.0)
+        assert _take(backend, lane, rid, 10, 0.0)
         ref.submit(
             Request(rid, {lim.name: 1 if lim.metric == "requests" else 10 for lim in limits}), 0.0
         )
     backend.status("s", 0.0)  # writes the lane out; it reopens at once
-    assert backend.take_fast(lane, "c", 10, 0.01) and backend.take_fast(lane, "d", 10, 0.01)
+    assert _take(backend, lane, "c", 10, 0.01) and _take(backend, lane, "d", 10, 0.01)
     for rid in ("c", "d"):
         ref.submit(
             Request(rid, {lim.name: 1 if lim.metric == "requests" else 10 for lim in limits}), 0.01
@@ -224,7 +231,7 @@ def test_the_lane_stays_closed_for_kinds_it_does_not_serve() -> None:
         backend = MemoryBackend()
         backend.configure("s", QUOTAS[quota], 0.0)
         assert not backend.lane("s").open
-        assert not backend.take_fast(backend.lane("s"), "a", 1, 0.0)
+        assert not _take(backend, backend.lane("s"), "a", 1, 0.0)
 
 
 def test_the_transports_cost_of_one_request_takes_the_lane_and_other_costs_do_not() -> None:
@@ -292,7 +299,7 @@ def test_a_settle_naming_one_of_two_token_limits_keeps_the_other_as_granted() ->
     backend = MemoryBackend(aging=None)
     backend.configure("s", limits, 0.0)
     ref = ScopeState(limits, 0.0, aging=None, backfill_depth=32)
-    assert backend.take_fast(backend.lane("s"), "a", 10, 0.0)
+    assert _take(backend, backend.lane("s"), "a", 10, 0.0)
     ref.submit(Request("a", {"rpm": 1, "tpm": 10, "tpd": 10}), 0.0)
     backend.settle("s", "a", {"tpm": 3}, 0.1, 0.1)  # the Backend protocol allows it
     ref.settle("a", {"tpm": 3}, 0.1, 0.1)

@@ -36,9 +36,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(REPO)]
     if not isolated:
         cmd.insert(4, "--no-isolation")
+    # pure Python: this checks the files the wheel ships; `.ci/compiled` builds the compiled
+    # wheel and runs the whole suite against it
+    env = {**os.environ, "QUOTAFLOW_PURE_PYTHON": "1"}
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
+            cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False, env=env
         )
     except subprocess.TimeoutExpired:
         if isolated:

@@ -24,7 +24,7 @@ from quotaflow.agents.grants import GrantDecision, decide, target_resource
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
 from quotaflow.gemini import classify
-from quotaflow.limiter import Limiter, _Acquire
+from quotaflow.limiter import Acquire, Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
 
@@ -257,7 +257,7 @@ class AgentHandle:
         priority: int | str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
-    ) -> _Acquire[AgentPermit]:
+    ) -> Acquire[AgentPermit]:
         """:meth:`quotaflow.Limiter.acquire` as this agent: its share, its priority (the
         highest it may ask), and its budget first.
 
@@ -265,7 +265,7 @@ class AgentHandle:
             BudgetExhaustedError: the agent's daily budget is spent (at once).
             QuotaError: as :meth:`quotaflow.Limiter.acquire`.
         """
-        return _Acquire(self._acquire, (model, tokens, cost, priority, timeout, deadline))
+        return Acquire(self._acquire, (model, tokens, cost, priority, timeout, deadline))
 
     async def _acquire(
         self,

@@ -88,8 +88,9 @@ class Backend(Protocol):
     """Synchronous storage of buckets, lines and leases. Every method is atomic.
 
     Optional, found by the limiters with ``hasattr``: a fast lane for uncontended calls
-    (``lane(scope)``, ``lock``, ``take_fast``, ``settle_tokens``; see
-    :class:`~quotaflow.backends.memory.MemoryBackend` and :mod:`quotaflow._lane`).
+    (``lane(scope)``, ``lock``, ``settle_tokens``; see
+    :class:`~quotaflow.backends.memory.MemoryBackend`, :mod:`quotaflow._lane` and
+    :mod:`quotaflow._gate`).
     """
 
     def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:

@@ -84,14 +84,6 @@ class MemoryBackend:
         """The scope's fast lane (see :mod:`quotaflow._lane`); use it under :attr:`lock`."""
         return self._scope(scope).lane
 
-    def take_fast(self, lane: FastLane, lease_id: str, tokens: int, now: float) -> bool:
-        """Grant one request of ``tokens`` input tokens through ``lane``, if it surely fits.
-
-        ``False`` says nothing about the request: send it to :meth:`submit`.
-        """
-        with self.lock:
-            return lane.take(lease_id, tokens, now)
-
     def submit(self, scope: str, request: Request, now: float) -> Decision:
         """Grant, queue or refuse ``request``."""
         with self.lock:

@@ -1,0 +1,175 @@
+"""The fast path of ``acquire`` and ``settle``: a limiter's gate into a scope's fast lane.
+
+A :class:`LaneGate` belongs to one limiter and one spelling of a model. When nobody waits, it
+grants a plain request (one request, its input tokens) through the backend's
+:class:`~quotaflow._lane.FastLane` with one lock and a few integer steps, and settles it the
+same way. Anything else (a cost of other metrics, a lane that is closed or too small, a changed
+set of limits) returns ``None`` or ``False`` and the caller takes the general way, which makes
+the same decision: the lane only answers when the exact rule would answer the same.
+
+This module, :mod:`quotaflow._lane`, :mod:`quotaflow._permit_state` and :mod:`quotaflow.permit`
+are compiled with mypyc when a wheel is built (see ``hatch_build.py``); the same source runs
+as plain Python where no compiler is available. Keep them to typed code that mypyc compiles:
+no monkeypatching, no dynamic attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from quotaflow._lane import FastLane
+from quotaflow._permit_state import PermitState
+from quotaflow.clock import Clock, SystemClock
+from quotaflow.context import _priority
+from quotaflow.context import priority_value as _priority_value
+from quotaflow.limits import Limit
+from quotaflow.permit import Permit, SyncPermit
+
+__all__ = ["LaneGate"]
+
+
+class LaneGate:
+    """One limiter's way into a scope's fast lane, for one spelling of a model."""
+
+    def __init__(
+        self,
+        gates: dict[str, LaneGate],
+        model: str,
+        key: str,
+        canonical: str,
+        limits: tuple[Limit, ...],
+        lane: FastLane,
+        backend: Any,
+        clock: Clock,
+        default_priority: int,
+        prefix: str,
+    ) -> None:
+        self.gates = gates  # the limiter's gates by model spelling: a stale gate leaves it
+        self.model = model
+        self.key = key
+        self.canonical = canonical
+        self.limits = limits
+        self.lane = lane
+        self.version = lane.version
+        self.lock: Any = backend.lock
+        self.lock_acquire: Callable[[], Any] = backend.lock.acquire  # no lookup per call
+        self.lock_release: Callable[[], None] = backend.lock.release
+        self.clock = clock
+        # the system clock, read without a method call (the same sum as SystemClock.now)
+        self.system = isinstance(clock, SystemClock)
+        self.wall0 = clock._wall0 if isinstance(clock, SystemClock) else 0.0
+        self.mono0 = clock._mono0 if isinstance(clock, SystemClock) else 0.0
+        self.default_priority = default_priority
+        self.prefix = prefix  # lease ids: prefix + a count kept under the backend's lock
+        self.count = 0
+        self.settle_fn: Callable[..., Any] = backend.settle
+        self.release_fn: Callable[..., Any] = backend.release
+        self.settle_tokens: Callable[[str, str, int | None, float, float], None] = (
+            backend.settle_tokens
+        )
+
+    def now(self) -> float:
+        if self.system:
+            return self.wall0 + (monotonic() - self.mono0)
+        return self.clock.now()
+
+    def take(
+        self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
+    ) -> PermitState | None:
+        """The permit state of a request the lane grants at once, or ``None`` (the full way).
+
+        Only plain requests: one request (``cost`` ``None`` or ``{"requests": 1}``, the
+        transports' form) and ``tokens`` input tokens. Where nobody waits and the lane's bounds
+        say it fits, the exact rule would grant it too, so neither priority nor a deadline can
+        change the outcome; bad input goes the full way, which names the error (so the
+        arguments are typed ``object``: a compiled build must not raise a TypeError of its own).
+        """
+        if cost is not None and not (
+            isinstance(cost, dict)
+            and len(cost) == 1
+            and type(cost.get("requests")) is int
+            and cost["requests"] == 1
+        ):
+            return None
+        if type(tokens) is not int or not isinstance(tokens, int) or tokens < 0:
+            return None
+        if timeout is not None and not (
+            (type(timeout) is float or type(timeout) is int)
+            and isinstance(timeout, (int, float))
+            and timeout >= 0
+        ):
+            return None
+        if deadline is not None and type(deadline) is not float and type(deadline) is not int:
+            return None
+        lane = self.lane
+        if lane.version != self.version:  # the scope's limits changed: look again
+            if self.gates.get(self.model) is self:
+                del self.gates[self.model]
+            return None
+        prio: int | None
+        if priority is None:
+            prio = _priority.get()
+            if prio is None:
+                prio = self.default_priority
+        elif type(priority) is int and isinstance(priority, int):
+            prio = priority
+        elif isinstance(priority, str):
+            prio = _priority_value(priority)  # raises as the full way would
+        else:
+            return None  # a bad value: the full way names it
+        now = self.now()
+        self.lock_acquire()
+        try:
+            self.count += 1
+            rid = self.prefix + str(self.count)
+            if not lane.take(rid, tokens, now):
+                return None
+        finally:
+            self.lock_release()
+        return PermitState(
+            rid,
+            self.canonical,
+            self.key,
+            {"requests": 1, "input_tokens": tokens},
+            self.limits,
+            now,
+            0.0,
+            prio,
+            self,
+        )
+
+    def grant(
+        self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
+    ) -> Permit | None:
+        """:meth:`take` as an async :class:`~quotaflow.permit.Permit`."""
+        state = self.take(tokens, cost, priority, timeout, deadline)
+        if state is None:
+            return None
+        return Permit(state, self.clock, self.settle_fn, self.release_fn, None)
+
+    def grant_sync(
+        self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
+    ) -> SyncPermit | None:
+        """:meth:`take` as a :class:`~quotaflow.permit.SyncPermit`."""
+        state = self.take(tokens, cost, priority, timeout, deadline)
+        if state is None:
+            return None
+        return SyncPermit(state, self.clock, self.settle_fn, self.release_fn, None)
+
+    def settle(self, state: PermitState, input_tokens: int | None) -> bool:
+        """Settle a grant of this gate with its real input tokens (``None``: as granted);
+        ``False``: this settle takes the general way (which raises or plans it)."""
+        now = self.now()
+        at = state.plan_quick_settle(input_tokens, now)
+        if at is None:
+            return False
+        self.lock_acquire()
+        try:
+            done = self.lane.settle(state.id, None, input_tokens, at, now)
+        finally:
+            self.lock_release()
+        if not done:  # the lane closed since: the backend writes it into the buckets
+            self.settle_tokens(self.key, state.id, input_tokens, at, now)
+        return True

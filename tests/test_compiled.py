@@ -1,0 +1,82 @@
+"""The hot path is the same whether mypyc compiled it or not (see ``hatch_build.py``).
+
+``.ci/compiled`` runs the whole suite against the compiled modules with
+``QUOTAFLOW_EXPECT_COMPILED=1``; then the first test checks that they really are compiled. The
+others hold in both builds: bad input to the fast path gets the library's typed errors, not a
+``TypeError`` of compiled argument checks (the fast path takes ``object`` and checks itself).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import pytest
+
+from quotaflow import TPM, ConfigError, Limiter, SyncLimiter
+from quotaflow.limits import RPM
+
+HOT = ("quotaflow._lane", "quotaflow._permit_state", "quotaflow.permit", "quotaflow._gate")
+
+
+def test_the_hot_path_is_compiled_where_expected() -> None:
+    files = {name: importlib.import_module(name).__file__ or "" for name in HOT}
+    compiled = {name for name, f in files.items() if not f.endswith(".py")}
+    if os.environ.get("QUOTAFLOW_EXPECT_COMPILED") == "1":
+        assert compiled == set(HOT), files
+    else:
+        assert compiled <= set(HOT)
+
+
+BAD_ACQUIRE: list[dict[str, Any]] = [
+    {"tokens": "10"},
+    {"tokens": 1.5},
+    {"tokens": -1},
+    {"tokens": True},
+    {"priority": True},
+    {"priority": 1.5},
+    {"priority": "urgent-ish"},
+    {"timeout": "x"},
+    {"timeout": -1},
+    {"timeout": float("nan")},
+    {"deadline": "x"},
+    {"cost": {"requests": 1.0}},
+    {"cost": {"requests": -1}},
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kwargs", BAD_ACQUIRE, ids=repr)
+async def test_bad_acquire_arguments_raise_config_errors(kwargs: dict[str, Any]) -> None:
+    lim = Limiter(None, quotas={"m": [RPM(100), TPM(1000)]})
+    await (await lim.acquire("m", tokens=1)).settle()  # the scope is warm: the fast lane is open
+    with pytest.raises(ConfigError):
+        await lim.acquire("m", **kwargs)
+    if "timeout" not in kwargs and "deadline" not in kwargs:  # acquire_nowait never waits
+        with pytest.raises(ConfigError):
+            await lim.acquire_nowait("m", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", BAD_ACQUIRE, ids=repr)
+def test_bad_acquire_arguments_raise_config_errors_sync(kwargs: dict[str, Any]) -> None:
+    lim = SyncLimiter(None, quotas={"m": [RPM(100), TPM(1000)]})
+    with lim.acquire("m", tokens=1):
+        pass
+    with pytest.raises(ConfigError), lim.acquire("m", **kwargs):
+        pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", ["5", 1.5, -1, True])
+async def test_bad_settle_amounts_raise_and_change_nothing(value: object) -> None:
+    """An int that is not an amount is a ConfigError; a value that is not an int at all is one
+    too in plain Python, and the TypeError of the compiled signature (``int | None``) there."""
+    lim = Limiter(None, quotas={"m": [RPM(100), TPM(1000)]})
+    permit = await lim.acquire("m", tokens=5)
+    expected: Any = ConfigError if isinstance(value, int) else (ConfigError, TypeError)
+    with pytest.raises(expected):
+        await permit.settle(input_tokens=value)  # type: ignore[arg-type]
+    await permit.settle(input_tokens=4)  # the bad settle changed nothing: this one counts
+    status = await lim.status("m")
+    assert status["tpm"].used == 4
