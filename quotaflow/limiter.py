@@ -303,17 +303,7 @@ class Limiter:
                 return permit
         return await self._acquire(model, tokens, cost, priority, None, None, True, agent)
 
-    async def try_acquire(
-        self,
-        model: str,
-        tokens: int = 0,
-        *,
-        cost: Mapping[str, int] | None = None,
-        priority: int | str | None = None,
-        agent: str | None = None,
-    ) -> Permit:
-        """The same as :meth:`acquire_nowait`."""
-        return await self.acquire_nowait(model, tokens, cost=cost, priority=priority, agent=agent)
+    try_acquire = acquire_nowait
 
     async def _acquire(
         self,
