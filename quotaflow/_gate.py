@@ -7,6 +7,9 @@ same way. Anything else (a cost of other metrics, a lane that is closed or too s
 set of limits) returns ``None`` or ``False`` and the caller takes the general way, which makes
 the same decision: the lane only answers when the exact rule would answer the same.
 
+:class:`Acquire` is what ``Limiter.acquire`` returns: an awaitable and async context manager that
+tries the gate first and otherwise runs the limiter's full acquire.
+
 This module, :mod:`quotaflow._lane`, :mod:`quotaflow._permit_state` and :mod:`quotaflow.permit`
 are compiled with mypyc when a wheel is built (see ``hatch_build.py``); the same source runs
 as plain Python where no compiler is available. Keep them to typed code that mypyc compiles:
@@ -15,9 +18,10 @@ no monkeypatching, no dynamic attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from time import monotonic
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
 from quotaflow._lane import FastLane
 from quotaflow._permit_state import PermitState
@@ -27,7 +31,7 @@ from quotaflow.context import priority_value as _priority_value
 from quotaflow.limits import Limit
 from quotaflow.permit import Permit, SyncPermit
 
-__all__ = ["LaneGate"]
+__all__ = ["Acquire", "LaneGate"]
 
 
 class LaneGate:
@@ -53,9 +57,9 @@ class LaneGate:
         self.limits = limits
         self.lane = lane
         self.version = lane.version
-        self.lock: Any = backend.lock
-        self.lock_acquire: Callable[[], Any] = backend.lock.acquire  # no lookup per call
-        self.lock_release: Callable[[], None] = backend.lock.release
+        # the backend's mutex (a MemoryBackend.Mutex), called without a lookup per call
+        self.lock_acquire: Callable[[], Any] = backend.lock.take
+        self.lock_release: Callable[[None], None] = backend.lock.give
         self.clock = clock
         # the system clock, read without a method call (the same sum as SystemClock.now)
         self.system = isinstance(clock, SystemClock)
@@ -127,7 +131,7 @@ class LaneGate:
             if not lane.take(rid, tokens, now):
                 return None
         finally:
-            self.lock_release()
+            self.lock_release(None)
         return PermitState(
             rid,
             self.canonical,
@@ -169,7 +173,58 @@ class LaneGate:
         try:
             done = self.lane.settle(state.id, None, input_tokens, at, now)
         finally:
-            self.lock_release()
+            self.lock_release(None)
         if not done:  # the lane closed since: the backend writes it into the buckets
             self.settle_tokens(self.key, state.id, input_tokens, at, now)
         return True
+
+
+class _Exits(Protocol):
+    async def _exit(self, failed: bool) -> None: ...
+
+
+_P = TypeVar("_P", bound=_Exits)
+
+
+class Acquire(Generic[_P]):
+    """``async with x.acquire(...) as permit`` or ``permit = await x.acquire(...)``.
+
+    Wraps a coroutine function and its arguments ``(model, tokens, cost, priority, timeout,
+    deadline, ...)``; ``gates`` (model spelling -> :class:`LaneGate`) are tried first. Leaving
+    the block calls ``permit._exit``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[_P]],
+        args: tuple[Any, ...],
+        gates: dict[str, LaneGate] | None = None,
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._gates = gates
+        self._permit: _P | None = None
+
+    def __await__(self) -> Generator[Any, None, _P]:
+        gates = self._gates
+        if gates:
+            args = self._args
+            gate = gates.get(args[0])
+            if gate is not None:
+                permit: Any = gate.grant(args[1], args[2], args[3], args[4], args[5])
+                if permit is not None:
+                    return permit  # type: ignore[no-any-return]
+        return (yield from self._fn(*self._args).__await__())
+
+    async def __aenter__(self) -> _P:
+        self._permit = await self
+        return self._permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._permit is not None:
+            await self._permit._exit(failed=exc_type is not None)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
-from quotaflow._gate import LaneGate
+from quotaflow._gate import Acquire
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend
@@ -91,60 +90,6 @@ class _AsyncOps:
         if self.is_async:
             return await result
         return result
-
-
-class _Exits(Protocol):
-    async def _exit(self, failed: bool) -> None: ...
-
-
-_P = TypeVar("_P", bound=_Exits)
-
-
-# Not in the compiled modules (see hatch_build.py): a mypyc-compiled generator that delegates
-# to the full acquire with ``yield from`` does not pass a cancellation thrown into it on to the
-# awaited coroutine, so an anyio deadline scope inside the wait would not see it.
-class Acquire(Generic[_P]):
-    """``async with x.acquire(...) as permit`` or ``permit = await x.acquire(...)``.
-
-    Wraps a coroutine function and its arguments ``(model, tokens, cost, priority, timeout,
-    deadline, ...)``; ``gates`` (model spelling -> :class:`LaneGate`) are tried first. Leaving
-    the block calls ``permit._exit``.
-    """
-
-    def __init__(
-        self,
-        fn: Callable[..., Awaitable[_P]],
-        args: tuple[Any, ...],
-        gates: dict[str, LaneGate] | None = None,
-    ) -> None:
-        self._fn = fn
-        self._args = args
-        self._gates = gates
-        self._permit: _P | None = None
-
-    def __await__(self) -> Generator[Any, None, _P]:
-        gates = self._gates
-        if gates:
-            args = self._args
-            gate = gates.get(args[0])
-            if gate is not None:
-                permit: Any = gate.grant(args[1], args[2], args[3], args[4], args[5])
-                if permit is not None:
-                    return permit  # type: ignore[no-any-return]
-        return (yield from self._fn(*self._args).__await__())
-
-    async def __aenter__(self) -> _P:
-        self._permit = await self
-        return self._permit
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._permit is not None:
-            await self._permit._exit(failed=exc_type is not None)
 
 
 class Limiter:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from quotaflow import context
+from quotaflow._gate import Acquire
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
@@ -24,7 +25,7 @@ from quotaflow.agents.grants import GrantDecision, decide, target_resource
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
 from quotaflow.gemini import classify
-from quotaflow.limiter import Acquire, Limiter
+from quotaflow.limiter import Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
 

@@ -88,7 +88,7 @@ class Backend(Protocol):
     """Synchronous storage of buckets, lines and leases. Every method is atomic.
 
     Optional, found by the limiters with ``hasattr``: a fast lane for uncontended calls
-    (``lane(scope)``, ``lock``, ``settle_tokens``; see
+    (``lane(scope)``, ``lock`` with ``take``/``give``, ``settle_tokens``; see
     :class:`~quotaflow.backends.memory.MemoryBackend`, :mod:`quotaflow._lane` and
     :mod:`quotaflow._gate`).
     """
