@@ -81,3 +81,18 @@ async def test_bad_settle_amounts_raise_and_change_nothing(value: object) -> Non
     await permit.settle(input_tokens=4)  # the bad settle changed nothing: this one counts
     status = await lim.status("m")
     assert status["tpm"].used == 4
+
+
+@pytest.mark.anyio
+async def test_a_wait_ended_by_its_own_deadline_scope_does_not_leak_a_cancellation() -> None:
+    """A wait (here: behind a pause) ends by the waiter's own anyio deadline scope; that
+    cancellation must stay inside it. With ``limiter.py`` compiled by mypyc as well, it leaked
+    out of ``acquire`` on asyncio (the reason that module stays interpreted)."""
+    lim = Limiter(None, quotas={"m": [RPM(1000)]})
+    await (await lim.acquire("m")).settle()
+    for _ in range(20):
+        await lim.pause("m", "rpm", lim.clock.now() + 0.005)
+        async with lim.acquire("m") as permit:
+            assert permit.waited > 0
+        permit2 = await lim.acquire("m")
+        await permit2.settle()
