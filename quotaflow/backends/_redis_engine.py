@@ -9,7 +9,7 @@ expect absolute times of that clock in decisions, so a reply's times are moved b
 ``local - redis`` measured around the call (``at = local_now + (redis_at - redis_now)``).
 ``exact=True`` (tests only) instead sends the driver's ``now`` as the script's clock.
 
-Settles ride along: every script call of a scope carries the settles waiting for it (ARGV[4]),
+Settles ride along: every script call of a scope carries the settles waiting for it (ARGV[5..]),
 and the script applies them before its op. The async face may *defer* a settle while the
 scope's line is empty (as of the last reply): it returns at once and the settle goes out with
 the next call for the scope, or after :data:`SETTLE_DELAY` at the latest (see ``redis.py``).
@@ -204,10 +204,12 @@ class Engine:
         wait: bool,
         settles: Sequence[rs.Settle] = (),
         first: Started | None = None,
+        cost: str = "",
     ) -> Generator[Exec | Sleep, Any, tuple[rs.Reply, float]]:
         """Run ``op`` with ``settles`` and the scope's deferred ones; returns the reply and the
         shift from Redis to limiter times. ``first``: a call already made (see
-        :meth:`start_submit`), whose reply is taken as the first attempt's."""
+        :meth:`start_submit`), whose reply is taken as the first attempt's. ``cost``: ARGV[3]
+        (a submit's, :func:`~quotaflow.backends._redis_script.cost_arg`)."""
         limits = self.limits_of(scope)
         t0 = time.monotonic() if first is None else first.t0
         if not self.exact:
@@ -236,7 +238,8 @@ class Engine:
                         limits,
                         now if self.exact else None,
                         cur + self.roff,
-                        rs.settles_arg(carried, cur, self.exact) if carried else "",
+                        rs.settle_args(carried, cur, self.exact) if carried else (),
+                        cost,
                     )
                     try:
                         raw = yield Exec(self.codec.keys(scope), argv)
@@ -303,13 +306,7 @@ class Engine:
                 taken = self.pending.pop(scope, [])
                 self.pending_since.pop(scope, None)
         if packed:
-            cmd = self.codec.packed_submit(
-                scope,
-                rs.submit_arg(request, now),
-                limits,
-                now + self.roff,
-                rs.settles_arg(taken, now, False) if taken else "",
-            )
+            cmd = self.codec.packed_submit(scope, request, now, limits, now + self.roff, taken)
             return Started(_NOKEYS, _NOKEYS, t0, taken, cmd)
         argv = self.codec.argv(
             "submit",
@@ -318,7 +315,8 @@ class Engine:
             limits,
             None,
             now + self.roff,
-            rs.settles_arg(taken, now, False) if taken else "",
+            rs.settle_args(taken, now, False) if taken else (),
+            rs.cost_arg(request.cost),
         )
         return Started(self.codec.keys_bytes(scope), argv, t0, taken)
 
@@ -441,6 +439,7 @@ class Engine:
                 now,
                 wait,
                 first=first,
+                cost=rs.cost_arg(request.cost),
             )
         except Unavailable as exc:
             if self.on_error != "local":

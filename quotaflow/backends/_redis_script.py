@@ -192,14 +192,15 @@ class Codec:
     def packed_submit(
         self,
         scope: str,
-        args: str,
+        request: Request,
+        now: float,
         limits: Sequence[Limit],
         estimate: float,
-        settles: str,
+        settles: Sequence[Settle],
     ) -> bytes:
         """The whole ``EVALSHA`` of a ``submit`` as bytes of the Redis protocol (RESP), for
         the async face's lean call: :meth:`argv`'s arguments, with the part that never changes
-        (command, SHA, keys, header) encoded once per scope. ``args``: ARGV[2], joined."""
+        (command, SHA, keys, header) encoded once per scope; times relative to ``now``."""
         pre = self._packed.get(scope)
         if pre is None:
             head = self.argv("submit", scope, (), limits, None, 0.0)[0]
@@ -207,12 +208,20 @@ class Codec:
                 _bulk(x.encode()) for x in ("EVALSHA", SCRIPT_SHA, "7", *self.keys(scope), head)
             )
         cal = self.calendars(scope, limits, estimate, False) if self._has_cal(limits) else ""
-        if cal:
-            tail = _bulk(args.encode()) + _bulk(settles.encode()) + _bulk(cal.encode())
-            return b"*14\r\n" + pre + tail
-        if settles:
-            return b"*13\r\n" + pre + _bulk(args.encode()) + _bulk(settles.encode())
-        return b"*12\r\n" + pre + _bulk(args.encode())
+        a, c = submit_arg(request, now), cost_arg(request.cost)
+        # ids and limit names are ASCII in practice: then characters count bytes, and the
+        # arguments are framed and encoded at once
+        tail = f"${len(a)}\r\n{a}\r\n${len(c)}\r\n{c}\r\n${len(cal)}\r\n{cal}\r\n"
+        for lease_id, actual, at in settles:
+            x = settle_arg(lease_id, actual, f"r{at - now!r}")
+            tail += f"${len(x)}\r\n{x}\r\n"
+        n = 14 + len(settles)
+        if tail.isascii():
+            return b"*%d\r\n%b%b" % (n, pre, tail.encode())
+        parts = [a, c, cal]
+        for lease_id, actual, at in settles:
+            parts.append(settle_arg(lease_id, actual, f"r{at - now!r}"))
+        return b"".join([b"*%d\r\n" % n, pre, *(_bulk(x.encode()) for x in parts)])
 
     def _has_cal(self, limits: Sequence[Limit]) -> bool:
         hit = self._calk.get(id(limits))
@@ -229,26 +238,29 @@ class Codec:
         limits: Sequence[Limit],
         redis_now: float | None,
         estimate: float,
-        settles: str = "",
+        settles: Sequence[str] = (),
+        cost: str = "",
     ) -> list[str]:
-        """ARGV: header, the op's arguments, settles, calendar windows (see the prelude).
-
-        ``redis_now`` is the test-only clock (``None``: Redis TIME).
-        """
+        """ARGV: header, the op's arguments, the cost (submit), calendar windows, then one
+        argument per settle (see the prelude). ``redis_now`` is the test-only clock
+        (``None``: Redis TIME)."""
         head = self._heads.get(scope)
         if head is None:
             head = self._heads[scope] = "\x1f".join(
-                (self.owner, f17(self.ttl), self.channel_prefix, scope)
+                (f17(self.ttl), self.owner, self.channel_prefix, scope)
             )
         override = "" if redis_now is None else f17(redis_now)
         out = [
             f"{op}\x1f{override}\x1f{head}",
             "\x1f".join(args),
-            settles,
+            cost,
             self.calendars(scope, limits, estimate, redis_now is not None),
         ]
-        while out[-1] == "":  # trailing empty arguments may be left out
-            out.pop()
+        if settles:
+            out += settles
+        else:
+            while out[-1] == "":  # trailing empty arguments may be left out
+                out.pop()
         return out
 
     def calendars(self, scope: str, limits: Sequence[Limit], t: float, exact: bool) -> str:
@@ -301,40 +313,30 @@ def time_arg(t: float | None, now: float, exact: bool) -> str:
 
 def submit_arg(request: Request, now: float) -> str:
     """:func:`submit_args` joined (ARGV[2]), times relative to ``now``: the lean call's."""
-    cost = request.cost
-    parts = [
-        request.id,
-        str(int(request.priority)),
-        "" if request.deadline is None else "r" + repr(float(request.deadline - now)),
-        "1" if request.nowait else "0",
-        str(len(cost)),
-    ]
-    for name, amount in cost.items():
+    deadline = request.deadline
+    floors = request.floors
+    head = (
+        f"{request.id}\x1f{int(request.priority)}\x1f"
+        f"{'' if deadline is None else 'r' + repr(float(deadline - now))}\x1f"
+        f"{'1' if request.nowait else '0'}\x1f"
+    )
+    if not floors:
+        return head + "0"
+    parts = [head + str(len(floors))]
+    for name, amount in floors.items():
         parts.append(name)
         parts.append(str(int(amount)))
-    floors = request.floors
-    if floors:
-        parts.append(str(len(floors)))
-        for name, amount in floors.items():
-            parts.append(name)
-            parts.append(str(int(amount)))
-    else:
-        parts.append("0")
     return "\x1f".join(parts)
 
 
 def submit_args(request: Request, now: float, exact: bool) -> list[str]:
-    """ARGV tail of ``submit``."""
-    cost = list(request.cost.items())
+    """ARGV[2] of ``submit`` (its cost is ARGV[3]: :func:`cost_arg`)."""
     out = [
         request.id,
         str(int(request.priority)),
         time_arg(request.deadline, now, exact),
         "1" if request.nowait else "0",
-        str(len(cost)),
     ]
-    for name, amount in cost:
-        out += [name, str(int(amount))]
     floors = list((request.floors or {}).items())
     out.append(str(len(floors)))
     for name, amount in floors:
@@ -342,23 +344,37 @@ def submit_args(request: Request, now: float, exact: bool) -> list[str]:
     return out
 
 
+def cost_arg(cost: Mapping[str, int]) -> str:
+    """ARGV[3] of ``submit``: ``<limit>\\x1f<amount>\\x1f`` per amount > 0, in request order
+    (the fast path keeps it verbatim in the lease)."""
+    if len(cost) == 1:  # the usual request (one limit, or one metric per limit)
+        for name, amount in cost.items():
+            return f"{name}\x1f{int(amount)}\x1f" if amount > 0 else ""
+    return "".join([f"{name}\x1f{int(amount)}\x1f" for name, amount in cost.items() if amount > 0])
+
+
 Settle = tuple[str, Mapping[str, int] | None, float]
 """A settle to apply: (lease id, real amounts by limit or None, ``at`` of the limiter clock)."""
 
 
-def settles_arg(settles: Sequence[Settle], now: float, exact: bool) -> str:
-    """ARGV[4]: settles (their ``at`` relative to ``now``, or absolute if ``exact``)."""
-    parts = []
-    for lease_id, actual, at in settles:
-        fields = [lease_id, time_arg(at, now, exact)]
-        if actual is None:
-            fields.append("-1")
-        else:
-            fields.append(str(len(actual)))
-            for name, amount in actual.items():
-                fields += [name, str(int(amount))]
-        parts.append("\x1f".join(fields))
-    return "\x1e".join(parts)
+def settle_arg(lease_id: str, actual: Mapping[str, int] | None, at: str) -> str:
+    """One settle argument (ARGV[5..]): ``id at n [limit amount]*``, ``at`` encoded."""
+    if actual is None:
+        return f"{lease_id}\x1f{at}\x1f-1"
+    if not actual:
+        return f"{lease_id}\x1f{at}\x1f0"
+    parts = [lease_id, at, str(len(actual))]
+    for name, amount in actual.items():
+        parts.append(name)
+        parts.append(str(int(amount)))
+    return "\x1f".join(parts)
+
+
+def settle_args(settles: Sequence[Settle], now: float, exact: bool) -> list[str]:
+    """ARGV[5..]: one per settle, its ``at`` relative to ``now`` (absolute if ``exact``)."""
+    return [
+        settle_arg(lease_id, actual, time_arg(at, now, exact)) for lease_id, actual, at in settles
+    ]
 
 
 def configure_args(limits: Sequence[Limit], aging: float | None, depth: int) -> list[str]:

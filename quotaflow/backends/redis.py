@@ -262,6 +262,20 @@ class SyncRedisBackend:
 _CALL_ERRORS: tuple[type[BaseException], ...] = (rexc.RedisError, *TRANSIENT)
 
 
+def _on_asyncio() -> bool:
+    """``sniffio.current_async_library() == "asyncio"``, for the two calls of every acquire:
+    a library that says what it is (trio does) is believed, else a running asyncio loop says
+    asyncio (sniffio asks for the current task, which costs more)."""
+    name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
+    if name is not None:
+        return name == "asyncio"
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _transient(exc: BaseException) -> Transient:
     """A failed script call for the flow to handle (it retries or gives up), or raise: Redis
     refused the call itself."""
@@ -283,6 +297,119 @@ def _exec_sync(client: Any, e: Exec) -> Any:
         return client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
     except rexc.NoScriptError:  # first call, SCRIPT FLUSH, or a restarted server
         return client.eval(rs.SCRIPT, len(e.keys), *e.keys, *e.argv)
+
+
+class _Lean:
+    """What the lean call keeps per event loop: connections taken out of the pool between its
+    calls, and the bound on each call's time.
+
+    The bound is a watchdog rather than ``asyncio.timeout`` around each call: that costs a
+    timer handle pushed into and cancelled out of the loop's heap per call (3-4 us, a tenth of
+    an uncontended acquire's client time), while the watchdog is one timer per quarter of the
+    limit for all calls in flight; a call is cancelled (and raises ``TimeoutError``) between
+    ``limit`` and ``1.25 * limit`` after it began.
+    """
+
+    __slots__ = ("calls", "client", "expired", "free", "limit", "loop", "pool", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: Any, limit: float | None) -> None:
+        self.loop = loop
+        self.client = client
+        # the pool to take connections from, or None: the client takes no encoded command
+        # (one without a pool, or a single-connection client)
+        pool = getattr(client, "connection_pool", None)
+        self.pool: Any = pool if pool is not None and client.connection is None else None
+        if limit is None and _timeout is not None and self.pool is not None:
+            # the URL's own socket_timeout: redis-py would apply it to each write and read;
+            # the lean call reads past redis-py, so the watchdog applies it instead
+            limit = getattr(self.pool, "connection_kwargs", {}).get("socket_timeout") or None
+        # the bound of each call (None: none of ours, redis-py's own, if any, applies)
+        self.limit: float | None = limit
+        self.free: list[Any] = []  # connections kept out of the pool
+        self.calls: dict[Any, float] = {}  # task -> deadline (loop time) of its call
+        self.expired: dict[Any, bool] = {}  # tasks the watchdog cancelled
+        self.timer: asyncio.TimerHandle | None = None
+
+    def watch(self, task: Any) -> None:
+        """Bound ``task``'s call (the caller removes it from ``calls`` when it ends)."""
+        assert self.limit is not None
+        self.calls[task] = self.loop.time() + self.limit
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.limit / 4, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for task, deadline in list(self.calls.items()):
+            if deadline <= now and task not in self.expired:
+                self.expired[task] = True
+                task.cancel()
+        if self.calls:
+            assert self.limit is not None
+            self.timer = self.loop.call_later(self.limit / 4, self._check)
+
+
+async def _send_packed(pool: Any, free: list[Any], packed: bytes, raw: bool) -> Any:
+    conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
+    try:
+        # ``raw`` (the call is bounded by the watchdog): the connection's own streams when it
+        # has them (redis-py's asyncio connections, connected): a write and a read of one
+        # reply, no per-command machinery
+        reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
+        if (
+            raw
+            and reader.__class__ is asyncio.StreamReader
+            and writer.__class__ is asyncio.StreamWriter
+        ):
+            writer.write(packed)  # a few hundred bytes, and the reply is awaited: no drain
+            reply = await _read_reply(reader)
+        else:  # not connected yet, or a connection of another make: redis-py's calls
+            await conn.send_packed_command(packed, False)
+            reply = await conn.read_response()
+    except BaseException:
+        # a reply may be half read: never use the connection as it is (it reconnects)
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
+        free.append(conn)  # trimmed by a later call
+        raise
+    # keep at most half the pool: the general path (and other clients) need the rest
+    if len(free) < getattr(pool, "max_connections", 0) // 2:
+        free.append(conn)
+    else:
+        await pool.release(conn)
+    return reply
+
+
+class _Unexpected(rexc.RedisError):
+    """A reply of a type the lean call does not read (the connection is dropped)."""
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> Any:
+    """One reply of the scope script, read straight from the connection's stream: redis-py's
+    parser costs several microseconds per reply, a tenth of an uncontended acquire's client
+    time. Scripts answer bulk strings, arrays, integers, nulls and errors (RESP2 and RESP3
+    alike); any other type raises, and the caller drops the connection. Bulk strings come back
+    as bytes whatever the client's ``decode_responses``; the engine reads both."""
+    line = await reader.readuntil(b"\r\n")
+    kind = line[:1]
+    if kind == b"$":
+        n = int(line[1:-2])
+        return None if n < 0 else (await reader.readexactly(n + 2))[:-2]
+    if kind == b"*":
+        n = int(line[1:-2])
+        return None if n < 0 else [await _read_reply(reader) for _ in range(n)]
+    if kind == b":":
+        return int(line[1:-2])
+    if kind == b"+":
+        return line[1:-2]
+    if kind == b"_":
+        return None
+    if kind == b"-":
+        text = line[1:-2].decode(errors="replace")
+        if text.startswith("NOSCRIPT"):
+            raise rexc.NoScriptError(text)
+        raise rexc.ResponseError(text)
+    raise _Unexpected(f"unexpected reply {line[:40]!r}")
 
 
 async def _exec_async(client: Any, e: Exec, limit: float | None) -> Any:
@@ -355,8 +482,8 @@ class RedisBackend:
         self._client, self._make_async, self._atimeout = _clients(url)
         # per event loop (by id, with the loop itself: a new loop may reuse a dead one's id)
         self._aclients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
-        # per event loop: connections the lean submit keeps out of the pool between its calls
-        self._conns: dict[int, tuple[asyncio.AbstractEventLoop, list[Any]]] = {}
+        # per event loop: the lean submit's connections and watchdog (see _Lean)
+        self._conns: dict[int, _Lean] = {}
         self.sync = SyncRedisBackend(self)
         self._link: Link | None = None
         self._beat_every = lease_ttl / 3
@@ -432,10 +559,12 @@ class RedisBackend:
                     await task
             for scope in list(self._engine.pending):
                 await self._flush(scope)
-            conns = self._conns.pop(id(loop), None)
+            lean = self._conns.pop(id(loop), None)
             client = self._aclients.pop(id(loop), None)
-            if conns is not None and client is not None and conns[0] is loop:
-                for conn in conns[1]:
+            if lean is not None and lean.timer is not None:
+                lean.timer.cancel()
+            if lean is not None and client is not None and lean.loop is loop:
+                for conn in lean.free:
                     with contextlib.suppress(Exception):
                         await client[1].connection_pool.release(conn)
             if client is not None and client[0] is loop:
@@ -472,37 +601,38 @@ class RedisBackend:
         finally:
             flow.close()  # abandoned (cancelled): the flow keeps what it carried
 
-    async def _call_packed(self, pool: Any, packed: bytes) -> Any:
-        """Send one encoded command and read its reply, on a connection taken from the pool
-        and kept for the next lean call (redis-py's public connection API without its
-        per-command machinery: the command is encoded already, EVALSHA's reply needs no
-        callback, and errors take the general flow, which retries). A connection that fails
-        mid-call is disconnected by redis-py itself (the next use reconnects it); an error
-        reply leaves it clean. The whole call, taking the connection included, is bounded."""
+    def _lean(self) -> _Lean:
+        """This event loop's state of the lean call."""
         loop = asyncio.get_running_loop()
-        entry = self._conns.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            entry = self._conns[id(loop)] = (loop, [])
-        if self._atimeout is None:
-            return await self._send_packed(pool, entry[1], packed)
-        async with _timeout(self._atimeout):
-            return await self._send_packed(pool, entry[1], packed)
+        lean = self._conns.get(id(loop))
+        if lean is None or lean.loop is not loop:
+            lean = self._conns[id(loop)] = _Lean(loop, self._aclient(), self._atimeout)
+        return lean
 
     @staticmethod
-    async def _send_packed(pool: Any, free: list[Any], packed: bytes) -> Any:
-        conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
+    async def _call_packed(lean: _Lean, packed: bytes) -> Any:
+        """Send one encoded command and read its reply, on a connection taken from the pool
+        and kept for the next lean call (redis-py's connection without its per-command
+        machinery: the command is encoded already, the reply is read by :func:`_read_reply`,
+        and errors take the general flow, which retries). A connection that fails mid-call is
+        disconnected (the next use reconnects it); an error reply leaves it clean. The whole
+        call, taking the connection included, is bounded (see :class:`_Lean`)."""
+        if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
+            return await _send_packed(lean.pool, lean.free, packed, False)
+        task: Any = asyncio.current_task()
+        cancelling = task.cancelling()
+        lean.watch(task)
         try:
-            await conn.send_packed_command(packed, False)
-            reply = await conn.read_response()
-        except BaseException:
-            free.append(conn)  # redis-py disconnected it if it broke; trimmed by a later call
+            return await _send_packed(lean.pool, lean.free, packed, True)
+        except asyncio.CancelledError:
+            # cancelled by the watchdog (and by nobody else): the call timed out
+            if lean.expired.pop(task, False) and task.uncancel() <= cancelling:
+                raise TimeoutError(f"Redis did not answer within {lean.limit} s") from None
             raise
-        # keep at most half the pool: the general path (and other clients) need the rest
-        if len(free) < getattr(pool, "max_connections", 0) // 2:
-            free.append(conn)
-        else:
-            await pool.release(conn)
-        return reply
+        finally:
+            del lean.calls[task]
+            if lean.expired:
+                lean.expired.pop(task, None)
 
     # --- the AsyncBackend protocol ------------------------------------------------------------
     async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
@@ -515,19 +645,17 @@ class RedisBackend:
         """Grant, queue or refuse ``request`` in one round trip."""
         e = self._engine
         started = None
-        if sniffio.current_async_library() == "asyncio":
-            client = self._aclient()
-            pool = getattr(client, "connection_pool", None)
-            packed = pool is not None and client.connection is None
-            started = e.start_submit(scope, request, now, packed)
+        if _on_asyncio():
+            lean = self._lean()
+            started = e.start_submit(scope, request, now, lean.pool is not None)
         if started is None:
             return await self._arun(e.submit(scope, request, now))  # type: ignore[no-any-return]
         # the lean path: one EVALSHA without the flow machinery; any surprise takes the flow
         try:
-            if packed:
-                started.raw = await self._call_packed(pool, started.packed)
+            if lean.pool is not None:
+                started.raw = await self._call_packed(lean, started.packed)
             else:
-                started.raw = await client.evalsha(
+                started.raw = await lean.client.evalsha(
                     rs.SCRIPT_SHA_BYTES, 7, *started.keys, *started.argv
                 )
         except Exception:  # NOSCRIPT, a dropped connection...: the flow handles them all
@@ -566,9 +694,7 @@ class RedisBackend:
     ) -> bool:
         """Defer the settle (see :meth:`settle`) if it can be; ``False``: it needs the round
         trip. Called from a coroutine; never blocks."""
-        if sniffio.current_async_library() == "asyncio" and self._engine.defer(
-            scope, lease_id, actual, at
-        ):
+        if _on_asyncio() and self._engine.defer(scope, lease_id, actual, at):
             self._arm(asyncio.get_running_loop(), SETTLE_DELAY)
             return True
         return False

@@ -422,19 +422,20 @@ def test_a_configure_answered_cal_keeps_the_fast_paths_tail_counted_once(
     two = (*one, Limit("rpd", 100, 10.0, "requests", fixed_windows(10.0)))
 
     def call(op: str, args: list[str], limits: tuple[Limit, ...], now: float, **kw: Any) -> Any:
-        settles, estimate = kw.get("settles", ""), kw.get("estimate", now)
-        argv = codec.argv(op, "p/m", args, limits, now, estimate, settles)
+        settles, estimate = kw.get("settles", ()), kw.get("estimate", now)
+        argv = codec.argv(op, "p/m", args, limits, now, estimate, settles, kw.get("cost", ""))
         return client.eval(rs.SCRIPT, len(keys), *keys, *argv)
 
     call("configure", rs.configure_args(one, None, 4), one, 1000.0)
     for i, rid in enumerate(["a", "b"]):
         t = 1000.0 + 0.01 * (i + 1)
-        call("submit", rs.submit_args(Request(rid, {"rpm": 1}), t, True), one, t)
+        req = Request(rid, {"rpm": 1})
+        call("submit", rs.submit_args(req, t, True), one, t, cost=rs.cost_arg(req.cost))
     t = 1000.5
-    call("flush", [], one, t, settles=rs.settles_arg([("a", None, t)], t, True))  # the tail
+    call("flush", [], one, t, settles=rs.settle_args([("a", None, t)], t, True))  # the tail
     reply = call("configure", rs.configure_args(two, None, 4), two, t, estimate=t + 100.0)
     assert reply[0] == b"cal"  # no calendar window given holds the script's time
-    call("flush", [], one, t, settles=rs.settles_arg([("b", None, t)], t, True))
+    call("flush", [], one, t, settles=rs.settle_args([("b", None, t)], t, True))
     assert int(call("status", [], one, 1000.6)[2][0][2]) == 2
     assert int(call("status", [], one, 1002.0)[2][0][2]) == 0  # both came back, no more
 

@@ -22,172 +22,208 @@ of free room). Settled amounts of the newest slot accumulate in the tail (ts, ta
 the log Z; a settle into an older slot, or a new slot while the log's front has expired, falls
 through (the full path moves the tail into Z on load, so Z stays bounded: slots + 1 entries).
 
-Leases it grants are fields "l:<id>" of S, cmsgpack {c, o, e} (cost, owner, expiry), so a
-grant and the settle riding on it write S alone (one HDEL, one HSET). Their expiries count in
-emin, so the full path runs when the earliest is due; on load it moves every such lease into L
-and E, where the full path keeps leases (heartbeats, expiry, cancel), before anything reads
-them. A settle finds its lease in S or L.
+Leases it grants are fields "l:<id>" of S: the byte \1, the expiry as a double, then the cost
+exactly as the request sent it (ARGV[3]), so a grant and the settle riding on it write S alone
+(one HDEL, one HSET) and nothing is encoded but the expiry. Their expiries count in emin, so
+the full path runs when the earliest is due; on load it moves every such lease into L and E,
+where the full path keeps leases (heartbeats, expiry, cancel), before anything reads them. A
+settle finds its lease in S or L. A lease in S of another layout (no leading \1) falls through.
+
+Cost per call matters here (every uncontended acquire pays it, in Redis's one thread, and
+the script is most of Redis's work per acquire): the arguments are laid out so that a few
+anchored matches take them apart, records are arrays filled by one struct.unpack, the lease
+is written as it came, the helpers are no closures over fast()'s locals (each captured local
+is an allocation per call), and nothing before fast() returns builds more than it needs.
 ]]
 -- effects replication (TIME before writes): the default since Redis 5, the only mode in 7
 if not redis.REDIS_VERSION_NUM and redis.replicate_commands then
   pcall(redis.replicate_commands)
 end
 
-local INF = math.huge
-local EPS = 1e-9
-local KS, KQ, KW, KT, KL, KE, KZ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local now  -- the call's one clock reading (the fast path's, kept if it falls through)
-local SETTLES = ARGV[3] or ''
 
-local function fast()
-  local op, ov, owner, ttl = string.match(ARGV[1], '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)')
-  if op ~= 'submit' and op ~= 'flush' then return nil end
-  -- one HMGET reads what the call needs: the header, the records of the limits the request
-  -- names, the leases it settles and the field its own lease would take
-  local fields, want = {'h'}, {}
-  local id, req
-  if op == 'submit' then
-    -- id, priority, deadline, nowait, then n, n pairs (limit, amount), m, floors
-    local rest
-    id, rest = string.match(ARGV[2], '^([^\31]*)\31[^\31]*\31[^\31]*\31[^\31]*\31(.*)$')
-    local it = string.gmatch(rest, '[^\31]+')
-    req = {}
-    for _ = 1, tonumber(it()) do
-      local name, amount = it(), tonumber(it())
-      if amount > 0 then
-        req[#req + 1] = name
-        req[#req + 1] = amount
-        local f = 'b:' .. name
-        if not want[f] then
-          want[f] = true
-          fields[#fields + 1] = f
+-- The helpers of fast() take everything as arguments: a closure over fast()'s locals would
+-- allocate an upvalue per captured local on every call.
+
+-- a limit's record (field "b:<name>") as an array of its doubles: [1] the kind, [2] cap,
+-- [3] pu, [4] fl, then window: [5] lg, [6] fs, [7] ts, [8] ta, [9] zl, [10] w, [11] per;
+-- calendar: [5] cn, [6] ws, [7] we (one more value, struct's end position, follows: unused);
+-- {3} for other kinds (never fast); false if the scope has no such limit
+local function fast_rec(raw)
+  if not raw then return false end
+  local n = #raw
+  if n == 88 then return {struct.unpack('<ddddddddddd', raw)} end
+  if n == 56 then return {struct.unpack('<ddddddd', raw)} end
+  return {3}
+end
+
+-- Bucket.settle on the record of limit name (read into R on first use; kinds 1 and 2) at time
+-- now; a tail that moves into Z (a new slot) is appended to zadd; false: the full path must
+local function fast_settle(R, zadd, KS, name, amount, real, at, now)
+  local EPS, INF = 1e-9, math.huge
+  local r = R[name]
+  if r == nil then
+    r = fast_rec(redis.call('HGET', KS, 'b:' .. name))
+    R[name] = r
+  end
+  if not r then return true end
+  local k = r[1]
+  if k == 1 then
+    r[4] = math.max(0, r[4] - amount)
+    local w, per = r[10], r[11]
+    local slot = math.floor(at / w + EPS)
+    if real ~= 0 and (slot + 1) * w + per > now + EPS then
+      local ts = r[7]
+      if slot == ts then
+        local applied = math.max(real, -r[8])
+        r[8] = r[8] + applied
+        r[5] = r[5] + applied
+      elseif slot > ts and slot > r[9] then
+        if real > 0 then
+          if ts ~= -INF then
+            if (r[6] + 1) * w + per <= now + EPS then return false end
+            zadd[#zadd + 1] = 0
+            zadd[#zadd + 1] = name .. '\0' .. string.format('%020d', ts) .. '\0'
+              .. string.format('%d', r[8])
+            r[9] = ts
+          end
+          r[7], r[8], r[5] = slot, real, r[5] + real
+          if r[6] == -INF then r[6] = slot end
         end
+      else
+        return false  -- an older slot: the log in Z
       end
     end
-    fields[#fields + 1] = 'l:' .. id
-  end
-  local S, seen = {}, {}
-  for s in string.gmatch(SETTLES, '[^\30]+') do
-    local f = {}
-    for x in string.gmatch(s, '[^\31]+') do f[#f + 1] = x end
-    if not seen[f[1]] then
-      seen[f[1]] = true
-      S[#S + 1] = f
-      fields[#fields + 1] = 'l:' .. f[1]
+  elseif k == 2 then
+    if now >= r[7] then return false end
+    r[4] = math.max(0, r[4] - amount)
+    if at >= r[6] then
+      r[5] = math.max(0, r[5] + amount)
+      if real ~= amount then r[5] = math.max(0, r[5] + real - amount) end
     end
-  end
-  local vals = redis.call('HMGET', KS, unpack(fields))
-  local hdr = vals[1]
-  if not hdr then return nil end
-  local got = {}
-  for i = 2, #fields do got[fields[i]] = vals[i] end
-  if #hdr ~= 40 then return nil end  -- an older layout: the full path rewrites it
-  local nq, emin, tdue, kttl, nl = struct.unpack('<ddddd', hdr)
-  if ov ~= '' then
-    now = tonumber(ov)
   else
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    return false
+  end
+  return true
+end
+
+-- fast() reads KEYS[1] and the library functions it uses often into locals (a global costs a
+-- lookup on every use)
+local function fast()
+  local KS, call, match, num = KEYS[1], redis.call, string.match, tonumber
+  local op, ov, ttl = match(ARGV[1], '^(%l+)\31([^\31]*)\31([^\31]*)')
+  local submit = op == 'submit'
+  if not submit and op ~= 'flush' then return nil end
+  -- one HMGET reads what the call needs: the header, the records of the limits the request
+  -- names, the field its own lease would take and the leases it settles
+  local fields, nf = {'h'}, 1
+  local id, cost, req, nr
+  if submit then
+    id, cost, req, nr = match(ARGV[2], '^[^\31]*'), ARGV[3] or '', {}, 0
+    for name, amount in string.gmatch(cost, '([^\31]*)\31([^\31]*)\31') do
+      amount = num(amount)
+      if amount > 0 then  -- the client sends none other; a zero amount is no part of a cost
+        req[nr + 1], req[nr + 2], nr = name, amount, nr + 2
+        nf = nf + 1
+        fields[nf] = 'b:' .. name
+      end
+    end
+    nf = nf + 1
+    fields[nf] = 'l:' .. id
+  end
+  -- settles: ARGV[5..], each "id\31at\31n[\31limit\31amount]*"; S holds five values per
+  -- settle (id, at's kind "r"/"a", at, n, where its pairs start), its lease is field s0 + i
+  local s0, S, ns, seen = nf, {}, 0, nil
+  local na = #ARGV
+  if na > 5 then seen = {} end  -- a settle sent twice in one call is applied once
+  for i = 5, na do
+    local lid, kind, at, n, p = match(ARGV[i], '^([^\31]*)\31(.)([^\31]*)\31(%-?%d+)()')
+    if not lid then return nil end
+    if seen then
+      if seen[lid] then lid = false else seen[lid] = true end
+    end
+    S[ns + 1], S[ns + 2], S[ns + 3], S[ns + 4], S[ns + 5] = lid, kind, at, num(n), p
+    ns = ns + 5
+    nf = nf + 1
+    fields[nf] = lid and 'l:' .. lid or 'l:'
+  end
+  local vals = call('HMGET', KS, unpack(fields, 1, nf))
+  local hdr = vals[1]
+  if not hdr or #hdr ~= 40 then return nil end  -- none yet, or an older layout: full path
+  local nq, emin, tdue, kttl, nl = struct.unpack('<ddddd', hdr)
+  local t
+  if ov ~= '' then
+    now = num(ov)
+  else
+    t = call('TIME')
+    now = num(t[1]) + num(t[2]) / 1000000
   end
   if nq ~= 0 or now >= emin or now >= tdue then return nil end
-  local R, dirty = {}, {}
-  local function rec(name)
-    local r = R[name]
-    if r == nil then
-      r = false
-      local raw = got['b:' .. name]
-      if raw == nil then raw = redis.call('HGET', KS, 'b:' .. name) end
-      if raw then
-        local k = struct.unpack('<d', raw)
-        if k == 1 then
-          local _, cap, pu, fl, lg, fs, ts, ta, zl, w, per =
-            struct.unpack('<ddddddddddd', raw)
-          r = {k = 1, cap = cap, pu = pu, fl = fl, lg = lg, fs = fs, ts = ts, ta = ta,
-               zl = zl, w = w, per = per}
-        elseif k == 2 then
-          local _, cap, pu, fl, cn, ws, we = struct.unpack('<ddddddd', raw)
-          r = {k = 2, cap = cap, pu = pu, fl = fl, cn = cn, ws = ws, we = we}
-        else
-          r = {k = 3}
-        end
-      end
-      R[name] = r
-    end
-    return r
-  end
-  local zadd, gone, goneh = {}, {}, {}
-  -- Bucket.settle on a record (kinds 1 and 2); false: the full path must do it
-  local function settle(name, amount, real, at)
-    local r = rec(name)
-    if not r then return true end
-    if r.k == 3 then return false end
-    if r.k == 1 then
-      r.fl = math.max(0, r.fl - amount)
-      local slot = math.floor(at / r.w + EPS)
-      if real ~= 0 and (slot + 1) * r.w + r.per > now + EPS then
-        if slot == r.ts then
-          local applied = math.max(real, -r.ta)
-          r.ta = r.ta + applied
-          r.lg = r.lg + applied
-        elseif slot > r.ts and slot > r.zl then
-          if real > 0 then
-            if r.ts ~= -INF then
-              if (r.fs + 1) * r.w + r.per <= now + EPS then return false end
-              zadd[#zadd + 1] = 0
-              zadd[#zadd + 1] = name .. '\0' .. string.format('%020d', r.ts) .. '\0'
-                .. string.format('%d', r.ta)
-              r.zl = r.ts
-            end
-            r.ts, r.ta, r.lg = slot, real, r.lg + real
-            if r.fs == -INF then r.fs = slot end
-          end
-        else
-          return false  -- an older slot: the log in Z
-        end
-      end
-    else
-      if now >= r.we then return false end
-      r.fl = math.max(0, r.fl - amount)
-      if at >= r.ws then
-        r.cn = math.max(0, r.cn + amount)
-        if real ~= amount then r.cn = math.max(0, r.cn + real - amount) end
-      end
-    end
-    dirty[name] = r
-    return true
+  -- R: limit name -> record (see fast_rec). Every record read is written back (one that did
+  -- not change, as it was): a grant or a settle changes nearly all of them.
+  local R, zadd = {}, {}  -- zadd: tails moved into Z (a new slot): score, member, ...
+  if submit then
+    for i = 1, nr, 2 do R[req[i]] = fast_rec(vals[1 + (i + 1) / 2]) end
   end
   -- settles first, as the full path applies them before the op; a lease is a field "l:<id>"
-  -- of S (granted here) or an entry of L (granted by the full path, or moved there by it)
-  for _, f in ipairs(S) do
-    local lid = f[1]
-    local raw = got['l:' .. lid]
+  -- of S (granted here: "\1", its expiry as a double, its cost as sent) or an entry of L
+  -- (granted by the full path or moved there by it: cmsgpack {c = {limit, amount, ...}})
+  local goneh, gone  -- settled leases: fields of S, ids in L
+  for i = 1, ns, 5 do
+    local lid, f = S[i], s0 + (i + 4) / 5
+    local raw, c = lid and vals[f], nil  -- c: the lease's cost {limit, amount, ...}
     if raw then
-      goneh[#goneh + 1] = 'l:' .. lid
-    else
-      raw = redis.call('HGET', KL, lid)
-      if raw then gone[#gone + 1] = lid end
-    end
-    if raw then
-      local at = tonumber(string.sub(f[2], 2))
-      if string.sub(f[2], 1, 1) == 'r' then at = now + at end
-      local actual = nil
-      if f[3] ~= '-1' then
-        actual = {}
-        for i = 4, #f, 2 do actual[f[i]] = tonumber(f[i + 1]) end
+      if string.byte(raw) ~= 1 then return nil end  -- an older layout: the full path moves it
+      goneh = goneh or {}
+      goneh[#goneh + 1] = fields[f]
+      local text = string.sub(raw, 10)
+      if text == cost then
+        c = req  -- the usual shape: settled as it is asked again, already parsed
+      else
+        c = {}
+        for name, amount in string.gmatch(text, '([^\31]*)\31([^\31]*)\31') do
+          amount = num(amount)
+          if amount > 0 then
+            c[#c + 1] = name
+            c[#c + 1] = amount
+          end
+        end
       end
-      local c = cmsgpack.unpack(raw).c
-      local held = {}
-      for i = 1, #c, 2 do
-        local name, amount = c[i], c[i + 1]
-        held[name] = true
+    elseif lid then
+      raw = call('HGET', KEYS[5], lid)
+      if raw then
+        gone = gone or {}
+        gone[#gone + 1] = lid
+        c = cmsgpack.unpack(raw).c
+      end
+    end
+    if c then
+      local at = num(S[i + 2])
+      if S[i + 1] == 'r' then at = now + at end
+      local actual = nil  -- n <= 0: every amount as granted
+      if S[i + 3] > 0 then
+        actual = {}
+        for name, amount in string.gmatch(string.sub(ARGV[4 + (i + 4) / 5], S[i + 4]),
+                                          '\31([^\31]*)\31([^\31]*)') do
+          actual[name] = num(amount)
+        end
+      end
+      for j = 1, #c, 2 do
+        local name, amount = c[j], c[j + 1]
         local real = amount
         if actual and actual[name] ~= nil then real = actual[name] end
-        if not settle(name, amount, real, at) then return nil end
+        if not fast_settle(R, zadd, KS, name, amount, real, at, now) then return nil end
       end
       if actual then  -- usage that was not estimated (0 reserved) still counts
         for name, real in pairs(actual) do
-          if real > 0 and not held[name] and not settle(name, 0, real, at) then
-            return nil
+          if real > 0 then
+            local held = false
+            for j = 1, #c, 2 do
+              if c[j] == name then held = true end
+            end
+            if not held and not fast_settle(R, zadd, KS, name, 0, real, at, now) then
+              return nil
+            end
           end
         end
       end
@@ -195,15 +231,15 @@ local function fast()
   end
   local reply = 'K'
   local hs = {}
-  if op == 'submit' then
-    for i = 1, #req, 2 do
-      local r = rec(req[i])
+  if submit then
+    for i = 1, nr, 2 do
+      local r = R[req[i]]
       if r then
-        local amount = req[i + 1]
-        if r.k == 1 then
-          if r.pu > now or r.lg + r.fl + amount > r.cap then return nil end
-        elseif r.k == 2 then
-          if now >= r.we or r.pu > now or r.cn + r.fl + amount > r.cap then return nil end
+        local k, amount = r[1], req[i + 1]
+        if k == 1 then
+          if r[3] > now or r[5] + r[4] + amount > r[2] then return nil end
+        elseif k == 2 then
+          if now >= r[7] or r[3] > now or r[5] + r[4] + amount > r[2] then return nil end
         else
           return nil
         end
@@ -212,19 +248,20 @@ local function fast()
     reply = 'G'
     -- a retry of a granted submit (its reply was lost) takes nothing more
     -- (a lease settled by this very call is gone)
-    local held = not seen[id]
-      and (got['l:' .. id] or (nl > 0 and redis.call('HEXISTS', KL, id) == 1))
+    local settled = false
+    for i = 1, ns, 5 do
+      if S[i] == id then settled = true end
+    end
+    local held = not settled
+      and (vals[s0] or (nl > 0 and call('HEXISTS', KEYS[5], id) == 1))
     if not held then
-      for i = 1, #req, 2 do
+      for i = 1, nr, 2 do
         local r = R[req[i]]
-        if r then
-          r.fl = r.fl + req[i + 1]
-          dirty[req[i]] = r
-        end
+        if r then r[4] = r[4] + req[i + 1] end
       end
-      local exp = now + tonumber(ttl)
-      hs[1] = 'l:' .. id
-      hs[2] = cmsgpack.pack({c = req, o = owner, e = exp})
+      local exp = now + num(ttl)
+      hs[1] = fields[s0]  -- "l:<id>"
+      hs[2] = '\1' .. struct.pack('<d', exp) .. cost
       if exp < emin then
         hs[3] = 'h'
         hs[4] = struct.pack('<ddddd', nq, exp, tdue, kttl, nl)
@@ -232,25 +269,32 @@ local function fast()
     end
   end
   -- decided: write
-  if #goneh > 0 then redis.call('HDEL', KS, unpack(goneh)) end
-  if #gone > 0 then
-    redis.call('HDEL', KL, unpack(gone))
-    redis.call('ZREM', KE, unpack(gone))
+  if goneh then call('HDEL', KS, unpack(goneh)) end
+  if gone then
+    redis.call('HDEL', KEYS[5], unpack(gone))  -- L
+    redis.call('ZREM', KEYS[6], unpack(gone))  -- E
   end
   if #zadd > 0 then
-    redis.call('ZADD', KZ, unpack(zadd))
-    redis.call('PEXPIRE', KZ, math.floor(kttl * 1000))
+    redis.call('ZADD', KEYS[7], unpack(zadd))  -- Z
+    redis.call('PEXPIRE', KEYS[7], math.floor(kttl * 1000))
   end
-  for name, r in pairs(dirty) do
-    hs[#hs + 1] = 'b:' .. name
-    if r.k == 1 then
-      hs[#hs + 1] = struct.pack('<ddddddddddd', 1, r.cap, r.pu, r.fl, r.lg, r.fs, r.ts, r.ta,
-                                r.zl, r.w, r.per)
-    else
-      hs[#hs + 1] = struct.pack('<ddddddd', 2, r.cap, r.pu, r.fl, r.cn, r.ws, r.we)
+  for name, r in pairs(R) do
+    if r then
+      hs[#hs + 1] = 'b:' .. name
+      if r[1] == 1 then
+        hs[#hs + 1] = struct.pack('<ddddddddddd', unpack(r, 1, 11))
+      else  -- 2: a record of another kind made the call fall through before
+        hs[#hs + 1] = struct.pack('<ddddddd', unpack(r, 1, 7))
+      end
     end
   end
-  if #hs > 0 then redis.call('HSET', KS, unpack(hs)) end
+  if #hs > 0 then call('HSET', KS, unpack(hs)) end
+  -- Redis time as "<seconds>.<6 digits>" (exact: %.17g of the override)
+  if t then
+    local us = t[2]
+    if #us < 6 then us = string.sub('00000' .. us, -6) end
+    return reply .. t[1] .. '.' .. us
+  end
   return reply .. string.format('%.17g', now)
 end
 
@@ -258,3 +302,7 @@ do
   local r = fast()
   if r then return r end
 end
+
+local INF = math.huge
+local EPS = 1e-9
+local KS, KQ, KW, KT, KL, KE, KZ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]

@@ -22,7 +22,7 @@ KEYS (all carry the scope's hash tag, so one script call touches one Redis Clust
                (the newest slot of a window may be held in its "b:" field instead: the tail)
 
 ARGV (strings; fields within one are separated by the byte \31):
-  1 header: op, now override, owner, ticket/lease time to live (s), channel prefix, scope
+  1 header: op, now override, lease/ticket time to live (s), owner, channel prefix, scope
     op: "configure", "submit", "dispatch", "cancel", "flush", "release", "pause", "exhaust",
         "status", "waiting", "beat"
     now override: "" in production (the clock is Redis TIME); tests pass a time to drive the
@@ -30,15 +30,18 @@ ARGV (strings; fields within one are separated by the byte \31):
     owner: the calling process's id (decisions for its tickets come back in the reply;
         decisions for other owners' tickets are PUBLISHed on <channel prefix><owner>)
   2 the op's arguments
-  3 settles to apply before the op, separated by the byte \30, each "id at n [limit amount]*"
-    (n = -1: keep the granted cost); a settle of an unknown lease is ignored
+  3 submit: the cost, "<limit>\31<amount>\31" per limit with an amount > 0, in request order
+    (kept verbatim in the leases the fast path grants); "" for the other ops
   4 calendar windows: lines "<limit>\t<start>\t<end>[\t<start>\t<end>]"; the client computes
     the windows (e.g. Pacific days) around its estimate of Redis time; the script picks the
     one holding TIME ("cal" reply if none does, and the client retries)
-  Trailing empty arguments may be left out.
+  5.. settles to apply before the op, one per argument: "id\31at\31n[\31limit\31amount]*"
+    (n = -1: keep the granted cost); a settle of an unknown lease is ignored
+  Trailing empty arguments may be left out (up to the settles).
   Times in arguments are "a<abs>" (absolute, Redis time) or "r<rel>" (relative to now).
 
-Reply: the fast path answers "G<now>" (granted) or "K<now>" (settles applied); the full path
+Reply: the fast path answers "G<now>" (granted) or "K<now>" (settles applied), now as
+"<seconds>.<6 digits>" (Redis TIME; %.17g with a now override); the full path
 {status, now, result, decisions, waiting}
   status "ok" | "noconf" (scope unknown: configure, then retry) | "cal" | "nolimit"
   decisions: {id, outcome, at, dimension, reason, requested, limit} about the caller's tickets
@@ -46,7 +49,7 @@ Reply: the fast path answers "G<now>" (granted) or "K<now>" (settles applied); t
 ]]
 local HDR = {}
 for x in string.gmatch(ARGV[1] .. '\31', '([^\31]*)\31') do HDR[#HDR + 1] = x end
-local OP, OWNER, TTL, CHAN, SCOPE = HDR[1], HDR[3], tonumber(HDR[4]), HDR[5], HDR[6]
+local OP, TTL, OWNER, CHAN, SCOPE = HDR[1], tonumber(HDR[3]), HDR[4], HDR[5], HDR[6]
 -- the op's arguments
 local A = {}
 for x in string.gmatch((ARGV[2] or '') .. '\31', '([^\31]*)\31') do A[#A + 1] = x end

@@ -250,22 +250,26 @@ local function pairs_from(first, n)  -- {name, amount, ...} from A[first..]
   return out
 end
 
+-- "<limit>\31<amount>\31..." -> {limit, amount, ...}, amounts > 0 only
+local function parse_cost(text)
+  local cost = {}
+  for name, amount in string.gmatch(text, '([^\31]*)\31([^\31]*)\31') do
+    amount = tonumber(amount)
+    if amount > 0 then
+      cost[#cost + 1] = name
+      cost[#cost + 1] = amount
+    end
+  end
+  return cost
+end
+
 local OPS = {}
 
 function OPS.submit()
-  -- A: id, priority, deadline, nowait, n, n pairs (limit, amount) in request order,
-  --    m, m pairs (limit, floor)
+  -- A: id, priority, deadline, nowait, m, m pairs (limit, floor); the cost is ARGV[3]
   local id, prio, deadline, nowait = A[1], tonumber(A[2]), tm(A[3]), A[4] == '1'
-  local n = tonumber(A[5])
-  local raw = pairs_from(6, n)
-  local floors = pairs_from(7 + 2 * n, tonumber(A[6 + 2 * n]))
-  local cost = {}
-  for i = 1, #raw, 2 do
-    if raw[i + 1] > 0 then
-      cost[#cost + 1] = raw[i]
-      cost[#cost + 1] = raw[i + 1]
-    end
-  end
+  local floors = pairs_from(6, tonumber(A[5]))
+  local cost = parse_cost(ARGV[3] or '')
   if Qu.get(id) then  -- a retry of a submit whose reply was lost
     local at = nil
     if ST.hid == id and ST.hat ~= INF then at = ST.hat end
@@ -330,7 +334,7 @@ function OPS.cancel()
   return nil
 end
 
--- one settle of ARGV[4]: fields id, at, n, n pairs (limit, real amount)
+-- one settle of ARGV[5..]: fields id, at, n, n pairs (limit, real amount)
 local function settle_one(f)
   local lease = lease_pop(f[1])
   if not lease then return end
@@ -344,7 +348,7 @@ local function settle_one(f)
   if ST.nq > 0 then dispatch(DEC) end
 end
 
-function OPS.flush() end  -- the settles of ARGV[4] are applied before every op
+function OPS.flush() end  -- the settles of ARGV[5..] are applied before every op
 
 function OPS.release()
   local lease = lease_pop(A[1])
@@ -468,10 +472,17 @@ local function load()
     local hl, exps, gone = {}, {}, {}
     for k = j, math.min(#fast, j + 255) do
       local i = fast[k]
-      local id = string.sub(raw[i], 3)
+      local id, v = string.sub(raw[i], 3), raw[i + 1]
+      local e
+      if string.byte(v) == 1 then  -- "\1", expiry (double), cost as sent: see fast.lua
+        e = struct.unpack('<d', v, 2)
+        v = cmsgpack.pack({c = parse_cost(string.sub(v, 10))})
+      else  -- an older layout: cmsgpack {c, o, e}
+        e = cmsgpack.unpack(v).e
+      end
       hl[#hl + 1] = id
-      hl[#hl + 1] = raw[i + 1]
-      exps[#exps + 1] = f17(cmsgpack.unpack(raw[i + 1]).e)
+      hl[#hl + 1] = v
+      exps[#exps + 1] = f17(e)
       exps[#exps + 1] = id
       gone[#gone + 1] = raw[i]
     end
@@ -563,9 +574,9 @@ else
     return redis.error_reply('quotaflow: unknown op ' .. tostring(OP))
   end
   local changed = purge()
-  for s in string.gmatch(SETTLES, '[^\30]+') do
+  for i = 5, #ARGV do
     local f = {}
-    for x in string.gmatch(s, '[^\31]+') do f[#f + 1] = x end
+    for x in string.gmatch(ARGV[i], '[^\31]+') do f[#f + 1] = x end
     settle_one(f)
   end
   result, status = fn()
