@@ -105,8 +105,10 @@ class LaneGate:
             and timeout >= 0
         ):
             return None
-        if deadline is not None and type(deadline) is not float and type(deadline) is not int:
-            return None
+        if deadline is not None and (
+            (type(deadline) is not float and type(deadline) is not int) or deadline != deadline
+        ):
+            return None  # not a number, or NaN: the full way names it
         lane = self.lane
         if lane.version != self.version:  # the scope's limits changed: look again
             if self.gates.get(self.model) is self:

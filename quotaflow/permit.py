@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
@@ -45,14 +45,18 @@ def _on_drop(state: PermitState, clock: Clock, settle: _SettleFn, release: _Rele
         result.close()
 
 
-def _check_tokens(input_tokens: int | None) -> None:
-    """The same error for a bad ``input_tokens`` whether this module is compiled or not (a
-    compiled build would otherwise turn ``True`` into ``1``)."""
-    if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+def _check_tokens(input_tokens: object) -> int | None:
+    """``input_tokens`` as an amount, or the ConfigError naming it. The settle methods take it as
+    ``object`` (their overloads say ``int | None``): a compiled build would otherwise check and
+    convert it before this runs (a TypeError for ``"5"``, 1 for ``True``)."""
+    if input_tokens is None:
+        return None
+    if type(input_tokens) is not int or not isinstance(input_tokens, int) or input_tokens < 0:
         raise ConfigError(
             f"input_tokens={input_tokens!r}: give the real input token count as an int >= 0 "
             "(usageMetadata.promptTokenCount), or None to keep the estimate"
         )
+    return input_tokens
 
 
 class _PermitBase:
@@ -171,17 +175,21 @@ class Permit(_PermitBase):
 
     __slots__ = ()
 
-    async def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
+    @overload
+    async def settle(self, input_tokens: int, **metrics: int) -> None: ...
+    @overload
+    async def settle(self, input_tokens: None = None, **metrics: int) -> None: ...
+    async def settle(self, input_tokens: object = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only.
 
         Args:
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
-        _check_tokens(input_tokens)
-        if not metrics and self._settled_quickly(input_tokens):
+        tokens = _check_tokens(input_tokens)
+        if not metrics and self._settled_quickly(tokens):
             return
-        args = self._settle_args(input_tokens, metrics)
+        args = self._settle_args(tokens, metrics)
         if self._settle_nowait is not None and self._settle_nowait(*args):
             return
         result = self._settle_fn(*args)
@@ -211,12 +219,16 @@ class SyncPermit(_PermitBase):
 
     __slots__ = ()
 
-    def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
+    @overload
+    def settle(self, input_tokens: int, **metrics: int) -> None: ...
+    @overload
+    def settle(self, input_tokens: None = None, **metrics: int) -> None: ...
+    def settle(self, input_tokens: object = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
-        _check_tokens(input_tokens)
-        if not metrics and self._settled_quickly(input_tokens):
+        tokens = _check_tokens(input_tokens)
+        if not metrics and self._settled_quickly(tokens):
             return
-        self._settle_fn(*self._settle_args(input_tokens, metrics))
+        self._settle_fn(*self._settle_args(tokens, metrics))
 
     def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled."""
