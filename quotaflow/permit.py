@@ -153,8 +153,9 @@ class _PermitBase:
         actual = dict(metrics)
         if input_tokens is not None:
             actual["input_tokens"] = input_tokens
-        by_limit, at = self._state.plan_settle(actual, self._clock.now())
-        return (self._state.scope, self._state.id, by_limit, at, self._clock.now())
+        now = self._clock.now()  # one reading: the anchor (if no response time) and "now"
+        by_limit, at = self._state.plan_settle(actual, now)
+        return (self._state.scope, self._state.id, by_limit, at, now)
 
     def __repr__(self) -> str:
         s = self._state
