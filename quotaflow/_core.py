@@ -124,8 +124,12 @@ class LimiterCore:
     ) -> None:
         """Let later acquires of ``model`` try the backend's fast lane first (a
         :class:`~quotaflow._gate.LaneGate` in :attr:`lanes`)."""
-        if self.shares or not hasattr(backend, "settle_tokens"):
-            return
+        if (
+            self.shares
+            or not hasattr(backend, "settle_tokens")
+            or not hasattr(getattr(backend, "lock", None), "take")
+        ):
+            return  # no lane, or a lock without the mutex calls the gate makes
         lane = backend.lane(key)
         if lane.scope_limits != frozenset(lim.name for lim in limits):
             return  # the scope has limits this limiter would not charge: the full rule only
