@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotaflow import Limiter, ManualClock, SyncLimiter
+from quotaflow import Limiter, ManualClock, SyncLimiter, WouldBlockError
 from quotaflow._lane import FastLane
 from quotaflow._scope import ScopeState
 from quotaflow.backends.base import Request
@@ -332,3 +332,17 @@ def test_a_limiter_whose_limits_are_not_the_scopes_keeps_to_the_full_rule() -> N
         plain.acquire_nowait("m").settle()  # the full rule: charges only "rpm"
     status = shared.status("m")
     assert (status["rpm"].used, status["rpm@a"].used) == (5, 1)
+
+
+@pytest.mark.anyio
+async def test_a_backend_whose_lock_is_a_plain_lock_takes_the_general_way() -> None:
+    """A MemoryBackend whose ``lock`` was replaced by a ``threading.Lock`` (no ``take``/``give``
+    for the gate) still limits, through the full rule only."""
+    backend = MemoryBackend()
+    backend.lock = threading.Lock()  # type: ignore[assignment]
+    lim = Limiter(None, quotas={"m": [RPM(3)]}, backend=backend, clock=ManualClock(0.0))
+    for _ in range(3):
+        await (await lim.acquire("m")).settle()
+    assert not lim._core.lanes
+    with pytest.raises(WouldBlockError):
+        await lim.acquire_nowait("m")
