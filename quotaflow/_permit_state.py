@@ -107,13 +107,12 @@ class PermitState:
         return by_limit, at
 
     def plan_quick_settle(self, input_tokens: int | None, now: float) -> float | None:
-        """:meth:`plan_settle` for a lane grant settled with input tokens only; returns the
-        anchor time, or ``None`` if this settle needs the full way (it then raises or plans)."""
+        """:meth:`plan_settle` for a lane grant settled with input tokens only (already checked
+        by the permit's ``settle``: an int >= 0 or ``None``); returns the anchor time, or
+        ``None`` if this settle needs the full way (it then raises or plans)."""
         if self.quick is None or self.phase in ("settled", "released"):
             return None
         if input_tokens is not None:
-            if input_tokens.__class__ is not int or input_tokens < 0:
-                return None
             self.actual = {"input_tokens": input_tokens}
         if self.sent_at is None:
             self.sent_at = now
