@@ -7,8 +7,9 @@ same way. Anything else (a cost of other metrics, a lane that is closed or too s
 set of limits) returns ``None`` or ``False`` and the caller takes the general way, which makes
 the same decision: the lane only answers when the exact rule would answer the same.
 
-:class:`Acquire` is what ``Limiter.acquire`` returns: an awaitable and async context manager that
-tries the gate first and otherwise runs the limiter's full acquire.
+:class:`LimiterFront` is the limiter's compiled base class: its ``acquire`` returns a
+:class:`LaneAcquire`, an awaitable and async context manager that tries the gate first and
+otherwise runs the limiter's full acquire.
 
 This module, :mod:`quotaflow._lane`, :mod:`quotaflow._permit_state` and :mod:`quotaflow.permit`
 are compiled with mypyc when a wheel is built (see ``hatch_build.py``); the same source runs
@@ -18,10 +19,10 @@ no monkeypatching, no dynamic attributes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from time import monotonic
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from quotaflow._lane import FastLane
 from quotaflow._permit_state import PermitState
@@ -31,7 +32,15 @@ from quotaflow.context import priority_value as _priority_value
 from quotaflow.limits import Limit
 from quotaflow.permit import Permit, SyncPermit
 
-__all__ = ["Acquire", "LaneGate"]
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # pragma: no cover - only the compiler reads it; not needed at run time
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
+
+__all__ = ["Acquire", "CallAcquire", "LaneAcquire", "LaneGate", "LimiterFront"]
 
 
 class LaneGate:
@@ -191,32 +200,17 @@ _P = TypeVar("_P", bound=_Exits)
 class Acquire(Generic[_P]):
     """``async with x.acquire(...) as permit`` or ``permit = await x.acquire(...)``.
 
-    Wraps a coroutine function and its arguments ``(model, tokens, cost, priority, timeout,
-    deadline, ...)``; ``gates`` (model spelling -> :class:`LaneGate`) are tried first. Leaving
-    the block calls ``permit._exit``.
+    Leaving the block calls ``permit._exit``. Awaiting it is what a subclass defines:
+    :class:`CallAcquire` awaits a coroutine function, :class:`LaneAcquire` tries a fast lane
+    first.
     """
 
-    def __init__(
-        self,
-        fn: Callable[..., Awaitable[_P]],
-        args: tuple[Any, ...],
-        gates: dict[str, LaneGate] | None = None,
-    ) -> None:
-        self._fn = fn
-        self._args = args
-        self._gates = gates
+    def __init__(self) -> None:
         self._permit: _P | None = None
 
     def __await__(self) -> Generator[Any, None, _P]:
-        gates = self._gates
-        if gates:
-            args = self._args
-            gate = gates.get(args[0])
-            if gate is not None:
-                permit: Any = gate.grant(args[1], args[2], args[3], args[4], args[5])
-                if permit is not None:
-                    return permit  # type: ignore[no-any-return]
-        return (yield from self._fn(*self._args).__await__())
+        raise NotImplementedError
+        yield  # type: ignore[unreachable]  # a generator, as the subclasses'
 
     async def __aenter__(self) -> _P:
         self._permit = await self
@@ -230,3 +224,151 @@ class Acquire(Generic[_P]):
     ) -> None:
         if self._permit is not None:
             await self._permit._exit(failed=exc_type is not None)
+
+
+class CallAcquire(Acquire[_P]):
+    """:class:`Acquire` of a coroutine function ``fn(*args)``."""
+
+    def __init__(self, fn: Callable[..., Awaitable[_P]], args: tuple[Any, ...]) -> None:
+        self._permit = None
+        self._fn = fn
+        self._args = args
+
+    def __await__(self) -> Generator[Any, None, _P]:
+        return (yield from self._fn(*self._args).__await__())
+
+
+class LaneAcquire(Acquire[Permit]):
+    """:class:`Acquire` of :meth:`LimiterFront.acquire`: the model's :class:`LaneGate` first,
+    else the limiter's full ``_acquire``. It keeps the arguments in fields (no tuple, no bound
+    method until the full way needs one)."""
+
+    def __init__(
+        self,
+        front: LimiterFront,
+        model: object,
+        tokens: object,
+        cost: object,
+        priority: object,
+        timeout: object,
+        deadline: object,
+        agent: object,
+    ) -> None:
+        self._permit = None
+        self._front = front
+        self._model = model
+        self._tokens = tokens
+        self._cost = cost
+        self._priority = priority
+        self._timeout = timeout
+        self._deadline = deadline
+        self._agent = agent
+
+    def __await__(self) -> Generator[Any, None, Permit]:
+        front = self._front
+        model = self._model
+        if type(model) is str and front._lanes:
+            gate = front._lanes.get(model)
+            if gate is not None:
+                permit = gate.grant(
+                    self._tokens, self._cost, self._priority, self._timeout, self._deadline
+                )
+                if permit is not None:
+                    return permit
+        return (
+            yield from front._acquire(
+                model,
+                self._tokens,
+                self._cost,
+                self._priority,
+                self._timeout,
+                self._deadline,
+                False,
+                self._agent,
+            ).__await__()
+        )
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class LimiterFront:
+    """The compiled front door of :class:`~quotaflow.limiter.Limiter` (its base class).
+
+    ``acquire`` is called once per request: compiled, it builds a :class:`LaneAcquire` without
+    running interpreted code. Everything else of the limiter (the full ``_acquire``, the
+    waiting) is the interpreted subclass's; only this class and the awaitable are compiled.
+    """
+
+    def __init__(self, lanes: dict[str, LaneGate]) -> None:
+        self._lanes = lanes  # the core's gates by model spelling (cleared, never replaced)
+
+    @overload
+    def acquire(
+        self,
+        model: str,
+        tokens: int,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> Acquire[Permit]: ...
+    @overload
+    def acquire(
+        self,
+        model: str,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> Acquire[Permit]: ...
+    def acquire(
+        self,
+        model: object,
+        tokens: object = 0,
+        *,
+        cost: object = None,
+        priority: object = None,
+        timeout: object = None,
+        deadline: object = None,
+        agent: object = None,
+    ) -> Acquire[Permit]:
+        """Wait for room on every limit of ``model``'s quota and take it all at once.
+
+        ``async with limiter.acquire(...) as permit:`` or ``permit = await
+        limiter.acquire(...)``.
+
+        Args:
+            model: as you write it (``"gemini-2.5-flash"``, ``"models/gemini-2.5-flash"``).
+            tokens: the input token estimate (counted against TPM/TPD).
+            cost: amounts of other metrics (``{"images": 1}``), or ``{"requests": n}``.
+            priority: a level name or int; defaults to ``quotaflow.priority(...)`` or the
+                limiter's default.
+            timeout: seconds to wait at most; ``deadline``: the same as an absolute time of
+                the limiter's clock. If the computed wait is longer, raises at once.
+            agent: the agent making the call (defaults to ``quotaflow.agent(...)``); its
+                share (ceiling, floor) applies.
+
+        Raises:
+            CannotFitError: the request is larger than a limit.
+            QuotaExhaustedError: a day quota is spent.
+            QuotaTimeoutError: no room before the deadline.
+            ConfigError: an argument of the wrong type or value (named in the message).
+        """
+        return LaneAcquire(self, model, tokens, cost, priority, timeout, deadline, agent)
+
+    async def _acquire(
+        self,
+        model: Any,
+        tokens: Any,
+        cost: Any,
+        priority: Any,
+        timeout: Any,
+        deadline: Any,
+        nowait: bool,
+        agent: Any = None,
+    ) -> Permit:
+        """The full acquire: the subclass's (it checks every argument)."""
+        raise NotImplementedError

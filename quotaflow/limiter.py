@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
-from quotaflow._gate import Acquire
+from quotaflow._gate import LimiterFront
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend
@@ -92,7 +92,7 @@ class _AsyncOps:
         return result
 
 
-class Limiter:
+class Limiter(LimiterFront):
     """Admits calls to Gemini models within every limit of their quota (async, on anyio).
 
     Args:
@@ -152,6 +152,7 @@ class Limiter:
             default_priority=default_priority,
             shares=shares,
         )
+        LimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         self.backend = open_backend(backend)
         self._ops = _AsyncOps(self.backend)
         self._waiters: dict[str, AsyncWaiter | None] = {}
@@ -193,41 +194,6 @@ class Limiter:
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
-
-    def acquire(
-        self,
-        model: str,
-        tokens: int = 0,
-        *,
-        cost: Mapping[str, int] | None = None,
-        priority: int | str | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        agent: str | None = None,
-    ) -> Acquire[Permit]:
-        """Wait for room on every limit of ``model``'s quota and take it all at once.
-
-        Args:
-            model: as you write it (``"gemini-2.5-flash"``, ``"models/gemini-2.5-flash"``).
-            tokens: the input token estimate (counted against TPM/TPD).
-            cost: amounts of other metrics (``{"images": 1}``), or ``{"requests": n}``.
-            priority: a level name or int; defaults to ``quotaflow.priority(...)`` or the
-                limiter's default.
-            timeout: seconds to wait at most; ``deadline``: the same as an absolute time of
-                the limiter's clock. If the computed wait is longer, raises at once.
-            agent: the agent making the call (defaults to ``quotaflow.agent(...)``); its
-                share (ceiling, floor) applies.
-
-        Raises:
-            CannotFitError: the request is larger than a limit.
-            QuotaExhaustedError: a day quota is spent.
-            QuotaTimeoutError: no room before the deadline.
-        """
-        return Acquire(
-            self._acquire,
-            (model, tokens, cost, priority, timeout, deadline, False, agent),
-            self._core.lanes,
-        )
 
     async def acquire_nowait(
         self,

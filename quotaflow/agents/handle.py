@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from quotaflow import context
-from quotaflow._gate import Acquire
+from quotaflow._gate import Acquire, CallAcquire
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
@@ -266,7 +266,7 @@ class AgentHandle:
             BudgetExhaustedError: the agent's daily budget is spent (at once).
             QuotaError: as :meth:`quotaflow.Limiter.acquire`.
         """
-        return Acquire(self._acquire, (model, tokens, cost, priority, timeout, deadline))
+        return CallAcquire(self._acquire, (model, tokens, cost, priority, timeout, deadline))
 
     async def _acquire(
         self,
