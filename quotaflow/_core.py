@@ -17,7 +17,6 @@ from typing import Any
 
 from quotaflow import context
 from quotaflow._gate import LaneGate
-from quotaflow._permit_state import PermitState
 from quotaflow._quota_book import QuotaBook
 from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
@@ -143,7 +142,6 @@ class LimiterCore:
             backend,
             self.clock,
             self.default_priority,
-            f"{self._prefix}{next(self._ids)}.",
         )
 
     def set_limit(self, model: str, name: str, amount: int) -> Limit | None:
@@ -253,7 +251,7 @@ class LimiterCore:
             **kw,  # type: ignore[arg-type]
         )
 
-    def permit_state(
+    def grant_fields(
         self,
         request: Request,
         model: str,
@@ -262,19 +260,11 @@ class LimiterCore:
         limits: tuple[Limit, ...],
         started: float,
         prio: int,
-    ) -> PermitState:
+    ) -> tuple[str, str, str, dict[str, int], tuple[Limit, ...], float, float, int]:
+        """A granted request's fields of its permit: ``(id, model, scope, metrics, limits,
+        granted_at, waited, priority)`` (see :class:`~quotaflow._permit_state.PermitState`)."""
         now = self.clock.now()
-        return PermitState(
-            request.id,
-            model,
-            scope,
-            metrics,
-            limits,
-            now,
-            now - started,
-            prio,
-            None,
-        )
+        return request.id, model, scope, metrics, limits, now, now - started, prio
 
     def status(
         self, limits: tuple[Limit, ...], levels: Mapping[str, Level]

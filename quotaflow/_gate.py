@@ -57,7 +57,6 @@ class LaneGate:
         backend: Any,
         clock: Clock,
         default_priority: int,
-        prefix: str,
     ) -> None:
         self.gates = gates  # the limiter's gates by model spelling: a stale gate leaves it
         self.model = model
@@ -75,8 +74,6 @@ class LaneGate:
         self.wall0 = clock._wall0 if isinstance(clock, SystemClock) else 0.0
         self.mono0 = clock._mono0 if isinstance(clock, SystemClock) else 0.0
         self.default_priority = default_priority
-        self.prefix = prefix  # lease ids: prefix + a count kept under the backend's lock
-        self.count = 0
         self.settle_fn: Callable[..., Any] = backend.settle
         self.release_fn: Callable[..., Any] = backend.release
         self.settle_tokens: Callable[[str, str, int | None, float, float], None] = (
@@ -90,8 +87,9 @@ class LaneGate:
 
     def take(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
-    ) -> PermitState | None:
-        """The permit state of a request the lane grants at once, or ``None`` (the full way).
+    ) -> tuple[int, int, float] | None:
+        """``(lease number, priority, now)`` of a request the lane grants at once, or ``None``
+        (the full way).
 
         Only plain requests: one request (``cost`` ``None`` or ``{"requests": 1}``, the
         transports' form) and ``tokens`` input tokens. Where nobody waits and the lane's bounds
@@ -137,56 +135,79 @@ class LaneGate:
         now = self.now()
         self.lock_acquire()
         try:
-            self.count += 1
-            rid = self.prefix + str(self.count)
-            if not lane.take(rid, tokens, now):
-                return None
+            lease = lane.take(tokens, now)
         finally:
             self.lock_release(None)
-        return PermitState(
-            rid,
-            self.canonical,
-            self.key,
-            {"requests": 1, "input_tokens": tokens},
-            self.limits,
-            now,
-            0.0,
-            prio,
-            self,
-        )
+        if not lease:
+            return None
+        return lease, prio, now
 
     def grant(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
     ) -> Permit | None:
         """:meth:`take` as an async :class:`~quotaflow.permit.Permit`."""
-        state = self.take(tokens, cost, priority, timeout, deadline)
-        if state is None:
+        got = self.take(tokens, cost, priority, timeout, deadline)
+        if got is None:
             return None
-        return Permit(state, self.clock, self.settle_fn, self.release_fn, None)
+        lease, prio, now = got
+        return Permit(
+            "",
+            self.canonical,
+            self.key,
+            None,
+            self.limits,
+            now,
+            0.0,
+            prio,
+            self.clock,
+            self.settle_fn,
+            self.release_fn,
+            None,
+            self,
+            lease,
+            tokens,  # type: ignore[arg-type]  # an int: take() checked it
+        )
 
     def grant_sync(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
     ) -> SyncPermit | None:
         """:meth:`take` as a :class:`~quotaflow.permit.SyncPermit`."""
-        state = self.take(tokens, cost, priority, timeout, deadline)
-        if state is None:
+        got = self.take(tokens, cost, priority, timeout, deadline)
+        if got is None:
             return None
-        return SyncPermit(state, self.clock, self.settle_fn, self.release_fn, None)
+        lease, prio, now = got
+        return SyncPermit(
+            "",
+            self.canonical,
+            self.key,
+            None,
+            self.limits,
+            now,
+            0.0,
+            prio,
+            self.clock,
+            self.settle_fn,
+            self.release_fn,
+            None,
+            self,
+            lease,
+            tokens,  # type: ignore[arg-type]  # an int: take() checked it
+        )
 
     def settle(self, state: PermitState, input_tokens: int | None) -> bool:
         """Settle a grant of this gate with its real input tokens (``None``: as granted);
         ``False``: this settle takes the general way (which raises or plans it)."""
         now = self.now()
-        at = state.plan_quick_settle(input_tokens, now)
+        at = state._plan_quick_settle(input_tokens, now)
         if at is None:
             return False
         self.lock_acquire()
         try:
-            done = self.lane.settle(state.id, None, input_tokens, at, now)
+            done = self.lane.settle(state._lease, None, input_tokens, at, now)
         finally:
             self.lock_release(None)
         if not done:  # the lane closed since: the backend writes it into the buckets
-            self.settle_tokens(self.key, state.id, input_tokens, at, now)
+            self.settle_tokens(self.key, state._lease_id(), input_tokens, at, now)
         return True
 
 

@@ -11,6 +11,7 @@ that question with a few integer steps instead of asking every bucket:
   A request that does not fit is sent to the exact rule (``ScopeState.submit``), never refused by
   the lane.
 * Grants are held in the lane (``pending``), settles are gathered per time slot (``anchored``);
+  a grant is a lease number, spelled as a lease id (``prefix`` + number) only when asked;
   both go into the buckets when the lane closes, which every other operation of the scope does
   first. So the buckets are exact whenever anything else looks at them.
 * The lane closes itself at the next calendar reset (a day quota) and stays closed while a limit
@@ -43,12 +44,14 @@ class FastLane:
         "anchored_requests",
         "anchored_slot",
         "anchored_tokens",
+        "count",
         "leases",
         "limits_requests",
         "limits_tokens",
         "open",
         "pending_requests",
         "pending_tokens",
+        "prefix",
         "room_requests",
         "room_tokens",
         "scope_limits",
@@ -69,7 +72,9 @@ class FastLane:
         self.anchored_at = 0.0  # the latest anchor time gathered (for calendar limits)
         self.anchored_requests = 0
         self.anchored_tokens = 0
-        self.leases: dict[str, int] = {}  # lease id -> input tokens
+        self.leases: dict[int, int] = {}  # lease number -> input tokens
+        self.count = 0  # the last lease number given
+        self.prefix = f"lane-{id(self):x}-"  # lease ids: prefix + number (unique in the scope)
         self.limits_requests: tuple[str, ...] = ()  # the limits the lane charges, by metric
         self.limits_tokens: tuple[str, ...] = ()
         # every limit of the scope, and a count of changes to that set: a limiter whose own
@@ -77,8 +82,23 @@ class FastLane:
         self.scope_limits: frozenset[str] = frozenset()
         self.version = 0
 
-    def take(self, lease_id: str, tokens: int, now: float) -> bool:
-        """Grant one request of ``tokens`` input tokens if the lower bounds allow it."""
+    def lease_id(self, lease: int) -> str:
+        """The lease id of lease number ``lease``, as the backend's methods name it."""
+        return self.prefix + str(lease)
+
+    def lease_of(self, lease_id: str) -> int:
+        """The number of a lease the lane holds, from its id; 0: not held here."""
+        if not lease_id.startswith(self.prefix):
+            return 0
+        digits = lease_id[len(self.prefix) :]
+        if not digits.isdigit():
+            return 0
+        lease = int(digits)
+        return lease if lease in self.leases else 0
+
+    def take(self, tokens: int, now: float) -> int:
+        """Grant one request of ``tokens`` input tokens if the lower bounds allow it: its lease
+        number, or 0 (not granted)."""
         if (
             self.open
             and now < self.until
@@ -89,20 +109,21 @@ class FastLane:
             self.room_tokens -= tokens
             self.pending_requests += 1
             self.pending_tokens += tokens
-            self.leases[lease_id] = tokens
-            return True
-        return False
+            self.count += 1
+            self.leases[self.count] = tokens
+            return self.count
+        return 0
 
     def settle(
         self,
-        lease_id: str,
+        lease: int,
         real_requests: int | None,
         real_tokens: int | None,
         at: float,
         now: float,
     ) -> bool:
         """Settle a lane grant in the lane (``None``: as granted); ``False``: ask the scope."""
-        tokens = self.leases.get(lease_id)
+        tokens = self.leases.get(lease)
         if tokens is None or not self.open or now >= self.until or at > now:
             return False
         if self.width:
@@ -116,7 +137,7 @@ class FastLane:
             real_requests = 1
         if real_tokens is None:
             real_tokens = tokens
-        del self.leases[lease_id]
+        del self.leases[lease]
         self.pending_requests -= 1
         self.pending_tokens -= tokens
         self.anchored_requests += real_requests
@@ -148,11 +169,11 @@ class FastLane:
             return None  # a limit the lane does not charge
         return out[0], out[1]
 
-    def release(self, lease_id: str) -> bool:
+    def release(self, lease: int) -> bool:
         """Return a lane grant that never reached the server; ``False``: not here."""
         if not self.open:
             return False
-        tokens = self.leases.pop(lease_id, None)
+        tokens = self.leases.pop(lease, None)
         if tokens is None:
             return False
         self.pending_requests -= 1

@@ -1,4 +1,9 @@
-"""The life of a permit, pure: granted -> sent -> settled, or granted -> released."""
+"""The life of a permit, pure: granted -> sent -> settled, or granted -> released.
+
+:class:`PermitState` is the base class of the permits (:mod:`quotaflow.permit`): one object per
+grant, which the fast path builds with one call. The permits add the backend I/O and the
+public read-only properties; the fields here are private.
+"""
 
 from __future__ import annotations
 
@@ -21,22 +26,28 @@ class PermitState:
 
     A plain class with its own ``__init__`` (not a dataclass): it is built on the hot path, and
     compiled with mypyc a written ``__init__`` is native while a dataclass's is not.
+
+    A grant of a fast lane (``quick``, the gate that granted it) keeps its lane lease number
+    and input tokens; its lease id and its cost by metric are spelled out only when asked.
     """
 
     __slots__ = (
-        "actual",
-        "granted_at",
-        "id",
-        "limits",
-        "metrics",
-        "model",
-        "phase",
-        "priority",
-        "quick",
-        "response_at",
-        "scope",
-        "sent_at",
-        "waited",
+        "_actual",
+        "_actual_tokens",
+        "_granted_at",
+        "_id",
+        "_lease",
+        "_limits",
+        "_metrics",
+        "_model",
+        "_phase",
+        "_priority",
+        "_quick",
+        "_response_at",
+        "_scope",
+        "_sent_at",
+        "_tokens",
+        "_waited",
     )
 
     def __init__(
@@ -44,89 +55,116 @@ class PermitState:
         id: str,
         model: str,
         scope: str,
-        metrics: dict[str, int],
+        metrics: dict[str, int] | None,
         limits: tuple[Limit, ...],
         granted_at: float,
         waited: float,
         priority: int,
-        quick: LaneGate | None,
+        quick: LaneGate | None = None,
+        lease: int = 0,
+        tokens: int = 0,
     ) -> None:
-        self.id = id
-        self.model = model
-        self.scope = scope
-        self.metrics = metrics  # by metric
-        self.limits = limits
-        self.granted_at = granted_at
-        self.waited = waited
-        self.priority = priority
-        # for grants of a fast lane: the gate that granted it (it settles them the quick way)
-        self.quick = quick
-        self.phase: PermitPhase = "granted"
-        self.sent_at: float | None = None
-        self.response_at: float | None = None
-        self.actual: dict[str, int] | None = None  # the real usage given to settle, by metric
+        self._id = id  # "" for a lane grant until asked (see lease_id)
+        self._model = model
+        self._scope = scope
+        self._metrics = metrics  # by metric; None for a lane grant: 1 request, ``tokens``
+        self._limits = limits
+        self._granted_at = granted_at
+        self._waited = waited
+        self._priority = priority
+        self._quick = quick
+        self._lease = lease
+        self._tokens = tokens
+        self._phase: PermitPhase = "granted"
+        self._sent_at: float | None = None
+        self._response_at: float | None = None
+        # the real usage given to settle, by metric; input tokens only: ``_actual_tokens``
+        self._actual: dict[str, int] | None = None
+        self._actual_tokens = -1
 
-    def __repr__(self) -> str:
+    def _lease_id(self) -> str:
+        """The lease id in the backend."""
+        if not self._id and self._quick is not None:
+            self._id = self._quick.lane.lease_id(self._lease)
+        return self._id
+
+    def _cost(self) -> dict[str, int]:
+        """The reserved amounts by metric (a new dict)."""
+        if self._metrics is None:
+            return {"requests": 1, "input_tokens": self._tokens}
+        return dict(self._metrics)
+
+    def _actual_cost(self) -> dict[str, int]:
+        """The real usage given to settle, by metric (a new dict; empty until then)."""
+        if self._actual is not None:
+            return dict(self._actual)
+        if self._actual_tokens >= 0:
+            return {"input_tokens": self._actual_tokens}
+        return {}
+
+    def _describe(self) -> str:
         return (
-            f"PermitState(id={self.id!r}, model={self.model!r}, phase={self.phase!r}, "
-            f"metrics={self.metrics!r}, granted_at={self.granted_at!r})"
+            f"{self._lease_id()} model={self._model!r} phase={self._phase} "
+            f"cost={self._cost()} waited={self._waited:.3f}s"
         )
 
-    def mark_sent(self, now: float) -> None:
-        if self.phase in ("settled", "released"):
-            raise PermitError(f"permit {self.id} is already {self.phase}; acquire a new one")
-        if self.sent_at is None:
-            self.sent_at = now
-        self.phase = "sent"
+    def _mark_sent_at(self, now: float) -> None:
+        if self._phase == "settled" or self._phase == "released":
+            raise PermitError(
+                f"permit {self._lease_id()} is already {self._phase}; acquire a new one"
+            )
+        if self._sent_at is None:
+            self._sent_at = now
+        self._phase = "sent"
 
-    def mark_response(self, now: float) -> None:
-        self.mark_sent(now)
-        if self.response_at is None:
-            self.response_at = now
+    def _mark_response_at(self, now: float) -> None:
+        self._mark_sent_at(now)
+        if self._response_at is None:
+            self._response_at = now
 
-    def plan_settle(
+    def _plan_settle(
         self, actual_metrics: Mapping[str, int], now: float
     ) -> tuple[dict[str, int] | None, float]:
         """The actual cost by limit name (``None``: as granted) and the anchor time."""
-        if self.phase in ("settled", "released"):
+        if self._phase == "settled" or self._phase == "released":
             raise PermitError(
-                f"permit {self.id} is already {self.phase}: settle() runs once per call"
+                f"permit {self._lease_id()} is already {self._phase}: settle() runs once per call"
             )
         actual_metrics = check_cost(actual_metrics)
-        self.sent_at = self.sent_at if self.sent_at is not None else now
-        self.phase = "settled"
-        self.actual = dict(actual_metrics)
-        at = self.response_at if self.response_at is not None else now
+        self._sent_at = self._sent_at if self._sent_at is not None else now
+        self._phase = "settled"
+        self._actual = dict(actual_metrics)
+        at = self._response_at if self._response_at is not None else now
         if not actual_metrics:
             return None, at
         by_limit = {
             lim.name: actual_metrics[lim.metric]
-            for lim in self.limits
+            for lim in self._limits
             if lim.metric in actual_metrics
         }
         return by_limit, at
 
-    def plan_quick_settle(self, input_tokens: int | None, now: float) -> float | None:
-        """:meth:`plan_settle` for a lane grant settled with input tokens only (already checked
+    def _plan_quick_settle(self, input_tokens: int | None, now: float) -> float | None:
+        """:meth:`_plan_settle` for a lane grant settled with input tokens only (already checked
         by the permit's ``settle``: an int >= 0 or ``None``); returns the anchor time, or
         ``None`` if this settle needs the full way (it then raises or plans)."""
-        if self.quick is None or self.phase in ("settled", "released"):
+        if self._quick is None or self._phase == "settled" or self._phase == "released":
             return None
         if input_tokens is not None:
-            self.actual = {"input_tokens": input_tokens}
-        if self.sent_at is None:
-            self.sent_at = now
-        self.phase = "settled"
-        return self.response_at if self.response_at is not None else now
+            self._actual_tokens = input_tokens
+        if self._sent_at is None:
+            self._sent_at = now
+        self._phase = "settled"
+        return self._response_at if self._response_at is not None else now
 
-    def plan_release(self) -> bool:
+    def _plan_release(self) -> bool:
         """True if the lease must be returned (the call never reached the server)."""
-        if self.phase in ("settled", "released"):
+        if self._phase == "settled" or self._phase == "released":
             return False
-        if self.phase == "sent":
+        if self._phase == "sent":
             raise PermitError(
-                f"permit {self.id} was sent: a call that reached the server keeps its request "
-                "count; use settle() instead of release()"
+                f"permit {self._lease_id()} was sent: a call that reached the server keeps its "
+                "request count; use settle() instead of release()"
             )
-        self.phase = "released"
+        self._phase = "released"
         return True

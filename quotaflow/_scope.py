@@ -120,11 +120,11 @@ class ScopeState:
                     buckets[name].adjust(lane.anchored_at, amount, now)
             lane.anchored_requests = lane.anchored_tokens = 0
         lane.anchored_slot = -1
-        for lease_id, tokens in lane.leases.items():
+        for lease, tokens in lane.leases.items():
             cost = dict.fromkeys(lane.limits_requests, 1)
             if tokens:
                 cost.update(dict.fromkeys(lane.limits_tokens, tokens))
-            self.leases[lease_id] = _Lease(cost)
+            self.leases[lane.lease_id(lease)] = _Lease(cost)
         lane.leases.clear()
 
     def lane_open(self, now: float) -> None:

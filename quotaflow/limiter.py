@@ -277,12 +277,12 @@ class Limiter(LimiterFront):
                     won = await ops.call("cancel", key, req.id, clock.now())
                     if won is not None:
                         await ops.call("release", key, req.id, clock.now())
-        state = core.permit_state(req, canonical, key, metrics, limits, started, prio)
+        fields = core.grant_fields(req, canonical, key, metrics, limits, started, prio)
         if ops.is_async:
             quick = getattr(self.backend, "settle_nowait", None)
-            return Permit(state, clock, self._settle, self._release, quick)
+            return Permit(*fields, clock, self._settle, self._release, quick)
         b: Any = self.backend  # non-blocking: no need to await or shield
-        return Permit(state, clock, b.settle, b.release)
+        return Permit(*fields, clock, b.settle, b.release)
 
     async def _settle(self, scope: str, lease: str, actual: Any, at: float, now: float) -> None:
         await self._ops.call("settle", scope, lease, actual, at, now)

@@ -1,7 +1,7 @@
 """Permits: what ``acquire`` returns. Granted -> sent -> settled, or granted -> released.
 
-The async :class:`Permit` and the sync :class:`SyncPermit` are thin shells over one
-:class:`~quotaflow._permit_state.PermitState`; they only do the backend I/O.
+The async :class:`Permit` and the sync :class:`SyncPermit` are subclasses of one
+:class:`~quotaflow._permit_state.PermitState` (the pure life cycle); they add the backend I/O.
 """
 
 from __future__ import annotations
@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 
 from quotaflow._permit_state import PermitState
 from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
+from quotaflow.limits import Limit
+
+if TYPE_CHECKING:
+    from quotaflow._gate import LaneGate
 
 __all__ = ["Permit", "SyncPermit"]
 
@@ -23,22 +27,23 @@ _SettleFn = Callable[[str, str, Mapping[str, int] | None, float, float], Any]
 _ReleaseFn = Callable[[str, str, float], Any]
 
 
-def _on_drop(state: PermitState, clock: Clock, settle: _SettleFn, release: _ReleaseFn) -> None:
+def _on_drop(permit: _PermitBase) -> None:
     """A permit garbage-collected without settle/release: nothing may stay held for ever.
 
     Only for backends whose operations never block (memory): a finalizer must not do I/O. A
     remote backend's lease expires on its own (e.g. Redis, after ``lease_ttl``).
     """
+    release = permit._release_fn
     if not getattr(getattr(release, "__self__", None), "nonblocking", False):
         return
-    now = clock.now()
-    if state.phase == "granted":
-        state.phase = "released"
-        result = release(state.scope, state.id, now)
-    elif state.phase == "sent":
-        state.phase = "settled"
-        at = state.response_at if state.response_at is not None else now
-        result = settle(state.scope, state.id, None, at, now)
+    now = permit._clock.now()
+    if permit._phase == "granted":
+        permit._phase = "released"
+        result = release(permit._scope, permit._lease_id(), now)
+    elif permit._phase == "sent":
+        permit._phase = "settled"
+        at = permit._response_at if permit._response_at is not None else now
+        result = permit._settle_fn(permit._scope, permit._lease_id(), None, at, now)
     else:
         return
     if inspect.iscoroutine(result):  # pragma: no cover - nonblocking backends are sync
@@ -59,19 +64,45 @@ def _check_tokens(input_tokens: object) -> int | None:
     return input_tokens
 
 
-class _PermitBase:
-    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_settle_nowait", "_state")
+class _PermitBase(PermitState):
+    """The state of one grant (:class:`~quotaflow._permit_state.PermitState`) and the backend
+    calls that end it."""
+
+    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_settle_nowait")
 
     def __init__(
         self,
-        state: PermitState,
+        id: str,
+        model: str,
+        scope: str,
+        metrics: dict[str, int] | None,
+        limits: tuple[Limit, ...],
+        granted_at: float,
+        waited: float,
+        priority: int,
         clock: Clock,
         settle: _SettleFn,
         release: _ReleaseFn,
         settle_nowait: Callable[[str, str, Mapping[str, int] | None, float, float], bool]
         | None = None,
+        quick: LaneGate | None = None,
+        lease: int = 0,
+        tokens: int = 0,
     ) -> None:
-        self._state = state
+        PermitState.__init__(
+            self,
+            id,
+            model,
+            scope,
+            metrics,
+            limits,
+            granted_at,
+            waited,
+            priority,
+            quick,
+            lease,
+            tokens,
+        )
         self._clock = clock
         self._settle_fn = settle
         self._release_fn = release
@@ -81,88 +112,84 @@ class _PermitBase:
 
     def __del__(self) -> None:
         # cheaper than a weakref.finalize per permit on the hot path: a phase check at dealloc
-        if self._state.phase in ("granted", "sent"):
+        if self._phase == "granted" or self._phase == "sent":
             with contextlib.suppress(Exception):  # a finalizer must never raise
-                _on_drop(self._state, self._clock, self._settle_fn, self._release_fn)
+                _on_drop(self)
 
     @property
     def id(self) -> str:
         """The lease id in the backend."""
-        return self._state.id
+        return self._lease_id()
 
     @property
     def model(self) -> str:
         """The canonical model name."""
-        return self._state.model
+        return self._model
 
     @property
     def waited(self) -> float:
         """Seconds spent waiting for capacity."""
-        return self._state.waited
+        return self._waited
 
     @property
     def granted_at(self) -> float:
         """When capacity was granted (the limiter clock's epoch seconds)."""
-        return self._state.granted_at
+        return self._granted_at
 
     @property
     def priority(self) -> int:
         """The priority the request waited at."""
-        return self._state.priority
+        return self._priority
 
     @property
     def cost(self) -> dict[str, int]:
         """The reserved amounts by metric (``requests``, ``input_tokens``, ...)."""
-        return dict(self._state.metrics)
+        return self._cost()
 
     @property
     def actual(self) -> dict[str, int]:
         """The real usage given to :meth:`settle` (empty until then)."""
-        return dict(self._state.actual or {})
+        return self._actual_cost()
 
     @property
     def phase(self) -> str:
         """``granted``, ``sent``, ``settled`` or ``released``."""
-        return self._state.phase
+        return self._phase
 
     @property
     def sent_at(self) -> float | None:
         """When the call was sent, if it was."""
-        return self._state.sent_at
+        return self._sent_at
 
     @property
     def response_at(self) -> float | None:
         """When the response began, if recorded."""
-        return self._state.response_at
+        return self._response_at
 
     def mark_sent(self) -> None:
         """The call is leaving now: from here on it keeps its request count even if it fails."""
-        self._state.mark_sent(self._clock.now())
+        self._mark_sent_at(self._clock.now())
 
     def mark_response_started(self) -> None:
         """The response began now: the server counted the call no later than this moment."""
-        self._state.mark_response(self._clock.now())
+        self._mark_response_at(self._clock.now())
 
     def _settled_quickly(self, input_tokens: int | None) -> bool:
         """Settle a fast-lane grant the quick way (it never blocks); ``False``: this settle
         takes the general way."""
-        gate = self._state.quick
-        return gate is not None and gate.settle(self._state, input_tokens)
+        gate = self._quick
+        return gate is not None and gate.settle(self, input_tokens)
 
     def _settle_args(self, input_tokens: int | None, metrics: Mapping[str, int]) -> tuple[Any, ...]:
         actual = dict(metrics)
         if input_tokens is not None:
             actual["input_tokens"] = input_tokens
         now = self._clock.now()  # one reading: the anchor (if no response time) and "now"
-        by_limit, at = self._state.plan_settle(actual, now)
-        return (self._state.scope, self._state.id, by_limit, at, now)
+        by_limit, at = self._plan_settle(actual, now)
+        return (self._scope, self._lease_id(), by_limit, at, now)
 
     def __repr__(self) -> str:
-        s = self._state
-        return (
-            f"<{type(self).__name__} {s.id} model={s.model!r} phase={s.phase} "
-            f"cost={s.metrics} waited={s.waited:.3f}s>"
-        )
+        return f"<{type(self).__name__} {self._describe()}>"
 
 
 class Permit(_PermitBase):
@@ -200,16 +227,16 @@ class Permit(_PermitBase):
 
     async def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled."""
-        if self._state.plan_release():
-            result = self._release_fn(self._state.scope, self._state.id, self._clock.now())
+        if self._plan_release():
+            result = self._release_fn(self._scope, self._lease_id(), self._clock.now())
             if result is not None:
                 with anyio.CancelScope(shield=True):
                     await result
 
     async def _exit(self, failed: bool) -> None:
-        if self._state.phase in ("settled", "released"):
+        if self._phase == "settled" or self._phase == "released":
             return
-        if failed and self._state.phase == "granted":
+        if failed and self._phase == "granted":
             await self.release()
         else:
             await self.settle()
@@ -233,13 +260,13 @@ class SyncPermit(_PermitBase):
 
     def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled."""
-        if self._state.plan_release():
-            self._release_fn(self._state.scope, self._state.id, self._clock.now())
+        if self._plan_release():
+            self._release_fn(self._scope, self._lease_id(), self._clock.now())
 
     def _exit(self, failed: bool) -> None:
-        if self._state.phase in ("settled", "released"):
+        if self._phase == "settled" or self._phase == "released":
             return
-        if failed and self._state.phase == "granted":
+        if failed and self._phase == "granted":
             self.release()
         else:
             self.settle()

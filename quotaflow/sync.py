@@ -197,8 +197,8 @@ class SyncLimiter:
                 won = b.cancel(key, req.id, clock.now())
                 if won is not None:
                     b.release(key, req.id, clock.now())
-        state = core.permit_state(req, canonical, key, metrics, limits, started, prio)
-        return SyncPermit(state, clock, b.settle, b.release)
+        fields = core.grant_fields(req, canonical, key, metrics, limits, started, prio)
+        return SyncPermit(*fields, clock, b.settle, b.release)
 
     def status(self, model: str) -> dict[str, DimensionStatus]:
         """Per dimension: limit, used, free, in flight, and when capacity returns."""

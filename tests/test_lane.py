@@ -60,10 +60,11 @@ op = st.one_of(
 )
 
 
-def _take(backend: MemoryBackend, lane: FastLane, rid: str, tokens: int, now: float) -> bool:
-    """A grant through the lane, as :class:`~quotaflow._gate.LaneGate` makes it."""
+def _take(backend: MemoryBackend, lane: FastLane, tokens: int, now: float) -> str | None:
+    """A grant through the lane, as :class:`~quotaflow._gate.LaneGate` makes it: its lease id."""
     with backend.lock:
-        return lane.take(rid, tokens, now)
+        lease = lane.take(tokens, now)
+    return lane.lease_id(lease) if lease else None
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,7 +89,7 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
     backend = MemoryBackend(aging=None, backfill_depth=4)
     backend.configure("s", limits, now)
     ref = ScopeState(limits, now, aging=None, backfill_depth=4)
-    granted: list[str] = []  # leases held, in both
+    granted: list[tuple[str, str]] = []  # leases held: the reference's id, the backend's
     waiting: list[str] = []
     for n, (kind, *args) in enumerate(ops):
         rid = f"r{n}"
@@ -100,18 +101,19 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
             }
             req = Request(rid, cost, 0, None, nowait)
             expected, _ = ref.submit(req, now)
-            if _take(backend, backend.lane("s"), rid, tokens, now):
+            lane_id = _take(backend, backend.lane("s"), tokens, now)
+            if lane_id is not None:
                 assert expected.outcome == "granted", "the lane granted what the rule would not"
                 got = expected
             else:
                 got = backend.submit("s", req, now)
             assert (got.outcome, got.reason) == (expected.outcome, expected.reason)
             if got.outcome == "granted":
-                granted.append(rid)
+                granted.append((rid, lane_id or rid))
             elif got.outcome == "waiting":
                 waiting.append(rid)
         elif kind in ("settle", "release") and granted:
-            lease = granted.pop(int(args[0]) % len(granted))  # type: ignore[call-overload]
+            lease, held = granted.pop(int(args[0]) % len(granted))  # type: ignore[call-overload]
             if kind == "settle":
                 real, early = int(args[1]), bool(args[2])  # type: ignore[call-overload]
                 actual = (
@@ -126,14 +128,15 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
                 )
                 at = max(0.0, now - 0.004) if early else now
                 if real % 2:  # the backend's general way
-                    backend.settle("s", lease, actual, at, now)
+                    backend.settle("s", held, actual, at, now)
                 else:  # the quick way the permits of the lane use: input tokens only
-                    backend.settle_tokens("s", lease, None if real < 0 else real, at, now)
-                    actual = None if real < 0 else {"tpm": real, "tpd": real}
-                    actual = {k: v for k, v in actual.items() if k in ref.buckets}
+                    backend.settle_tokens("s", held, None if real < 0 else real, at, now)
+                    actual = (
+                        None if real < 0 else {k: real for k in ("tpm", "tpd") if k in ref.buckets}
+                    )
                 ref.settle(lease, actual, at, now)
             else:
-                backend.release("s", lease, now)
+                backend.release("s", held, now)
                 ref.release(lease, now)
         elif kind == "cancel" and waiting:
             rid_w = waiting.pop(int(args[0]) % len(waiting))  # type: ignore[call-overload]
@@ -146,7 +149,7 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
             for d in ref.dispatch(now, timer=True):
                 if d.outcome == "granted" and d.id in waiting:
                     waiting.remove(d.id)
-                    granted.append(d.id)
+                    granted.append((d.id, d.id))
         elif kind == "tick":
             now += float(args[0])  # type: ignore[arg-type]
         elif kind == "pause":
@@ -177,7 +180,7 @@ def test_the_lane_serves_plain_requests_and_steps_aside_for_the_line() -> None:
     lane = backend.lane("default/m")
     assert lane.open
     permit = lim.acquire_nowait("m", tokens=50)
-    assert permit.id in lane.leases  # served by the lane
+    assert lane.lease_of(permit.id) in lane.leases  # served by the lane
     assert lim.status("m")["tpm"].in_flight == 50  # status writes the lane out first
     permit.settle(input_tokens=20)
     assert lim.status("m")["tpm"].used == 28
@@ -208,20 +211,21 @@ def test_settles_on_both_sides_of_a_reset_count_in_their_own_windows(quota: str)
     ref = ScopeState(limits, 0.0, aging=60.0, backfill_depth=32)
     lane = backend.lane("s")
     for rid in ("a", "b"):
-        assert _take(backend, lane, rid, 10, 0.0)
+        assert _take(backend, lane, 10, 0.0)
         ref.submit(
             Request(rid, {lim.name: 1 if lim.metric == "requests" else 10 for lim in limits}), 0.0
         )
     backend.status("s", 0.0)  # writes the lane out; it reopens at once
-    assert _take(backend, lane, "c", 10, 0.01) and _take(backend, lane, "d", 10, 0.01)
+    c, d = _take(backend, lane, 10, 0.01), _take(backend, lane, 10, 0.01)
+    assert c is not None and d is not None
     for rid in ("c", "d"):
         ref.submit(
             Request(rid, {lim.name: 1 if lim.metric == "requests" else 10 for lim in limits}), 0.01
         )
     day = limits[-1].reset.window_end(0.0)  # type: ignore[union-attr]
-    backend.settle("s", "c", None, day - 0.1, day - 0.1)
+    backend.settle("s", c, None, day - 0.1, day - 0.1)
     ref.settle("c", None, day - 0.1, day - 0.1)
-    backend.settle("s", "d", None, day + 0.05, day + 0.05)  # the day turned in between
+    backend.settle("s", d, None, day + 0.05, day + 0.05)  # the day turned in between
     ref.settle("d", None, day + 0.05, day + 0.05)
     assert backend.status("s", day + 0.05) == ref.status(day + 0.05)
 
@@ -231,7 +235,7 @@ def test_the_lane_stays_closed_for_kinds_it_does_not_serve() -> None:
         backend = MemoryBackend()
         backend.configure("s", QUOTAS[quota], 0.0)
         assert not backend.lane("s").open
-        assert not _take(backend, backend.lane("s"), "a", 1, 0.0)
+        assert _take(backend, backend.lane("s"), 1, 0.0) is None
 
 
 def test_the_transports_cost_of_one_request_takes_the_lane_and_other_costs_do_not() -> None:
@@ -240,9 +244,9 @@ def test_the_transports_cost_of_one_request_takes_the_lane_and_other_costs_do_no
     lim.acquire_nowait("m", tokens=1).settle()  # configures the scope
     lane = backend.lane("default/m")
     one = lim.acquire_nowait("m", tokens=5, cost={"requests": 1})
-    assert one.id in lane.leases
+    assert lane.lease_of(one.id) in lane.leases
     two = lim.acquire_nowait("m", tokens=5, cost={"requests": 2})  # a batch: the full rule
-    assert two.id not in lane.leases
+    assert lane.lease_of(two.id) == 0
     assert lim.status("m")["rpm"].used == 4
     with pytest.raises(ValueError, match="requests"):
         lim.acquire_nowait("m", cost={"requests": True})  # validated by the full rule
@@ -284,7 +288,8 @@ def test_a_zero_settle_then_a_late_one_anchors_each_in_its_own_slot() -> None:
     lim = SyncLimiter(None, quotas={"m": [RPM(6, 1.0), TPM(60, 1.0)]}, backend=backend, clock=clock)
     lim.acquire_nowait("m").release()  # configures; the lane opens
     p1, p2 = lim.acquire_nowait("m"), lim.acquire_nowait("m")
-    assert p1.id in backend.lane("default/m").leases
+    lane = backend.lane("default/m")
+    assert lane.lease_of(p1.id) in lane.leases
     clock.advance(0.1)
     p2.mark_response_started()  # the server counted p2 at t=0.1
     clock.advance(0.4)
@@ -299,9 +304,10 @@ def test_a_settle_naming_one_of_two_token_limits_keeps_the_other_as_granted() ->
     backend = MemoryBackend(aging=None)
     backend.configure("s", limits, 0.0)
     ref = ScopeState(limits, 0.0, aging=None, backfill_depth=32)
-    assert _take(backend, backend.lane("s"), "a", 10, 0.0)
+    held = _take(backend, backend.lane("s"), 10, 0.0)
+    assert held is not None
     ref.submit(Request("a", {"rpm": 1, "tpm": 10, "tpd": 10}), 0.0)
-    backend.settle("s", "a", {"tpm": 3}, 0.1, 0.1)  # the Backend protocol allows it
+    backend.settle("s", held, {"tpm": 3}, 0.1, 0.1)  # the Backend protocol allows it
     ref.settle("a", {"tpm": 3}, 0.1, 0.1)
     assert backend.status("s", 0.2) == ref.status(0.2)
 

@@ -145,9 +145,10 @@ class MemoryBackend:
         with self.lock:
             st = self._scope(scope)
             lane = st.lane
-            if lane.open and lease_id in lane.leases:
+            lease = lane.lease_of(lease_id) if lane.open else 0
+            if lease:
                 amounts = lane.by_metric(actual)
-                if amounts is not None and lane.settle(lease_id, *amounts, at, now):
+                if amounts is not None and lane.settle(lease, *amounts, at, now):
                     return
             st.lane_close(now)
             out = st.settle(lease_id, actual, at, now)
@@ -161,7 +162,7 @@ class MemoryBackend:
         quick way; the same result."""
         with self.lock:
             st = self._scope(scope)
-            if st.lane.settle(lease_id, None, input_tokens, at, now):
+            if st.lane.settle(st.lane.lease_of(lease_id), None, input_tokens, at, now):
                 return
             st.lane_close(now)
             actual = None
@@ -179,7 +180,7 @@ class MemoryBackend:
         """Return a lease that never reached the server."""
         with self.lock:
             st = self._scope(scope)
-            if st.lane.release(lease_id):
+            if st.lane.release(st.lane.lease_of(lease_id)):
                 return
             st.lane_close(now)
             out = st.release(lease_id, now)
