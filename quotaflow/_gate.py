@@ -2,10 +2,11 @@
 
 A :class:`LaneGate` belongs to one limiter and one spelling of a model. When nobody waits, it
 grants a plain request (one request, its input tokens) through the backend's
-:class:`~quotaflow._lane.FastLane` with one lock and a few integer steps, and settles it the
-same way. Anything else (a cost of other metrics, a lane that is closed or too small, a changed
-set of limits) returns ``None`` or ``False`` and the caller takes the general way, which makes
-the same decision: the lane only answers when the exact rule would answer the same.
+:class:`~quotaflow._lane.FastLane` with a few integer steps (atomic where compiled, else under
+the backend's mutex), and settles it the same way. Anything else (a cost of other metrics, a
+lane that is closed or too small, a changed set of limits) returns ``None`` or ``False`` and
+the caller takes the general way, which makes the same decision: the lane only answers when
+the exact rule would answer the same.
 
 :class:`LimiterFront` is the limiter's compiled base class: its ``acquire`` returns a
 :class:`LaneAcquire`, an awaitable and async context manager that tries the gate first and
@@ -24,7 +25,7 @@ from time import monotonic
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, overload
 
-from quotaflow._lane import FastLane
+from quotaflow._lane import ATOMIC, FastLane
 from quotaflow._permit_state import PermitState
 from quotaflow.clock import Clock, SystemClock
 from quotaflow.context import _priority
@@ -85,11 +86,10 @@ class LaneGate:
             return self.wall0 + (monotonic() - self.mono0)
         return self.clock.now()
 
-    def take(
+    def admit(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
-    ) -> tuple[int, int, float] | None:
-        """``(lease number, priority, now)`` of a request the lane grants at once, or ``None``
-        (the full way).
+    ) -> int | None:
+        """The priority of a request the lane may serve, or ``None`` (the full way).
 
         Only plain requests: one request (``cost`` ``None`` or ``{"requests": 1}``, the
         transports' form) and ``tokens`` input tokens. Where nobody waits and the lane's bounds
@@ -116,40 +116,42 @@ class LaneGate:
             (type(deadline) is not float and type(deadline) is not int) or deadline != deadline
         ):
             return None  # not a number, or NaN: the full way names it
-        lane = self.lane
-        if lane.version != self.version:  # the scope's limits changed: look again
+        if self.lane.version != self.version:  # the scope's limits changed: look again
             if self.gates.get(self.model) is self:
                 del self.gates[self.model]
             return None
-        prio: int | None
         if priority is None:
             prio = _priority.get()
-            if prio is None:
-                prio = self.default_priority
-        elif type(priority) is int and isinstance(priority, int):
-            prio = priority
-        elif isinstance(priority, str):
-            prio = _priority_value(priority)  # raises as the full way would
-        else:
-            return None  # a bad value: the full way names it
-        now = self.now()
+            return self.default_priority if prio is None else prio
+        if type(priority) is int and isinstance(priority, int):
+            return priority
+        if isinstance(priority, str):
+            return _priority_value(priority)  # raises as the full way would
+        return None  # a bad value: the full way names it
+
+    def take(self, tokens: int, now: float) -> int:
+        """A lane lease of one request and ``tokens`` input tokens, or 0 (the full way)."""
+        if ATOMIC:
+            return self.lane.take(tokens, now, self.version)
         self.lock_acquire()
         try:
-            lease = lane.take(tokens, now)
+            return self.lane.take(tokens, now, self.version)
         finally:
             self.lock_release(None)
-        if not lease:
-            return None
-        return lease, prio, now
 
     def grant(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
     ) -> Permit | None:
-        """:meth:`take` as an async :class:`~quotaflow.permit.Permit`."""
-        got = self.take(tokens, cost, priority, timeout, deadline)
-        if got is None:
+        """An async :class:`~quotaflow.permit.Permit` if the lane grants the request at once
+        (see :meth:`admit`), else ``None``."""
+        prio = self.admit(tokens, cost, priority, timeout, deadline)
+        if prio is None:
             return None
-        lease, prio, now = got
+        amount: int = tokens  # type: ignore[assignment]  # admit() checked it
+        now = self.now()
+        lease = self.take(amount, now)
+        if not lease:
+            return None
         return Permit(
             "",
             self.canonical,
@@ -165,17 +167,21 @@ class LaneGate:
             None,
             self,
             lease,
-            tokens,  # type: ignore[arg-type]  # an int: take() checked it
+            amount,
         )
 
     def grant_sync(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
     ) -> SyncPermit | None:
-        """:meth:`take` as a :class:`~quotaflow.permit.SyncPermit`."""
-        got = self.take(tokens, cost, priority, timeout, deadline)
-        if got is None:
+        """:meth:`grant` as a :class:`~quotaflow.permit.SyncPermit`."""
+        prio = self.admit(tokens, cost, priority, timeout, deadline)
+        if prio is None:
             return None
-        lease, prio, now = got
+        amount: int = tokens  # type: ignore[assignment]  # admit() checked it
+        now = self.now()
+        lease = self.take(amount, now)
+        if not lease:
+            return None
         return SyncPermit(
             "",
             self.canonical,
@@ -191,7 +197,7 @@ class LaneGate:
             None,
             self,
             lease,
-            tokens,  # type: ignore[arg-type]  # an int: take() checked it
+            amount,
         )
 
     def settle(self, state: PermitState, input_tokens: int | None) -> bool:
@@ -201,11 +207,14 @@ class LaneGate:
         at = state._plan_quick_settle(input_tokens, now)
         if at is None:
             return False
-        self.lock_acquire()
-        try:
+        if ATOMIC:
             done = self.lane.settle(state._lease, None, input_tokens, at, now)
-        finally:
-            self.lock_release(None)
+        else:
+            self.lock_acquire()
+            try:
+                done = self.lane.settle(state._lease, None, input_tokens, at, now)
+            finally:
+                self.lock_release(None)
         if not done:  # the lane closed since: the backend writes it into the buckets
             self.settle_tokens(self.key, state._lease_id(), input_tokens, at, now)
         return True

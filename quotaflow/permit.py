@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Final, cast, overload
 
 import anyio
 
@@ -31,21 +31,30 @@ def _on_drop(permit: _PermitBase) -> None:
     """A permit garbage-collected without settle/release: nothing may stay held for ever.
 
     Only for backends whose operations never block (memory): a finalizer must not do I/O. A
-    remote backend's lease expires on its own (e.g. Redis, after ``lease_ttl``).
+    remote backend's lease expires on its own (e.g. Redis, after ``lease_ttl``). A backend
+    with a ``drop`` method (memory) is told through it: a finalizer can run anywhere, even
+    where the backend's lock is held (see :meth:`~quotaflow.MemoryBackend.drop`).
     """
-    release = permit._release_fn
-    if not getattr(getattr(release, "__self__", None), "nonblocking", False):
+    backend = getattr(permit._release_fn, "__self__", None)
+    if not getattr(backend, "nonblocking", False):
         return
     now = permit._clock.now()
+    at: float | None = None
     if permit._phase == "granted":
         permit._phase = "released"
-        result = release(permit._scope, permit._lease_id(), now)
     elif permit._phase == "sent":
         permit._phase = "settled"
         at = permit._response_at if permit._response_at is not None else now
-        result = permit._settle_fn(permit._scope, permit._lease_id(), None, at, now)
     else:
         return
+    drop = getattr(backend, "drop", None)
+    if drop is not None:
+        drop(permit._scope, permit._lease_id(), at, now)
+        return
+    if at is None:
+        result = permit._release_fn(permit._scope, permit._lease_id(), now)
+    else:
+        result = permit._settle_fn(permit._scope, permit._lease_id(), None, at, now)
     if inspect.iscoroutine(result):  # pragma: no cover - nonblocking backends are sync
         result.close()
 
@@ -192,6 +201,20 @@ class _PermitBase(PermitState):
         return f"<{type(self).__name__} {self._describe()}>"
 
 
+class _Done:
+    """An awaitable with nothing left to do: ``await`` takes an iterator that is already
+    exhausted (one, shared), so it allocates nothing and never suspends."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _EXHAUSTED
+
+
+_EXHAUSTED: Final = cast("Generator[Any, None, None]", iter(()))
+_SETTLED: Final = _Done()
+
+
 class Permit(_PermitBase):
     """A grant of capacity for one call (async).
 
@@ -204,11 +227,15 @@ class Permit(_PermitBase):
     __slots__ = ()
 
     @overload
-    async def settle(self, input_tokens: int, **metrics: int) -> None: ...
+    def settle(self, input_tokens: int, **metrics: int) -> Awaitable[None]: ...
     @overload
-    async def settle(self, input_tokens: None = None, **metrics: int) -> None: ...
-    async def settle(self, input_tokens: object = None, **metrics: int) -> None:
+    def settle(self, input_tokens: None = None, **metrics: int) -> Awaitable[None]: ...
+    def settle(self, input_tokens: object = None, **metrics: int) -> Awaitable[None]:
         """Replace the estimate with the real usage: less refunds, more charges. Once only.
+
+        ``await permit.settle(...)``. A settle that needs no I/O (the memory backend's fast
+        lane) is done when called and returns an awaitable with nothing left to do; the
+        others are done when awaited.
 
         Args:
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
@@ -216,7 +243,10 @@ class Permit(_PermitBase):
         """
         tokens = _check_tokens(input_tokens)
         if not metrics and self._settled_quickly(tokens):
-            return
+            return _SETTLED
+        return self._settle(tokens, metrics)
+
+    async def _settle(self, tokens: int | None, metrics: dict[str, int]) -> None:
         args = self._settle_args(tokens, metrics)
         if self._settle_nowait is not None and self._settle_nowait(*args):
             return

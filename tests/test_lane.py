@@ -8,6 +8,7 @@ match after every step.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import anyio
@@ -63,7 +64,7 @@ op = st.one_of(
 def _take(backend: MemoryBackend, lane: FastLane, tokens: int, now: float) -> str | None:
     """A grant through the lane, as :class:`~quotaflow._gate.LaneGate` makes it: its lease id."""
     with backend.lock:
-        lease = lane.take(tokens, now)
+        lease = lane.take(tokens, now, lane.version)
     return lane.lease_id(lease) if lease else None
 
 
@@ -338,6 +339,70 @@ def test_a_limiter_whose_limits_are_not_the_scopes_keeps_to_the_full_rule() -> N
         plain.acquire_nowait("m").settle()  # the full rule: charges only "rpm"
     status = shared.status("m")
     assert (status["rpm"].used, status["rpm@a"].used) == (5, 1)
+
+
+def test_threads_on_the_lane_and_on_the_general_way_at_once_lose_nothing() -> None:
+    """Lane grants and settles (atomic where compiled, see ``quotaflow._lane.ATOMIC``) while
+    other threads close and reopen the lane: status reads, requests only the full rule takes,
+    releases. Thread switches are forced often; every amount must come back exactly."""
+    clock = ManualClock(0.0)
+    backend = MemoryBackend()
+    lim = SyncLimiter(
+        None,
+        quotas={"m": [RPM(10**6, 1.0), TPM(10**9, 1.0), Limit("ipm", 10**6, 1.0, "images")]},
+        backend=backend,
+        clock=clock,
+    )
+    lim.acquire_nowait("m").settle(input_tokens=0)  # configures; the lane opens
+    totals: list[tuple[int, int, int]] = []  # per thread: requests, tokens, images settled
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        requests = tokens = images = 0
+        try:
+            for i in range(400):
+                k = (seed * 7 + i) % 10
+                if seed % 2 and k == 0:
+                    lim.status("m")  # writes the lane out and reopens it
+                    continue
+                cost = {"requests": 1, "images": 1} if seed % 2 and k == 1 else None
+                permit = lim.acquire_nowait("m", tokens=1 + k, cost=cost)
+                if k == 2:
+                    permit.release()
+                    continue
+                permit.settle(input_tokens=k)
+                requests, tokens, images = requests + 1, tokens + k, images + (cost is not None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        totals.append((requests, tokens, images))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+    status = lim.status("m")
+    assert status["rpm"].in_flight == status["tpm"].in_flight == status["ipm"].in_flight == 0
+    assert status["rpm"].used == 1 + sum(t[0] for t in totals)
+    assert status["tpm"].used == sum(t[1] for t in totals)
+    assert status["ipm"].used == sum(t[2] for t in totals) > 0
+
+
+def test_a_lane_grant_for_another_set_of_limits_is_refused() -> None:
+    """The gate passes the version of the limits it knows; the lane compares it in the same
+    step that grants (a reconfiguration between the gate's check and the grant is caught)."""
+    backend = MemoryBackend()
+    backend.configure("s", [RPM(5, 1.0)], 0.0)
+    lane = backend.lane("s")
+    assert lane.open
+    assert lane.take(0, 0.0, lane.version + 1) == 0
+    assert lane.take(0, 0.0, lane.version) > 0
 
 
 @pytest.mark.anyio

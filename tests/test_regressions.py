@@ -146,3 +146,30 @@ async def test_a_dropped_permit_gives_back_what_it_holds() -> None:
     gc.collect()
     status = await lim.status("m")
     assert (status["rpm"].used, status["rpm"].in_flight) == (1, 0)
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane grant", "full-rule grant"])
+def test_a_permit_collected_inside_the_backends_lock_does_not_deadlock(lane: bool) -> None:
+    """A permit in a reference cycle is freed by the cyclic GC, which runs at any allocation:
+    also inside the memory backend's locked section, on the thread that holds the (not
+    reentrant) mutex. Its finalizer must not wait for that mutex; what it returns comes back
+    when the section ends."""
+    import gc
+
+    backend = MemoryBackend()
+    lim = SyncLimiter(None, quotas={"m": [RPM(5, 60.0)]}, backend=backend, clock=ManualClock(0.0))
+    lim.acquire_nowait("m").release()  # configures; the lane opens
+    cost = None if lane else {"requests": 1, "images": 0}
+    cycle: list[object] = [lim.acquire_nowait("m", cost=cost)]
+    cycle.append(cycle)  # only the cyclic GC frees it
+    if not lane:
+        assert backend.lane("default/m").lease_of(cycle[0].id) == 0  # type: ignore[attr-defined]
+    del cycle
+    gc.disable()
+    try:
+        with backend.lock:  # as in any operation of the backend
+            gc.collect()  # the finalizer runs here, on this thread, with the mutex held
+    finally:
+        gc.enable()
+    assert lim.status("m")["rpm"].used == 0
+    assert lim.status("m")["rpm"].in_flight == 0

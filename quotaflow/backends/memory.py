@@ -6,9 +6,12 @@ sync limiter can share one object. Listeners are called after the lock is releas
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from threading import get_ident
 
 from quotaflow._lane import FastLane
 from quotaflow._scope import ScopeState
@@ -23,26 +26,39 @@ __all__ = ["MemoryBackend", "Mutex"]
 class Mutex:
     """A mutex made of a one-token queue: ``take()`` blocks until the token is free.
 
-    ``with mutex:`` as with ``threading.Lock``. The fast lane (:mod:`quotaflow._gate`) calls
-    :attr:`take` and :attr:`give` directly: they are ``SimpleQueue.get`` and ``put_nowait``,
-    C calls that parse no keyword arguments and read no clock, about half the cost of
-    ``Lock.acquire`` + ``release`` (which reads the monotonic clock even when uncontended), and
-    the fast path takes the mutex twice per call. Not reentrant; only its holder gives it back.
+    ``with mutex:`` as with ``threading.Lock``; it also records the thread inside
+    (:attr:`owner`), and runs the calls :attr:`deferred` to it once it is free again (see
+    :meth:`MemoryBackend.drop`). The fast lane (:mod:`quotaflow._gate`), when it is not atomic,
+    calls :attr:`take` and :attr:`give` directly: they are ``SimpleQueue.get`` and
+    ``put_nowait``, C calls that parse no keyword arguments and read no clock, about half the
+    cost of ``Lock.acquire`` + ``release`` (which reads the monotonic clock even when
+    uncontended). Not reentrant; only its holder gives it back.
     """
 
-    __slots__ = ("give", "take")
+    __slots__ = ("deferred", "give", "owner", "take")
 
     def __init__(self) -> None:
         token: queue.SimpleQueue[None] = queue.SimpleQueue()
         token.put(None)
         self.take = token.get
         self.give = token.put_nowait
+        self.owner = 0  # the thread in a ``with`` block (0: none)
+        # calls to make when the current ``with`` block ends (made outside the mutex)
+        self.deferred: list[Callable[[], None]] = []
 
     def __enter__(self) -> None:
         self.take()
+        self.owner = get_ident()
 
     def __exit__(self, *exc: object) -> None:
+        self.owner = 0
         self.give(None)
+        while self.deferred:
+            try:
+                call = self.deferred.pop(0)
+            except IndexError:  # another thread ran the last one
+                break
+            call()
 
 
 class MemoryBackend:
@@ -186,6 +202,24 @@ class MemoryBackend:
             out = st.release(lease_id, now)
             st.lane_open(now)
         self._notify(scope, out)
+
+    def drop(self, scope: str, lease_id: str, at: float | None, now: float) -> None:
+        """End a lease whose permit was garbage-collected unended: release it (``at`` is
+        ``None``: never sent) or settle it as granted, anchored at ``at``.
+
+        For the permits' finalizer. The cyclic GC runs at any allocation, so a finalizer may
+        run inside this backend's locked section, on the thread that holds the mutex, which
+        is not reentrant: then the lease is ended when that section ends, not waited for.
+        Never raises.
+        """
+        if self.lock.owner == get_ident():
+            self.lock.deferred.append(partial(self.drop, scope, lease_id, at, now))
+            return
+        with contextlib.suppress(Exception):  # e.g. the scope was never configured
+            if at is None:
+                self.release(scope, lease_id, now)
+            else:
+                self.settle(scope, lease_id, None, at, now)
 
     def pause(self, scope: str, limit: str, until: float, now: float) -> None:
         """Hold a limit until ``until``."""

@@ -17,6 +17,12 @@ from ._engine import ClockLike
 __all__ = ["ServedEmulator", "serve"]
 
 
+# Seconds an idle connection stays open. Longer than clients keep idle connections (httpx: 5 s),
+# so the client always closes first: with uvicorn's default (5 s, the same as httpx) the server
+# can close a connection just as a client reuses it, and that request fails with a ReadError.
+KEEP_ALIVE = 75
+
+
 class ServedEmulator:
     """An emulator served by uvicorn in a daemon thread.
 
@@ -44,6 +50,7 @@ class ServedEmulator:
             access_log=False,  # the access log would print ?key=
             lifespan="off",
             timeout_graceful_shutdown=1,
+            timeout_keep_alive=KEEP_ALIVE,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -44,6 +44,7 @@ def run_cli(argv: list[str] | None = None) -> int:
 
         from ._app import Emulator
         from ._config import EmulatorConfig, EmulatorConfigError, load_config
+        from ._serve import KEEP_ALIVE
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         hint = "pip install 'quotaflow[emulator]'"
         print(f"the emulator needs the 'emulator' extra: {hint} ({exc})", file=sys.stderr)
@@ -68,5 +69,6 @@ def run_cli(argv: list[str] | None = None) -> int:
         log_config=None,
         access_log=False,  # the access log would print ?key=
         lifespan="off",
+        timeout_keep_alive=KEEP_ALIVE,  # see quotaflow.emulator._serve
     )
     return 0

@@ -160,3 +160,17 @@ def test_stats_split_per_project(http: httpx.Client, served: ServedEmulator) -> 
         "proj-b": {"max_requests_in_window": 1, "max_input_tokens_in_window": 2},
     }
     assert [e["project"] for e in pro["log"]] == ["proj-a", "proj-b"]
+
+
+def test_idle_connections_outlive_the_clients_own_expiry(
+    served: ServedEmulator, http: httpx.Client
+) -> None:
+    """The client must close an idle connection first: a server that closes it at the same
+    moment (uvicorn's default is httpx's 5 s) races a request reusing it into a ReadError."""
+    server_idle = served._server.config.timeout_keep_alive
+    client_idle = httpx.Limits(max_connections=None).keepalive_expiry
+    assert client_idle is not None and server_idle > 2 * client_idle
+    first = http.post(f"{PRO}:countTokens", json=gen_body("a"))
+    second = http.post(f"{PRO}:countTokens", json=gen_body("b"))  # on the same connection
+    assert first.status_code == second.status_code == 200
+    assert first.extensions["network_stream"] is second.extensions["network_stream"]
