@@ -22,6 +22,7 @@ from collections.abc import Generator
 
 from aiolimiter import AsyncLimiter
 
+import quotaflow._gate
 from quotaflow import RPD, RPM, TPM, Limit, Limiter, ManualClock
 
 N_UNCONTENDED = 20_000
@@ -152,6 +153,16 @@ def main() -> None:
     print(
         f"quotaflow overhead benchmark, {time.strftime('%Y-%m-%d')}, "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    compiled = not (quotaflow._gate.__file__ or "").endswith(".py")
+    print(
+        "quotaflow build: "
+        + (
+            "compiled (mypyc), as a wheel installs it"
+            if compiled
+            else "pure Python (an editable install or QUOTAFLOW_PURE_PYTHON=1; a wheel is "
+            "compiled, see the README)"
+        )
     )
     bare, aio, qf = best(bench_bare), best(bench_aiolimiter), best(bench_quotaflow)
     empty = best(bench_empty_shape)
