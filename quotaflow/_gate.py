@@ -41,7 +41,15 @@ except ImportError:  # pragma: no cover - only the compiler reads it; not needed
         return lambda cls: cls
 
 
-__all__ = ["Acquire", "CallAcquire", "LaneAcquire", "LaneGate", "LimiterFront"]
+__all__ = [
+    "Acquire",
+    "CallAcquire",
+    "LaneAcquire",
+    "LaneGate",
+    "LimiterFront",
+    "SyncAcquire",
+    "SyncLimiterFront",
+]
 
 
 class LaneGate:
@@ -400,5 +408,128 @@ class LimiterFront:
         nowait: bool,
         agent: Any = None,
     ) -> Permit:
+        """The full acquire: the subclass's (it checks every argument)."""
+        raise NotImplementedError
+
+
+class SyncAcquire:
+    """``with limiter.acquire(...) as permit`` of :class:`SyncLimiterFront`: the model's
+    :class:`LaneGate` first, else the limiter's full ``_acquire``. Leaving the block calls
+    ``permit._exit`` (settle with the estimate, or release if the block failed unsent)."""
+
+    def __init__(
+        self,
+        front: SyncLimiterFront,
+        model: object,
+        tokens: object,
+        cost: object,
+        priority: object,
+        timeout: object,
+        deadline: object,
+        agent: object,
+    ) -> None:
+        self._permit: SyncPermit | None = None
+        self._front = front
+        self._model = model
+        self._tokens = tokens
+        self._cost = cost
+        self._priority = priority
+        self._timeout = timeout
+        self._deadline = deadline
+        self._agent = agent
+
+    def __enter__(self) -> SyncPermit:
+        front = self._front
+        model = self._model
+        permit: SyncPermit | None = None
+        if type(model) is str and front._lanes:
+            gate = front._lanes.get(model)
+            if gate is not None:
+                permit = gate.grant_sync(
+                    self._tokens, self._cost, self._priority, self._timeout, self._deadline
+                )
+        if permit is None:
+            permit = front._acquire(
+                model,
+                self._tokens,
+                self._cost,
+                self._priority,
+                self._timeout,
+                self._deadline,
+                False,
+                self._agent,
+            )
+        self._permit = permit
+        return permit
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit = self._permit
+        if permit is not None:
+            permit._exit(exc_type is not None)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class SyncLimiterFront:
+    """The compiled front door of :class:`~quotaflow.sync.SyncLimiter` (its base class), as
+    :class:`LimiterFront` is the async limiter's."""
+
+    def __init__(self, lanes: dict[str, LaneGate]) -> None:
+        self._lanes = lanes  # the core's gates by model spelling (cleared, never replaced)
+
+    @overload
+    def acquire(
+        self,
+        model: str,
+        tokens: int,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> SyncAcquire: ...
+    @overload
+    def acquire(
+        self,
+        model: str,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> SyncAcquire: ...
+    def acquire(
+        self,
+        model: object,
+        tokens: object = 0,
+        *,
+        cost: object = None,
+        priority: object = None,
+        timeout: object = None,
+        deadline: object = None,
+        agent: object = None,
+    ) -> SyncAcquire:
+        """Block until every limit of ``model`` has room, and take it all at once:
+        ``with limiter.acquire(...) as permit:``. The arguments and errors are those of
+        :meth:`quotaflow.Limiter.acquire`."""
+        return SyncAcquire(self, model, tokens, cost, priority, timeout, deadline, agent)
+
+    def _acquire(
+        self,
+        model: Any,
+        tokens: Any,
+        cost: Any,
+        priority: Any,
+        timeout: Any,
+        deadline: Any,
+        nowait: bool,
+        agent: Any = None,
+    ) -> SyncPermit:
         """The full acquire: the subclass's (it checks every argument)."""
         raise NotImplementedError

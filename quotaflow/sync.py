@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
+from quotaflow._gate import SyncLimiterFront
 from quotaflow._waiting import SyncWaiter
 from quotaflow.backends.base import Backend, Decision
 from quotaflow.clock import Clock
@@ -34,7 +34,7 @@ from quotaflow.tiers import TierTable
 __all__ = ["SyncLimiter"]
 
 
-class SyncLimiter:
+class SyncLimiter(SyncLimiterFront):
     """Admits calls within every limit of their model's quota, blocking the calling thread.
 
     Takes the same arguments as :class:`~quotaflow.limiter.Limiter`; the backend must offer
@@ -67,6 +67,7 @@ class SyncLimiter:
             default_priority=default_priority,
             shares=shares,
         )
+        SyncLimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         b: Any = open_backend(backend)
         sync_view = getattr(b, "sync", None)
         if sync_view is not None and inspect.iscoroutinefunction(getattr(b, "submit", None)):
@@ -106,27 +107,6 @@ class SyncLimiter:
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
-
-    @contextmanager
-    def acquire(
-        self,
-        model: str,
-        tokens: int = 0,
-        *,
-        cost: Mapping[str, int] | None = None,
-        priority: int | str | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-        agent: str | None = None,
-    ) -> Iterator[SyncPermit]:
-        """Block until every limit of ``model`` has room; see :meth:`Limiter.acquire`."""
-        permit = self._acquire(model, tokens, cost, priority, timeout, deadline, False, agent)
-        failed = True
-        try:
-            yield permit
-            failed = False
-        finally:
-            permit._exit(failed)
 
     def acquire_nowait(
         self,
