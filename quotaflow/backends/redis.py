@@ -23,44 +23,34 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import inspect
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import sniffio
 
 try:
-    import redis
-    import redis.asyncio
-    import redis.asyncio.cluster
-    import redis.asyncio.connection
-    import redis.asyncio.retry
-    import redis.asyncio.sentinel
-    import redis.backoff
-    import redis.cluster
-    import redis.exceptions as rexc
-    import redis.retry
-    import redis.sentinel
+    import redis  # noqa: F401 - the extra's own error, before the modules below need it
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "the Redis backend needs the 'redis' extra: pip install 'quotaflow[redis]'"
     ) from exc
 
 from quotaflow.backends import _redis_script as rs
-from quotaflow.backends._redis_engine import (
-    SETTLE_DELAY,
-    Engine,
-    Exec,
-    Flow,
-    Policy,
-    Sleep,
-    Transient,
+from quotaflow.backends._redis_clients import (
+    _CALL_ERRORS,
+    TRANSIENT,
+    _clients,
+    _exec_async,
+    _transient,
 )
+from quotaflow.backends._redis_engine import SETTLE_DELAY, Engine, Flow, Policy, Sleep
+from quotaflow.backends._redis_lean import _Lean, _on_asyncio, _send_packed
 from quotaflow.backends._redis_link import Link
+from quotaflow.backends._redis_sync import SyncRedisBackend
 from quotaflow.backends.base import Decision, Listener, Request
 from quotaflow.buckets import Level
 from quotaflow.errors import BackendError, ConfigError
@@ -68,358 +58,13 @@ from quotaflow.limits import Limit
 
 __all__ = ["RedisBackend", "SyncRedisBackend"]
 
-TRANSIENT: tuple[type[BaseException], ...] = (
-    rexc.ConnectionError,
-    rexc.TimeoutError,
-    rexc.ReadOnlyError,
-    rexc.ClusterDownError,
-    rexc.TryAgainError,
-    rexc.MasterDownError,
-    rexc.RedisClusterException,
-    rexc.ClusterError,
-    OSError,
-)
 _OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
-
-
-# A dead server must surface as an error (which the failure policy handles), never as a read
-# that blocks forever; a URL's own socket_timeout=/socket_connect_timeout= take precedence.
-_TIMEOUTS: dict[str, float] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
-
-
-def _timeouts(query: str) -> dict[str, Any]:
-    return {k: v for k, v in _TIMEOUTS.items() if k not in query}
-
-
-# redis-py's asyncio client runs each write under asyncio.wait_for (a task per call) when it
-# has a socket_timeout; where asyncio.timeout exists (3.11+), the backend instead bounds each of
-# its calls itself (one timer), with the same default.
-_timeout: Any = getattr(asyncio, "timeout", None)
-
-
-def _needs_command_name() -> bool:
-    """redis-py before 5.3 requires get_connection's command name; later ones deprecate it."""
-    try:
-        sig = inspect.signature(redis.asyncio.connection.ConnectionPool.get_connection)
-        param = sig.parameters["command_name"]
-    except (KeyError, TypeError, ValueError):
-        return False
-    return param.default is inspect.Parameter.empty
-
-
-_GET_ARGS: tuple[str, ...] = ("EVALSHA",) if _needs_command_name() else ()
-
-
-def _clients(url: str) -> tuple[Any, Any, float | None]:
-    """(sync client, factory of asyncio clients, the timeout the backend puts around each
-    asyncio call itself, or None) for a URL."""
-    parts = urlsplit(url)
-    to = _timeouts(parts.query)
-    scheme = parts.scheme
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        base = "rediss" if scheme.startswith("rediss") else "redis"
-        hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
-        creds = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        first = urlunsplit((base, creds + hosts[0], parts.path, parts.query, ""))
-        nodes = [h.rsplit(":", 1) for h in hosts]
-        startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in nodes]  # type: ignore[no-untyped-call]
-        sync = redis.cluster.RedisCluster.from_url(
-            first, startup_nodes=startup, retry=_retry(), **to
-        )
-
-        def make_async() -> Any:
-            anodes = [redis.asyncio.cluster.ClusterNode(h, int(p)) for h, p in nodes]
-            return redis.asyncio.cluster.RedisCluster.from_url(
-                first, startup_nodes=anodes, retry=_aretry(), **to
-            )
-
-        return sync, make_async, None
-    if scheme == "redis+sentinel":
-        hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
-        password = unquote(parts.password) if parts.password else None
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ConfigError(f"{url!r}: name the service: redis+sentinel://host:port/mymaster")
-        service, db = path[0], int(path[1]) if len(path) > 1 else 0
-        sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts]
-        kw: dict[str, Any] = {"password": password, "db": db, **to}
-        skw = {"password": password} if password else None
-        sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=skw, **kw)  # type: ignore[no-untyped-call]
-        sync = sentinel.master_for(service)  # type: ignore[no-untyped-call]
-
-        def make_async() -> Any:
-            sent = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-                sentinels, sentinel_kwargs=skw, **kw
-            )
-            return sent.master_for(service)
-
-        return sync, make_async, None
-    own = to.get("socket_timeout") if _timeout is not None else None
-    ato = {**to, "socket_timeout": None} if own is not None else to
-    return (
-        redis.Redis.from_url(url, retry=_retry(), **to),
-        lambda: redis.asyncio.Redis.from_url(url, retry=_aretry(), **ato),
-        own,
-    )
-
-
-def _retry() -> Any:
-    # deterministic backoff: no jitter, so no use of the global random module from our threads
-    return redis.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.01), 3)
-
-
-def _aretry() -> Any:
-    return redis.asyncio.retry.Retry(redis.backoff.ExponentialBackoff(cap=0.5, base=0.01), 3)
-
-
-class SyncRedisBackend:
-    """The synchronous face of a :class:`RedisBackend` (the sync redis-py client).
-
-    ``SyncLimiter(backend="redis://...")`` uses it; it shares keys, scripts, listeners and the
-    background thread with its async twin.
-    """
-
-    def __init__(self, owner: RedisBackend) -> None:
-        self._owner = owner
-        self._e = owner._engine
-
-    def _run(self, flow: Flow) -> Any:
-        client = self._owner._client
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    effect = flow.send(result) if error is None else flow.throw(error)
-                except StopIteration as stop:
-                    return stop.value
-                result, error = None, None
-                if isinstance(effect, Sleep):
-                    time.sleep(effect.seconds)
-                    continue
-                try:
-                    result = _exec_sync(client, effect)
-                except _CALL_ERRORS as exc:
-                    error = _transient(exc)
-        finally:
-            flow.close()  # abandoned (an error, a signal): the flow keeps what it carried
-
-    def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
-        """Create the scope's buckets, or update their limits (any process may)."""
-        self._owner._start()
-        self._run(self._e.configure(scope, limits, now))
-
-    def submit(self, scope: str, request: Request, now: float) -> Decision:
-        """Grant, queue or refuse ``request`` in one round trip."""
-        return self._run(self._e.submit(scope, request, now))  # type: ignore[no-any-return]
-
-    def dispatch(self, scope: str, now: float) -> None:
-        """Serve the line (a timer fired)."""
-        self._run(self._e.dispatch(scope, now))
-
-    def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
-        """Leave the line; returns a grant that won the race."""
-        return self._run(self._e.cancel(scope, request_id, now))  # type: ignore[no-any-return]
-
-    def settle(
-        self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
-    ) -> None:
-        """Anchor and reconcile a lease that reached the server."""
-        self._run(self._e.settle(scope, lease_id, actual, at, now))
-
-    def release(self, scope: str, lease_id: str, now: float) -> None:
-        """Return a lease that never reached the server."""
-        self._run(self._e.release(scope, lease_id, now))
-
-    def pause(self, scope: str, limit: str, until: float, now: float) -> None:
-        """Hold a limit until ``until`` in every process."""
-        self._run(self._e.pause(scope, limit, until, now))
-
-    def exhaust(self, scope: str, limit: str, now: float) -> float | None:
-        """Mark a calendar limit spent until its reset, in every process."""
-        return self._run(self._e.exhaust(scope, limit, now))  # type: ignore[no-any-return]
-
-    def status(self, scope: str, now: float) -> dict[str, Level]:
-        """Each limit's level."""
-        return self._run(self._e.status(scope, now))  # type: ignore[no-any-return]
-
-    def waiting(self, scope: str) -> int:
-        """Waiters in the scope's line, fleet-wide."""
-        return self._run(self._e.waiting(scope))  # type: ignore[no-any-return]
-
-    def subscribe(self, scope: str, listener: Listener) -> None:
-        """Deliver decisions about this process's waiters in ``scope`` to ``listener``."""
-        self._owner.subscribe(scope, listener)
-
-    def unsubscribe(self, scope: str, listener: Listener) -> None:
-        """Stop delivering to ``listener``."""
-        self._owner.unsubscribe(scope, listener)
-
-    def __repr__(self) -> str:
-        return f"SyncRedisBackend({self._owner!r})"
-
-
-_CALL_ERRORS: tuple[type[BaseException], ...] = (rexc.RedisError, *TRANSIENT)
-
-
-def _on_asyncio() -> bool:
-    """``sniffio.current_async_library() == "asyncio"``, for the two calls of every acquire:
-    a library that says what it is (trio does) is believed, else a running asyncio loop says
-    asyncio (sniffio asks for the current task, which costs more)."""
-    name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
-    if name is not None:
-        return name == "asyncio"
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _transient(exc: BaseException) -> Transient:
-    """A failed script call for the flow to handle (it retries or gives up), or raise: Redis
-    refused the call itself."""
-    if isinstance(exc, TRANSIENT):
-        error = Transient(str(exc))
-        error.__cause__ = exc
-        return error
-    raise BackendError(f"Redis refused a quotaflow script call: {exc}") from exc
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[RedisBackend]) -> None:
     backend = ref()
     if backend is not None:
         backend._flush_pending()
-
-
-def _exec_sync(client: Any, e: Exec) -> Any:
-    try:
-        return client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
-    except rexc.NoScriptError:  # first call, SCRIPT FLUSH, or a restarted server
-        return client.eval(rs.SCRIPT, len(e.keys), *e.keys, *e.argv)
-
-
-class _Lean:
-    """What the lean call keeps per event loop: connections taken out of the pool between its
-    calls, and the bound on each call's time.
-
-    The bound is a watchdog rather than ``asyncio.timeout`` around each call: that costs a
-    timer handle pushed into and cancelled out of the loop's heap per call (3-4 us, a tenth of
-    an uncontended acquire's client time), while the watchdog is one timer per quarter of the
-    limit for all calls in flight; a call is cancelled (and raises ``TimeoutError``) between
-    ``limit`` and ``1.25 * limit`` after it began.
-    """
-
-    __slots__ = ("calls", "client", "expired", "free", "limit", "loop", "pool", "timer")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: Any, limit: float | None) -> None:
-        self.loop = loop
-        self.client = client
-        # the pool to take connections from, or None: the client takes no encoded command
-        # (one without a pool, or a single-connection client)
-        pool = getattr(client, "connection_pool", None)
-        self.pool: Any = pool if pool is not None and client.connection is None else None
-        if limit is None and _timeout is not None and self.pool is not None:
-            # the URL's own socket_timeout: redis-py would apply it to each write and read;
-            # the lean call reads past redis-py, so the watchdog applies it instead
-            limit = getattr(self.pool, "connection_kwargs", {}).get("socket_timeout") or None
-        # the bound of each call (None: none of ours, redis-py's own, if any, applies)
-        self.limit: float | None = limit
-        self.free: list[Any] = []  # connections kept out of the pool
-        self.calls: dict[Any, float] = {}  # task -> deadline (loop time) of its call
-        self.expired: dict[Any, bool] = {}  # tasks the watchdog cancelled
-        self.timer: asyncio.TimerHandle | None = None
-
-    def watch(self, task: Any) -> None:
-        """Bound ``task``'s call (the caller removes it from ``calls`` when it ends)."""
-        assert self.limit is not None
-        self.calls[task] = self.loop.time() + self.limit
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.limit / 4, self._check)
-
-    def _check(self) -> None:
-        self.timer = None
-        now = self.loop.time()
-        for task, deadline in list(self.calls.items()):
-            if deadline <= now and task not in self.expired:
-                self.expired[task] = True
-                task.cancel()
-        if self.calls:
-            assert self.limit is not None
-            self.timer = self.loop.call_later(self.limit / 4, self._check)
-
-
-async def _send_packed(pool: Any, free: list[Any], packed: bytes, raw: bool) -> Any:
-    conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
-    try:
-        # ``raw`` (the call is bounded by the watchdog): the connection's own streams when it
-        # has them (redis-py's asyncio connections, connected): a write and a read of one
-        # reply, no per-command machinery
-        reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
-        if (
-            raw
-            and reader.__class__ is asyncio.StreamReader
-            and writer.__class__ is asyncio.StreamWriter
-        ):
-            writer.write(packed)  # a few hundred bytes, and the reply is awaited: no drain
-            reply = await _read_reply(reader)
-        else:  # not connected yet, or a connection of another make: redis-py's calls
-            await conn.send_packed_command(packed, False)
-            reply = await conn.read_response()
-    except BaseException:
-        # a reply may be half read: never use the connection as it is (it reconnects)
-        with contextlib.suppress(Exception):
-            await conn.disconnect(nowait=True)
-        free.append(conn)  # trimmed by a later call
-        raise
-    # keep at most half the pool: the general path (and other clients) need the rest
-    if len(free) < getattr(pool, "max_connections", 0) // 2:
-        free.append(conn)
-    else:
-        await pool.release(conn)
-    return reply
-
-
-class _Unexpected(rexc.RedisError):
-    """A reply of a type the lean call does not read (the connection is dropped)."""
-
-
-async def _read_reply(reader: asyncio.StreamReader) -> Any:
-    """One reply of the scope script, read straight from the connection's stream: redis-py's
-    parser costs several microseconds per reply, a tenth of an uncontended acquire's client
-    time. Scripts answer bulk strings, arrays, integers, nulls and errors (RESP2 and RESP3
-    alike); any other type raises, and the caller drops the connection. Bulk strings come back
-    as bytes whatever the client's ``decode_responses``; the engine reads both."""
-    line = await reader.readuntil(b"\r\n")
-    kind = line[:1]
-    if kind == b"$":
-        n = int(line[1:-2])
-        return None if n < 0 else (await reader.readexactly(n + 2))[:-2]
-    if kind == b"*":
-        n = int(line[1:-2])
-        return None if n < 0 else [await _read_reply(reader) for _ in range(n)]
-    if kind == b":":
-        return int(line[1:-2])
-    if kind == b"+":
-        return line[1:-2]
-    if kind == b"_":
-        return None
-    if kind == b"-":
-        text = line[1:-2].decode(errors="replace")
-        if text.startswith("NOSCRIPT"):
-            raise rexc.NoScriptError(text)
-        raise rexc.ResponseError(text)
-    raise _Unexpected(f"unexpected reply {line[:40]!r}")
-
-
-async def _exec_async(client: Any, e: Exec, limit: float | None) -> Any:
-    if limit is not None:
-        async with _timeout(limit):
-            return await _exec_async(client, e, None)
-    try:
-        return await client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
-    except rexc.NoScriptError:
-        return await client.eval(rs.SCRIPT, len(e.keys), *e.keys, *e.argv)
 
 
 class RedisBackend:

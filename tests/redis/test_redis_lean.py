@@ -13,6 +13,7 @@ import redis
 import redis.exceptions as rexc
 
 from quotaflow import Limit
+from quotaflow.backends import _redis_clients, _redis_lean
 from quotaflow.backends import _redis_script as rs
 from quotaflow.backends import redis as qredis
 from quotaflow.backends.base import Request
@@ -172,7 +173,7 @@ def _reader(data: bytes) -> asyncio.StreamReader:
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the lean call is asyncio's
 async def test_the_lean_call_reads_what_scripts_answer() -> None:
-    read = qredis._read_reply
+    read = _redis_lean._read_reply
     assert await read(_reader(b"$18\r\nG1795900231.012345\r\n")) == b"G1795900231.012345"
     nested = b"*4\r\n$2\r\nok\r\n*2\r\n:7\r\n$0\r\n\r\n$-1\r\n_\r\n"
     assert await read(_reader(nested)) == [b"ok", [7, b""], None, None]
@@ -207,7 +208,7 @@ async def test_a_lean_call_to_a_silent_server_times_out(
         url += "?socket_timeout=0.2"
     else:
         monkeypatch.setattr(
-            qredis, "_TIMEOUTS", {"socket_timeout": 0.2, "socket_connect_timeout": 2.0}
+            _redis_clients, "_TIMEOUTS", {"socket_timeout": 0.2, "socket_connect_timeout": 2.0}
         )
     backend = qredis.RedisBackend(url, exact_time=True)
     try:
