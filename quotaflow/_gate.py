@@ -77,6 +77,9 @@ class LaneGate:
         # the backend's mutex (a MemoryBackend.Mutex), called without a lookup per call
         self.lock_acquire: Callable[[], Any] = backend.lock.take
         self.lock_release: Callable[[None], None] = backend.lock.give
+        # work queued while the mutex was held (dropped permits), for its holder to do after
+        self.deferred: Any = getattr(backend.lock, "deferred", None)
+        self.drain: Callable[[], None] | None = getattr(backend.lock, "drain", None)
         self.clock = clock
         # the system clock, read without a method call (the same sum as SystemClock.now)
         self.system = isinstance(clock, SystemClock)
@@ -137,6 +140,12 @@ class LaneGate:
             return _priority_value(priority)  # raises as the full way would
         return None  # a bad value: the full way names it
 
+    def unlock(self) -> None:
+        """Give the mutex back, and do what was queued while it was held."""
+        self.lock_release(None)
+        if self.deferred and self.drain is not None:
+            self.drain()
+
     def take(self, tokens: int, now: float) -> int:
         """A lane lease of one request and ``tokens`` input tokens, or 0 (the full way)."""
         if ATOMIC:
@@ -145,7 +154,7 @@ class LaneGate:
         try:
             return self.lane.take(tokens, now, self.version)
         finally:
-            self.lock_release(None)
+            self.unlock()
 
     def grant(
         self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
@@ -222,7 +231,7 @@ class LaneGate:
             try:
                 done = self.lane.settle(state._lease, None, input_tokens, at, now)
             finally:
-                self.lock_release(None)
+                self.unlock()
         if not done:  # the lane closed since: the backend writes it into the buckets
             self.settle_tokens(self.key, state._lease_id(), input_tokens, at, now)
         return True
@@ -338,6 +347,13 @@ class LimiterFront:
 
     def __init__(self, lanes: dict[str, LaneGate]) -> None:
         self._lanes = lanes  # the core's gates by model spelling (cleared, never replaced)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be copied or pickled: share the object (it is "
+            "safe across tasks and threads), or build another with the same arguments "
+            "(backend= shares the quota state)"
+        )
 
     @overload
     def acquire(
@@ -480,6 +496,13 @@ class SyncLimiterFront:
 
     def __init__(self, lanes: dict[str, LaneGate]) -> None:
         self._lanes = lanes  # the core's gates by model spelling (cleared, never replaced)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be copied or pickled: share the object (it is "
+            "safe across tasks and threads), or build another with the same arguments "
+            "(backend= shares the quota state)"
+        )
 
     @overload
     def acquire(

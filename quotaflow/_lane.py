@@ -106,8 +106,8 @@ class FastLane:
         if not lease_id.startswith(self.prefix):
             return 0
         digits = lease_id[len(self.prefix) :]
-        if not digits.isdigit():
-            return 0
+        if not (digits.isascii() and digits.isdigit()) or digits[0] == "0":
+            return 0  # not a number this lane spelled (its numbers start at 1)
         lease = int(digits)
         return lease if lease in self.leases else 0
 

@@ -82,6 +82,12 @@ class PermitState:
         self._actual: dict[str, int] | None = None
         self._actual_tokens = -1
 
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be copied or pickled: it is one grant of capacity; "
+            "pass the permit itself, or acquire another"
+        )
+
     def _lease_id(self) -> str:
         """The lease id in the backend."""
         if not self._id and self._quick is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast, overload
 
 import anyio
@@ -202,13 +202,35 @@ class _PermitBase(PermitState):
 
 
 class _Done:
-    """An awaitable with nothing left to do: ``await`` takes an iterator that is already
-    exhausted (one, shared), so it allocates nothing and never suspends."""
+    """A coroutine with nothing left to do, shared by every settle that is done when called.
+
+    ``await`` takes an iterator that is already exhausted (one, shared), so it allocates
+    nothing and never suspends. It is also a :class:`collections.abc.Coroutine` (``send``,
+    ``throw``, ``close``), so ``asyncio.create_task(permit.settle())`` and
+    ``task_group.start_soon(permit.settle)`` take it as they take a coroutine: it finishes at
+    its first step, with ``None``.
+    """
 
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
         return _EXHAUSTED
+
+    def send(self, value: object) -> None:
+        raise StopIteration
+
+    def throw(self, typ: object, val: object = None, tb: object = None) -> None:
+        if isinstance(typ, BaseException):
+            raise typ
+        if isinstance(typ, type) and issubclass(typ, BaseException):
+            raise typ() if val is None else val  # type: ignore[misc]
+        raise TypeError("throw() expects an exception")
+
+    def close(self) -> None:
+        return None
+
+    def __reduce__(self) -> str:
+        return "_SETTLED"  # the one instance
 
 
 _EXHAUSTED: Final = cast("Generator[Any, None, None]", iter(()))
@@ -227,14 +249,14 @@ class Permit(_PermitBase):
     __slots__ = ()
 
     @overload
-    def settle(self, input_tokens: int, **metrics: int) -> Awaitable[None]: ...
+    def settle(self, input_tokens: int, **metrics: int) -> Coroutine[Any, Any, None]: ...
     @overload
-    def settle(self, input_tokens: None = None, **metrics: int) -> Awaitable[None]: ...
-    def settle(self, input_tokens: object = None, **metrics: int) -> Awaitable[None]:
+    def settle(self, input_tokens: None = None, **metrics: int) -> Coroutine[Any, Any, None]: ...
+    def settle(self, input_tokens: object = None, **metrics: int) -> Coroutine[Any, Any, None]:
         """Replace the estimate with the real usage: less refunds, more charges. Once only.
 
         ``await permit.settle(...)``. A settle that needs no I/O (the memory backend's fast
-        lane) is done when called and returns an awaitable with nothing left to do; the
+        lane) is done when called and returns a coroutine with nothing left to do; the
         others are done when awaited.
 
         Args:
@@ -243,7 +265,7 @@ class Permit(_PermitBase):
         """
         tokens = _check_tokens(input_tokens)
         if not metrics and self._settled_quickly(tokens):
-            return _SETTLED
+            return _SETTLED  # a coroutine (see _Done)
         return self._settle(tokens, metrics)
 
     async def _settle(self, tokens: int | None, metrics: dict[str, int]) -> None:

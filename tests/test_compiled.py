@@ -96,3 +96,48 @@ async def test_a_wait_ended_by_its_own_deadline_scope_does_not_leak_a_cancellati
             assert permit.waited > 0
         permit2 = await lim.acquire("m")
         await permit2.settle()
+
+
+@pytest.mark.anyio
+async def test_a_lane_settle_is_a_coroutine_to_task_apis(anyio_backend: str) -> None:
+    """A lane grant's settle is done when called and returns a shared done coroutine: task
+    APIs that demand a coroutine take it, and awaiting it gives None."""
+    import collections.abc
+
+    import anyio
+
+    lim = Limiter(None, quotas={"m": [RPM(100), TPM(1000)]})
+    await (await lim.acquire("m", tokens=1)).settle()
+    first, second, third = [await lim.acquire("m", tokens=5) for _ in range(3)]
+    done = first.settle(input_tokens=4)
+    assert isinstance(done, collections.abc.Coroutine)
+    assert first.phase == "settled"  # done when called
+    await done  # finishes at once (a second await of it too: it is shared)
+    await done
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second.settle)
+    assert second.phase == "settled"
+    if anyio_backend == "asyncio":
+        import asyncio
+
+        await asyncio.create_task(third.settle())
+    else:
+        await third.settle()
+    assert (await lim.status("m"))["tpm"].in_flight == 0
+    assert (await lim.status("m"))["tpm"].used == 1 + 4 + 5 + 5
+
+
+@pytest.mark.anyio
+async def test_limiters_and_permits_refuse_copies_with_a_clear_error() -> None:
+    import copy
+    import pickle
+
+    lim = Limiter(None, quotas={"m": [RPM(100)]})
+    permit = await lim.acquire("m")
+    sync = SyncLimiter(None, quotas={"m": [RPM(100)]})
+    for obj in (lim, permit, sync, sync.acquire_nowait("m")):
+        for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match="cannot be copied"):
+                attempt(obj)
+    await permit.release()
+    assert (await lim.status("m"))["rpm"].in_flight == 0

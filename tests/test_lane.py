@@ -417,3 +417,16 @@ async def test_a_backend_whose_lock_is_a_plain_lock_takes_the_general_way() -> N
     assert not lim._core.lanes
     with pytest.raises(WouldBlockError):
         await lim.acquire_nowait("m")
+
+
+def test_lease_ids_the_lane_never_spelled_are_not_its_own() -> None:
+    backend = MemoryBackend()
+    backend.configure("s", [RPM(5, 1.0)], 0.0)
+    lane = backend.lane("s")
+    lease = lane.take(0, 0.0, lane.version)
+    assert lane.lease_of(lane.lease_id(lease)) == lease
+    for other in ("05", "+5", " 5", "5 ", "\u00b2", "\u0665", "", "0", "x"):
+        assert lane.lease_of(lane.prefix + other.replace("5", str(lease))) == 0, other
+    assert lane.lease_of("r" + lane.lease_id(lease)) == 0
+    backend.release("s", lane.prefix + "0" + str(lease), 0.0)  # not this lease: no effect
+    assert backend.status("s", 0.0)["rpm"].in_flight == 1

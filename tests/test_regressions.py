@@ -173,3 +173,62 @@ def test_a_permit_collected_inside_the_backends_lock_does_not_deadlock(lane: boo
         gc.enable()
     assert lim.status("m")["rpm"].used == 0
     assert lim.status("m")["rpm"].in_flight == 0
+
+
+def test_many_permits_collected_inside_the_lock_all_come_back() -> None:
+    """A thousand finalizers queued inside one locked section are ended in one loop after it,
+    not one nested inside the other (which hit the recursion limit and lost the rest)."""
+    import gc
+
+    backend = MemoryBackend()
+    lim = SyncLimiter(None, quotas={"m": [RPM(10_000, 60.0)]}, backend=backend)
+    lim.acquire_nowait("m").release()
+    gc.disable()
+    try:
+        for _ in range(1000):
+            cycle: list[object] = [lim.acquire_nowait("m")]
+            cycle.append(cycle)
+        del cycle
+        assert lim.status("m")["rpm"].in_flight == 1000
+        with backend.lock:
+            gc.collect()
+            assert len(backend.lock.deferred) == 1000  # queued, not waited for
+    finally:
+        gc.enable()
+    assert not backend.lock.deferred
+    assert lim.status("m")["rpm"].in_flight == 0
+    assert lim.status("m")["rpm"].used == 0
+
+
+def test_a_permit_dropped_while_another_thread_holds_the_lock_comes_back() -> None:
+    """The finalizer never waits for the mutex: the thread holding it ends the lease when it
+    lets go."""
+    import gc
+    import threading
+
+    backend = MemoryBackend()
+    lim = SyncLimiter(None, quotas={"m": [RPM(50, 60.0)]}, backend=backend)
+    lim.acquire_nowait("m").release()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with backend.lock:
+            holding.set()
+            release.wait(10)
+
+    gc.disable()  # the cycle below is collected where the test says, not before
+    try:
+        cycle: list[object] = [lim.acquire_nowait("m")]
+        cycle.append(cycle)  # only the cyclic GC frees it
+        del cycle
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(10)
+        gc.collect()  # here, on this thread: queued at once (it would otherwise wait for hold)
+        assert len(backend.lock.deferred) == 1
+    finally:
+        gc.enable()
+        release.set()
+    holder.join(10)
+    assert not backend.lock.deferred
+    assert lim.status("m")["rpm"].in_flight == 0

@@ -6,12 +6,11 @@ sync limiter can share one object. Listeners are called after the lock is releas
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import queue
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from threading import get_ident
+from typing import Any
 
 from quotaflow._lane import FastLane
 from quotaflow._scope import ScopeState
@@ -22,43 +21,48 @@ from quotaflow.limits import Limit
 
 __all__ = ["MemoryBackend", "Mutex"]
 
+log = logging.getLogger("quotaflow")
+
 
 class Mutex:
     """A mutex made of a one-token queue: ``take()`` blocks until the token is free.
 
-    ``with mutex:`` as with ``threading.Lock``; it also records the thread inside
-    (:attr:`owner`), and runs the calls :attr:`deferred` to it once it is free again (see
-    :meth:`MemoryBackend.drop`). The fast lane (:mod:`quotaflow._gate`), when it is not atomic,
-    calls :attr:`take` and :attr:`give` directly: they are ``SimpleQueue.get`` and
-    ``put_nowait``, C calls that parse no keyword arguments and read no clock, about half the
-    cost of ``Lock.acquire`` + ``release`` (which reads the monotonic clock even when
-    uncontended). Not reentrant; only its holder gives it back.
+    ``with mutex:`` as with ``threading.Lock``. Work that must not wait for it (a finalizer,
+    see :meth:`MemoryBackend.drop`) goes into :attr:`deferred`; whoever gives the mutex back
+    then calls :attr:`drain` if anything is there. The fast lane (:mod:`quotaflow._gate`), when
+    it is not atomic, calls :attr:`take` and :attr:`give` directly: they are
+    ``SimpleQueue.get`` and ``put_nowait``, C calls that parse no keyword arguments and read no
+    clock, about half the cost of ``Lock.acquire`` + ``release`` (which reads the monotonic
+    clock even when uncontended). Not reentrant; only its holder gives it back.
     """
 
-    __slots__ = ("deferred", "give", "owner", "take")
+    __slots__ = ("_get", "deferred", "drain", "give", "take")
 
     def __init__(self) -> None:
         token: queue.SimpleQueue[None] = queue.SimpleQueue()
         token.put(None)
         self.take = token.get
         self.give = token.put_nowait
-        self.owner = 0  # the thread in a ``with`` block (0: none)
-        # calls to make when the current ``with`` block ends (made outside the mutex)
-        self.deferred: list[Callable[[], None]] = []
+        self._get = token.get_nowait
+        # work left for the holder: appended by anyone, taken by ``drain`` (deque: atomic)
+        self.deferred: deque[Any] = deque()
+        self.drain: Callable[[], None] | None = None  # called after giving back, if deferred
+
+    def try_take(self) -> bool:
+        """Take the mutex if it is free now; never waits."""
+        try:
+            self._get()
+        except queue.Empty:
+            return False
+        return True
 
     def __enter__(self) -> None:
         self.take()
-        self.owner = get_ident()
 
     def __exit__(self, *exc: object) -> None:
-        self.owner = 0
         self.give(None)
-        while self.deferred:
-            try:
-                call = self.deferred.pop(0)
-            except IndexError:  # another thread ran the last one
-                break
-            call()
+        if self.deferred and self.drain is not None:
+            self.drain()
 
 
 class MemoryBackend:
@@ -86,6 +90,7 @@ class MemoryBackend:
         self._aging = aging
         self._depth = backfill_depth
         self.lock = Mutex()  # guards everything; the fast lane is used under it
+        self.lock.drain = self._drain  # dropped leases queued while it was held
         self._scopes: dict[str, ScopeState] = {}
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
 
@@ -159,17 +164,23 @@ class MemoryBackend:
     ) -> None:
         """Anchor and reconcile a lease that reached the server."""
         with self.lock:
-            st = self._scope(scope)
-            lane = st.lane
-            lease = lane.lease_of(lease_id) if lane.open else 0
-            if lease:
-                amounts = lane.by_metric(actual)
-                if amounts is not None and lane.settle(lease, *amounts, at, now):
-                    return
-            st.lane_close(now)
-            out = st.settle(lease_id, actual, at, now)
-            st.lane_open(now)
+            out = self._settle(scope, lease_id, actual, at, now)
         self._notify(scope, out)
+
+    def _settle(
+        self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
+    ) -> list[Decision]:
+        st = self._scope(scope)
+        lane = st.lane
+        lease = lane.lease_of(lease_id) if lane.open else 0
+        if lease:
+            amounts = lane.by_metric(actual)
+            if amounts is not None and lane.settle(lease, *amounts, at, now):
+                return []
+        st.lane_close(now)
+        out = st.settle(lease_id, actual, at, now)
+        st.lane_open(now)
+        return out
 
     def settle_tokens(
         self, scope: str, lease_id: str, input_tokens: int | None, at: float, now: float
@@ -195,31 +206,57 @@ class MemoryBackend:
     def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server."""
         with self.lock:
-            st = self._scope(scope)
-            if st.lane.release(st.lane.lease_of(lease_id)):
-                return
-            st.lane_close(now)
-            out = st.release(lease_id, now)
-            st.lane_open(now)
+            out = self._release(scope, lease_id, now)
         self._notify(scope, out)
+
+    def _release(self, scope: str, lease_id: str, now: float) -> list[Decision]:
+        st = self._scope(scope)
+        if st.lane.release(st.lane.lease_of(lease_id)):
+            return []
+        st.lane_close(now)
+        out = st.release(lease_id, now)
+        st.lane_open(now)
+        return out
 
     def drop(self, scope: str, lease_id: str, at: float | None, now: float) -> None:
         """End a lease whose permit was garbage-collected unended: release it (``at`` is
         ``None``: never sent) or settle it as granted, anchored at ``at``.
 
-        For the permits' finalizer. The cyclic GC runs at any allocation, so a finalizer may
-        run inside this backend's locked section, on the thread that holds the mutex, which
-        is not reentrant: then the lease is ended when that section ends, not waited for.
-        Never raises.
+        For the permits' finalizer, so it never waits and never raises. The cyclic GC runs at
+        any allocation, so a finalizer may run while this backend's mutex is held, even by its
+        own thread (the mutex is not reentrant). The lease is queued; if the mutex is free it
+        is ended now, otherwise its holder ends it when it gives the mutex back.
         """
-        if self.lock.owner == get_ident():
-            self.lock.deferred.append(partial(self.drop, scope, lease_id, at, now))
-            return
-        with contextlib.suppress(Exception):  # e.g. the scope was never configured
-            if at is None:
-                self.release(scope, lease_id, now)
-            else:
-                self.settle(scope, lease_id, None, at, now)
+        self.lock.deferred.append((scope, lease_id, at, now))
+        self._drain()
+
+    def _drain(self) -> None:
+        """End the queued dropped leases, in one locked section per batch, if the mutex is free
+        (its holder calls this again when it gives it back). Never nested, never waits."""
+        lock = self.lock
+        while lock.deferred:
+            if not lock.try_take():
+                return  # held: its holder drains when it gives it back
+            ended: list[tuple[str, list[Decision]]] = []
+            try:
+                while True:
+                    try:
+                        scope, lease_id, at, now = lock.deferred.popleft()
+                    except IndexError:
+                        break
+                    try:
+                        if at is None:
+                            ended.append((scope, self._release(scope, lease_id, now)))
+                        else:
+                            ended.append((scope, self._settle(scope, lease_id, None, at, now)))
+                    except Exception:  # a finalizer's work: report, never raise
+                        log.warning(
+                            "ending dropped lease %s of %s failed", lease_id, scope, exc_info=True
+                        )
+            finally:
+                lock.give(None)
+            for scope, out in ended:
+                self._notify(scope, out)
 
     def pause(self, scope: str, limit: str, until: float, now: float) -> None:
         """Hold a limit until ``until``."""
