@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
-from quotaflow._gate import LimiterFront
+from quotaflow._front import LimiterFront
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
-from quotaflow._gate import SyncLimiterFront
+from quotaflow._front import SyncLimiterFront
 from quotaflow._waiting import SyncWaiter
 from quotaflow.backends.base import Backend, Decision
 from quotaflow.clock import Clock

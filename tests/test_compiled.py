@@ -17,7 +17,13 @@ import pytest
 from quotaflow import TPM, ConfigError, Limiter, SyncLimiter
 from quotaflow.limits import RPM
 
-HOT = ("quotaflow._lane", "quotaflow._permit_state", "quotaflow.permit", "quotaflow._gate")
+HOT = (
+    "quotaflow._lane",
+    "quotaflow._permit_state",
+    "quotaflow.permit",
+    "quotaflow._gate",
+    "quotaflow._front",
+)
 
 
 def test_the_hot_path_is_compiled_where_expected() -> None:
