@@ -77,11 +77,11 @@ class QuotaBook:
 
     def resolve(self, model: str) -> tuple[str, tuple[Limit, ...]]:
         """``(canonical name, limits)`` for ``model``; raises UnknownModelError."""
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
         hit = self._cache.get(model)
         if hit is not None:
             return hit
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
         plain = self._plain(model.strip())
         if plain in self._quotas:
             out = (plain, self._scale(self._quotas[plain]))

@@ -207,7 +207,7 @@ class Limiter(LimiterFront):
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
         ``retry_after``). Never waits; passes waiters in line only as backfilling allows (when
         no waiter ahead would start later for it)."""
-        gate = self._core.lanes.get(model)
+        gate = self._core.lanes.get(model) if type(model) is str else None
         if gate is not None:
             permit = gate.grant(tokens, cost, priority, None, None)
             if permit is not None:

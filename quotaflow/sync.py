@@ -134,7 +134,7 @@ class SyncLimiter(SyncLimiterFront):
         agent: str | None = None,
     ) -> SyncPermit:
         core, clock, b = self._core, self.clock, self.backend
-        gate = core.lanes.get(model)
+        gate = core.lanes.get(model) if type(model) is str else None
         if gate is not None:
             fast = gate.grant_sync(tokens, cost, priority, timeout, deadline)
             if fast is not None:

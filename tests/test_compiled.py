@@ -35,6 +35,20 @@ def test_the_hot_path_is_compiled_where_expected() -> None:
         assert compiled <= set(HOT)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("model", [123, None, ["m"], b"m", ""], ids=repr)
+async def test_a_model_that_is_not_a_name_raises_a_config_error(model: object) -> None:
+    lim = Limiter(None, quotas={"m": [RPM(100)]})
+    await (await lim.acquire("m")).settle()  # warm: the fast lane is open
+    with pytest.raises(ConfigError, match="model="):
+        await lim.acquire(model)  # type: ignore[call-overload]
+    with pytest.raises(ConfigError, match="model="):
+        await lim.acquire_nowait(model)  # type: ignore[arg-type]
+    sync = SyncLimiter(None, quotas={"m": [RPM(100)]})
+    with pytest.raises(ConfigError, match="model="), sync.acquire(model):  # type: ignore[call-overload]
+        pass
+
+
 BAD_ACQUIRE: list[dict[str, Any]] = [
     {"tokens": "10"},
     {"tokens": 1.5},
