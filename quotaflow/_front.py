@@ -38,6 +38,12 @@ __all__ = [
 ]
 
 
+_REENTERED = (
+    "this acquire(...) is already in use by a with block: call limiter.acquire(...) again for "
+    "another permit"
+)
+
+
 class _Exits(Protocol):
     async def _exit(self, failed: bool) -> None: ...
 
@@ -61,6 +67,8 @@ class Acquire(Generic[_P]):
         yield  # type: ignore[unreachable]  # a generator, as the subclasses'
 
     async def __aenter__(self) -> _P:
+        if self._permit is not None:
+            raise RuntimeError(_REENTERED)
         self._permit = await self
         return self._permit
 
@@ -70,8 +78,9 @@ class Acquire(Generic[_P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._permit is not None:
-            await self._permit._exit(failed=exc_type is not None)
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            await permit._exit(failed=exc_type is not None)
 
 
 class CallAcquire(Acquire[_P]):
@@ -256,6 +265,8 @@ class SyncAcquire:
         self._agent = agent
 
     def __enter__(self) -> SyncPermit:
+        if self._permit is not None:
+            raise RuntimeError(_REENTERED)
         front = self._front
         model = self._model
         permit: SyncPermit | None = None
@@ -285,7 +296,7 @@ class SyncAcquire:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        permit = self._permit
+        permit, self._permit = self._permit, None
         if permit is not None:
             permit._exit(exc_type is not None)
 

@@ -220,10 +220,13 @@ class _Done:
         raise StopIteration
 
     def throw(self, typ: object, val: object = None, tb: object = None) -> None:
+        """Raise the exception at once, as a coroutine that has not started would."""
         if isinstance(typ, BaseException):
             raise typ
+        if isinstance(val, BaseException):
+            raise val
         if isinstance(typ, type) and issubclass(typ, BaseException):
-            raise typ() if val is None else val  # type: ignore[misc]
+            raise typ() if val is None else typ(val)
         raise TypeError("throw() expects an exception")
 
     def close(self) -> None:

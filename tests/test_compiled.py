@@ -161,3 +161,35 @@ async def test_limiters_and_permits_refuse_copies_with_a_clear_error() -> None:
                 attempt(obj)
     await permit.release()
     assert (await lim.status("m"))["rpm"].in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_one_acquire_in_two_blocks_at_once_is_refused() -> None:
+    lim = Limiter(None, quotas={"m": [RPM(100)]})
+    once = lim.acquire("m")
+    async with once as first:
+        with pytest.raises(RuntimeError, match="already in use"):
+            async with once:
+                pass
+    async with once as again:  # after the block: usable again, a new permit
+        assert again is not first
+    sync = SyncLimiter(None, quotas={"m": [RPM(100)]})
+    twice = sync.acquire("m")
+    with twice, pytest.raises(RuntimeError, match="already in use"), twice:
+        pass
+    assert (await lim.status("m"))["rpm"].in_flight == 0
+    assert sync.status("m")["rpm"].in_flight == 0
+
+
+def test_the_done_coroutine_throws_like_a_coroutine_that_never_started() -> None:
+    from quotaflow.permit import _SETTLED
+
+    with pytest.raises(ValueError, match="msg"):
+        _SETTLED.throw(ValueError, "msg")
+    with pytest.raises(KeyError):
+        _SETTLED.throw(KeyError)
+    with pytest.raises(OSError, match="x"):
+        _SETTLED.throw(OSError("x"))
+    with pytest.raises(StopIteration):
+        _SETTLED.send(None)
+    _SETTLED.close()

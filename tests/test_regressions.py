@@ -232,3 +232,47 @@ def test_a_permit_dropped_while_another_thread_holds_the_lock_comes_back() -> No
     holder.join(10)
     assert not backend.lock.deferred
     assert lim.status("m")["rpm"].in_flight == 0
+
+
+def test_a_failing_listener_does_not_fail_whoever_ends_dropped_leases(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dropped leases are ended by whichever call gives the mutex back; a listener that raises
+    on the decisions this makes is logged, and neither that call nor the waiter it serves
+    fails."""
+    import gc
+    import threading
+
+    backend = MemoryBackend()
+    lim = SyncLimiter(None, quotas={"m": [RPM(1, 60.0)]}, backend=backend)
+    held = lim.acquire_nowait("m")
+    got: list[object] = []
+    waiter = threading.Thread(target=_wait, args=(lim, got), daemon=True)
+    waiter.start()
+    for _ in range(500):  # until the waiter is in line
+        if lim.waiting("m"):
+            break
+        threading.Event().wait(0.01)
+    assert lim.waiting("m") == 1
+
+    def broken(decision: object) -> None:
+        raise RuntimeError("listener failed")
+
+    backend.subscribe(lim._scope("m")[0], broken)
+    gc.disable()
+    try:
+        cycle: list[object] = [held]
+        cycle.append(cycle)
+        del held, cycle
+        with backend.lock:  # no exception may come out of this block
+            gc.collect()
+    finally:
+        gc.enable()
+    waiter.join(10)
+    assert not waiter.is_alive() and got[-1] == "granted"
+    assert "listener of default/m failed" in caplog.text
+
+
+def _wait(lim: SyncLimiter, got: list[object]) -> None:
+    with lim.acquire("m") as permit:  # waits until the held lease comes back
+        got.append(permit.phase)

@@ -232,12 +232,14 @@ class MemoryBackend:
 
     def _drain(self) -> None:
         """End the queued dropped leases, in one locked section per batch, if the mutex is free
-        (its holder calls this again when it gives it back). Never nested, never waits."""
+        (its holder calls this again when it gives it back). Never nested, never waits, never
+        raises: it runs in whichever call gives the mutex back, which must not fail for it."""
         lock = self.lock
         while lock.deferred:
             if not lock.try_take():
                 return  # held: its holder drains when it gives it back
             ended: list[tuple[str, list[Decision]]] = []
+            failed: list[tuple[str, str]] = []
             try:
                 while True:
                     try:
@@ -249,14 +251,17 @@ class MemoryBackend:
                             ended.append((scope, self._release(scope, lease_id, now)))
                         else:
                             ended.append((scope, self._settle(scope, lease_id, None, at, now)))
-                    except Exception:  # a finalizer's work: report, never raise
-                        log.warning(
-                            "ending dropped lease %s of %s failed", lease_id, scope, exc_info=True
-                        )
+                    except Exception:  # a finalizer's work: reported below, never raised
+                        failed.append((scope, lease_id))
             finally:
                 lock.give(None)
+            for scope, lease_id in failed:  # after giving the mutex back: a handler may call us
+                log.warning("a dropped permit's lease %s of %s could not be ended", lease_id, scope)
             for scope, out in ended:
-                self._notify(scope, out)
+                try:
+                    self._notify(scope, out)
+                except Exception:  # a listener's failure is its own, not the caller's
+                    log.warning("a listener of %s failed on a dropped lease", scope, exc_info=True)
 
     def pause(self, scope: str, limit: str, until: float, now: float) -> None:
         """Hold a limit until ``until``."""
