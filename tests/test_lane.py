@@ -360,7 +360,7 @@ def test_threads_on_the_lane_and_on_the_general_way_at_once_lose_nothing() -> No
     def work(seed: int) -> None:
         requests = tokens = images = 0
         try:
-            for i in range(400):
+            for i in range(10_000):
                 k = (seed * 7 + i) % 10
                 if seed % 2 and k == 0:
                     lim.status("m")  # writes the lane out and reopens it
