@@ -7,7 +7,10 @@ Measured in one run, on the same machine and event loop:
 2. Cost per grant as waiters grow from 10 to 10,000: N tasks wait on one scope; capacity is
    then released in steps, and we time the grants. Target: cost at 10,000 within 2x of at 10.
 
-Run: ``python benchmarks/overhead.py`` (needs the ``bench`` extra). Prints ratios.
+Run: ``python benchmarks/overhead.py`` (needs the ``bench`` extra). Prints ratios, and which
+build of quotaflow it measured: an editable install is pure Python, while a wheel is compiled
+with mypyc. ``python benchmarks/overhead.py --compiled`` builds the compiled wheel from this
+checkout first (``python -m build``, about a minute) and measures that, as the README does.
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import zipfile
 from collections.abc import Generator
+from pathlib import Path
 
 from aiolimiter import AsyncLimiter
 
@@ -149,6 +157,33 @@ def best(fn: object, repeat: int = 5) -> float:
     return min(asyncio.run(fn()) for _ in range(repeat))  # type: ignore[operator]
 
 
+def rerun_compiled() -> int:
+    """Build the compiled wheel of this checkout, unpack it, and run this script against it
+    from a temporary directory (so the checkout's pure-Python sources do not shadow it)."""
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="quotaflow-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "QUOTAFLOW_PURE_PYTHON"}
+        print("building the compiled wheel (python -m build) ...", flush=True)
+        built = subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--outdir", f"{tmp}/dist", str(repo)],
+            env={**env, "QUOTAFLOW_REQUIRE_COMPILED": "1"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode:
+            print((built.stdout + built.stderr)[-3000:], file=sys.stderr)
+            print("building the compiled wheel failed (see above)", file=sys.stderr)
+            return built.returncode
+        (wheel,) = Path(tmp, "dist").glob("quotaflow-*.whl")
+        zipfile.ZipFile(wheel).extractall(f"{tmp}/site")
+        path = os.pathsep.join([f"{tmp}/site", env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        script = Path(__file__).resolve()
+        return subprocess.run(
+            [sys.executable, str(script)], cwd=tmp, env={**env, "PYTHONPATH": path}, check=False
+        ).returncode
+
+
 def main() -> None:
     print(
         f"quotaflow overhead benchmark, {time.strftime('%Y-%m-%d')}, "
@@ -191,4 +226,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--compiled" in sys.argv[1:]:
+        sys.exit(rerun_compiled())
     main()
