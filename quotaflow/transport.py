@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -184,7 +185,10 @@ def _genai_backend(http_options: Any = None) -> str:
     try:
         from google.genai import _api_client
 
-        return str(_api_client._get_http_client_backend(http_options))
+        pick = _api_client._get_http_client_backend
+        # google-genai 3.x looks at the options' clients too; 2.x (the last for Python 3.10)
+        # takes no argument and reads only GOOGLE_GENAI_HTTP_CLIENT
+        return str(pick(http_options) if inspect.signature(pick).parameters else pick())
     except Exception:
         return "httpx"
 

@@ -3,6 +3,7 @@ sync), the OpenAI SDK and plain httpx, through the quota transports, to the emul
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -69,9 +70,21 @@ async def _settled(limiter: Limiter, model: str) -> tuple[int, int]:
 # --- google-genai ----------------------------------------------------------------------------
 
 
+def _sdk_uses(flavor: Flavor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-genai 3.x picks its HTTP package from the clients in the options; 2.x (the last
+    release for Python 3.10) only from ``GOOGLE_GENAI_HTTP_CLIENT``: tell it which."""
+    from google.genai import _api_client
+
+    if not inspect.signature(_api_client._get_http_client_backend).parameters:
+        monkeypatch.setenv("GOOGLE_GENAI_HTTP_CLIENT", flavor)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("flavor", ["httpx", "httpx2"])
-async def test_genai_async(served: ServedEmulator, flavor: Flavor) -> None:
+async def test_genai_async(
+    served: ServedEmulator, flavor: Flavor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sdk_uses(flavor, monkeypatch)
     limiter = _limiter()
     options = genai_http_options(limiter, backend=flavor, base_url=served.base_url)
     client = genai.Client(api_key=KEY, http_options=options)  # api_version: the SDK's v1
@@ -99,7 +112,10 @@ async def test_genai_async(served: ServedEmulator, flavor: Flavor) -> None:
 
 
 @pytest.mark.parametrize("flavor", ["httpx", "httpx2"])
-def test_genai_sync(served: ServedEmulator, flavor: Flavor) -> None:
+def test_genai_sync(
+    served: ServedEmulator, flavor: Flavor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sdk_uses(flavor, monkeypatch)
     limiter = _limiter()
     sync = SyncLimiter.sharing(limiter)
     options = genai_http_options(

@@ -4,6 +4,7 @@ time bound (the async face's uncontended submit)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -213,8 +214,14 @@ async def test_a_lean_call_to_a_silent_server_times_out(
     backend = qredis.RedisBackend(url, exact_time=True)
     try:
         lean = backend._lean()
-        assert lean.limit == 0.2
         t0 = time.monotonic()
+        if sys.version_info < (3, 11):  # no watchdog (it needs Task.uncancel): redis-py's bound
+            assert lean.limit is None
+            with pytest.raises(rexc.TimeoutError):
+                await backend._call_packed(lean, b"*1\r\n$4\r\nPING\r\n")
+            assert 0.2 <= time.monotonic() - t0 < 1.0
+            return
+        assert lean.limit == 0.2
         with pytest.raises(TimeoutError):
             await backend._call_packed(lean, b"*1\r\n$4\r\nPING\r\n")
         assert 0.2 <= time.monotonic() - t0 < 1.0
