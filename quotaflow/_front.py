@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, overload
 
+from quotaflow._await import acquired
 from quotaflow._gate import LaneGate
-from quotaflow.permit import Permit, SyncPermit
+from quotaflow.permit import DONE, Permit, SyncPermit
 
 try:
     from mypy_extensions import mypyc_attr
@@ -45,18 +46,27 @@ _REENTERED = (
 
 
 class _Exits(Protocol):
-    async def _exit(self, failed: bool) -> None: ...
+    def _exit(self, failed: bool) -> Awaitable[None]: ...
 
 
 _P = TypeVar("_P", bound=_Exits)
+_T = TypeVar("_T")
+
+
+def _ready(permit: _T) -> Generator[Any, None, _T]:
+    """What ``await`` iterates for a permit granted at once: it ends at its first step, and a
+    compiled generator returns its value without a ``StopIteration``."""
+    return permit
+    yield  # type: ignore[unreachable]  # a generator
 
 
 class Acquire(Generic[_P]):
     """``async with x.acquire(...) as permit`` or ``permit = await x.acquire(...)``.
 
-    Leaving the block calls ``permit._exit``. Awaiting it is what a subclass defines:
-    :class:`CallAcquire` awaits a coroutine function, :class:`LaneAcquire` tries a fast lane
-    first.
+    Awaiting it is what a subclass defines: :class:`CallAcquire` awaits a coroutine function,
+    :class:`LaneAcquire` tries a fast lane first. Either keeps the permit it returns for the
+    block's exit, which calls ``permit._exit``. None of these methods awaits (see
+    :mod:`quotaflow._await`): they return what the caller's coroutine awaits.
     """
 
     def __init__(self) -> None:
@@ -64,23 +74,22 @@ class Acquire(Generic[_P]):
 
     def __await__(self) -> Generator[Any, None, _P]:
         raise NotImplementedError
-        yield  # type: ignore[unreachable]  # a generator, as the subclasses'
 
-    async def __aenter__(self) -> _P:
+    def __aenter__(self) -> Awaitable[_P]:
         if self._permit is not None:
             raise RuntimeError(_REENTERED)
-        self._permit = await self
-        return self._permit
+        return self  # ``async with`` awaits it: __await__ keeps the permit for __aexit__
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
         permit, self._permit = self._permit, None
-        if permit is not None:
-            await permit._exit(failed=exc_type is not None)
+        if permit is None:
+            return DONE
+        return permit._exit(exc_type is not None)
 
 
 class CallAcquire(Acquire[_P]):
@@ -92,7 +101,7 @@ class CallAcquire(Acquire[_P]):
         self._args = args
 
     def __await__(self) -> Generator[Any, None, _P]:
-        return (yield from self._fn(*self._args).__await__())
+        return acquired(self, self._fn(*self._args)).__await__()
 
 
 class LaneAcquire(Acquire[Permit]):
@@ -131,19 +140,19 @@ class LaneAcquire(Acquire[Permit]):
                     self._tokens, self._cost, self._priority, self._timeout, self._deadline
                 )
                 if permit is not None:
-                    return permit
-        return (
-            yield from front._acquire(
-                model,
-                self._tokens,
-                self._cost,
-                self._priority,
-                self._timeout,
-                self._deadline,
-                False,
-                self._agent,
-            ).__await__()
+                    self._permit = permit
+                    return _ready(permit)
+        full = front._acquire(
+            model,
+            self._tokens,
+            self._cost,
+            self._priority,
+            self._timeout,
+            self._deadline,
+            False,
+            self._agent,
         )
+        return acquired(self, full).__await__()
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -223,7 +232,7 @@ class LimiterFront:
         """
         return LaneAcquire(self, model, tokens, cost, priority, timeout, deadline, agent)
 
-    async def _acquire(
+    def _acquire(
         self,
         model: Any,
         tokens: Any,
@@ -233,8 +242,8 @@ class LimiterFront:
         deadline: Any,
         nowait: bool,
         agent: Any = None,
-    ) -> Permit:
-        """The full acquire: the subclass's (it checks every argument)."""
+    ) -> Awaitable[Permit]:
+        """The full acquire: the subclass's (it checks every argument, and waits)."""
         raise NotImplementedError
 
 

@@ -11,8 +11,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast, overload
 
-import anyio
-
+from quotaflow._await import shielded
 from quotaflow._permit_state import PermitState
 from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
@@ -233,11 +232,11 @@ class _Done:
         return None
 
     def __reduce__(self) -> str:
-        return "_SETTLED"  # the one instance
+        return "DONE"  # the one instance
 
 
 _EXHAUSTED: Final = cast("Generator[Any, None, None]", iter(()))
-_SETTLED: Final = _Done()
+DONE: Final = _Done()  # shared: it has no state
 
 
 class Permit(_PermitBase):
@@ -258,9 +257,9 @@ class Permit(_PermitBase):
     def settle(self, input_tokens: object = None, **metrics: int) -> Coroutine[Any, Any, None]:
         """Replace the estimate with the real usage: less refunds, more charges. Once only.
 
-        ``await permit.settle(...)``. A settle that needs no I/O (the memory backend's fast
-        lane) is done when called and returns a coroutine with nothing left to do; the
-        others are done when awaited.
+        ``await permit.settle(...)``. The permit is settled when this is called; what is left
+        to await is the backend's write, if it has one to make (Redis): a settle on the memory
+        backend returns a coroutine with nothing left to do.
 
         Args:
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
@@ -268,33 +267,30 @@ class Permit(_PermitBase):
         """
         tokens = _check_tokens(input_tokens)
         if not metrics and self._settled_quickly(tokens):
-            return _SETTLED  # a coroutine (see _Done)
-        return self._settle(tokens, metrics)
-
-    async def _settle(self, tokens: int | None, metrics: dict[str, int]) -> None:
+            return DONE
         args = self._settle_args(tokens, metrics)
         if self._settle_nowait is not None and self._settle_nowait(*args):
-            return
+            return DONE
         result = self._settle_fn(*args)
-        if result is not None:
-            with anyio.CancelScope(shield=True):
-                await result
+        return DONE if result is None else shielded(result)
 
-    async def release(self) -> None:
-        """Return everything: the call never reached the server. No-op once settled."""
+    def release(self) -> Coroutine[Any, Any, None]:
+        """Return everything: the call never reached the server. No-op once settled.
+
+        ``await permit.release()``; as with :meth:`settle`, the permit is released when this is
+        called, and what is left to await is the backend's write, if any."""
         if self._plan_release():
             result = self._release_fn(self._scope, self._lease_id(), self._clock.now())
             if result is not None:
-                with anyio.CancelScope(shield=True):
-                    await result
+                return shielded(result)
+        return DONE
 
-    async def _exit(self, failed: bool) -> None:
+    def _exit(self, failed: bool) -> Coroutine[Any, Any, None]:
         if self._phase == "settled" or self._phase == "released":
-            return
+            return DONE
         if failed and self._phase == "granted":
-            await self.release()
-        else:
-            await self.settle()
+            return self.release()
+        return self.settle()
 
 
 class SyncPermit(_PermitBase):

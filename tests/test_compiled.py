@@ -182,14 +182,14 @@ async def test_one_acquire_in_two_blocks_at_once_is_refused() -> None:
 
 
 def test_the_done_coroutine_throws_like_a_coroutine_that_never_started() -> None:
-    from quotaflow.permit import _SETTLED
+    from quotaflow.permit import DONE
 
     with pytest.raises(ValueError, match="msg"):
-        _SETTLED.throw(ValueError, "msg")
+        DONE.throw(ValueError, "msg")
     with pytest.raises(KeyError):
-        _SETTLED.throw(KeyError)
+        DONE.throw(KeyError)
     with pytest.raises(OSError, match="x"):
-        _SETTLED.throw(OSError("x"))
+        DONE.throw(OSError("x"))
     with pytest.raises(StopIteration):
-        _SETTLED.send(None)
-    _SETTLED.close()
+        DONE.send(None)
+    DONE.close()
