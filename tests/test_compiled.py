@@ -193,3 +193,26 @@ def test_the_done_coroutine_throws_like_a_coroutine_that_never_started() -> None
     with pytest.raises(StopIteration):
         DONE.send(None)
     DONE.close()
+
+
+def test_the_compiled_modules_never_await() -> None:
+    """No coroutine, ``await``, ``yield from``, ``async for`` or ``async with`` in the modules
+    mypyc compiles: whatever can suspend runs in interpreted code (see ``quotaflow._await``).
+    mypyc's ``await`` re-throws with the three-argument ``throw()``, which Python 3.12
+    deprecates, and a cancellation caught by the waiter's own scope came out again on 3.11."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    suspending = (ast.AsyncFunctionDef, ast.Await, ast.YieldFrom, ast.AsyncFor, ast.AsyncWith)
+    for name in HOT:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None
+        source = Path(spec.origin).with_name(name.rsplit(".", 1)[1] + ".py")  # next to a .so
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        found = [
+            f"{source.name}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, suspending)
+        ]
+        assert not found, found
