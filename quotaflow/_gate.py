@@ -55,12 +55,12 @@ class LaneGate:
         self.limits = limits
         self.lane = lane
         self.version = lane.version
-        # the backend's mutex (a MemoryBackend.Mutex), called without a lookup per call
-        self.lock_acquire: Callable[[], Any] = backend.lock.take
-        self.lock_release: Callable[[None], None] = backend.lock.give
-        # work queued while the mutex was held (dropped permits), for its holder to do after
-        self.deferred: Any = getattr(backend.lock, "deferred", None)
-        self.drain: Callable[[], None] | None = getattr(backend.lock, "drain", None)
+        # the backend's mutex (a MemoryBackend.Mutex), called without a lookup per call; its
+        # unlock also does what was deferred while it was held (a lock with only take/give:
+        # give it back)
+        lock = backend.lock
+        self.lock_acquire: Callable[[], Any] = lock.take
+        self.unlock: Callable[[], None] = getattr(lock, "unlock", None) or (lambda: lock.give(None))
         self.clock = clock
         # the system clock, read without a method call (the same sum as SystemClock.now)
         self.system = isinstance(clock, SystemClock)
@@ -120,12 +120,6 @@ class LaneGate:
         if isinstance(priority, str):
             return _priority_value(priority)  # raises as the full way would
         return None  # a bad value: the full way names it
-
-    def unlock(self) -> None:
-        """Give the mutex back, and do what was queued while it was held."""
-        self.lock_release(None)
-        if self.deferred and self.drain is not None:
-            self.drain()
 
     def take(self, tokens: int, now: float) -> int:
         """A lane lease of one request and ``tokens`` input tokens, or 0 (the full way)."""

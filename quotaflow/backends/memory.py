@@ -29,11 +29,11 @@ class Mutex:
 
     ``with mutex:`` as with ``threading.Lock``. Work that must not wait for it (a finalizer,
     see :meth:`MemoryBackend.drop`) goes into :attr:`deferred`; whoever gives the mutex back
-    then calls :attr:`drain` if anything is there. The fast lane (:mod:`quotaflow._gate`), when
-    it is not atomic, calls :attr:`take` and :attr:`give` directly: they are
-    ``SimpleQueue.get`` and ``put_nowait``, C calls that parse no keyword arguments and read no
-    clock, about half the cost of ``Lock.acquire`` + ``release`` (which reads the monotonic
-    clock even when uncontended). Not reentrant; only its holder gives it back.
+    (:meth:`unlock`, which ``with`` calls) then calls :attr:`drain` if anything is there. The
+    fast lane (:mod:`quotaflow._gate`), when it is not atomic, calls :attr:`take` and
+    :meth:`unlock` directly: ``take`` is ``SimpleQueue.get``, a C call that parses no keyword
+    arguments and reads no clock (``Lock.acquire`` reads the monotonic clock even when
+    uncontended). Not reentrant; only its holder gives it back.
     """
 
     __slots__ = ("_get", "deferred", "drain", "give", "take")
@@ -59,10 +59,14 @@ class Mutex:
     def __enter__(self) -> None:
         self.take()
 
-    def __exit__(self, *exc: object) -> None:
+    def unlock(self) -> None:
+        """Give the mutex back, then do what was deferred while it was held."""
         self.give(None)
         if self.deferred and self.drain is not None:
             self.drain()
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
 
 
 class MemoryBackend:
