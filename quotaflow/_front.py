@@ -45,6 +45,14 @@ _REENTERED = (
 )
 
 
+def _not_copyable(limiter: object) -> TypeError:
+    return TypeError(
+        f"a {type(limiter).__name__} cannot be copied or pickled: share the object (it is "
+        "safe across tasks and threads), or build another with the same arguments "
+        "(backend= shares the quota state)"
+    )
+
+
 class _Exits(Protocol):
     def _exit(self, failed: bool) -> Awaitable[None]: ...
 
@@ -161,18 +169,14 @@ class LimiterFront:
 
     ``acquire`` is called once per request: compiled, it builds a :class:`LaneAcquire` without
     running interpreted code. Everything else of the limiter (the full ``_acquire``, the
-    waiting) is the interpreted subclass's; only this class and the awaitable are compiled.
+    waiting) is the interpreted subclass's.
     """
 
     def __init__(self, lanes: dict[str, LaneGate]) -> None:
         self._lanes = lanes  # the core's gates by model spelling (cleared, never replaced)
 
     def __reduce__(self) -> tuple[object, ...]:
-        raise TypeError(
-            f"a {type(self).__name__} cannot be copied or pickled: share the object (it is "
-            "safe across tasks and threads), or build another with the same arguments "
-            "(backend= shares the quota state)"
-        )
+        raise _not_copyable(self)
 
     @overload
     def acquire(
@@ -319,11 +323,7 @@ class SyncLimiterFront:
         self._lanes = lanes  # the core's gates by model spelling (cleared, never replaced)
 
     def __reduce__(self) -> tuple[object, ...]:
-        raise TypeError(
-            f"a {type(self).__name__} cannot be copied or pickled: share the object (it is "
-            "safe across tasks and threads), or build another with the same arguments "
-            "(backend= shares the quota state)"
-        )
+        raise _not_copyable(self)
 
     @overload
     def acquire(
