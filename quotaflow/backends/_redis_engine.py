@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from quotaflow.backends import _redis_script as rs
+from quotaflow.backends._redis_ledger import Ledger
 from quotaflow.backends.base import Decision, Listener, Request
 from quotaflow.backends.memory import MemoryBackend
 from quotaflow.buckets import Level
@@ -85,6 +86,11 @@ _NOKEYS: list[Any] = []
 SETTLE_DELAY = 0.002
 """Seconds a deferred settle may wait for a script call to ride on before it is sent alone."""
 
+LOST_AFTER = 60.0
+"""A scope this process talked to within this many seconds and now finds unconfigured was
+lost (restart, flush, eviction, failover), not expired for lack of use (its keys live at least
+this long): the new state then holds its limits briefly so that every process writes back."""
+
 
 def _shift(d: Decision, shift: float) -> Decision:
     return d if d.at is None or shift == 0.0 else replace(d, at=d.at + shift)
@@ -128,6 +134,9 @@ class Engine:
         self.roff = 0.0  # Redis time - limiter clock
         self.wake = threading.Event()  # pokes the link thread
         self.subscribed = threading.Event()
+        self.ledger = Ledger()  # lease costs and recent spends, written back after a loss
+        self.contact: dict[str, float] = {}  # scope -> monotonic time of the last reply
+        self.restores = 0  # how many times this process wrote back into a new state
 
     # --- clocks and delivery ------------------------------------------------------------------
     def lnow(self) -> float:
@@ -168,8 +177,10 @@ class Engine:
 
     def _track(self, scope: str, d: Decision) -> None:
         if d.outcome == "granted":
-            self.tickets.pop(d.id, None)
+            t = self.tickets.pop(d.id, None)
             self.leases[d.id] = scope
+            if t is not None:
+                self.ledger.granted(d.id, t[1].cost)
         elif d.outcome == "refused":
             self.tickets.pop(d.id, None)
         else:
@@ -219,7 +230,7 @@ class Engine:
         taken: list[rs.Settle] = []
         if first is not None:
             taken = first.taken
-        elif self.pending and op != "configure":
+        elif self.pending and op not in ("configure", "restore"):
             with self.lock:
                 taken = self.pending.pop(scope, [])
                 self.pending_since.pop(scope, None)
@@ -263,8 +274,17 @@ class Engine:
                 if not self.exact:
                     self.roff = reply.now - end
                 status = reply.status
-                if status == "noconf":
-                    yield from self.op("configure", scope, self._configure_args(scope), now, wait)
+                if status == "noconf":  # the state is gone: made anew (and written back)
+                    seen = self.contact.get(scope)
+                    lost = seen is not None and time.monotonic() - seen < LOST_AFTER
+                    grace = self.codec.ttl / 2 if lost else None
+                    yield from self.op(
+                        "configure", scope, self._configure_args(scope, grace), now, wait
+                    )
+                    continue
+                if status == "gen":  # another process made the state anew: write back
+                    self.codec.set_gen(scope, rs._text(reply.result))
+                    yield from self.restore(scope, now, wait)
                     continue
                 if status == "cal" and attempt < 5:
                     attempt += 1
@@ -274,14 +294,47 @@ class Engine:
                     self._putback(scope, taken, t0)
                     taken = []
                     raise (KeyError if status == "nolimit" else BackendError)(status)
+                self.contact[scope] = time.monotonic()
                 if carried:
-                    with self.lock:
-                        for s in carried:
-                            self.leases.pop(s[0], None)
+                    self._applied(scope, carried)
+                if op == "configure":
+                    known = scope in self.codec.gens
+                    if self.codec.set_gen(scope, rs._text(reply.result)) and known:
+                        yield from self.restore(scope, now, wait)
                 return reply, shift
         except GeneratorExit:  # the caller gave up (cancelled): keep what it carried
             self._putback(scope, taken, t0)
             raise
+
+    def _applied(self, scope: str, settles: Sequence[rs.Settle]) -> None:
+        """Settles the script applied: the leases end, their spends go into the ledger."""
+        limits = self.limits.get(scope, ())
+        with self.lock:
+            for lease_id, actual, at in settles:
+                self.leases.pop(lease_id, None)
+                self.ledger.settled(scope, limits, lease_id, actual, at)
+
+    def restore(self, scope: str, now: float, wait: bool) -> Flow:
+        """Write back into a new state what this process holds (its leases, with their costs)
+        and spent in the last period of each limit (see :mod:`._redis_ledger`)."""
+        limits = self.limits_of(scope)
+        with self.lock:
+            held = [i for i, s in self.leases.items() if s == scope and i not in self.local_ids]
+            leases = self.ledger.leases(held)
+            spends = self.ledger.spends(scope, limits, now)
+        self.restores += 1
+        if leases or spends:
+            log.info(
+                "Redis state of %s is new: writing back %d leases and %d spends",
+                scope,
+                len(leases),
+                len(spends),
+            )
+        args = rs.restore_args(leases)
+        cost = rs.spend_arg(spends, now, self.exact)
+        reply, shift = yield from self.op("restore", scope, lambda cur: args, now, wait, cost=cost)
+        self.deliver(scope, reply.decisions, shift)
+        return None
 
     def _requeue(self, scope: str, taken: Sequence[rs.Settle]) -> None:
         """Deferred settles whose call failed: into the outbox, replayed when Redis is back."""
@@ -330,10 +383,12 @@ class Engine:
         end = now + (time.monotonic() - s.t0)
         self.roff = rnow - end
         self.calm[scope] = True
+        self.contact[scope] = time.monotonic()
         with self.lock:
             self.leases[request.id] = scope
-            for t in s.taken:
-                self.leases.pop(t[0], None)
+            self.ledger.granted(request.id, request.cost)
+        if s.taken:
+            self._applied(scope, s.taken)
         return Decision(request.id, "granted", end)
 
     def unstart(self, scope: str, s: Started) -> None:
@@ -384,9 +439,11 @@ class Engine:
             yield from self.op("flush", scope, lambda cur: [], now, False)
         return None
 
-    def _configure_args(self, scope: str) -> Callable[[float], list[str]]:
+    def _configure_args(
+        self, scope: str, grace: float | None = None
+    ) -> Callable[[float], list[str]]:
         limits = self.limits_of(scope)
-        return lambda cur: rs.configure_args(limits, self.aging, self.depth)
+        return lambda cur: rs.configure_args(limits, self.aging, self.depth, grace)
 
     def local_scope(self, scope: str, now: float) -> None:
         if scope not in self.local_scopes:
@@ -450,13 +507,19 @@ class Engine:
             return self.local.submit(scope, request, now)
         if reply.result == "G":  # the fast path: granted, nothing else happened
             with self.lock:
+                self.tickets.pop(request.id, None)  # a re-submitted ticket is done
                 self.leases[request.id] = scope
+                self.ledger.granted(request.id, request.cost)
             return Decision(request.id, "granted", reply.now + shift)
         mine = rs.decode_decision(reply.result)
         with self.lock:
             if mine.outcome == "granted":
+                self.tickets.pop(request.id, None)
                 self.leases[request.id] = scope
-            elif mine.outcome == "waiting" and request.id not in self.leases:
+                self.ledger.granted(request.id, request.cost)
+            elif mine.outcome == "refused":
+                self.tickets.pop(request.id, None)
+            elif request.id not in self.leases:
                 self.tickets[request.id] = (scope, request, mine.at)
         self.deliver(scope, reply.decisions, shift)
         return _shift(mine, shift)
@@ -482,8 +545,14 @@ class Engine:
                 self.local_ids.discard(request_id)
             return won
         with self.lock:
-            self.tickets.pop(request_id, None)
-        return (yield from self.remote("cancel", scope, (request_id,), now))
+            t = self.tickets.pop(request_id, None)
+            if t is not None:  # a grant that won the race holds this cost
+                self.ledger.granted(request_id, t[1].cost)
+        won = yield from self.remote("cancel", scope, (request_id,), now)
+        if won is None:
+            with self.lock:
+                self.ledger.dropped(request_id)
+        return won
 
     def settle(
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
@@ -521,9 +590,10 @@ class Engine:
             return None
         won = None
         with self.lock:
-            if op != "cancel":
+            if op == "release":
                 self.leases.pop(rid, None)
-            elif reply.result:
+                self.ledger.dropped(rid)
+            elif op == "cancel" and reply.result:
                 self.leases[rid] = scope
                 won = _shift(rs.decode_decision(reply.result), shift)
         self.deliver(scope, reply.decisions, shift)

@@ -61,7 +61,12 @@ class Link(threading.Thread):
         eng = self._engine
         next_beat = time.monotonic() + self._beat_every
         backoff = 0.05
+        alive = time.monotonic()
         while not self._halt.is_set():
+            # a gap longer than half a lease's life since the last turn: this process was
+            # stopped (SIGSTOP, a VM pause) or starved; grants read now may be stale
+            turn = time.monotonic()
+            frozen, alive = turn - alive > eng.codec.ttl / 2, turn
             try:
                 if not eng.up:
                     self._drop_pubsub()
@@ -78,10 +83,13 @@ class Link(threading.Thread):
                     ignore_subscribe_messages=True,
                     timeout=max(0.0, min(0.25, next_beat - time.monotonic())),
                 )
+                frozen = frozen or time.monotonic() - alive > eng.codec.ttl / 2
                 while msg is not None:
                     if msg.get("type") == "message":
-                        self._on_message(msg["data"])
+                        self._on_message(msg["data"], frozen)
                     msg = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
+                if frozen:
+                    next_beat = 0.0  # refresh what is held at once: some of it has expired
                 if eng.outbox:
                     self._run(flush(eng))
                 if eng.pending:  # deferred settles whose event loop never sent them
@@ -132,10 +140,24 @@ class Link(threading.Thread):
             with contextlib.suppress(Exception):
                 ps.close()
 
-    def _on_message(self, data: Any) -> None:
+    def _on_message(self, data: Any, stale: bool = False) -> None:
         eng = self._engine
         scope, redis_now, decisions = rs.decode_message(data)
         shift = 0.0 if eng.exact else eng.lnow() - redis_now
+        if stale:  # a grant made while this process was stopped may have expired since:
+            fresh = []  # ask again (a lease still held is granted again at once)
+            for d in decisions:
+                with eng.lock:
+                    t = eng.tickets.get(d.id) if d.outcome == "granted" else None
+                if t is None:
+                    fresh.append(d)
+                    continue
+                again = self._run(eng.submit(scope, t[1], eng.lnow(), wait=False))
+                with eng.lock:
+                    listeners = list(eng.listeners.get(scope, ()))
+                for listener in listeners:
+                    listener(again)
+            decisions = fresh
         eng.deliver(scope, decisions, shift)
 
     def _beat(self) -> None:
@@ -158,8 +180,9 @@ def beat(eng: Engine, scope: str, now: float) -> Flow:
         rid, state, at = (rs._text(x) for x in row)
         with eng.lock:
             t = eng.tickets.get(rid)
-            if state == "x" and t is None:
-                eng.leases.pop(rid, None)  # lost with a Redis restart
+            if state == "x" and t is None:  # expired, or lost with the state: nothing held
+                eng.leases.pop(rid, None)
+                eng.ledger.dropped(rid)
         if t is None:
             continue
         if state == "g":

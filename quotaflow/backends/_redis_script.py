@@ -167,6 +167,16 @@ class Codec:
         self._cal: dict[str, tuple[Sequence[Limit], float, float, str]] = {}
         self._packed: dict[str, bytes] = {}
         self._calk: dict[int, tuple[Sequence[Limit], bool]] = {}
+        self.gens: dict[str, str] = {}  # scope -> the state's generation, as last seen
+
+    def set_gen(self, scope: str, gen: str) -> bool:
+        """Record the generation of the scope's state; ``True`` if it changed."""
+        if self.gens.get(scope) == gen:
+            return False
+        self.gens[scope] = gen
+        self._heads.pop(scope, None)
+        self._packed.pop(scope, None)
+        return True
 
     @property
     def channel(self) -> str:
@@ -247,7 +257,7 @@ class Codec:
         head = self._heads.get(scope)
         if head is None:
             head = self._heads[scope] = "\x1f".join(
-                (f17(self.ttl), self.owner, self.channel_prefix, scope)
+                (f17(self.ttl), self.owner, self.channel_prefix, scope, self.gens.get(scope, ""))
             )
         override = "" if redis_now is None else f17(redis_now)
         out = [
@@ -377,9 +387,40 @@ def settle_args(settles: Sequence[Settle], now: float, exact: bool) -> list[str]
     ]
 
 
-def configure_args(limits: Sequence[Limit], aging: float | None, depth: int) -> list[str]:
-    """ARGV tail of ``configure``."""
+def configure_args(
+    limits: Sequence[Limit], aging: float | None, depth: int, grace: float | None = None
+) -> list[str]:
+    """ARGV tail of ``configure``; ``grace``: the caller's state was lost, and a new one
+    holds every limit that long, so that every live process writes back first."""
     out = ["" if aging is None else f17(aging), str(depth), str(len(limits))]
     for lim in limits:
         out += limit_spec(lim)
+    out.append("" if grace is None else f17(grace))
     return out
+
+
+def restore_args(
+    leases: Sequence[tuple[str, Mapping[str, int]]],
+) -> list[str]:
+    """ARGV[2] of ``restore``: the leases in flight, ``n, (id, k, (limit, amount)*k)*n``."""
+    out = [str(len(leases))]
+    for lease_id, cost in leases:
+        pairs = [(k, int(v)) for k, v in cost.items() if v > 0]
+        out += [lease_id, str(len(pairs))]
+        for name, amount in pairs:
+            out += [name, str(amount)]
+    return out
+
+
+def spend_arg(spends: Sequence[tuple[float, Mapping[str, int]]], now: float, exact: bool) -> str:
+    """ARGV[3] of ``restore``: one line ``at (limit amount)*`` per spend (times of the limiter
+    clock, sent relative to ``now`` unless ``exact``)."""
+    lines = []
+    for at, amounts in spends:
+        parts = [time_arg(at, now, exact)]
+        for name, amount in amounts.items():
+            if amount:
+                parts += [name, str(int(amount))]
+        if len(parts) > 1:
+            lines.append("\x1f".join(parts))
+    return "\n".join(lines)

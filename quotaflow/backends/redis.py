@@ -81,7 +81,10 @@ class RedisBackend:
         local_fraction: the share of each limit one process may use while on ``"local"``
             (e.g. ``1 / number of processes``).
         lease_ttl: seconds a waiter's ticket or an unsettled lease survives its process;
-            refreshed every third of it while the process lives.
+            refreshed every third of it while the process lives. A process sends a call only
+            within half of it since its last sign of life, so what a process that died (or
+            froze) held comes back one period after its last sign of life plus half of it:
+            within a period and two seconds with the default.
         aging: seconds of waiting worth one priority level (``None``: strict priority).
         backfill_depth: waiters behind the head considered for backfilling per dispatch.
         exact_time: tests only: the script's clock is the ``now`` the caller passes.
@@ -97,7 +100,7 @@ class RedisBackend:
         namespace: str = "quotaflow",
         on_error: Policy = "wait",
         local_fraction: float = 0.1,
-        lease_ttl: float = 30.0,
+        lease_ttl: float = 3.0,
         aging: float | None = 60.0,
         backfill_depth: int = 32,
         exact_time: bool = False,

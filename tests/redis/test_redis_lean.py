@@ -105,16 +105,18 @@ def test_a_settle_sent_twice_in_one_call_is_applied_once(
 
 
 def test_a_fast_lease_moves_to_l_and_e_with_its_expiry(client: redis.Redis, namespace: str) -> None:
-    s = Scope(client, namespace, (RPM(10, 1.0),))
+    s = Scope(client, namespace, (RPM(10, 60.0),))
     s.configure(1000.0)
     assert s.submit("a", {"rpm": 1}, 1000.1)[:1] == b"G"
     raw = client.hget(s.keys[0], "l:a")
     assert raw is not None and raw[:1] == b"\x01"  # the fast layout: \1, expiry, cost as sent
     assert s.level("rpm", 1000.2) == (1, 1)  # the full path ran: it moved the lease
     assert not client.hexists(s.keys[0], "l:a") and client.hexists(s.keys[4], "a")
-    assert client.zscore(s.keys[5], "a") == pytest.approx(1030.1)
-    assert s.level("rpm", 1030.2) == (1, 0)  # expired: anchored at its expiry
-    assert s.level("rpm", 1031.3) == (0, 0)  # and back a period later
+    assert client.zscore(s.keys[5], "a") == pytest.approx(1030.1)  # expires a TTL (30 s) on
+    # expired: anchored half a TTL after its last sign of life (1015.1), back a period later
+    assert s.level("rpm", 1030.2) == (1, 0)
+    assert s.level("rpm", 1075.0) == (1, 0)
+    assert s.level("rpm", 1075.3) == (0, 0)
 
 
 def test_a_fast_lease_of_the_older_layout_falls_through_and_is_moved(

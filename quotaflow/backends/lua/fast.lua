@@ -8,10 +8,11 @@ falls through to the full path with nothing written. It sets no TTL: the full pa
 key its TTL and keeps L and E from emptying (a sentinel member ""), so their TTLs persist, and
 the fast path runs only before tdue, half a TTL after the full path last ran.
 
-What it reads: the header field "h" of S, {nq, emin, tdue, kttl, nl} packed as doubles, where
+What it reads: the header field "h" of S, {nq, emin, tdue, kttl, nl, gen} packed as doubles, where
 nl is an upper bound of the leases in L (0: a lease id is in L only if it is in S), emin is a
 lower bound of the earliest lease expiry (in E and of the leases kept in S, see below) and
-tdue is when the full path must next refresh every key's TTL; and per limit the field
+tdue is when the full path must next refresh every key's TTL, gen the state's generation (a
+caller that names another one falls through); and per limit the field
 "b:<name>", that limit's changing numbers packed as doubles:
   k = 1 rolling window: cap, pu, fl, lg, fs, ts, ta, zl, w, per
   k = 2 calendar:       cap, pu, fl, cn, ws, we
@@ -149,8 +150,12 @@ local function fast()
   end
   local vals = call('HMGET', KS, unpack(fields, 1, nf))
   local hdr = vals[1]
-  if not hdr or #hdr ~= 40 then return nil end  -- none yet, or an older layout: full path
-  local nq, emin, tdue, kttl, nl = struct.unpack('<ddddd', hdr)
+  if not hdr or #hdr ~= 48 then return nil end  -- none yet, or an older layout: full path
+  local nq, emin, tdue, kttl, nl, gen = struct.unpack('<dddddd', hdr)
+  -- the state's generation, as the caller last saw it ("" = not known yet): another one means
+  -- the state was lost and made anew; the full path tells the caller, who writes back
+  local cg = match(ARGV[1], '\31([^\31]*)$')
+  if cg ~= '' and num(cg) ~= gen then return nil end
   local t
   if ov ~= '' then
     now = num(ov)
@@ -264,7 +269,7 @@ local function fast()
       hs[2] = '\1' .. struct.pack('<d', exp) .. cost
       if exp < emin then
         hs[3] = 'h'
-        hs[4] = struct.pack('<ddddd', nq, exp, tdue, kttl, nl)
+        hs[4] = struct.pack('<dddddd', nq, exp, tdue, kttl, nl, gen)
       end
     end
   end

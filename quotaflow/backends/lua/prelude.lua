@@ -22,9 +22,14 @@ KEYS (all carry the scope's hash tag, so one script call touches one Redis Clust
                (the newest slot of a window may be held in its "b:" field instead: the tail)
 
 ARGV (strings; fields within one are separated by the byte \31):
-  1 header: op, now override, lease/ticket time to live (s), owner, channel prefix, scope
+  1 header: op, now override, lease/ticket time to live (s), owner, channel prefix, scope,
+    generation
     op: "configure", "submit", "dispatch", "cancel", "flush", "release", "pause", "exhaust",
-        "status", "waiting", "beat"
+        "status", "waiting", "beat", "restore"
+    generation: the state's generation as the caller last saw it ("" if none yet). A state
+        is made with a new generation; a caller naming another one is answered "gen" with
+        nothing applied: the state it knew was lost (restart, flush, eviction, failover), and
+        it writes back what it holds and spent ("restore") before it goes on
     now override: "" in production (the clock is Redis TIME); tests pass a time to drive the
         script and the Python reference in lockstep
     owner: the calling process's id (decisions for its tickets come back in the reply;
@@ -44,12 +49,14 @@ Reply: the fast path answers "G<now>" (granted) or "K<now>" (settles applied), n
 "<seconds>.<6 digits>" (Redis TIME; %.17g with a now override); the full path
 {status, now, result, decisions, waiting}
   status "ok" | "noconf" (scope unknown: configure, then retry) | "cal" | "nolimit"
+    | "gen" (result: the state's generation; restore, then retry)
   decisions: {id, outcome, at, dimension, reason, requested, limit} about the caller's tickets
   waiting: the length of the line after the call
 ]]
 local HDR = {}
 for x in string.gmatch(ARGV[1] .. '\31', '([^\31]*)\31') do HDR[#HDR + 1] = x end
 local OP, TTL, OWNER, CHAN, SCOPE = HDR[1], tonumber(HDR[3]), HDR[4], HDR[5], HDR[6]
+local GEN = HDR[7] or ''  -- the state's generation as the caller last saw it ("": none yet)
 -- the op's arguments
 local A = {}
 for x in string.gmatch((ARGV[2] or '') .. '\31', '([^\31]*)\31') do A[#A + 1] = x end

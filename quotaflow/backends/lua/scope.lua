@@ -232,10 +232,15 @@ local function purge()
       redis.call('ZREM', KT, id)
     end
   end
+  -- a lease's expiry is its owner's last sign of life + the owner's TTL (>= ST.mttl); the
+  -- owner sends a call only within half its TTL of a sign of life (later it asks again), so
+  -- the server counted every call of the lease by expiry - mttl / 2: anchored there, its
+  -- amounts come back one period later
+  local back = (ST.mttl or TTL) / 2
   local r = redis.call('ZRANGEBYSCORE', KE, '-inf', f17(now), 'WITHSCORES', 'LIMIT', 0, 256)
   for i = 1, #r, 2 do
     local lease = lease_pop(r[i])
-    if lease then settle_lease(lease, nil, math.min(tonumber(r[i + 1]), now)) end
+    if lease then settle_lease(lease, nil, math.min(tonumber(r[i + 1]) - back, now)) end
     changed = true
   end
   return changed
@@ -275,7 +280,10 @@ function OPS.submit()
     if ST.hid == id and ST.hat ~= INF then at = ST.hat end
     return dec(id, 'waiting', at)
   end
-  if redis.call('HEXISTS', KL, id) == 1 then return dec(id, 'granted', now) end
+  if redis.call('HEXISTS', KL, id) == 1 then  -- granted before: a lost reply, or a re-check
+    redis.call('ZADD', KE, 'XX', f17(now + TTL), id)
+    return dec(id, 'granted', now)
+  end
   if ST.nq == 0 and fits_now(cost) then  -- the fast path: nobody waits and all fit
     take(cost)
     lease_put(id, cost, OWNER)
@@ -326,7 +334,10 @@ end
 
 function OPS.cancel()
   local id = A[1]
-  if redis.call('HEXISTS', KL, id) == 1 then return dec(id, 'granted', now) end
+  if redis.call('HEXISTS', KL, id) == 1 then  -- granted before: a lost reply, or a re-check
+    redis.call('ZADD', KE, 'XX', f17(now + TTL), id)
+    return dec(id, 'granted', now)
+  end
   if not Qu.remove(id) then return nil end
   if ST.hid == id then ST.hid, ST.hat = false, false end
   ST.rescan = true
@@ -419,15 +430,49 @@ function OPS.beat()
   return out
 end
 
+-- a caller whose state was lost writes back what it holds and what it spent (see the prelude):
+-- A: n, then per lease: id, k, k pairs (limit, amount); ARGV[3]: one line per spend,
+-- "at\31k[\31limit\31amount]*" (at encoded as in settles)
+function OPS.restore()
+  local n, i = tonumber(A[1]) or 0, 2
+  for _ = 1, n do
+    local id, k = A[i], tonumber(A[i + 1])
+    local cost = {}
+    for j = i + 2, i + 1 + 2 * k, 2 do
+      cost[#cost + 1] = A[j]
+      cost[#cost + 1] = tonumber(A[j + 1])
+    end
+    i = i + 2 + 2 * k
+    if redis.call('HEXISTS', KL, id) == 0 then
+      take(cost)
+      lease_put(id, cost, OWNER)
+    end
+  end
+  for line in string.gmatch(ARGV[3] or '', '[^\n]+') do
+    local f = {}
+    for x in string.gmatch(line, '[^\31]+') do f[#f + 1] = x end
+    local actual = {}
+    for j = 2, #f - 1, 2 do actual[f[j]] = tonumber(f[j + 1]) end
+    settle_lease({c = {}}, actual, math.min(tm(f[1]), now))
+  end
+  ST.rescan = true
+  if ST.nq > 0 then dispatch(DEC) end
+end
+
 local function configure()
   -- A: aging ("" = strict), depth, n, then n specs of 6: name kind amount period param ff
+  -- after the specs: grace ("" or seconds): the caller's state was lost, and a new one holds
+  -- every limit for grace seconds so that every live process writes back first
   local n = tonumber(A[3])
   local fresh = ST == nil
   if fresh then
     redis.call('DEL', KS, KQ, KW, KT, KL, KE, KZ)
     ST = {v = 1, names = {}, b = {}, aging = num(A[1]) or false, depth = tonumber(A[2]),
-          hid = false, hat = false, seq = 0, nq = 0, lv = {}, fl = {}, flk = {}, kttl = 60}
+          hid = false, hat = false, seq = 0, nq = 0, lv = {}, fl = {}, flk = {}, kttl = 60,
+          gen = math.floor(now * 1000000), mttl = TTL}
   end
+  ST.mttl = math.min(ST.mttl or TTL, TTL)
+  local grace = num(A[4 + 6 * n])
   ST.rescan = true
   local kttl = math.max(60, 4 * TTL)
   local made = {}
@@ -452,6 +497,9 @@ local function configure()
     ST.b[m[1]] = B.make(m[1], m[2], m[3], m[4], m[5], m[6])
   end
   ST.kttl = math.max(ST.kttl, kttl)
+  if fresh and grace and grace > 0 then
+    for _, name in ipairs(ST.names) do B.pause(ST.b[name], now + grace) end
+  end
   if not fresh then dispatch(DEC) end
   return nil
 end
@@ -467,6 +515,13 @@ local function load()
     if string.sub(raw[i], 1, 2) == 'l:' then fast[#fast + 1] = i else h[raw[i]] = raw[i + 1] end
   end
   if not h.s then return end
+  -- the sentinels of L, E and Z vanished (evicted): the state is lost as a whole, and made
+  -- anew like after a restart
+  if redis.call('HEXISTS', KL, '') == 0 or not redis.call('ZSCORE', KE, '')
+      or not redis.call('ZSCORE', KZ, '') then
+    redis.call('DEL', KS, KQ, KW, KT, KL, KE, KZ)
+    return
+  end
   -- leases the fast path granted (fields "l:<id>" of S) move to L and E, in batches
   for j = 1, #fast, 256 do
     local hl, exps, gone = {}, {}, {}
@@ -531,11 +586,12 @@ local function save()
   -- sentinels keep L and E from emptying (and losing the TTL set below) between full calls
   redis.call('HSETNX', KL, '', '')
   redis.call('ZADD', KE, 'NX', 'inf', '')
+  redis.call('ZADD', KZ, 'NX', 0, '')
   local e = redis.call('ZRANGE', KE, 0, 0, 'WITHSCORES')
   local emin = tonumber(e[2]) or INF
   hs[#hs + 1] = 'h'
   local nl = redis.call('HLEN', KL) - 1  -- the sentinel is no lease
-  hs[#hs + 1] = struct.pack('<ddddd', ST.nq, emin, now + ST.kttl / 2, ST.kttl, nl)
+  hs[#hs + 1] = struct.pack('<dddddd', ST.nq, emin, now + ST.kttl / 2, ST.kttl, nl, ST.gen or 0)
   redis.call('HSET', KS, unpack(hs))
   -- every key, every time: the fast path refreshes only what it writes, and only until tdue
   for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, px) end
@@ -561,12 +617,17 @@ end
 
 local loaded = ST ~= nil  -- then the tails are in Z: an early return must save the numbers too
 local result, status
+if ST and not ST.gen then ST.gen = math.floor(now * 1000000) end
 if OP == 'configure' then
   status = configure()
   if status then
     if loaded then save() end
     return {status, f17(now), '', {}}
   end
+  result = f17(ST.gen)
+elseif GEN ~= '' and num(GEN) ~= ST.gen then
+  save()
+  return {'gen', f17(now), f17(ST.gen), {}}
 else
   local fn = OPS[OP]
   if not fn then
