@@ -58,12 +58,9 @@ def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | Asyn
             "redis+sentinel",
             "redis+cluster",
         ):
-            try:
-                from quotaflow.backends.redis import RedisBackend
-            except ImportError as exc:
-                raise ImportError(
-                    "the Redis backend needs the 'redis' extra: pip install 'quotaflow[redis]'"
-                ) from exc
+            # without the extra, its ImportError says so and names the missing module
+            from quotaflow.backends.redis import RedisBackend
+
             return RedisBackend.from_url(backend)
         raise ConfigError(
             f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object"
@@ -71,14 +68,20 @@ def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | Asyn
     return backend
 
 
+_TIMED_OUT: Any = object()
+
+
 class _AsyncOps:
     """Awaitable access to a backend, sync (non-blocking) or async."""
 
-    __slots__ = ("_b", "is_async")
+    __slots__ = ("_b", "is_async", "may_stall")
 
     def __init__(self, backend: Backend | AsyncBackend) -> None:
         self._b: Any = backend
         self.is_async = inspect.iscoroutinefunction(backend.submit)
+        # a backend across a network (Redis) can stall (a paused server, a dead link): the
+        # calls of a request with a deadline are bounded by it
+        self.may_stall = bool(getattr(backend, "may_stall", False))
         if not self.is_async and not getattr(backend, "nonblocking", False):
             raise ConfigError(
                 f"{type(backend).__name__} has blocking methods: the async Limiter needs an "
@@ -90,6 +93,15 @@ class _AsyncOps:
         if self.is_async:
             return await result
         return result
+
+    async def within(self, deadline: float | None, clock: Clock, name: str, *args: Any) -> Any:
+        """:meth:`call`, given up at ``deadline`` (of ``clock``) if the backend may stall:
+        then ``_TIMED_OUT``."""
+        if deadline is None or not self.may_stall:
+            return await self.call(name, *args)
+        with anyio.move_on_after(max(0.05, deadline - clock.now())):
+            return await self.call(name, *args)
+        return _TIMED_OUT
 
 
 class Limiter(LimiterFront):
@@ -237,7 +249,10 @@ class Limiter(LimiterFront):
         waiters[req.id] = None  # decisions that arrive before the waiter exists are kept
         done = False
         try:
-            first: Decision = await ops.call("submit", key, req, started)
+            first: Decision = await ops.within(req.deadline, clock, "submit", key, req, started)
+            if first is _TIMED_OUT:  # the backend did not answer in time (it may have queued
+                # the request: the cancel below takes it back)
+                raise core.error(Decision(req.id, "refused", None, "", "timeout"), canonical)
             flow = acquire_flow(req, clock, first)
             result: Any = None
             waiter: AsyncWaiter | None = None
@@ -264,7 +279,7 @@ class Limiter(LimiterFront):
                     with anyio.CancelScope(shield=True):
                         result = await ops.call("cancel", key, req.id, clock.now())
                 else:  # dispatch
-                    await ops.call("dispatch", key, clock.now())
+                    await ops.within(req.deadline, clock, "dispatch", key, clock.now())
                     result = waiter.take() if waiter is not None else None
             done = True
             if first.outcome == "refused":

@@ -137,6 +137,9 @@ class Engine:
         self.ledger = Ledger()  # lease costs and recent spends, written back after a loss
         self.contact: dict[str, float] = {}  # scope -> monotonic time of the last reply
         self.restores = 0  # how many times this process wrote back into a new state
+        # requests given up while Redis stalled (id -> monotonic time): a grant of one that
+        # arrives later is released at once
+        self.abandoned: dict[str, float] = {}
 
     # --- clocks and delivery ------------------------------------------------------------------
     def lnow(self) -> float:
@@ -176,6 +179,11 @@ class Engine:
                 listener(d)
 
     def _track(self, scope: str, d: Decision) -> None:
+        if d.outcome == "granted" and d.id in self.abandoned:
+            del self.abandoned[d.id]
+            self.leases[d.id] = scope
+            self.outbox.append(("release", scope, (d.id,)))
+            return
         if d.outcome == "granted":
             t = self.tickets.pop(d.id, None)
             self.leases[d.id] = scope
@@ -335,6 +343,20 @@ class Engine:
         reply, shift = yield from self.op("restore", scope, lambda cur: args, now, wait, cost=cost)
         self.deliver(scope, reply.decisions, shift)
         return None
+
+    def later(self, op: str, scope: str, args: tuple[Any, ...]) -> None:
+        """A cancel, settle (``flush``) or release that did not get through in time: the link
+        thread replays it (each is idempotent), and it stays this process's until then."""
+        with self.lock:
+            self.outbox.append((op, scope, args))
+            if op == "cancel":
+                t = time.monotonic()
+                self.abandoned[args[0]] = t
+                if len(self.abandoned) > 256:  # a ticket of its own expires within a TTL
+                    horizon = t - 4 * self.codec.ttl
+                    for rid in [r for r, at in self.abandoned.items() if at < horizon]:
+                        del self.abandoned[rid]
+        self.wake.set()
 
     def _requeue(self, scope: str, taken: Sequence[rs.Settle]) -> None:
         """Deferred settles whose call failed: into the outbox, replayed when Redis is back."""

@@ -221,4 +221,7 @@ def flush(eng: Engine) -> Flow:
         won = yield from eng.remote(op, scope, args, eng.lnow())
         if won is not None:  # a cancel that lost the race: give the grant back
             yield from eng.remote("release", scope, args[:1], eng.lnow())
+        elif op == "cancel":
+            with eng.lock:
+                eng.ledger.dropped(args[0])
     return None

@@ -30,13 +30,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
-import sniffio
 
-try:
-    import redis  # noqa: F401 - the extra's own error, before the modules below need it
+try:  # the extra's own error, before the modules below need it
+    import redis  # noqa: F401
+    import sniffio
 except ImportError as exc:  # pragma: no cover - exercised without the extra
+    if exc.name not in ("redis", "sniffio"):
+        raise  # something else is broken: its own error names it
     raise ImportError(
-        "the Redis backend needs the 'redis' extra: pip install 'quotaflow[redis]'"
+        f"the Redis backend needs the 'redis' extra ({exc.name} is missing): "
+        "pip install 'quotaflow[redis]'",
+        name=exc.name,
     ) from exc
 
 from quotaflow.backends import _redis_script as rs
@@ -57,6 +61,10 @@ from quotaflow.errors import BackendError, ConfigError
 from quotaflow.limits import Limit
 
 __all__ = ["RedisBackend", "SyncRedisBackend"]
+
+ASIDE = 0.5
+"""Seconds a cancel, settle or release waits for Redis before it is set aside and replayed by
+the background thread (the caller goes on; nothing is lost)."""
 
 _OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
 
@@ -92,6 +100,9 @@ class RedisBackend:
     Attributes:
         sync: the synchronous face (:class:`SyncRedisBackend`) over the same keys.
     """
+
+    may_stall = True
+    """Calls can stall (a paused server, a dead link): the limiter bounds them by deadlines."""
 
     def __init__(
         self,
@@ -322,8 +333,13 @@ class RedisBackend:
         await self._arun(self._engine.dispatch(scope, now))
 
     async def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
-        """Leave the line; returns a grant that won the race."""
-        return await self._arun(self._engine.cancel(scope, request_id, now))  # type: ignore[no-any-return]
+        """Leave the line; returns a grant that won the race. Bounded: if Redis does not
+        answer within :data:`ASIDE` seconds, the cancel is kept and replayed (a grant that won
+        is then released), and the caller goes on."""
+        with anyio.move_on_after(ASIDE):
+            return await self._arun(self._engine.cancel(scope, request_id, now))  # type: ignore[no-any-return]
+        self._engine.later("cancel", scope, (request_id,))
+        return None
 
     async def settle(
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
@@ -335,7 +351,10 @@ class RedisBackend:
         ``SETTLE_DELAY`` (2 ms) at the latest. Otherwise one round trip.
         """
         if not self.settle_nowait(scope, lease_id, actual, at, now):
-            await self._arun(self._engine.settle(scope, lease_id, actual, at, now))
+            with anyio.move_on_after(ASIDE):
+                await self._arun(self._engine.settle(scope, lease_id, actual, at, now))
+                return
+            self._engine.later("flush", scope, (lease_id, actual, at))
 
     def settle_nowait(
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
@@ -370,8 +389,11 @@ class RedisBackend:
             await self._arun(self._engine.flush(scope, self._engine.lnow()))
 
     async def release(self, scope: str, lease_id: str, now: float) -> None:
-        """Return a lease that never reached the server."""
-        await self._arun(self._engine.release(scope, lease_id, now))
+        """Return a lease that never reached the server (bounded like :meth:`cancel`)."""
+        with anyio.move_on_after(ASIDE):
+            await self._arun(self._engine.release(scope, lease_id, now))
+            return
+        self._engine.later("release", scope, (lease_id,))
 
     async def pause(self, scope: str, limit: str, until: float, now: float) -> None:
         """Hold a limit until ``until`` in every process (e.g. after a 429)."""
