@@ -17,8 +17,12 @@ try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    if exc.name not in ("starlette", "uvicorn"):
+        raise  # something else is broken: its own error names it
     raise ImportError(
-        "quotaflow.emulator needs the 'emulator' extra: pip install 'quotaflow[emulator]'"
+        f"quotaflow.emulator needs the 'emulator' extra ({exc.name} is missing): "
+        "pip install 'quotaflow[emulator]'",
+        name=exc.name,
     ) from exc
 
 from ._app import Emulator
