@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -29,13 +30,14 @@ from quotaflow.gemini import (
     estimate_tokens,
     parse_error,
     read_count,
+    redact_text,
     redact_url,
 )
 from quotaflow.limits import RPM, Limit, pacific_days
 
 _jitter = random.Random()  # our own generator: never disturb a user's seeded global one
 
-__all__ = ["CallInfo", "Settings", "Sizer", "call_flow", "settle_amounts"]
+__all__ = ["CallInfo", "Settings", "Sizer", "call_flow", "send_failure", "settle_amounts"]
 
 log = logging.getLogger("quotaflow.transport")
 
@@ -43,7 +45,17 @@ COUNT_MODEL = "countTokens"
 """The scope countTokens calls are metered under (their own quota, not the model's)."""
 
 HEADER_PREFIX = "x-quotaflow-"
-RETRY_STATUSES = frozenset({500, 503, 504})
+RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
+"""Statuses retried (with backoff) for calls that create nothing: the server's or its front
+end's transient failures, the ones google-genai's own ``retry_options`` retry besides 429."""
+
+UNSENT_ERRORS = ("ConnectError", "ConnectTimeout", "PoolTimeout")
+"""httpx/httpx2 errors raised before any byte of the request left: no connection was had, so
+the server cannot have counted the call (its permit is released) and a retry is always safe."""
+
+SENT_ERRORS = ("ReadTimeout", "WriteTimeout", "ReadError", "WriteError", "RemoteProtocolError")
+"""httpx/httpx2 errors raised once the request may have reached the server: the call keeps its
+request count (its permit is settled as sent); retried like a 503."""
 
 Sizer = Literal["estimate", "count"] | Callable[[Call, Mapping[str, Any]], int]
 """How input tokens are sized before a call: ``"estimate"`` (local, no I/O), ``"count"``
@@ -175,6 +187,13 @@ class Count:
 
 
 @dataclass(frozen=True)
+class Release:
+    """Release a permit: the call never reached the server, so nothing is kept."""
+
+    permit: Any
+
+
+@dataclass(frozen=True)
 class Settle:
     """Settle a permit (``amounts`` by metric; ``None`` keeps the estimate)."""
 
@@ -215,7 +234,7 @@ class Sleep:
     seconds: float
 
 
-Effect = Acquire | Send | Read | Count | Settle | Pause | Exhaust | SetLimit | Sleep
+Effect = Acquire | Send | Read | Count | Release | Settle | Pause | Exhaust | SetLimit | Sleep
 
 
 @dataclass
@@ -292,6 +311,28 @@ def _parse_body(content: bytes) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def send_failure(exc: BaseException) -> Literal["unsent", "sent"] | None:
+    """What a transport error raised by the inner transport says about the request:
+    ``"unsent"`` (it never left: see :data:`UNSENT_ERRORS`), ``"sent"`` (it may have reached
+    the server: :data:`SENT_ERRORS`), or ``None`` (not a transient transport error: not
+    retried). Both httpx and its fork httpx2 are recognized (their classes are distinct)."""
+    for name in ("httpx", "httpx2"):
+        module = sys.modules.get(name)  # a package never imported cannot have raised
+        if module is None:
+            continue
+        for kind, names in (("unsent", UNSENT_ERRORS), ("sent", SENT_ERRORS)):
+            for cls_name in names:
+                cls = getattr(module, cls_name, None)
+                if isinstance(cls, type) and isinstance(exc, cls):
+                    return "unsent" if kind == "unsent" else "sent"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = redact_text(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _dims(quota: Callable[[str], Sequence[Limit]], model: str) -> dict[str, Limit]:
     try:
         return {lim.name: lim for lim in quota(model)}
@@ -343,8 +384,10 @@ def call_flow(
             )
         cost = cost_map
         info.estimated = tokens
-    retry_5xx = call.idempotent or settings.retry_writes
-    n429 = n5xx = 0
+    # 408/5xx and connection failures are retried for calls that create nothing (generation,
+    # embedding, reads, deletes: see Call.creates) unless retry_writes extends it to creates
+    retry_transient = call.idempotent or settings.retry_writes
+    n429 = n_transient = 0
     while True:
         permit: Any = None
         if metered:
@@ -353,14 +396,36 @@ def call_flow(
             permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
             info.waited += permit.waited
             info.priority = permit.priority
-            permit.mark_sent()
         info.attempts += 1
+        # the permit is marked sent once the attempt's fate is known, not before: an error that
+        # proves the request never left (send_failure: "unsent") releases it instead
         try:
             response: Any = yield Send()
-        except BaseException:
+        except BaseException as exc:
+            kind = send_failure(exc) if isinstance(exc, Exception) else None
             if permit is not None:
-                yield Settle(permit, None)  # it may have reached the server: keep the count
-            raise
+                if kind == "unsent":
+                    yield Release(permit)  # no connection was had: the server counted nothing
+                else:
+                    permit.mark_sent()  # it may have reached the server: keep the count
+                    yield Settle(permit, None)
+            if kind is None or not retry_transient or n_transient >= settings.max_5xx_retries:
+                raise  # the inner transport's own exception, unchanged
+            delay = settings.backoff_delay(n_transient)
+            if deadline is not None and clock.now() + delay > deadline:
+                raise
+            log.info(
+                "%s %s: %s (%s); retry %d in %.2fs",
+                method,
+                redact_url(url),
+                _describe(exc),
+                "not sent" if kind == "unsent" else "may have reached the server",
+                n_transient + 1,
+                delay,
+            )
+            n_transient += 1
+            yield Sleep(delay)
+            continue
         if permit is not None:
             permit.mark_response_started()
         status = int(response.status_code)
@@ -382,20 +447,24 @@ def call_flow(
             if delay > 0:
                 yield Sleep(delay)
             continue
-        if status in RETRY_STATUSES and retry_5xx and n5xx < settings.max_5xx_retries:
-            raw, fresh = yield Read(response)
-            delay = settings.backoff_delay(n5xx)
+        if status in RETRY_STATUSES and retry_transient and n_transient < settings.max_5xx_retries:
+            delay = settings.backoff_delay(n_transient)
             if deadline is not None and clock.now() + delay > deadline:
-                return Outcome(fresh, None, info)
+                return Outcome(response, None, info)
+            try:
+                yield Read(response)  # drain and close it: the connection goes back to the pool
+            except Exception as exc:
+                if send_failure(exc) is None:
+                    raise  # a dropped connection loses only a body we would not use
             log.info(
                 "%s %s: %d from the server; retry %d in %.2fs",
                 method,
                 redact_url(url),
                 status,
-                n5xx + 1,
+                n_transient + 1,
                 delay,
             )
-            n5xx += 1
+            n_transient += 1
             yield Sleep(delay)
             continue
         return Outcome(response, None, info)

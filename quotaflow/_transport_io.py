@@ -26,6 +26,7 @@ from quotaflow._transport_flow import (
     Outcome,
     Pause,
     Read,
+    Release,
     Send,
     Settings,
     Settle,
@@ -331,6 +332,9 @@ class AsyncDriver(_DriverBase):
         if isinstance(effect, Settle):
             await effect.permit.settle(**(effect.amounts or {}))
             return None
+        if isinstance(effect, Release):
+            await effect.permit.release()
+            return None
         if isinstance(effect, Read):
             return await self._read(effect.response)
         if isinstance(effect, Count):
@@ -453,6 +457,9 @@ class SyncDriver(_DriverBase):
             )
         if isinstance(effect, Settle):
             effect.permit.settle(**(effect.amounts or {}))
+            return None
+        if isinstance(effect, Release):
+            effect.permit.release()
             return None
         if isinstance(effect, Read):
             return self._read(effect.response)

@@ -65,9 +65,16 @@ _DOC_ARGS = """
             define a limit on that metric; Gemini's TPM counts input only). Off by default.
         default_output_tokens: the reservation when a request names no maximum.
         max_429_retries: retries after a per-minute or shared-capacity 429.
-        max_5xx_retries: retries after 500, 503 and 504 (calls that create nothing only).
+        max_5xx_retries: retries after transient failures, one budget for all of them: 408,
+            500, 502, 503 and 504 responses, connection errors (``ConnectError``,
+            ``ReadError``, ``WriteError``, ``RemoteProtocolError``) and timeouts
+            (``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``, ``PoolTimeout``), for
+            calls that create nothing only. An attempt that never left (``ConnectError``,
+            ``ConnectTimeout``, ``PoolTimeout``) gives its request back; the others keep it.
+            When they run out the caller gets the last response, or the inner transport's
+            last exception, unchanged.
         retry_writes: also retry calls that create resources (uploads, caches, batches, tuned
-            models) on 5xx.
+            models) after those failures.
         backoff: the first backoff in seconds (doubled per retry, with jitter).
         max_backoff: the longest backoff.
         jitter: the fraction of a 429's ``retryDelay`` added at random to its pause.
@@ -111,10 +118,11 @@ class QuotaTransport(AsyncDriver, httpx.AsyncBaseTransport):
 
     Metered calls (generate, stream, embed; countTokens under its own quota) wait for
     capacity, are sized before and settled after (from ``usageMetadata``, also in SSE streams,
-    without buffering), and 429s and 5xx are fed back and retried within bounds. Everything
-    else passes straight through, classified. ``x-quotaflow-priority``, ``x-quotaflow-timeout``
-    and ``x-quotaflow-agent`` request headers set per-call options and are removed before the
-    request leaves; ``quotaflow.priority()/deadline()/agent()`` do the same for a block.
+    without buffering), and 429s, 5xx, 408s, dropped connections and timeouts are fed back
+    and retried within bounds. Everything else passes straight through, classified.
+    ``x-quotaflow-priority``, ``x-quotaflow-timeout`` and ``x-quotaflow-agent`` request headers
+    set per-call options and are removed before the request leaves;
+    ``quotaflow.priority()/deadline()/agent()`` do the same for a block.
     """
 
     _http = httpx
