@@ -218,7 +218,7 @@ async def test_send_failure_keeps_the_request_and_frees_nothing_twice() -> None:
     def boom(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
-    async with _client(limiter, boom) as client:
+    async with _client(limiter, boom, max_5xx_retries=0) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.post(GEN, json=BODY)
     status = await limiter.status(MODEL)
