@@ -23,6 +23,14 @@ from quotaflow.backends.redis import RedisBackend
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The Redis backend runs on trio through its sync face in a thread (the fleet tests in
+    ``test_redis_fleet.py`` cover trio); these fault runs take seconds each, so asyncio only."""
+    return "asyncio"
+
+
 PERIOD = 1.0
 L = 20  # requests per period
 WORKER = str(Path(__file__).with_name("redis_worker.py"))
