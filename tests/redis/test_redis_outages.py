@@ -161,8 +161,10 @@ async def test_outages_cost_no_call_and_no_capacity(own_redis: Any, how: str) ->
         else:
             assert own_redis.proc is not None
             own_redis.proc.send_signal(signal.SIGSTOP)
-            await anyio.sleep(2.0)
-            own_redis.proc.send_signal(signal.SIGCONT)
+            try:
+                await anyio.sleep(2.0)
+            finally:  # never leave the server stopped, even when the test fails
+                own_redis.proc.send_signal(signal.SIGCONT)
         c.close()
 
     t0, stamps, errors = await _fault_run(own_redis, fault)
