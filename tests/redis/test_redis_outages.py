@@ -287,14 +287,14 @@ def test_a_frozen_process_does_not_spend_what_expired_while_it_was_stopped(
         p.send_signal(signal.SIGSTOP)
         held.release()  # the stopped worker's ticket is granted now, and its lease expires
         time.sleep(0.3)
-        again = limiter.acquire("m", timeout=10)  # the slot is back after the lease expires
-        p.send_signal(signal.SIGCONT)
-        time.sleep(1.5)  # the worker has resumed and read its stale grant by now
-        c = redis.Redis.from_url(redis_url)
-        sec, usec = c.time()
-        c.close()
-        released_at = sec + usec / 1e6
-        again.release()
+        with limiter.acquire("m", timeout=10) as again:  # back once the lease expires
+            p.send_signal(signal.SIGCONT)
+            time.sleep(1.5)  # the worker has resumed and read its stale grant by now
+            c = redis.Redis.from_url(redis_url)
+            sec, usec = c.time()
+            c.close()
+            released_at = sec + usec / 1e6
+            again.release()
         grant = _read_until(p, "grant")
         # the worker was granted only after the slot was free again, never while it was held
         assert grant["t"] >= released_at
