@@ -284,19 +284,29 @@ class Topology:
     """The Redis of a run: one server, or a primary, a replica and Sentinels (failover)."""
 
     def __init__(self, failover: bool, sentinels: int, server: Callable[..., Any]) -> None:
-        # no 5 s wait before the replica's first (diskless) sync
-        self.primary = server(*(("--repl-diskless-sync-delay", "0") if failover else ())).start()
+        self.primary: Any = None
         self.replica: Any = None
         self.sentinels: list[Sentinel] = []
+        try:
+            self._start(failover, sentinels, server)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, failover: bool, sentinels: int, server: Callable[..., Any]) -> None:
+        # no 5 s wait before the replica's first (diskless) sync
+        self.primary = server(*(("--repl-diskless-sync-delay", "0") if failover else ()))
+        self.primary.start()
         if not failover:
             self.url = self.primary.url
             return
-        self.replica = server("--replicaof", "127.0.0.1", str(self.primary.port)).start()
+        self.replica = server("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.start()
         _until("the replica to sync", lambda: _replica_synced(self.replica.port))
         quorum = 1 if sentinels < 3 else 2
-        self.sentinels = [
-            Sentinel(self.primary.port, quorum).start() for _ in range(max(1, sentinels))
-        ]
+        for _ in range(max(1, sentinels)):
+            self.sentinels.append(Sentinel(self.primary.port, quorum))
+            self.sentinels[-1].start()
         for s in self.sentinels:
             _until(
                 "the Sentinels to see the replica and each other",
@@ -316,14 +326,20 @@ class Topology:
         return redis.Redis(port=port, socket_timeout=5.0)
 
     def stop(self) -> None:
+        """Kill every process (a paused one too) and remove their directories."""
         for s in self.sentinels:
-            s.kill()
+            with contextlib.suppress(Exception):
+                s.kill()
+            shutil.rmtree(s.dir, ignore_errors=True)
         for server in (self.replica, self.primary):
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    if server.proc is not None and server.proc.poll() is None:
-                        os.kill(server.proc.pid, signal.SIGCONT)
-                    server.kill()
+            if server is None:
+                continue
+            with contextlib.suppress(Exception):
+                if server.proc is not None and server.proc.poll() is None:
+                    os.kill(server.proc.pid, signal.SIGCONT)
+                server.kill()
+            with contextlib.suppress(Exception):
+                shutil.rmtree(server.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,12 +771,14 @@ def run_scenario(
         models=[ModelConfig(name=MODEL, rpm=s.rpm, tpm=s.tpm, rpd=None)],
         faults=FaultConfig(latency_seconds=s.latency, seed=s.seed),
     )
-    logdir = tempfile.mkdtemp(prefix="qf-fleet-logs-")
-    topo = Topology(scenario == "failover", s.sentinels, server)
     workers: list[Worker] = []
     result: dict[str, Any] = {"scenario": scenario, "settings": asdict(s)}
-    served = serve(config).start()
+    logdir = tempfile.mkdtemp(prefix="qf-fleet-logs-")
+    topo: Topology | None = None
+    served: Any = None
     try:
+        topo = Topology(scenario == "failover", s.sentinels, server)
+        served = serve(config).start()
         for i in range(s.procs):
             cfg = {"index": i, "url": topo.url, "base_url": served.base_url}
             workers.append(Worker(i, cfg | {"settings": asdict(s)}, logdir))
@@ -786,12 +804,20 @@ def run_scenario(
         time.sleep(s.period + 0.5)
         result["held"] = _held(topo, s)
         stats = served.emulator.stats(include_log=True)["models"].get(MODEL, {})
-    finally:
         for w in workers:
             w.send("quit")  # all at once: they close in parallel
         clean = [w.close(20) for w in workers]
-        served.stop()
-        topo.stop()
+        result["worker_log"] = {w.index: w.log_lines() for w in workers if w.log_lines()}
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.kill()
+                w.close(10)
+        if served is not None:
+            served.stop()
+        if topo is not None:
+            topo.stop()
+        shutil.rmtree(logdir, ignore_errors=True)
     reports = [w.report for w in workers if w.report is not None]
     errors: Counter[str] = Counter()
     for r in reports:
@@ -828,10 +854,8 @@ def run_scenario(
         "recovery_seconds": None if rec is None else round(rec, 3),
         "bound_seconds": bound(scenario, s),
         "max_429s": max_429s(scenario, s),
-        "worker_log": {w.index: w.log_lines() for w in workers if w.log_lines()},
     }
     result["misses"] = misses(result)
-    shutil.rmtree(logdir, ignore_errors=True)
     return result
 
 

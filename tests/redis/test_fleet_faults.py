@@ -1,7 +1,7 @@
 """Fleet faults, short: google-genai in 3 processes x 4 tasks on one Redis, one fault each.
 
 The runner is ``benchmarks/fleet_faults.py`` (:func:`run_scenario`), on redis-servers started
-here (:class:`RedisServer`), a compressed minute of 1-1.5 s and the benchmark's limits (RPM 30,
+here (:class:`RedisServer`), a compressed minute of 1-2 s and the benchmark's limits (RPM 30,
 TPM 10,000 per period, small prompts: RPM binds). Each test asserts what a user of a fleet
 cares about: no call fails or hangs; use of the binding limit is back to >= 97% per window
 (fixed windows of one period from the first admission) within two periods of the fault (one
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 SHORT = fleet_faults.Settings(procs=3, tasks=4, period=1.0, periods=6)
 
 CASES: dict[str, fleet_faults.Settings] = {
-    "none": dataclasses.replace(SHORT, periods=5),
+    "none": dataclasses.replace(SHORT, periods=4),
     # the bound is one period + 5 s: enough windows after the kill to see it met and kept
     "sigkill": dataclasses.replace(SHORT, periods=10),
     "restart": SHORT,
@@ -39,8 +39,9 @@ CASES: dict[str, fleet_faults.Settings] = {
     "pause": dataclasses.replace(SHORT, pause_seconds=1.5),
     "client-kill": SHORT,
     "script-flush": SHORT,
-    # Sentinel takes ~1.5-2 s to promote (down-after 1 s): two periods of 1.5 s cover it
-    "failover": dataclasses.replace(SHORT, period=1.5),
+    # Sentinel promotes ~2.1 s after the kill (down-after 1 s) and the workers are back
+    # 2.4-3.2 s after it: periods of 2 s, so that the two-period bound is not about Sentinel
+    "failover": dataclasses.replace(SHORT, period=2.0),
 }
 
 
