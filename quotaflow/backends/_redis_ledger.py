@@ -19,21 +19,50 @@ from quotaflow.limits import Calendar, Concurrent, Limit
 __all__ = ["Ledger"]
 
 
+class _Plan:
+    """Which limits of a scope a spend is kept for (worked out once per set of limits)."""
+
+    __slots__ = ("calendars", "horizon", "limits", "rolling")
+
+    def __init__(self, limits: Sequence[Limit]) -> None:
+        self.limits = limits
+        self.rolling = {
+            lim.name: lim.period
+            for lim in limits
+            if not isinstance(lim.reset, (Calendar, Concurrent))
+        }
+        self.calendars = [
+            (lim.name, lim.reset) for lim in limits if isinstance(lim.reset, Calendar)
+        ]
+        self.horizon = max(self.rolling.values(), default=0.0) + 1.0
+
+
 class Ledger:
-    """Lease costs and recent spends of one process, per scope (times of the limiter clock)."""
+    """Lease costs and recent spends of one process, per scope (times of the limiter clock).
+
+    On the hot path (every grant and settle) it stores references and appends to a deque;
+    the work of picking what to write back is done only when a state was lost.
+    """
 
     def __init__(self) -> None:
-        self.costs: dict[str, dict[str, int]] = {}  # lease id -> cost by limit
-        self._spent: dict[str, deque[tuple[float, dict[str, int]]]] = {}
+        self.costs: dict[str, Mapping[str, int]] = {}  # lease id -> cost by limit
+        self._spent: dict[str, deque[tuple[float, Mapping[str, int]]]] = {}
         self._days: dict[str, dict[str, tuple[float, int]]] = {}  # limit -> (window, total)
+        self._plans: dict[str, _Plan] = {}
 
     def granted(self, lease_id: str, cost: Mapping[str, int]) -> None:
-        """A lease was granted with ``cost`` (by limit)."""
-        self.costs[lease_id] = dict(cost)
+        """A lease was granted with ``cost`` (by limit; kept by reference, never changed)."""
+        self.costs[lease_id] = cost
 
     def dropped(self, lease_id: str) -> None:
         """A lease ended without spending (released, lost, expired)."""
         self.costs.pop(lease_id, None)
+
+    def _plan(self, scope: str, limits: Sequence[Limit]) -> _Plan:
+        plan = self._plans.get(scope)
+        if plan is None or plan.limits is not limits:
+            plan = self._plans[scope] = _Plan(limits)
+        return plan
 
     def settled(
         self,
@@ -47,59 +76,48 @@ class Ledger:
         cost = self.costs.pop(lease_id, None)
         if cost is None:
             return
-        real = dict(cost)
-        if actual is not None:
-            real.update({k: int(v) for k, v in actual.items()})
-        rolling: dict[str, int] = {}
-        horizon = 0.0
-        for lim in limits:
-            amount = real.get(lim.name, 0)
-            rule = lim.reset
-            if isinstance(rule, Concurrent):
-                continue
-            if isinstance(rule, Calendar):
-                if amount:
-                    start = rule.window_start(at)
-                    days = self._days.setdefault(scope, {})
-                    ws, total = days.get(lim.name, (start, 0))
-                    if start > ws:
-                        ws, total = start, 0
-                    if start == ws:
-                        days[lim.name] = (ws, total + amount)
-                continue
-            horizon = max(horizon, lim.period)
+        real = cost if not actual else {**cost, **actual}
+        plan = self._plan(scope, limits)
+        for name, calendar in plan.calendars:
+            amount = int(real.get(name, 0))
             if amount:
-                rolling[lim.name] = amount
-        if not rolling:
-            return
-        log = self._spent.setdefault(scope, deque())
-        log.append((at, rolling))
-        while log and log[0][0] < at - horizon - 1.0:
+                start = calendar.window_start(at)
+                days = self._days.setdefault(scope, {})
+                ws, total = days.get(name, (start, 0))
+                if start > ws:
+                    ws, total = start, 0
+                if start == ws:
+                    days[name] = (ws, total + amount)
+        log = self._spent.get(scope)
+        if log is None:
+            log = self._spent[scope] = deque()
+        log.append((at, real))
+        edge = at - plan.horizon
+        while log[0][0] < edge:
             log.popleft()
 
-    def leases(self, lease_ids: Sequence[str]) -> list[tuple[str, dict[str, int]]]:
+    def leases(self, lease_ids: Sequence[str]) -> list[tuple[str, Mapping[str, int]]]:
         """``(id, cost)`` of the given leases (those whose cost is known)."""
         return [(i, self.costs[i]) for i in lease_ids if i in self.costs]
 
     def spends(
         self, scope: str, limits: Sequence[Limit], now: float
     ) -> list[tuple[float, dict[str, int]]]:
-        """What to write back at ``now``: spends still inside a period of their limit, and one
-        entry per calendar limit with the current window's total."""
-        periods = {lim.name: lim.period for lim in limits}
+        """What to write back at ``now``: the amounts of rolling limits spent within a period
+        of their limit, and one entry per calendar limit with the current window's total."""
+        plan = self._plan(scope, limits)
         out: list[tuple[float, dict[str, int]]] = []
         for at, amounts in self._spent.get(scope, ()):
-            keep = {k: v for k, v in amounts.items() if at > now - periods.get(k, 0.0) - 1.0}
+            keep = {
+                k: int(v)
+                for k, v in amounts.items()
+                if v and k in plan.rolling and at > now - plan.rolling[k] - 1.0
+            }
             if keep:
                 out.append((at, keep))
         days = self._days.get(scope, {})
-        for lim in limits:
-            rule = lim.reset
-            entry = days.get(lim.name)
-            if (
-                isinstance(rule, Calendar)
-                and entry is not None
-                and entry[0] == rule.window_start(now)
-            ):
-                out.append((now, {lim.name: entry[1]}))
+        for name, calendar in plan.calendars:
+            entry = days.get(name)
+            if entry is not None and entry[0] == calendar.window_start(now):
+                out.append((now, {name: entry[1]}))
         return out
