@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -292,6 +293,11 @@ LABELS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(__file__), "results", "redis_throughput.json"),
+        help="results file ('' to skip); benchmarks/docs_tables.py puts its table in the docs",
+    )
     args = ap.parse_args()
     server = Server()
     try:
@@ -305,23 +311,40 @@ def main() -> None:
                 rows.setdefault(name, []).append((rate, calls / max(ops, 1)))
     finally:
         server.stop()
-    print(
-        f"# Redis throughput, {datetime.date.today()}, {platform.machine()}, "
+    title = (
+        f"Redis throughput, {datetime.date.today()}, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}"
     )
     head = " | ".join(f"{p}x{t}" for p, t in CELLS)
-    print(f"\n| operations per second | {head} |")
-    print("|---" * (len(CELLS) + 1) + "|")
+    out = [f"| operations per second | {head} |", "|---" * (len(CELLS) + 1) + "|"]
     for name in CONTENDERS:
         cells = " | ".join(f"{r:,.0f}" for r, _ in rows[name])
-        print(f"| {LABELS[name]} | {cells} |")
-    print("\n| operations per second / raw floor | " + head + " | round trips per op |")
-    print("|---" * (len(CELLS) + 2) + "|")
+        out.append(f"| {LABELS[name]} | {cells} |")
+    out += ["", f"| operations per second / raw floor | {head} | round trips per op |"]
+    out.append("|---" * (len(CELLS) + 2) + "|")
     floor = [r for r, _ in rows["floor"]]
     for name in CONTENDERS[1:]:
         ratios = " | ".join(f"{r / f:.0%}" for (r, _), f in zip(rows[name], floor, strict=True))
         rts = "/".join(f"{rt:.2f}" for _, rt in rows[name])
-        print(f"| {LABELS[name]} | {ratios} | {rts} |")
+        out.append(f"| {LABELS[name]} | {ratios} | {rts} |")
+    table = "\n".join(out)
+    print(f"# {title}\n\n{table}")
+    if args.out:
+        result = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            "benchmark": "benchmarks/redis_throughput.py",
+            "settings": {"seconds": args.seconds, "cells": CELLS},
+            "rows": {name: rows[name] for name in CONTENDERS},
+            "table": f"{title}\n\n{table}",
+        }
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
@@ -30,6 +31,13 @@ def test_the_readme_has_its_examples() -> None:
 @pytest.mark.parametrize("number", range(len(BLOCKS)))
 def test_every_example_compiles(number: int) -> None:
     _compile(BLOCKS[number])
+
+
+def test_the_readme_stays_a_page_and_its_links_resolve() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 430
+    for target in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / target).is_file(), target
 
 
 async def _run(source: str) -> dict[str, Any]:

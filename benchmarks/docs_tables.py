@@ -1,0 +1,55 @@
+"""Write the tables of the benchmarks' results files into docs/benchmarks.md.
+
+Each results file (``benchmarks/results/<name>.json``) holds its ``date``, ``machine`` and a
+markdown ``table``. In the docs, ``<!-- results:<name> -->`` ... ``<!-- /results -->`` marks
+where a table goes; this script replaces what is between the markers. ``--check`` exits 1 if
+the docs differ from the results files (for CI).
+
+Run: ``python benchmarks/docs_tables.py`` after a benchmark wrote its results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- results:([\w-]+) -->\n)(.*?)(<!-- /results -->)", re.S)
+
+
+def render(text: str) -> str:
+    """``text`` with every marked block filled from its results file."""
+
+    def fill(m: re.Match[str]) -> str:
+        data = json.loads((RESULTS / f"{m.group(2)}.json").read_text(encoding="utf-8"))
+        machine = data.get("machine", {})
+        where = ", ".join(str(machine[k]) for k in ("platform", "cpus", "python") if k in machine)
+        body = f"{data['table'].rstrip()}\n\n*From `{data['benchmark']}`, {data['date']}"
+        body += f" ({where}).*\n" if where else ".*\n"
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail if the docs are stale")
+    args = ap.parse_args()
+    text = DOC.read_text(encoding="utf-8")
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("docs/benchmarks.md is stale: run python benchmarks/docs_tables.py")
+            return 1
+        return 0
+    DOC.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
