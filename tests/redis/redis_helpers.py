@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +96,27 @@ class RedisServer:
         self.kill()
         time.sleep(down)
         self.start()
+
+
+WORKER = str(Path(__file__).with_name("redis_worker.py"))
+
+
+def spawn_worker(cfg: dict[str, Any]) -> subprocess.Popen[str]:
+    """A ``redis_worker.py`` process with ``cfg``; its events come as JSON lines on stdout."""
+    return subprocess.Popen(
+        [sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def read_until(p: subprocess.Popen[str], ev: str, count: int = 1) -> dict[str, Any]:
+    """Read the worker's events until the ``count``-th ``ev``; returns that event."""
+    assert p.stdout is not None
+    seen = 0
+    while True:
+        line = p.stdout.readline()
+        assert line, "worker ended early"
+        event: dict[str, Any] = json.loads(line)
+        if event["ev"] == ev:
+            seen += 1
+            if seen == count:
+                return event

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import redis
+from redis_helpers import read_until, spawn_worker
 
 from quotaflow import BackendError, Limit, Limiter, SyncLimiter
 from quotaflow.backends.redis import RedisBackend
@@ -22,24 +19,7 @@ from quotaflow.limits import Concurrent
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
-WORKER = str(Path(__file__).with_name("redis_worker.py"))
 RPM = {"m": [Limit("rpm", 20, 1.0)]}
-
-
-def spawn(cfg: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True
-    )
-
-
-def read_until(p: subprocess.Popen[str], ev: str, count: int = 1) -> None:
-    assert p.stdout is not None
-    seen = 0
-    while seen < count:
-        line = p.stdout.readline()
-        assert line, "worker ended early"
-        if json.loads(line)["ev"] == ev:
-            seen += 1
 
 
 async def _hammer(limiter: Limiter, until: float, stamps: list[float], model: str = "m") -> None:
@@ -93,7 +73,7 @@ def test_killed_holding_reservations_returns_them_after_the_period(
         "limits": [["rpm", 3, 1.0, "requests"]],
         "seconds": 60,
     }
-    p = spawn(cfg)
+    p = spawn_worker(cfg)
     read_until(p, "holding", 3)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -128,7 +108,7 @@ def test_killed_while_waiting_does_not_jam_the_line(redis_url: str, namespace: s
         "limits": [["c", 1, 1.0, "requests", "conc"]],
         "seconds": 60,
     }
-    p = spawn(cfg)
+    p = spawn_worker(cfg)
     read_until(p, "ready")
     deadline = time.monotonic() + 10
     while limiter.waiting("m") < 1 and time.monotonic() < deadline:

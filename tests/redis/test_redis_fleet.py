@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_helpers import spawn_worker
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-
-WORKER = str(Path(__file__).with_name("redis_worker.py"))
-
-
-def spawn(cfg: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True
-    )
 
 
 def collect(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[str, Any]]:
@@ -54,7 +45,7 @@ def test_four_processes_saturate_rpm_and_tpm(redis_url: str, namespace: str) -> 
         "limits": [["rpm", rpm, period, "requests"], ["tpm", tpm, period, "input_tokens"]],
         "tokens": [60, 140],
     }
-    procs = [spawn({**cfg, "seed": i}) for i in range(4)]
+    procs = [spawn_worker({**cfg, "seed": i}) for i in range(4)]
     events = collect(procs, timeout=90)
     assert not [e for e in events if e["ev"] == "error"]
     grants = [e for e in events if e["ev"] == "grant"]
@@ -78,10 +69,10 @@ def test_priority_holds_across_processes(redis_url: str, namespace: str) -> None
         "limits": [["rpm", 30, 1.0, "requests"]],
     }
     procs = [
-        spawn({**cfg, "tasks": 3, "priority": "high", "seed": 1}),
-        spawn({**cfg, "tasks": 16, "priority": "low", "seed": 2}),
-        spawn({**cfg, "tasks": 3, "priority": "high", "seed": 3}),
-        spawn({**cfg, "tasks": 16, "priority": "low", "seed": 4}),
+        spawn_worker({**cfg, "tasks": 3, "priority": "high", "seed": 1}),
+        spawn_worker({**cfg, "tasks": 16, "priority": "low", "seed": 2}),
+        spawn_worker({**cfg, "tasks": 3, "priority": "high", "seed": 3}),
+        spawn_worker({**cfg, "tasks": 16, "priority": "low", "seed": 4}),
     ]
     events = collect(procs, timeout=90)
     assert not [e for e in events if e["ev"] == "error"]

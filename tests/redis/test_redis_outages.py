@@ -6,17 +6,14 @@ Each test starts a Redis of its own (they restart, flush, pause and kill its cli
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import redis
+from redis_helpers import read_until, spawn_worker
 
 from quotaflow import RPM, TPM, Concurrent, Limit, Limiter, QuotaTimeoutError
 from quotaflow.backends.redis import RedisBackend
@@ -33,7 +30,6 @@ def anyio_backend() -> str:
 
 PERIOD = 1.0
 L = 20  # requests per period
-WORKER = str(Path(__file__).with_name("redis_worker.py"))
 
 
 def _quotas() -> dict[str, list[Limit]]:
@@ -122,6 +118,16 @@ async def _fault_run(server: Any, fault: Any, *, seconds: float = 7.0, at: float
     return t0, stamps, errors
 
 
+def _assert_recovered(t0: float, stamps: list[float], errors: list[str]) -> None:
+    """No call failed; no window held more than the limit (every process wrote back what it
+    spent; a little slack for the stamps, taken a hair after the anchor); full use again
+    within two periods of the fault (windows 2.5-3.5 and 3.5-4.5 may lose)."""
+    assert errors == []
+    assert _most_in_any_window(stamps, PERIOD * 0.98) <= L
+    windows = _windows(stamps, t0, PERIOD, 7)
+    assert all(w >= 0.97 * L for w in windows[5:7]), str(windows)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("how", ["restart", "flushall", "flushdb", "evict"])
 async def test_state_loss_neither_leaks_nor_over_admits(own_redis: Any, how: str) -> None:
@@ -138,14 +144,7 @@ async def test_state_loss_neither_leaks_nor_over_admits(own_redis: Any, how: str
                 c.delete(key)
         c.close()
 
-    t0, stamps, errors = await _fault_run(own_redis, fault)
-    assert errors == []
-    # every process wrote back what it spent in the last period: never more than the limit in
-    # any window (a little slack for the stamps, taken a hair after the anchor)
-    assert _most_in_any_window(stamps, PERIOD * 0.98) <= L
-    # back to full use within two periods of the fault (windows 2.5-3.5 and 3.5-4.5 may lose)
-    windows = _windows(stamps, t0, PERIOD, 7)
-    assert all(w >= 0.97 * L for w in windows[5:7]), str(windows)
+    _assert_recovered(*await _fault_run(own_redis, fault))
 
 
 @pytest.mark.anyio
@@ -167,11 +166,7 @@ async def test_outages_cost_no_call_and_no_capacity(own_redis: Any, how: str) ->
                 own_redis.proc.send_signal(signal.SIGCONT)
         c.close()
 
-    t0, stamps, errors = await _fault_run(own_redis, fault)
-    assert errors == []
-    assert _most_in_any_window(stamps, PERIOD * 0.98) <= L
-    windows = _windows(stamps, t0, PERIOD, 7)
-    assert all(w >= 0.97 * L for w in windows[5:7]), str(windows)
+    _assert_recovered(*await _fault_run(own_redis, fault))
 
 
 @pytest.mark.anyio
@@ -199,22 +194,6 @@ async def test_a_paused_redis_never_holds_a_caller_past_its_deadline(own_redis: 
         await limiter.backend.aclose()  # type: ignore[union-attr]
 
 
-def _spawn(cfg: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, WORKER, json.dumps(cfg)], stdout=subprocess.PIPE, text=True
-    )
-
-
-def _read_until(p: subprocess.Popen[str], ev: str) -> dict[str, Any]:
-    assert p.stdout is not None
-    while True:
-        line = p.stdout.readline()
-        assert line, "worker ended early"
-        event: dict[str, Any] = json.loads(line)
-        if event["ev"] == ev:
-            return event
-
-
 def test_a_killed_process_holdings_return_within_a_period_and_seconds(
     redis_url: str, namespace: str
 ) -> None:
@@ -230,9 +209,9 @@ def test_a_killed_process_holdings_return_within_a_period_and_seconds(
         "limits": [["rpm", 3, period, "requests"]],
         "seconds": 60,
     }
-    p = _spawn(cfg)
+    p = spawn_worker(cfg)
     for _ in range(3):
-        _read_until(p, "holding")
+        read_until(p, "holding")
     time.sleep(1.2)  # a beat or so after the grants: the holdings were refreshed once
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -267,7 +246,7 @@ def test_a_frozen_process_does_not_spend_what_expired_while_it_was_stopped(
     url = f"{redis_url}?namespace={namespace}&lease_ttl=1.0"
     limiter = SyncLimiter(tier=None, quotas=quotas, project="p", backend=url)
     held = limiter.acquire_nowait("m")
-    p = _spawn(
+    p = spawn_worker(
         {
             "url": redis_url,
             "ns": namespace,
@@ -279,7 +258,7 @@ def test_a_frozen_process_does_not_spend_what_expired_while_it_was_stopped(
         }
     )
     try:
-        _read_until(p, "ready")
+        read_until(p, "ready")
         deadline = time.monotonic() + 10
         while limiter.waiting("m") < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -295,7 +274,7 @@ def test_a_frozen_process_does_not_spend_what_expired_while_it_was_stopped(
             c.close()
             released_at = sec + usec / 1e6
             again.release()
-        grant = _read_until(p, "grant")
+        grant = read_until(p, "grant")
         # the worker was granted only after the slot was free again, never while it was held
         assert grant["t"] >= released_at
     finally:
