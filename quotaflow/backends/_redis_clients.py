@@ -77,7 +77,7 @@ def _clients(url: str) -> tuple[Any, Any, float | None]:
         creds = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
         first = urlunsplit((base, creds + hosts[0], parts.path, parts.query, ""))
         nodes = [h.rsplit(":", 1) for h in hosts]
-        startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in nodes]  # type: ignore[no-untyped-call]
+        startup = [redis.cluster.ClusterNode(h, int(p)) for h, p in nodes]  # type: ignore[no-untyped-call, unused-ignore]
         sync = redis.cluster.RedisCluster.from_url(
             first, startup_nodes=startup, retry=_retry(), **to
         )
@@ -99,11 +99,11 @@ def _clients(url: str) -> tuple[Any, Any, float | None]:
         sentinels = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts]
         kw: dict[str, Any] = {"password": password, "db": db, **to}
         skw = {"password": password} if password else None
-        sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=skw, **kw)  # type: ignore[no-untyped-call]
-        sync = sentinel.master_for(service)  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=skw, **kw)  # type: ignore[no-untyped-call, unused-ignore]
+        sync = sentinel.master_for(service)  # type: ignore[no-untyped-call, unused-ignore]
 
         def make_async() -> Any:
-            sent = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sent = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 sentinels, sentinel_kwargs=skw, **kw
             )
             return sent.master_for(service)
