@@ -8,16 +8,19 @@ the backend.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from quotaflow import context
 from quotaflow._gate import LaneGate
-from quotaflow._quota_book import QuotaBook
+from quotaflow._learned import Figure, LearnedCache, Origin, TimeScale, adapt_down, adapt_up
+from quotaflow._quota_book import Learned, QuotaBook
 from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
 from quotaflow.clock import Clock, SystemClock
@@ -37,8 +40,12 @@ __all__ = [
     "DimensionStatus",
     "Effect",
     "LimiterCore",
+    "Op",
     "Subscriptions",
     "acquire_flow",
+    "learn_flow",
+    "scope_flow",
+    "shares_figures",
 ]
 
 
@@ -55,9 +62,10 @@ class DimensionStatus:
     in_flight: int
     next_return: float | None
     paused_until: float | None
+    origin: Origin = field(default_factory=lambda: Origin("configured"))
 
     @classmethod
-    def of(cls, lim: Limit, level: Level) -> DimensionStatus:
+    def of(cls, lim: Limit, level: Level, origin: Origin | None = None) -> DimensionStatus:
         return cls(
             lim.name,
             lim.metric,
@@ -68,7 +76,11 @@ class DimensionStatus:
             level.in_flight,
             level.next_return,
             level.paused_until,
+            origin or Origin("configured"),
         )
+
+
+log = logging.getLogger("quotaflow")
 
 
 class LimiterCore:
@@ -86,12 +98,27 @@ class LimiterCore:
         clock: Clock | None,
         default_priority: int | str,
         shares: Mapping[str, Share] | None = None,
+        scale: TimeScale | None = None,
+        learned_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         if not project or not isinstance(project, str) or (":" in project and " " in project):
             raise ConfigError(f"project={project!r}: give your Google Cloud project's name")
-        self.book = QuotaBook(tier, quotas, overrides, unknown_model, headroom)
+        self.scale = scale or TimeScale()
+        self.book = QuotaBook(tier, quotas, overrides, unknown_model, headroom, scale=self.scale)
         self.project = project
         self.clock: Clock = clock or SystemClock()
+        self.cache = LearnedCache(learned_cache) if learned_cache is not None else None
+        if self.cache is not None:
+            prefix = f"{project}/"
+            for key, figures in self.cache.load(self.clock.now()).items():
+                if key.startswith(prefix):
+                    self.book.merge_shared(key[len(prefix) :], figures)
+        # per canonical model without a request figure: when this process's requests went, for
+        # the adaptive rule's first guess
+        self._sent: dict[str, deque[float]] = {}
+        self._polled: dict[str, float] = {}
+        # how often a process reads what the fleet learned (backends that share figures)
+        self.poll_every = min(2.0, self.scale.minute_seconds / 10.0)
         self.default_priority = context.priority_value(default_priority)
         self.shares: dict[str, Share] = dict(shares or {})
         for agent, share in self.shares.items():
@@ -150,6 +177,69 @@ class LimiterCore:
         self.lanes.clear()  # the next acquire of each model reconfigures through the scope
         return old
 
+    def learn(
+        self, model: str, dimension: str, amount: int | None, quota_id: str, used: int | None
+    ) -> tuple[Learned, int | None, Figure | None]:
+        """Take what a 429 taught: ``amount`` (its ``quotaValue``) of ``dimension``, or, with
+        ``amount=None``, the adaptive rule (``used``: what the dimension's bucket holds, if it
+        has one). Returns what was done, the configured amount, and the figure to share."""
+        now = self.clock.now()
+        canonical, _ = self.book.resolve(model)
+        if amount is None:
+            held = self.book.figure(canonical, dimension)
+            if used is None:
+                sent = self._sent.get(canonical, ())
+                used = sum(1 for t in sent if t > now - self.scale.minute_seconds)
+            figure = adapt_down(used, now, quota_id, first=held is None)
+        else:
+            figure = Figure(amount, "learned", now, quota_id)
+        result, configured = self.book.learn(canonical, dimension, figure)
+        if result in ("same", "known"):
+            return result, configured, None
+        self.lanes.clear()
+        self._save()
+        return result, configured, figure
+
+    def take_shared(self, model: str, shared: Mapping[str, str | bytes]) -> bool:
+        """Merge the figures the fleet shares (JSON by dimension); ``True`` if any changed."""
+        canonical, _ = self.book.resolve(model)
+        figures = {
+            str(dim): fig
+            for dim, text in shared.items()
+            if (fig := Figure.from_json(text)) is not None
+        }
+        if figures and self.book.merge_shared(canonical, figures):
+            self.lanes.clear()
+            self._save()
+            return True
+        return False
+
+    def poll_due(self, key: str, now: float) -> bool:
+        """Whether it is time to read the fleet's figures of ``key`` again."""
+        last = self._polled.get(key)
+        if last is not None and now - last < self.poll_every:
+            return False
+        self._polled[key] = now
+        return True
+
+    def grow(self, model: str) -> tuple[str, Figure] | None:
+        """An adaptive figure of ``model`` grown after a quiet minute: ``(dimension, figure)``
+        to share, or ``None``."""
+        canonical, _ = self.book.resolve(model)
+        now = self.clock.now()
+        for dim, fig in list(self.book.figures.get(canonical, {}).items()):
+            grown = adapt_up(fig, now, self.scale.minute_seconds)
+            if grown is not None:
+                self.book.merge_shared(canonical, {dim: grown})
+                self.lanes.clear()
+                self._save()
+                return dim, grown
+        return None
+
+    def _save(self) -> None:
+        if self.cache is not None:
+            self.cache.save({f"{self.project}/{m}": f for m, f in self.book.figures.items()})
+
     def request(
         self,
         model: str,
@@ -171,6 +261,14 @@ class LimiterCore:
         metrics = {"requests": 1, "input_tokens": tokens}
         if cost:
             metrics.update(check_cost(cost))
+        if not any(lim.name == "rpm" for lim in limits):
+            sent = self._sent.get(model)
+            if sent is None:
+                sent = self._sent[model] = deque()
+            now = self.clock.now()
+            sent.append(now)
+            while sent and sent[0] <= now - self.scale.minute_seconds:
+                sent.popleft()
         ctx_priority, ctx_timeout, ctx_agent = context.current()
         if agent is None:
             agent = ctx_agent
@@ -267,10 +365,11 @@ class LimiterCore:
         return request.id, model, scope, metrics, limits, now, now - started, prio
 
     def status(
-        self, limits: tuple[Limit, ...], levels: Mapping[str, Level]
+        self, model: str, limits: tuple[Limit, ...], levels: Mapping[str, Level]
     ) -> dict[str, DimensionStatus]:
+        origins = self.book.origins(model)
         return {
-            lim.name: DimensionStatus.of(lim, levels[lim.name])
+            lim.name: DimensionStatus.of(lim, levels[lim.name], origins.get(lim.name))
             for lim in limits
             if lim.name in levels
         }
@@ -348,3 +447,75 @@ class Subscriptions:
         for key in self._keys:
             self._backend.unsubscribe(key, self._deliver)
         self._keys.clear()
+
+
+LEARNED_TTL = 86_400.0
+"""Seconds a figure learned from the server is kept in a shared backend (and a cache file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One backend call of :func:`scope_flow` or :func:`learn_flow`: ``backend.<name>(*args)``."""
+
+    name: str
+    args: tuple[Any, ...]
+
+
+def shares_figures(backend: Any) -> bool:
+    """Whether ``backend`` keeps learned figures for the fleet (``learned``/``learn``)."""
+    return hasattr(backend, "learned") and hasattr(backend, "learn")
+
+
+def scope_flow(
+    core: LimiterCore, model: str, shared: bool
+) -> Generator[Op, Any, tuple[str, str, tuple[Limit, ...]]]:
+    """The scope of ``model``, configured with its current limits: what the fleet learned is
+    read now and then, an adaptive figure grows after a quiet minute. Run by both limiters."""
+    key, canonical, limits, fresh = core.scope(model)
+    changed = False
+    if shared and core.poll_due(key, core.clock.now()):
+        figures = yield Op("learned", (key,))
+        changed = bool(figures) and core.take_shared(canonical, figures)
+    if canonical in core.book.figures:
+        grown = core.grow(canonical)
+        if grown is not None:
+            changed = True
+            if shared:
+                yield Op("learn", (key, grown[0], grown[1].to_json(), LEARNED_TTL))
+    if changed:
+        key, canonical, limits, fresh = core.scope(model)
+    if fresh:
+        yield Op("configure", (key, limits, core.clock.now()))
+        core.configured(key, limits)
+    return key, canonical, limits
+
+
+def learn_flow(
+    core: LimiterCore,
+    model: str,
+    dimension: str,
+    amount: int | None,
+    quota_id: str,
+    shared: bool,
+) -> Generator[Op, Any, tuple[Learned, int | None]]:
+    """Take what a 429 taught (see :meth:`Limiter.learn`). Run by both limiters."""
+    key, canonical, limits = yield from scope_flow(core, model, shared)
+    used: int | None = None
+    if amount is None and any(lim.name == dimension for lim in limits):
+        levels = yield Op("status", (key, core.clock.now()))
+        level = levels.get(dimension)
+        used = level.used if level is not None else None
+    result, configured, figure = core.learn(canonical, dimension, amount, quota_id, used)
+    if figure is None:
+        return result, configured
+    if shared:
+        yield Op("learn", (key, dimension, figure.to_json(), LEARNED_TTL))
+    key, canonical, limits = yield from scope_flow(core, model, False)
+    fresh = result == "adopted" or (result == "adapted" and figure.growing)
+    lim = next((x for x in limits if x.name == dimension), None)
+    if fresh and lim is not None and lim.period <= core.scale.minute_seconds:
+        # the server is at its limit now and the new bucket holds nothing of it: admit nothing
+        # on this dimension until whatever the server counted has left its window
+        now = core.clock.now()
+        yield Op("pause", (key, dimension, now + lim.period, now))
+    return result, configured

@@ -1,30 +1,33 @@
-"""Model names to limits: the tier table, the user's quotas and overrides, headroom and the
-limits calibrated from 429s, per canonical model."""
+"""Model names to limits: the tier table, the user's quotas and overrides, the figures learned
+from 429s, headroom, and where each figure came from, per canonical model."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
+from quotaflow._learned import GEMINI_DIMENSIONS, Figure, Origin, TimeScale, gemini_limit
 from quotaflow.errors import ConfigError, UnknownModelError
-from quotaflow.limits import RPD, RPM, TPD, TPM, Limit, check_quota
+from quotaflow.limits import Limit, check_quota
 from quotaflow.tiers import ModelLimits, TierTable, load_tier
 
-__all__ = ["QuotaBook", "limits_from_table"]
+__all__ = ["Learned", "QuotaBook", "limits_from_table"]
+
+Learned = Literal["adopted", "lowered", "higher", "same", "adapted", "known"]
+"""What :meth:`QuotaBook.learn` did: adopted a figure the model lacked, lowered a higher one,
+kept a lower configured one (the server's is ``higher``), nothing (``same``), set an adaptive
+figure (``adapted``), or refused an adaptive one because a figure is ``known``."""
 
 
-def limits_from_table(entry: ModelLimits) -> tuple[Limit, ...]:
+def limits_from_table(entry: ModelLimits, scale: TimeScale | None = None) -> tuple[Limit, ...]:
     """Gemini's dimensions of one tier-table entry as limits (absent figures: no limit)."""
-    out: list[Limit] = []
-    if entry.rpm is not None:
-        out.append(RPM(entry.rpm))
-    if entry.tpm is not None:
-        out.append(TPM(entry.tpm))
-    if entry.rpd is not None:
-        out.append(RPD(entry.rpd))
-    if entry.tpd is not None:
-        out.append(TPD(entry.tpd))
-    return tuple(out)
+    scale = scale or TimeScale()
+    return tuple(
+        gemini_limit(dim, amount, scale)
+        for dim in GEMINI_DIMENSIONS
+        if (amount := getattr(entry, dim)) is not None
+    )
 
 
 class QuotaBook:
@@ -38,6 +41,7 @@ class QuotaBook:
         unknown_model: Sequence[Limit] | None,
         headroom: float,
         use_env: bool = True,
+        scale: TimeScale | None = None,
     ) -> None:
         if not 0.0 <= headroom < 1.0:
             raise ConfigError(
@@ -51,6 +55,7 @@ class QuotaBook:
             table = tier
         else:
             table = load_tier(tier)
+        self.shipped = table  # before overrides: tells a table figure from an override
         if table is not None:
             if overrides:
                 table = table.with_overrides(overrides)
@@ -60,11 +65,15 @@ class QuotaBook:
             raise ConfigError("overrides=... needs a tier table: pass tier='free' (or another)")
         self.table = table
         self.headroom = headroom
+        self.scale = scale or TimeScale()
         self._quotas = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
         self._unknown = check_quota(unknown_model) if unknown_model is not None else None
         self._cache: dict[str, tuple[str, tuple[Limit, ...]]] = {}
         self._canonical: dict[str, tuple[str, tuple[Limit, ...]]] = {}
         self._calibrated: dict[str, dict[str, int]] = {}
+        # per canonical model: what the server taught (or the adaptive rule set)
+        self.figures: dict[str, dict[str, Figure]] = {}
+        self._origins: dict[str, dict[str, Origin]] = {}
 
     @staticmethod
     def _plain(name: str) -> str:
@@ -83,14 +92,17 @@ class QuotaBook:
         if hit is not None:
             return hit
         plain = self._plain(model.strip())
+        origins: dict[str, Origin]
         if plain in self._quotas:
-            out = (plain, self._scale(self._quotas[plain]))
+            canonical, raw = plain, self._quotas[plain]
+            origins = {lim.name: Origin("configured") for lim in raw}
         else:
             try:
                 if self.table is None:
                     raise UnknownModelError(model, self._close(plain))
                 canonical, entry = self.table.resolve(model)
-                out = (canonical, self._scale(limits_from_table(entry)))
+                raw = limits_from_table(entry, self.scale)
+                origins = self._table_origins(canonical, entry)
             except UnknownModelError as exc:
                 if self._unknown is None:
                     if self._quotas:
@@ -98,22 +110,137 @@ class QuotaBook:
                             model, self._close(plain) or exc.suggestions
                         ) from None
                     raise
-                out = (plain, self._scale(self._unknown))
-        canonical = out[0]
+                canonical, raw = plain, self._unknown
+                origins = {lim.name: Origin("configured") for lim in raw}
+        raw, origins = self._merge(canonical, raw, origins)
+        out = (canonical, self._scale(raw))
         first = self._canonical.setdefault(canonical, out)
         if first[1] == out[1]:
             out = first  # every spelling of a model shares one tuple of limits
-        calibrated = self._calibrated.get(canonical)
-        if calibrated:
-            out = (
-                canonical,
-                tuple(
-                    lim.with_amount(calibrated[lim.name]) if lim.name in calibrated else lim
-                    for lim in out[1]
-                ),
-            )
+        else:
+            self._canonical[canonical] = out
+        self._origins[canonical] = origins
         self._cache[model] = out
         return out
+
+    def _table_origins(self, canonical: str, entry: ModelLimits) -> dict[str, Origin]:
+        shipped: ModelLimits | None = None
+        if self.shipped is not None and self.shipped is not self.table:
+            try:
+                shipped = self.shipped.resolve(canonical)[1]
+            except UnknownModelError:
+                shipped = None
+        out: dict[str, Origin] = {}
+        for dim in GEMINI_DIMENSIONS:
+            value = getattr(entry, dim)
+            if value is None:
+                continue
+            if self.shipped is not self.table and (
+                shipped is None or getattr(shipped, dim) != value
+            ):
+                out[dim] = Origin("override")
+            else:
+                src: dict[str, str] = {str(k): v for k, v in entry.sources.items()}
+                out[dim] = Origin("table", source=src.get(dim, entry.source or ""))
+        return out
+
+    def _merge(
+        self, canonical: str, raw: tuple[Limit, ...], origins: dict[str, Origin]
+    ) -> tuple[tuple[Limit, ...], dict[str, Origin]]:
+        """The configured limits with what was set by hand and what the server taught."""
+        calibrated = self._calibrated.get(canonical, {})
+        figures = self.figures.get(canonical, {})
+        if not calibrated and not figures:
+            return raw, origins
+        origins = dict(origins)
+        out: list[Limit] = []
+        for lim in raw:
+            if lim.name in calibrated:
+                lim = lim.with_amount(calibrated[lim.name])
+                origins[lim.name] = Origin("override")
+            fig = figures.get(lim.name)
+            if fig is not None and fig.kind == "learned" and fig.amount < lim.amount:
+                lim = lim.with_amount(fig.amount)
+                origins[lim.name] = fig.origin
+            out.append(lim)
+        names = {lim.name for lim in raw}
+        for dim in GEMINI_DIMENSIONS:
+            fig = figures.get(dim)
+            if fig is not None and dim not in names:
+                out.append(gemini_limit(dim, fig.amount, self.scale))
+                origins[dim] = fig.origin
+        return tuple(out), origins
+
+    def origins(self, model: str) -> dict[str, Origin]:
+        """Per dimension of ``model``: where its figure came from."""
+        canonical, _ = self.resolve(model)
+        return dict(self._origins.get(canonical, {}))
+
+    def _configured(self, canonical: str, name: str) -> int | None:
+        """The configured (not learned) amount of a dimension before headroom, or ``None``."""
+        if canonical in self._quotas:
+            src: tuple[Limit, ...] = self._quotas[canonical]
+        elif self.table is not None:
+            try:
+                src = limits_from_table(self.table.resolve(canonical)[1], self.scale)
+            except UnknownModelError:
+                src = self._unknown or ()
+        else:
+            src = self._unknown or ()
+        amount = next((x.amount for x in src if x.name == name), None)
+        if amount is None:
+            return None
+        return self._calibrated.get(canonical, {}).get(name, amount)
+
+    def _forget(self, canonical: str) -> None:
+        for key, value in list(self._cache.items()):
+            if value[0] == canonical:
+                del self._cache[key]
+        self._canonical.pop(canonical, None)
+
+    def learn(self, model: str, dimension: str, figure: Figure) -> tuple[Learned, int | None]:
+        """Take what a 429 taught about ``dimension`` of ``model``: ``(what was done, the
+        configured amount it was compared with)``."""
+        canonical, _ = self.resolve(model)
+        configured = self._configured(canonical, dimension)
+        figures = self.figures.setdefault(canonical, {})
+        held = figures.get(dimension)
+        if figure.kind == "adaptive":
+            if configured is not None or (held is not None and held.kind == "learned"):
+                return "known", configured
+            figures[dimension] = figure
+            self._forget(canonical)
+            return "adapted", held.amount if held is not None else None
+        if held is not None and held.kind == "learned" and held.amount == figure.amount:
+            return "same", configured
+        if configured is not None and figure.amount >= configured:
+            # the configured figure stays in force (a lower one taught before goes)
+            figures[dimension] = figure
+            self._forget(canonical)
+            return ("same" if figure.amount == configured else "higher"), configured
+        figures[dimension] = figure
+        self._forget(canonical)
+        return ("adopted" if configured is None else "lowered"), configured
+
+    def figure(self, model: str, dimension: str) -> Figure | None:
+        """What the server taught about ``dimension`` of ``model``, if anything."""
+        canonical, _ = self.resolve(model)
+        return self.figures.get(canonical, {}).get(dimension)
+
+    def merge_shared(self, canonical: str, shared: dict[str, Figure]) -> bool:
+        """Take figures other processes learned (newer ones win); ``True`` if any changed."""
+        mine = self.figures.setdefault(canonical, {})
+        changed = False
+        for dim, fig in shared.items():
+            if dim not in GEMINI_DIMENSIONS:
+                continue
+            held = mine.get(dim)
+            if held is None or (held != fig and fig.at >= held.at):
+                mine[dim] = fig
+                changed = True
+        if changed:
+            self._forget(canonical)
+        return changed
 
     def _close(self, name: str) -> list[str]:
         import difflib
@@ -128,7 +255,5 @@ class QuotaBook:
             return None
         # kept per canonical model, so that every spelling resolved later sees it too
         self._calibrated.setdefault(canonical, {})[name] = amount
-        for key, value in list(self._cache.items()):
-            if value[0] == canonical:
-                del self._cache[key]
+        self._forget(canonical)
         return old

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from quotaflow import context
+from quotaflow._learned import Origin
 from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError, QuotaError, QuotaExhaustedError, UnknownModelError
 from quotaflow.gemini import (
@@ -122,6 +123,8 @@ class CallInfo:
         waited: seconds spent waiting for capacity (all attempts).
         usage: the usage read from the response, once the body has been read.
         settled: whether the last attempt's permit has settled.
+        origins: per dimension of the model's quota, where its figure came from (table,
+            override, configured, learned from a 429, adaptive).
     """
 
     call: Call
@@ -134,6 +137,7 @@ class CallInfo:
     usage: Usage | None = None
     settled: bool = False
     statuses: list[int] = field(default_factory=list)
+    origins: Mapping[str, Origin] = field(default_factory=dict)
 
 
 class _Permit(Protocol):
@@ -219,12 +223,14 @@ class Exhaust:
 
 
 @dataclass(frozen=True)
-class SetLimit:
-    """``limiter.set_limit(model, dimension, amount)``; returns the old amount."""
+class Learn:
+    """``limiter.learn(model, dimension, amount, quota_id=...)``; returns ``(what was done,
+    the configured amount)``."""
 
     model: str
     dimension: str
-    amount: int
+    amount: int | None
+    quota_id: str
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,7 @@ class Sleep:
     seconds: float
 
 
-Effect = Acquire | Send | Read | Count | Release | Settle | Pause | Exhaust | SetLimit | Sleep
+Effect = Acquire | Send | Read | Count | Release | Settle | Pause | Exhaust | Learn | Sleep
 
 
 @dataclass
@@ -516,6 +522,56 @@ def _size(
     return estimate_tokens(call, body)
 
 
+def _learn(
+    model: str, err: ApiError, warned: set[tuple[str, str, int]] | None
+) -> Generator[Effect, Any, bool]:
+    """Teach the limiter what a 429 says: each ``quotaValue`` (adopted, lowering, or kept out
+    when higher), and without any, the adaptive request rate."""
+    valued = False
+    for v in err.violations:
+        dim = v.dimension
+        if dim is None or v.quota_value is None:
+            continue
+        valued = True
+        result, configured = yield Learn(model, dim, v.quota_value, v.quota_id)
+        seen = (model, dim, v.quota_value)
+        if result in ("same", "known") or (warned is not None and seen in warned):
+            continue
+        if warned is not None:
+            warned.add(seen)
+        if result == "adopted":
+            log.info(
+                "%s: learned %s = %d from the server (%s)", model, dim, v.quota_value, v.quota_id
+            )
+        elif result == "lowered":
+            log.warning(
+                "%s: the server's %s limit is %d, below the configured %s; lowered to the "
+                "server's figure",
+                model,
+                dim,
+                v.quota_value,
+                configured,
+            )
+        elif result == "higher":
+            log.warning(
+                "%s: the server's %s limit is %d, above the configured %s; keeping %s (a tier "
+                "upgrade? raise it with overrides= or QUOTAFLOW_LIMITS once confirmed)",
+                model,
+                dim,
+                v.quota_value,
+                configured,
+                configured,
+            )
+    if valued or err.per_day:
+        return False
+    # no figure anywhere in the 429: the request rate adapts until one is known
+    qid = next((v.quota_id for v in err.violations if v.quota_id), "")
+    result, _ = yield Learn(model, "rpm", None, qid)
+    if result == "adapted":
+        log.info("%s: a 429 named no limit; the request rate adapts (%s)", model, qid or "-")
+    return bool(result == "adapted")
+
+
 def _on_429(
     call: Call,
     err: ApiError,
@@ -526,27 +582,9 @@ def _on_429(
 ) -> Generator[Effect, Any, float]:
     """Feed a 429 back into the limiter; returns the seconds to wait before retrying."""
     model = call.model if call.metered else None
-    dims = _dims(quota, model) if model else {}
     now = clock.now()
-    # learn the server's figures first: a quotaValue below ours lowers our limit
-    for v in err.violations:
-        dim = v.dimension
-        if model and dim in dims and v.quota_value is not None:
-            current = dims[dim].amount
-            if v.quota_value < current:
-                old = yield SetLimit(model, dim, v.quota_value)
-                seen = (model, dim, v.quota_value)
-                if warned is None or seen not in warned:
-                    if warned is not None:
-                        warned.add(seen)
-                    log.warning(
-                        "%s: the server's %s limit is %d, below the configured %s; "
-                        "lowered to the server's figure",
-                        model,
-                        dim,
-                        v.quota_value,
-                        old if old is not None else current,
-                    )
+    adapted = (yield from _learn(model, err, warned)) if model else False
+    dims = _dims(quota, model) if model else {}
     day = err.per_day
     if day:
         resets: float | None = None
@@ -574,17 +612,25 @@ def _on_429(
         delay = err.retry_delay
     elif minute:
         delay = 60.0 if not dims else max(lim.period for lim in dims.values() if lim.period < 3600)
-    else:  # shared-capacity exhaustion: back off, change nothing
+    else:  # no QuotaFailure: an adaptive request rate (if adopted) or a plain back-off
         delay = err.retry_delay if err.retry_delay is not None else settings.backoff_delay(0)
+        if model and adapted and "rpm" in dims:
+            until = now + delay * (1.0 + settings.jitter * _jitter.random())
+            yield Pause(model, "rpm", until)
+            log.info("%s: 429 without a quota violation; paused %.2fs", model, until - now)
+            return 0.0
         log.info("%s: 429 without a quota violation; backing off %.2fs", model or call.path, delay)
         return delay
     until = now + delay * (1.0 + settings.jitter * _jitter.random())
     paused = False
     for v in minute:
-        dim = v.dimension
-        if model and dim in dims:
-            yield Pause(model, dim, until)
+        name = v.dimension
+        if model and name is not None and name in dims:
+            yield Pause(model, name, until)
             paused = True
+    if model and adapted and not paused and "rpm" in dims:
+        yield Pause(model, "rpm", until)
+        paused = True
     log.info(
         "%s: 429 on %s; %s for %.3fs",
         model or call.path,

@@ -34,7 +34,7 @@ from quotaflow._transport_flow import (
     call_flow,
     settle_amounts,
 )
-from quotaflow.errors import ConfigError
+from quotaflow.errors import ConfigError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
@@ -250,8 +250,11 @@ class _DriverBase:
         )
         return decoded, fresh
 
-    @staticmethod
-    def _info(response: Any, info: CallInfo) -> None:
+    def _info(self, response: Any, info: CallInfo) -> None:
+        model = info.call.model
+        if info.call.metered and model:
+            with contextlib.suppress(QuotaflowError):
+                info.origins = self._limiter.origins(model)
         with contextlib.suppress(TypeError):  # an immutable mapping: skip
             response.extensions["quotaflow"] = info
 
@@ -350,7 +353,9 @@ class AsyncDriver(_DriverBase):
             return await self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return await self._limiter.exhaust(effect.model, effect.dimension)
-        return await self._limiter.set_limit(effect.model, effect.dimension, effect.amount)
+        return await self._limiter.learn(
+            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+        )
 
     async def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport
@@ -476,7 +481,9 @@ class SyncDriver(_DriverBase):
             return self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return self._limiter.exhaust(effect.model, effect.dimension)
-        return self._limiter.set_limit(effect.model, effect.dimension, effect.amount)
+        return self._limiter.learn(
+            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+        )
 
     def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport

@@ -65,7 +65,7 @@ async def run_demo(
     out = out or sys.stdout
     rng = random.Random(seed)
     config = EmulatorConfig(
-        period_seconds=period,
+        minute_seconds=period,
         models=[ModelConfig(name=MODEL, rpm=rpm, tpm=tpm, rpd=None, tpd=None)],
     )
     limiter = Limiter(None, quotas={MODEL: [RPM(rpm, period), TPM(tpm, period)]})

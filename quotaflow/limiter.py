@@ -21,8 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
+from quotaflow._core import (
+    DimensionStatus,
+    Effect,
+    LimiterCore,
+    Op,
+    Subscriptions,
+    acquire_flow,
+    learn_flow,
+    scope_flow,
+    shares_figures,
+)
 from quotaflow._front import LimiterFront
+from quotaflow._learned import Origin, TimeScale
+from quotaflow._quota_book import Learned
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend
@@ -125,6 +137,12 @@ class Limiter(LimiterFront):
             (a ceiling, a floor).
         policy: the agents' grants, shares and budgets (a :class:`~quotaflow.agents.Policy`
             or a TOML file); its shares join ``shares``. See :meth:`agent`.
+        minute_seconds: how long Gemini's "minute" is here: 60 (real) or a compressed one for
+            tests against the emulator (its setting of the same name). It applies to the tier
+            tables' rpm/tpm, learned per-minute figures and the adaptive rate; ``quotas=``
+            keep the periods they name.
+        day_seconds: a compressed day for rpd/tpd (``None``: the Pacific calendar day).
+        learned_cache: a JSON file keeping the figures learned from 429s across restarts.
     """
 
     def __init__(
@@ -141,6 +159,9 @@ class Limiter(LimiterFront):
         default_priority: int | str = "normal",
         shares: Mapping[str, Share] | None = None,
         policy: Policy | str | os.PathLike[str] | None = None,
+        minute_seconds: float = 60.0,
+        day_seconds: float | None = None,
+        learned_cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.policy: Policy | None = None
         self._agents: Any = None
@@ -163,10 +184,13 @@ class Limiter(LimiterFront):
             clock=clock,
             default_priority=default_priority,
             shares=shares,
+            scale=TimeScale(minute_seconds, day_seconds),
+            learned_cache=learned_cache,
         )
         LimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         self.backend = open_backend(backend)
         self._ops = _AsyncOps(self.backend)
+        self._shares_figures = shares_figures(self.backend)
         self._waiters: dict[str, AsyncWaiter | None] = {}
         self._early: dict[str, Decision] = {}
         self._early_lock = threading.Lock()
@@ -196,13 +220,19 @@ class Limiter(LimiterFront):
                     return
             waiter.deliver(decision)
 
+    async def _run(self, flow: Any) -> Any:
+        result: Any = None
+        while True:
+            try:
+                op: Op = flow.send(result)
+            except StopIteration as stop:
+                return stop.value
+            result = await self._ops.call(op.name, *op.args)
+
     async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
         core = self._core
-        key, canonical, limits, fresh = core.scope(model)
+        key, canonical, limits = await self._run(scope_flow(core, model, self._shares_figures))
         self._listening.ensure(key)
-        if fresh:
-            await self._ops.call("configure", key, limits, self.clock.now())
-            core.configured(key, limits)
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
@@ -309,7 +339,7 @@ class Limiter(LimiterFront):
         """Per dimension: limit, used, free, in flight, and when capacity returns."""
         key, _, limits = await self._scope(model)
         levels = await self._ops.call("status", key, self.clock.now())
-        return self._core.status(limits, levels)
+        return self._core.status(model, limits, levels)
 
     async def waiting(self, model: str) -> int:
         """How many calls wait for ``model`` (in every process sharing the backend)."""
@@ -339,6 +369,34 @@ class Limiter(LimiterFront):
             return None
         await self._scope(model)
         return old.amount
+
+    async def learn(
+        self, model: str, dimension: str, amount: int | None, *, quota_id: str = ""
+    ) -> tuple[Learned, int | None]:
+        """Take what a 429 taught about ``dimension`` of ``model`` (the transports call this).
+
+        ``amount`` (the 429's ``quotaValue``) is adopted at once if the model has no figure
+        for the dimension (with Gemini's period for it: per minute rolling, per day the
+        Pacific day), lowers a higher figure, and is kept out if the configured figure is lower
+        (``"higher"``: a tier upgrade to confirm). ``amount=None`` (a 429 that names no figure)
+        applies the adaptive rule: the figure becomes a little under what was admitted in the
+        last minute, and grows again while no 429 comes. With a backend that shares figures
+        (memory, Redis) the fleet learns once. A new figure pauses its dimension for one
+        window, since the server is at its limit and the new bucket holds nothing yet.
+
+        Returns ``(what was done, the configured amount or None)``; what was done is
+        ``adopted``, ``lowered``, ``higher``, ``same``, ``adapted`` or ``known`` (an adaptive
+        figure is not needed: the dimension has a figure).
+        """
+        result: tuple[Learned, int | None] = await self._run(
+            learn_flow(self._core, model, dimension, amount, quota_id, self._shares_figures)
+        )
+        return result
+
+    def origins(self, model: str) -> dict[str, Origin]:
+        """Per dimension of ``model``: where its figure comes from (table, override,
+        configured, learned, adaptive)."""
+        return self._core.book.origins(model)
 
     def agent(self, name: str | None = None, *, audit: AuditLog | None = None) -> AgentHandle:
         """The handle of agent ``name``: its transports, google-genai options and ``acquire``,

@@ -15,12 +15,25 @@ Example:
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quotaflow._core import DimensionStatus, Effect, LimiterCore, Subscriptions, acquire_flow
+from quotaflow._core import (
+    DimensionStatus,
+    Effect,
+    LimiterCore,
+    Op,
+    Subscriptions,
+    acquire_flow,
+    learn_flow,
+    scope_flow,
+    shares_figures,
+)
 from quotaflow._front import SyncLimiterFront
+from quotaflow._learned import Origin, TimeScale
+from quotaflow._quota_book import Learned
 from quotaflow._waiting import SyncWaiter
 from quotaflow.backends.base import Backend, Decision
 from quotaflow.clock import Clock
@@ -54,6 +67,9 @@ class SyncLimiter(SyncLimiterFront):
         clock: Clock | None = None,
         default_priority: int | str = "normal",
         shares: Mapping[str, Share] | None = None,
+        minute_seconds: float = 60.0,
+        day_seconds: float | None = None,
+        learned_cache: str | os.PathLike[str] | None = None,
         _core: LimiterCore | None = None,
     ) -> None:
         self._core = _core or LimiterCore(
@@ -66,6 +82,8 @@ class SyncLimiter(SyncLimiterFront):
             clock=clock,
             default_priority=default_priority,
             shares=shares,
+            scale=TimeScale(minute_seconds, day_seconds),
+            learned_cache=learned_cache,
         )
         SyncLimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         b: Any = open_backend(backend)
@@ -75,6 +93,7 @@ class SyncLimiter(SyncLimiterFront):
         if not isinstance(b, Backend):
             raise ConfigError(f"{type(b).__name__} has no synchronous methods for SyncLimiter")
         self.backend: Backend = b
+        self._shares_figures = shares_figures(b)
         self._waiters: dict[str, SyncWaiter] = {}
         self._listening = Subscriptions(self.backend, self._deliver)
 
@@ -97,13 +116,19 @@ class SyncLimiter(SyncLimiterFront):
         if waiter is not None:
             waiter.deliver(decision)
 
+    def _run(self, flow: Any) -> Any:
+        result: Any = None
+        while True:
+            try:
+                op: Op = flow.send(result)
+            except StopIteration as stop:
+                return stop.value
+            result = getattr(self.backend, op.name)(*op.args)
+
     def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
         core = self._core
-        key, canonical, limits, fresh = core.scope(model)
+        key, canonical, limits = self._run(scope_flow(core, model, self._shares_figures))
         self._listening.ensure(key)
-        if fresh:
-            self.backend.configure(key, limits, self.clock.now())
-            core.configured(key, limits)
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
@@ -183,7 +208,7 @@ class SyncLimiter(SyncLimiterFront):
     def status(self, model: str) -> dict[str, DimensionStatus]:
         """Per dimension: limit, used, free, in flight, and when capacity returns."""
         key, _, limits = self._scope(model)
-        return self._core.status(limits, self.backend.status(key, self.clock.now()))
+        return self._core.status(model, limits, self.backend.status(key, self.clock.now()))
 
     def waiting(self, model: str) -> int:
         """How many calls wait for ``model``."""
@@ -208,6 +233,19 @@ class SyncLimiter(SyncLimiterFront):
             return None
         self._scope(model)
         return old.amount
+
+    def learn(
+        self, model: str, dimension: str, amount: int | None, *, quota_id: str = ""
+    ) -> tuple[Learned, int | None]:
+        """Take what a 429 taught; see :meth:`Limiter.learn`."""
+        result: tuple[Learned, int | None] = self._run(
+            learn_flow(self._core, model, dimension, amount, quota_id, self._shares_figures)
+        )
+        return result
+
+    def origins(self, model: str) -> dict[str, Origin]:
+        """Per dimension of ``model``: where its figure comes from."""
+        return self._core.book.origins(model)
 
     def close(self) -> None:
         """Stop listening to the backend (a shared backend outlives this limiter)."""

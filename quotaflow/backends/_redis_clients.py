@@ -141,6 +141,8 @@ def _transient(exc: BaseException) -> Transient:
 
 
 def _exec_sync(client: Any, e: Exec) -> Any:
+    if e.command:
+        return client.execute_command(*e.command)
     try:
         return client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
     except rexc.NoScriptError:  # first call, SCRIPT FLUSH, or a restarted server
@@ -151,6 +153,8 @@ async def _exec_async(client: Any, e: Exec, limit: float | None) -> Any:
     if limit is not None:
         async with _timeout(limit):
             return await _exec_async(client, e, None)
+    if e.command:
+        return await client.execute_command(*e.command)
     try:
         return await client.evalsha(rs.SCRIPT_SHA, len(e.keys), *e.keys, *e.argv)
     except rexc.NoScriptError:

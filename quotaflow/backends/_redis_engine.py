@@ -45,10 +45,12 @@ Policy = Literal["wait", "raise", "local"]
 
 @dataclass(frozen=True)
 class Exec:
-    """Effect: run the scope script with these keys and arguments."""
+    """Effect: run the scope script with these keys and arguments (or, given ``command``,
+    that plain command)."""
 
     keys: list[str]
     argv: list[str]
+    command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -649,6 +651,38 @@ class Engine:
         self.deliver(scope, reply.decisions, shift)
         resets = rs._num(reply.result)
         return None if resets is None else resets + shift
+
+    def _figures_key(self, scope: str) -> str:
+        return self.codec.keys(scope)[0][:-1] + "F"  # the scope's hash tag, its own key
+
+    def learned(self, scope: str) -> Flow:
+        """The figures the fleet learned for ``scope`` (JSON by dimension); none if Redis
+        is out of reach (each process still keeps what it learned)."""
+        try:
+            raw = yield Exec([], [], ("HGETALL", self._figures_key(scope)))
+        except Transient:
+            return {}
+        if isinstance(raw, dict):
+            pairs = list(raw.items())
+        else:
+            items = list(raw or ())
+            pairs = list(zip(items[::2], items[1::2], strict=False))
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in pairs
+        }
+
+    def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> Flow:
+        """Share a learned figure with the fleet for ``ttl`` seconds (best effort)."""
+        key = self._figures_key(scope)
+        try:
+            yield Exec([], [], ("HSET", key, dimension, figure))
+            yield Exec([], [], ("PEXPIRE", key, str(max(1, int(ttl * 1000)))))
+        except Transient:
+            return None
+        return None
 
     def status(self, scope: str, now: float) -> Flow:
         """Each limit's level (times of the limiter clock)."""

@@ -50,6 +50,14 @@ class SyncRedisBackend:
         finally:
             flow.close()  # abandoned (an error, a signal): the flow keeps what it carried
 
+    def learned(self, scope: str) -> dict[str, str]:
+        """The figures the fleet learned for ``scope``."""
+        return self._run(self._e.learned(scope))  # type: ignore[no-any-return]
+
+    def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> None:
+        """Share a learned figure with the fleet."""
+        self._run(self._e.learn(scope, dimension, figure, ttl))
+
     def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
         """Create the scope's buckets, or update their limits (any process may)."""
         self._owner._start()

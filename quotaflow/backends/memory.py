@@ -97,6 +97,7 @@ class MemoryBackend:
         self.lock.drain = self._drain  # dropped leases queued while it was held
         self._scopes: dict[str, ScopeState] = {}
         self._listeners: dict[str, list[Listener]] = defaultdict(list)
+        self._figures: dict[str, dict[str, str]] = {}
 
     def _scope(self, scope: str) -> ScopeState:
         try:
@@ -300,6 +301,15 @@ class MemoryBackend:
         with self.lock:
             st = self._scopes.get(scope)
             return len(st.queue) if st else 0
+
+    def learned(self, scope: str) -> dict[str, str]:
+        """The figures limiters on this backend learned for ``scope`` (JSON by dimension)."""
+        return dict(self._figures.get(scope, {}))
+
+    def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> None:
+        """Keep a learned figure for every limiter on this backend (``ttl`` is not needed:
+        the backend lives only as long as the process)."""
+        self._figures.setdefault(scope, {})[dimension] = figure
 
     def subscribe(self, scope: str, listener: Listener) -> None:
         """Deliver decisions about the scope's waiters to ``listener``."""

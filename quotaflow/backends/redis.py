@@ -403,6 +403,14 @@ class RedisBackend:
         """Mark a calendar limit spent until its reset, in every process."""
         return await self._arun(self._engine.exhaust(scope, limit, now))  # type: ignore[no-any-return]
 
+    async def learned(self, scope: str) -> dict[str, str]:
+        """The figures the fleet learned for ``scope`` (JSON by dimension)."""
+        return await self._arun(self._engine.learned(scope))  # type: ignore[no-any-return]
+
+    async def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> None:
+        """Share a learned figure with the fleet for ``ttl`` seconds."""
+        await self._arun(self._engine.learn(scope, dimension, figure, ttl))
+
     async def status(self, scope: str, now: float) -> dict[str, Level]:
         """Each limit's level."""
         return await self._arun(self._engine.status(scope, now))  # type: ignore[no-any-return]

@@ -95,7 +95,7 @@ class Emulator:
             ``quotaflow.clock.ManualClock``; inject one to control time in tests.
 
     Example:
-        >>> emulator = Emulator(EmulatorConfig(period_seconds=1.0))
+        >>> emulator = Emulator(EmulatorConfig(minute_seconds=1.0))
         >>> emulator.stats()["models"]
         {}
     """
@@ -109,6 +109,7 @@ class Emulator:
                 Route("/_emulator/stats", self._stats_route, methods=["GET"]),
                 Route("/_emulator/reset", self._reset_route, methods=["POST"]),
                 Route("/_emulator/inject", self._inject_route, methods=["POST"]),
+                Route("/_emulator/limits", self._limits_route, methods=["POST"]),
                 Route("/{version}/openai/{rest:path}", self._openai_route, methods=["GET", "POST"]),
                 Route("/upload/{version}/files", self._upload_route, methods=["POST"]),
                 Route(
@@ -134,11 +135,11 @@ class Emulator:
             include_log: Also return every admission (time, project, requests, tokens).
 
         Returns:
-            ``{"period_seconds": ..., "models": {model: {...}}}``.
+            ``{"minute_seconds": ..., "models": {model: {...}}}``.
         """
         with self._engine.lock:
             return self._engine.stats.snapshot(
-                self._engine.config.period_seconds, include_log=include_log
+                self._engine.config.minute_seconds, include_log=include_log
             )
 
     def reset(self) -> None:
@@ -176,6 +177,20 @@ class Emulator:
         with self._engine.lock:
             self._engine.faults.inject(model, injection, count)
 
+    def set_limits(self, model: str, **limits: int | None) -> None:
+        """Change ``model``'s limits from now on, as a tier drop does (``None``: unlimited).
+
+        Example:
+            >>> emulator = Emulator()
+            >>> emulator.set_limits("gemini-2.5-flash", rpm=5, tpm=1000)
+            >>> emulator.config.model("gemini-2.5-flash").rpm
+            5
+
+        Raises:
+            ValueError: an unknown model or dimension, or a bad amount.
+        """
+        self._engine.set_limits(model, dict(limits))
+
     def pending_injections(self) -> dict[str, int]:
         """Number of forced responses still queued, per model."""
         with self._engine.lock:
@@ -211,6 +226,16 @@ class Emulator:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return json_response({"error": str(exc)}, status=400)
         return json_response({"pending": self.pending_injections()})
+
+    async def _limits_route(self, request: Request) -> Response:
+        try:
+            data = await request.json()
+            model = str(data.pop("model"))
+            self.set_limits(model, **data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return json_response({"error": str(exc)}, status=400)
+        cfg = self.config.model(model)
+        return json_response({} if cfg is None else cfg.model_dump())
 
     async def _run(
         self, request: Request, handler: Callable[[], Awaitable[Response]], *, openai: bool

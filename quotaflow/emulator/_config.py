@@ -4,7 +4,7 @@ Every model forbids unknown keys, so a typo in a config file fails loudly with t
 Example TOML::
 
     tier = "free"
-    period_seconds = 1.0          # a test's "minute"
+    minute_seconds = 1.0          # a test's "minute"
     day_seconds = 10.0            # compressed day (omit for the Pacific calendar day)
 
     [[keys]]
@@ -173,7 +173,7 @@ class EmulatorConfig(_Strict):
         tier: Usage tier; selects the quotaId/metric names in 429 bodies.
         keys: Accepted API keys.
         models: Served models (replaces the defaults when given).
-        period_seconds: Length of the "minute" for rpm/tpm/count_rpm.
+        minute_seconds: Length of the "minute" for rpm/tpm/count_rpm.
         window: ``rolling`` (default) or ``fixed`` windows for the per-period limits.
         day_seconds: If set, a compressed day of this length replaces the calendar day.
         timezone: Zone whose midnight resets daily limits.
@@ -186,13 +186,16 @@ class EmulatorConfig(_Strict):
         file_ttl_seconds: Lifetime of an uploaded file (48 h).
         cache_min_tokens: Smallest cached content accepted.
         openai_error_details: Keep ``details`` in errors of the OpenAI-compatible surface.
+        quota_error_detail: What a quota 429 says: ``full`` (``QuotaFailure`` with
+            ``quotaValue``, and ``RetryInfo``), ``no_value`` (``QuotaFailure`` without
+            ``quotaValue``) or ``bare`` (only ``Help``), as Google's 429s vary.
         faults: Random faults and latency.
     """
 
     tier: Tier = "free"
     keys: list[ApiKeyConfig] = Field(default_factory=lambda: [ApiKeyConfig(key="test-key")])
     models: list[ModelConfig] = Field(default_factory=default_models)
-    period_seconds: float = Field(default=60.0, gt=0.0)
+    minute_seconds: float = Field(default=60.0, gt=0.0)
     window: Literal["rolling", "fixed"] = "rolling"
     day_seconds: float | None = Field(default=None, gt=0.0)
     timezone: str = "America/Los_Angeles"
@@ -205,6 +208,7 @@ class EmulatorConfig(_Strict):
     file_ttl_seconds: float = Field(default=48 * 3600.0, gt=0.0)
     cache_min_tokens: int = Field(default=1024, ge=0)
     openai_error_details: bool = True
+    quota_error_detail: Literal["full", "no_value", "bare"] = "full"
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @field_validator("timezone")

@@ -187,13 +187,44 @@ class Engine:
 
     def _real_429(self, violations: list[Violation], model: ModelConfig) -> ApiError:
         delay = max(v.retry_after for v in violations)
-        return resource_exhausted(violations, model.name, delay, self.config.retry_delay_format)
+        return resource_exhausted(
+            violations,
+            model.name,
+            delay,
+            self.config.retry_delay_format,
+            self.config.quota_error_detail,
+        )
+
+    def set_limits(self, model: str, limits: dict[str, int | None]) -> ModelConfig:
+        """Change a model's limits from now on (e.g. a tier drop); admissions already counted
+        stay in their windows. Returns the model's new config.
+
+        Raises:
+            ValueError: an unknown model or dimension, or a bad amount.
+        """
+        allowed = {"rpm", "tpm", "rpd", "tpd", "count_rpm"}
+        bad = sorted(set(limits) - allowed)
+        if bad:
+            raise ValueError(f"unknown dimensions {bad}: use {sorted(allowed)}")
+        for dim, value in limits.items():
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValueError(f"{dim}={value!r}: give an int >= 0 or null (unlimited)")
+        with self.lock:
+            current = self.config.model(model)
+            if current is None:
+                raise ValueError(f"unknown model {model!r}")
+            new = current.model_copy(update=limits)
+            models = [new if m.name == current.name else m for m in self.config.models]
+            self.config = self.config.model_copy(update={"models": models})
+            return new
 
     def _injected_429(self, forced: Injection, model: ModelConfig) -> ApiError:
         if forced.body is not None:
             return ApiError(429, forced.body)
         limits = {"rpm": model.rpm, "tpm": model.tpm, "rpd": model.rpd, "tpd": model.tpd}
-        delay = self.config.period_seconds if forced.retry_delay is None else forced.retry_delay
+        delay = self.config.minute_seconds if forced.retry_delay is None else forced.retry_delay
         violations = []
         for dim in forced.violations:
             metric, qid = quota_names(self.config.tier, model.kind, dim)

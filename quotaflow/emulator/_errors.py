@@ -149,7 +149,11 @@ def format_seconds(seconds: float, fmt: str) -> str:
 
 
 def resource_exhausted(
-    violations: Sequence[Violation], model: str, retry_after: float, fmt: str
+    violations: Sequence[Violation],
+    model: str,
+    retry_after: float,
+    fmt: str,
+    detail: str = "full",
 ) -> ApiError:
     """429 RESOURCE_EXHAUSTED in the 2026 form (Help, QuotaFailure, RetryInfo).
 
@@ -158,19 +162,34 @@ def resource_exhausted(
         model: Model id for ``quotaDimensions.model`` and the message.
         retry_after: Seconds until the request would be admitted.
         fmt: ``whole`` or ``fractional`` for ``RetryInfo.retryDelay``.
+        detail: ``full`` (as above), ``no_value`` (``QuotaFailure`` without ``quotaValue``,
+            the message without the limit) or ``bare`` (only ``Help``: no ``QuotaFailure``, no
+            ``RetryInfo``), as some of Google's 429s are.
     """
+    if detail == "bare":
+        help_only: list[JSON] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [
+                    {"description": "Learn more about Gemini API quotas", "url": _RATE_LIMITS_URL}
+                ],
+            }
+        ]
+        return _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted.", help_only)
     lines = "".join(
-        f"* Quota exceeded for metric: {v.quota_metric}, limit: {v.limit}, model: {model}\n"
+        f"* Quota exceeded for metric: {v.quota_metric}"
+        + (f", limit: {v.limit}" if detail == "full" else "")
+        + f", model: {model}\n"
         for v in violations
     )
     precise = format_seconds(retry_after, "fractional")
     message = f"{_QUOTA_MESSAGE}\n{lines}Please retry in {precise}."
-    failures = [
+    failures: list[JSON] = [
         {
             "quotaMetric": v.quota_metric,
             "quotaId": v.quota_id,
             "quotaDimensions": {"location": "global", "model": model},
-            "quotaValue": str(v.limit),
+            **({"quotaValue": str(v.limit)} if detail == "full" else {}),
         }
         for v in violations
     ]

@@ -100,7 +100,7 @@ class QuotaLedger:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self._config = config
-        self._period = period_bounds(config.period_seconds)
+        self._period = period_bounds(config.minute_seconds)
         self._day = day_bounds(ZoneInfo(config.timezone), config.day_seconds)
         self._windows: dict[tuple[str, str, str], Window] = {}
 
@@ -117,7 +117,7 @@ class QuotaLedger:
             elif self._config.window == "fixed":
                 window = FixedWindow(self._period)
             else:
-                window = RollingWindow(self._config.period_seconds)
+                window = RollingWindow(self._config.minute_seconds)
             self._windows[key] = window
         return window
 
@@ -125,7 +125,7 @@ class QuotaLedger:
         bounds = self._day if dimension in _DAILY else self._period
         if dimension in _DAILY or self._config.window == "fixed":
             return bounds(now)[1] - now
-        return self._config.period_seconds
+        return self._config.minute_seconds
 
     def try_admit(
         self, project: str, model: ModelConfig, *, requests: int, tokens: int, now: float

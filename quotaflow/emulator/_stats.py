@@ -154,7 +154,7 @@ class StatsRecorder:
                     for a in log
                 ]
             models[name] = entry
-        return {"period_seconds": period, "models": models}
+        return {"minute_seconds": period, "models": models}
 
 
 def _maxima(log: list[Admission], period: float) -> JSON:

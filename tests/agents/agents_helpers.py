@@ -22,7 +22,7 @@ def emulator_config(rpm: int = 600, **kw: Any) -> EmulatorConfig:
     """Generous limits on a 1 s period, our key, instant batches and tuning."""
     return EmulatorConfig(
         keys=[ApiKeyConfig(key=KEY, project="proj")],
-        period_seconds=PERIOD,
+        minute_seconds=PERIOD,
         models=[
             ModelConfig(name=FLASH, rpm=rpm, tpm=1_000_000, rpd=100_000),
             ModelConfig(name=PRO, rpm=rpm, tpm=1_000_000, rpd=100_000),

@@ -27,7 +27,7 @@ class TickClock:
 def small_config(**overrides: Any) -> EmulatorConfig:
     """Tiny limits: flash 3 rpm / 100 tpm / 10 rpd, embed 5 rpm; a 1 s period."""
     base: dict[str, Any] = {
-        "period_seconds": 1.0,
+        "minute_seconds": 1.0,
         "keys": [
             {"key": KEY, "project": "proj-a"},
             {"key": "second-key", "project": "proj-a"},

@@ -27,7 +27,7 @@ def module_served() -> Iterator[ServedEmulator]:
             ModelConfig(name="gemini-2.0-flash", rpm=1, rpd=1000),
             ModelConfig(name="gemini-embedding-001", kind="embed", embedding_dimensions=16),
         ],
-        period_seconds=60.0,
+        minute_seconds=60.0,
     )
     with serve(config) as served:
         yield served

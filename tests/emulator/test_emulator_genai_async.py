@@ -48,7 +48,7 @@ async def test_served_over_loopback() -> None:
 
 
 async def test_concurrent_clients_never_exceed_the_limit() -> None:
-    config = small_config(models=[ModelConfig(name=FLASH, rpm=5)], period_seconds=60.0)
+    config = small_config(models=[ModelConfig(name=FLASH, rpm=5)], minute_seconds=60.0)
     async with serve(config) as served, httpx.AsyncClient(timeout=10) as http:
         options = types.HttpOptions(
             base_url=served.base_url, api_version="v1beta", httpx_async_client=http

@@ -18,7 +18,7 @@ FLASH = "gemini-2.5-flash"
 
 @pytest.fixture
 def served_oa() -> Iterator[ServedEmulator]:
-    with serve(small_config(period_seconds=60.0)) as served:
+    with serve(small_config(minute_seconds=60.0)) as served:
         yield served
 
 

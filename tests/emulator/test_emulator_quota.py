@@ -78,7 +78,7 @@ def test_429_body_field_by_field(http: httpx.Client, clock: TickClock) -> None:
 def test_whole_retry_delay_rounds_up(
     start: Callable[..., ServedEmulator], clock: TickClock
 ) -> None:
-    served = start(small_config(retry_delay_format="whole", period_seconds=60.0), clock)
+    served = start(small_config(retry_delay_format="whole", minute_seconds=60.0), clock)
     with httpx.Client(base_url=served.base_url, headers={"x-goog-api-key": KEY}) as http:
         for _ in range(3):
             gen(http)
@@ -189,7 +189,7 @@ def test_rpd_resets_at_pacific_midnight_across_dst(
     midnight: float,
 ) -> None:
     model = ModelConfig(name="gemini-2.5-flash", rpd=1)
-    served = start(small_config(models=[model], period_seconds=60.0), clock)
+    served = start(small_config(models=[model], minute_seconds=60.0), clock)
     assert midnight - last_second == 1.0
     with httpx.Client(base_url=served.base_url, headers={"x-goog-api-key": KEY}) as http:
         clock.t = admit_at
@@ -292,7 +292,7 @@ def test_stats_maxima_are_exact(http: httpx.Client, clock: TickClock) -> None:
         assert gen(http, "a" * (4 * tokens)).status_code == 200
     stats = http.get("/_emulator/stats", headers={}).json()
     flash = stats["models"]["gemini-2.5-flash"]
-    assert stats["period_seconds"] == 1.0
+    assert stats["minute_seconds"] == 1.0
     assert flash["max_requests_in_window"] == 3  # (−0.1, 0.9] and (0.4, 1.4]
     assert flash["max_input_tokens_in_window"] == 28  # 4 + 4 + 20 in (0.4, 1.4]
     assert flash["tokens_admitted"] == 38

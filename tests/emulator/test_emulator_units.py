@@ -175,11 +175,11 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
 def test_config_files(tmp_path: Path) -> None:
     toml = tmp_path / "emu.toml"
     toml.write_text(
-        'tier = "tier2"\nperiod_seconds = 1.5\n[[keys]]\nkey = "k"\nproject = "p"\n'
+        'tier = "tier2"\nminute_seconds = 1.5\n[[keys]]\nkey = "k"\nproject = "p"\n'
         '[[models]]\nname = "models/gemini-2.5-flash"\nrpm = 3\n[faults]\nseed = 4\n'
     )
     config = load_config(toml)
-    assert (config.tier, config.period_seconds, config.faults.seed) == ("tier2", 1.5, 4)
+    assert (config.tier, config.minute_seconds, config.faults.seed) == ("tier2", 1.5, 4)
     assert config.model("gemini-2.5-flash") == ModelConfig(name="gemini-2.5-flash", rpm=3)
     as_json = tmp_path / "emu.json"
     as_json.write_text(json.dumps({"window": "fixed", "day_seconds": 5}))

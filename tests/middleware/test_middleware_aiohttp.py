@@ -31,7 +31,7 @@ GENERATE, STREAM, COUNT = 12, 8, 4  # 20 metered calls in one burst: 2.5x the li
 
 def _config() -> EmulatorConfig:
     return EmulatorConfig(
-        period_seconds=PERIOD,
+        minute_seconds=PERIOD,
         models=[ModelConfig(name=FLASH, rpm=RPM_LIMIT, tpm=100_000, rpd=10_000)],
     )
 

@@ -36,7 +36,7 @@ PERIOD = 1.0
 
 def _config(rpm: int = 60, tpm: int = 20_000, **kw: Any) -> EmulatorConfig:
     return EmulatorConfig(
-        period_seconds=PERIOD,
+        minute_seconds=PERIOD,
         models=[
             ModelConfig(name=FLASH, rpm=rpm, tpm=tpm, rpd=10_000),
             ModelConfig(name=EMBED, kind="embed", rpm=rpm, tpm=tpm, rpd=10_000),

@@ -1,0 +1,239 @@
+"""Figures learned from the server: what a 429 teaches, where each limit came from, the time
+scale of tests, and the adaptive rule for 429s that name no figure. Pure values and rules.
+
+A 429's ``QuotaFailure`` names the dimension (``quotaId``: per minute or per day, requests or
+input tokens) and, usually, its limit (``quotaValue``). A figure the limiter lacks is adopted at
+once; a lower one lowers the configured figure; a higher one is kept out (the configured figure
+stays) and reported once. A 429 that names no figure drives an adaptive request rate (AIMD)
+until a figure is known.
+
+Example:
+    >>> scale = TimeScale(minute_seconds=2.0)
+    >>> gemini_limit("rpm", 30, scale)
+    Limit('rpm', 30 requests / 2s, Rolling)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from quotaflow.errors import ConfigError
+from quotaflow.limits import Limit, fixed_windows, pacific_days
+
+__all__ = [
+    "GEMINI_DIMENSIONS",
+    "Figure",
+    "LearnedCache",
+    "Origin",
+    "TimeScale",
+    "adapt_down",
+    "adapt_up",
+    "gemini_limit",
+]
+
+GEMINI_DIMENSIONS = ("rpm", "tpm", "rpd", "tpd")
+"""Gemini's dimensions that a 429 can teach (``quotaId`` per minute/day, requests/tokens)."""
+
+OriginKind = Literal["table", "override", "configured", "learned", "adaptive"]
+
+
+@dataclass(frozen=True)
+class TimeScale:
+    """How long a "minute" and a "day" are here: real (60 s, the Pacific day) or compressed
+    for tests. The emulator's settings of the same names say the same of the server.
+
+    Args:
+        minute_seconds: the length of Gemini's per-minute windows (rpm, tpm, the adaptive
+            rate, the 10-minute spend window as ten of them).
+        day_seconds: the length of a day for rpd/tpd; ``None``: the calendar day of
+            America/Los_Angeles.
+    """
+
+    minute_seconds: float = 60.0
+    day_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        m = self.minute_seconds
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < math.inf:
+            raise ConfigError(
+                f"minute_seconds={m!r}: give the length of a minute in seconds (> 0; 60 is real)"
+            )
+        d = self.day_seconds
+        if d is not None and (
+            isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < math.inf
+        ):
+            raise ConfigError(
+                f"day_seconds={d!r}: give the length of a day in seconds (> 0), or None for "
+                "the Pacific calendar day"
+            )
+
+    @property
+    def real(self) -> bool:
+        """Whether this is real time."""
+        return self.minute_seconds == 60.0 and self.day_seconds is None
+
+
+def gemini_limit(dimension: str, amount: int, scale: TimeScale) -> Limit:
+    """The limit of one of Gemini's dimensions (``rpm``, ``tpm``, ``rpd``, ``tpd``)."""
+    metric = "requests" if dimension in ("rpm", "rpd") else "input_tokens"
+    if dimension in ("rpm", "tpm"):
+        return Limit(dimension, amount, scale.minute_seconds, metric)
+    if dimension in ("rpd", "tpd"):
+        if scale.day_seconds is None:
+            return Limit(dimension, amount, 86_400.0, metric, pacific_days())
+        day = scale.day_seconds
+        return Limit(dimension, amount, day, metric, fixed_windows(day))
+    raise ConfigError(f"{dimension!r} is not one of Gemini's dimensions (rpm, tpm, rpd, tpd)")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a limit's figure came from.
+
+    Attributes:
+        kind: ``table`` (the shipped tier table), ``override`` (``overrides=``,
+            ``QUOTAFLOW_LIMITS``), ``configured`` (``quotas=`` or ``unknown_model=``),
+            ``learned`` (a 429's ``quotaValue``) or ``adaptive`` (worked out from 429s that
+            named no figure).
+        at: when it was learned or last adapted (limiter clock), for ``learned``/``adaptive``.
+        quota_id: the ``quotaId`` it was learned from.
+        source: the tier table's source of the figure, for ``table``.
+    """
+
+    kind: OriginKind
+    at: float | None = None
+    quota_id: str = ""
+    source: str = ""
+
+    def describe(self) -> str:
+        """One line: ``learned from GenerateRequestsPerMinute... at 12:00:03Z``."""
+        if self.kind == "table":
+            return f"table ({self.source})" if self.source else "table"
+        if self.kind in ("learned", "adaptive"):
+            qid = f" from {self.quota_id}" if self.quota_id else ""
+            return f"{self.kind}{qid}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure the server taught (or the adaptive rule set), as kept and shared.
+
+    Attributes:
+        amount: the limit.
+        kind: ``learned`` or ``adaptive``.
+        at: when it was set (epoch seconds of the limiter clock).
+        quota_id: the ``quotaId`` it came from.
+        growing: adaptive only: still growing fast (no 429 since it was set from a guess).
+    """
+
+    amount: int
+    kind: Literal["learned", "adaptive"] = "learned"
+    at: float = 0.0
+    quota_id: str = ""
+    growing: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Figure | None:
+        """The figure in ``text``, or ``None`` if it is not one (never raises)."""
+        try:
+            raw = json.loads(text)
+            amount = raw["amount"]
+            kind = raw.get("kind", "learned")
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                return None
+            if kind not in ("learned", "adaptive"):
+                return None
+            return cls(
+                amount,
+                kind,
+                float(raw.get("at", 0.0)),
+                str(raw.get("quota_id", "")),
+                bool(raw.get("growing", False)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.kind, self.at, self.quota_id)
+
+
+# the adaptive rule: AIMD on the request rate, with a fast start from a guess
+ADAPT_DOWN = 0.95  # what was admitted when the server refused, times this
+ADAPT_START = 1.5  # growth per quiet minute while the figure is a guess
+ADAPT_STEP = 0.05  # then growth per quiet minute (at least 1)
+
+
+def adapt_down(admitted: int, now: float, quota_id: str, first: bool) -> Figure:
+    """The adaptive figure after a 429 that named no figure, ``admitted`` being what the
+    limiter let through in the last minute (in a fleet: what this process saw, if no figure
+    existed yet)."""
+    amount = max(1, math.floor(admitted * ADAPT_DOWN))
+    return Figure(amount, "adaptive", now, quota_id, growing=first)
+
+
+def adapt_up(figure: Figure, now: float, minute: float) -> Figure | None:
+    """The adaptive figure after a quiet minute, or ``None`` if not yet due."""
+    if figure.kind != "adaptive" or now - figure.at < minute:
+        return None
+    if figure.growing:
+        amount = max(figure.amount + 1, math.ceil(figure.amount * ADAPT_START))
+    else:
+        amount = figure.amount + max(1, math.floor(figure.amount * ADAPT_STEP))
+    return replace(figure, amount=amount, at=now)
+
+
+class LearnedCache:
+    """Learned figures kept in a JSON file, so that a restart does not relearn them.
+
+    The file maps ``"project/model"`` to ``{dimension: figure}``; figures older than ``ttl``
+    seconds are dropped when read. Writes replace the file atomically.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], ttl: float = 86_400.0) -> None:
+        self.path = Path(path)
+        self.ttl = ttl
+
+    def load(self, now: float) -> dict[str, dict[str, Figure]]:
+        """What the file holds and is not too old (a missing or bad file: nothing)."""
+        try:
+            raw: Any = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        out: dict[str, dict[str, Figure]] = {}
+        if not isinstance(raw, dict):
+            return out
+        for key, dims in raw.items():
+            if not isinstance(dims, dict):
+                continue
+            for dim, text in dims.items():
+                fig = Figure.from_json(json.dumps(text))
+                if fig is not None and dim in GEMINI_DIMENSIONS and now - fig.at <= self.ttl:
+                    out.setdefault(str(key), {})[dim] = fig
+        return out
+
+    def save(self, figures: Mapping[str, Mapping[str, Figure]]) -> None:
+        """Write every figure (best effort: a failed write is ignored)."""
+        data = {k: {d: asdict(f) for d, f in dims.items()} for k, dims in figures.items() if dims}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".quotaflow-learned-")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"LearnedCache({str(self.path)!r}, ttl={self.ttl:g})"
