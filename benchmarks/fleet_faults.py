@@ -767,7 +767,7 @@ def run_scenario(
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
     config = EmulatorConfig(
-        period_seconds=s.period,
+        minute_seconds=s.period,
         models=[ModelConfig(name=MODEL, rpm=s.rpm, tpm=s.tpm, rpd=None)],
         faults=FaultConfig(latency_seconds=s.latency, seed=s.seed),
     )

@@ -226,7 +226,7 @@ async def run_client(name: str, load: Load) -> Result:
     from quotaflow.transport import genai_http_options
 
     config = EmulatorConfig(
-        period_seconds=load.period,
+        minute_seconds=load.period,
         models=[ModelConfig(name=MODEL, rpm=load.rpm, tpm=load.tpm, rpd=None)],
         faults=FaultConfig(
             latency_seconds=load.latency, jitter_seconds=load.jitter, seed=load.seed
@@ -359,7 +359,7 @@ async def measure_sizing(load: Load, calls: int = 200) -> str:
             )
         shapes.append(body)
     config = EmulatorConfig(
-        period_seconds=60.0,
+        minute_seconds=60.0,
         models=[ModelConfig(name=MODEL, rpm=100_000, tpm=10**9, rpd=None)],
         faults=FaultConfig(latency_seconds=load.latency, seed=load.seed),
     )

@@ -244,9 +244,11 @@ def test_higher_server_figure_warns_once(caplog: pytest.LogCaptureFixture) -> No
         sync = SyncLimiter.sharing(limiter)
         served.emulator.inject(MODEL, 429, count=2, violations=("rpm",), retry_delay=0.05)
         options = genai_http_options(limiter, sync_limiter=sync, base_url=served.base_url)
-        with caplog.at_level(logging.WARNING, logger="quotaflow"):
-            with genai.Client(api_key=KEY, http_options=options) as client:
-                client.models.generate_content(model=MODEL, contents="hi")
+        with (
+            caplog.at_level(logging.WARNING, logger="quotaflow"),
+            genai.Client(api_key=KEY, http_options=options) as client,
+        ):
+            client.models.generate_content(model=MODEL, contents="hi")
         warnings = [r for r in caplog.records if "above the configured" in r.getMessage()]
         assert len(warnings) == 1
         assert sync.quota(MODEL)[0].amount == 3
