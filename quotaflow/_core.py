@@ -118,7 +118,7 @@ class LimiterCore:
         self._sent: dict[str, deque[float]] = {}
         self._polled: dict[str, float] = {}
         # how often a process reads what the fleet learned (backends that share figures)
-        self.poll_every = min(2.0, self.scale.minute_seconds / 10.0)
+        self.poll_every = min(1.0, self.scale.minute_seconds / 60.0)
         self.default_priority = context.priority_value(default_priority)
         self.shares: dict[str, Share] = dict(shares or {})
         for agent, share in self.shares.items():
@@ -187,6 +187,14 @@ class LimiterCore:
         canonical, _ = self.book.resolve(model)
         if amount is None:
             held = self.book.figure(canonical, dimension)
+            if (
+                held is not None
+                and held.kind == "adaptive"
+                and now - held.at < self.scale.minute_seconds
+            ):
+                # one decrease per minute: the server's window still holds calls admitted
+                # before the figure was set, so this 429 says nothing about the figure
+                return "same", None, None
             if used is None:
                 sent = self._sent.get(canonical, ())
                 used = sum(1 for t in sent if t > now - self.scale.minute_seconds)
@@ -498,8 +506,11 @@ def learn_flow(
     quota_id: str,
     shared: bool,
 ) -> Generator[Op, Any, tuple[Learned, int | None]]:
-    """Take what a 429 taught (see :meth:`Limiter.learn`). Run by both limiters."""
-    key, canonical, limits = yield from scope_flow(core, model, shared)
+    """Take what a 429 taught (see :meth:`Limiter.learn`). Run by both limiters.
+
+    The new limits are configured and a new dimension paused before the figure is shared: the
+    calls of this process that start meanwhile see the figure at once."""
+    key, canonical, limits = yield from scope_flow(core, model, False)
     used: int | None = None
     if amount is None and any(lim.name == dimension for lim in limits):
         levels = yield Op("status", (key, core.clock.now()))
@@ -508,8 +519,6 @@ def learn_flow(
     result, configured, figure = core.learn(canonical, dimension, amount, quota_id, used)
     if figure is None:
         return result, configured
-    if shared:
-        yield Op("learn", (key, dimension, figure.to_json(), LEARNED_TTL))
     key, canonical, limits = yield from scope_flow(core, model, False)
     fresh = result == "adopted" or (result == "adapted" and figure.growing)
     lim = next((x for x in limits if x.name == dimension), None)
@@ -518,4 +527,6 @@ def learn_flow(
         # on this dimension until whatever the server counted has left its window
         now = core.clock.now()
         yield Op("pause", (key, dimension, now + lim.period, now))
+    if shared:
+        yield Op("learn", (key, dimension, figure.to_json(), LEARNED_TTL))
     return result, configured

@@ -17,23 +17,70 @@ _USAGE = __doc__ or ""
 
 
 def _tiers(argv: list[str]) -> int:
+    import argparse
+    import time
+    from datetime import datetime, timezone
+
+    from quotaflow._learned import GEMINI_DIMENSIONS, LearnedCache
+    from quotaflow.errors import QuotaflowError
     from quotaflow.tiers import SHIPPED_TIERS, load_tier
 
-    tier = argv[0] if argv else "free"
-    if tier in ("-h", "--help"):
-        print(f"usage: quotaflow tiers [{'|'.join(SHIPPED_TIERS)}]")
-        return 0
-    table = load_tier(tier)
-    print(f"{'model':<34} {'rpm':>8} {'tpm':>12} {'rpd':>9} {'tpd':>11}")
-    for name, m in sorted(table.models.items()):
-        cells = [m.rpm, m.tpm, m.rpd, m.tpd]
+    parser = argparse.ArgumentParser(
+        prog="quotaflow tiers",
+        description="Show a shipped tier table: each model's figures and where each comes "
+        "from (the table's source, or learned from a 429 when --learned names a cache file).",
+    )
+    parser.add_argument("tier", nargs="?", default="free", choices=SHIPPED_TIERS)
+    parser.add_argument(
+        "--learned",
+        metavar="FILE",
+        help="a learned-limits cache file (Limiter(learned_cache=...)): its figures are shown "
+        "with a * and listed with their quotaId and age",
+    )
+    parser.add_argument("--project", default="default", help="the project of --learned")
+    args = parser.parse_args(argv)
+    try:
+        table = load_tier(args.tier)
+    except QuotaflowError as exc:
+        print(f"quotaflow tiers: {exc}", file=sys.stderr)
+        return 1
+    now = time.time()
+    learned = LearnedCache(args.learned, ttl=float("inf")).load(now) if args.learned else {}
+    prefix = f"{args.project}/"
+    print(f"{'model':<34} {'rpm':>8} {'tpm':>12} {'rpd':>9} {'tpd':>11}  source")
+    notes: list[str] = []
+    names = sorted(set(table.models) | {k[len(prefix) :] for k in learned if k.startswith(prefix)})
+    for name in names:
+        m = table.models.get(name)
+        figures = learned.get(prefix + name, {})
+        cells = []
+        for dim in GEMINI_DIMENSIONS:
+            value = getattr(m, dim) if m is not None else None
+            fig = figures.get(dim)
+            if fig is not None and fig.kind == "learned" and (value is None or fig.amount < value):
+                cells.append(f"{fig.amount}*")
+                when = datetime.fromtimestamp(fig.at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+                notes.append(
+                    f"  {name} {dim} = {fig.amount}: learned from {fig.quota_id or '?'}"
+                    f" at {when} UTC"
+                )
+            elif fig is not None and fig.kind == "adaptive" and value is None:
+                cells.append(f"~{fig.amount}")
+                notes.append(f"  {name} {dim} ~ {fig.amount}: adaptive (429s named no figure)")
+            else:
+                cells.append("-" if value is None else str(value))
+        source = (m.source or "") if m is not None else "learned"
         print(
             f"{name:<34} "
-            + " ".join(
-                f"{c if c is not None else '-':>{w}}"
-                for c, w in zip(cells, (8, 12, 9, 11), strict=True)
-            )
+            + " ".join(f"{c:>{w}}" for c, w in zip(cells, (8, 12, 9, 11), strict=True))
+            + f"  {source}"
         )
+    if notes:
+        print("\n* learned from the server, ~ adaptive:")
+        print("\n".join(notes))
+    print("\nsources:")
+    for sid, src in sorted(table.sources.items()):
+        print(f"  {sid}: {src.url} (read {src.read})")
     return 0
 
 
