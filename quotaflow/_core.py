@@ -106,6 +106,9 @@ class LimiterCore:
         self.scale = scale or TimeScale()
         self.book = QuotaBook(tier, quotas, overrides, unknown_model, headroom, scale=self.scale)
         self.project = project
+        # scope keys are f"{namespace}{project}/{canonical}": the agents layer's budgets use
+        # their own namespace, so no model name can name a budget's scope
+        self.namespace = ""
         self.clock: Clock = clock or SystemClock()
         self.cache = LearnedCache(learned_cache) if learned_cache is not None else None
         if self.cache is not None:
@@ -139,7 +142,7 @@ class LimiterCore:
         canonical, limits = self.book.resolve(model)
         if self.shares:
             limits = limits + agent_limits(limits, self.shares)
-        key = f"{self.project}/{canonical}"
+        key = f"{self.namespace}{self.project}/{canonical}"
         return key, canonical, limits, self._configured.get(key) != limits
 
     def configured(self, key: str, limits: tuple[Limit, ...]) -> None:

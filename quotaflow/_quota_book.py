@@ -10,6 +10,7 @@ from typing import Literal
 from quotaflow._learned import GEMINI_DIMENSIONS, Figure, Origin, TimeScale, gemini_limit
 from quotaflow.errors import ConfigError, UnknownModelError
 from quotaflow.limits import Limit, check_quota
+from quotaflow.gemini._canonical import MODEL_NAME
 from quotaflow.tiers import ModelLimits, TierTable, load_tier
 
 __all__ = ["Learned", "QuotaBook", "limits_from_table"]
@@ -74,6 +75,7 @@ class QuotaBook:
         # per canonical model: what the server taught (or the adaptive rule set)
         self.figures: dict[str, dict[str, Figure]] = {}
         self._origins: dict[str, dict[str, Origin]] = {}
+        self.check_names = True
 
     @staticmethod
     def _plain(name: str) -> str:
@@ -86,11 +88,17 @@ class QuotaBook:
 
     def resolve(self, model: str) -> tuple[str, tuple[Limit, ...]]:
         """``(canonical name, limits)`` for ``model``; raises UnknownModelError."""
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
-        hit = self._cache.get(model)
+        hit = self._cache.get(model) if isinstance(model, str) else None
         if hit is not None:
             return hit
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
+        if self.check_names and not MODEL_NAME.match(model.strip()):
+            raise ConfigError(
+                f"model={model!r}: not a Gemini model name; give letters, digits, '.', '_' "
+                "and '-' (e.g. 'gemini-2.5-flash', 'models/gemini-2.5-flash' or "
+                "'tunedModels/my-model')"
+            )
         plain = self._plain(model.strip())
         origins: dict[str, Origin]
         if plain in self._quotas:

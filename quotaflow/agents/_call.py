@@ -20,6 +20,7 @@ from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, p
 from quotaflow.agents.grants import GrantDecision, decide, target_resource
 from quotaflow.errors import ConfigError
 from quotaflow.gemini import classify, estimate_tokens, needs_body, redact_text
+from quotaflow.gemini._canonical import canonical_request
 
 if TYPE_CHECKING:
     from quotaflow._transport_flow import CallInfo
@@ -30,15 +31,18 @@ __all__ = ["AgentCall", "Tap", "request_key"]
 
 @dataclass
 class Tap:
-    """What the inner tap saw of each attempt (statuses, ``quotaId`` of 429s)."""
+    """What the inner tap saw of each attempt (statuses, ``quotaId`` of 429s, whether any may
+    have reached the server)."""
 
     statuses: list[int] = field(default_factory=list)
     quota_ids: list[str] = field(default_factory=list)
+    sent: bool = False  # some attempt may have reached the server
 
 
-def request_key(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:
-    """The credential a request carries (header, ``?key=`` or bearer token)."""
-    key = headers.get("x-goog-api-key") or params.get("key")
+def request_key(headers: Mapping[str, str], url: str) -> str | None:
+    """The credential a request carries (header, ``?key=`` in any spelling, or bearer token)."""
+    canon = canonical_request("GET", url)
+    key = headers.get("x-goog-api-key") or canon.param("key") or canon.param("access_token")
     if key:
         return key
     auth = headers.get("authorization", "")
@@ -83,13 +87,14 @@ class AgentCall:
         body: bytes,
         key: str | None,
         audit_hash: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.runtime = runtime
         self.started = runtime.clock.now()
         ctx_prio, _, ctx_agent = context.current()
         self.agent: str | None = bound or pairs.get("agent") or ctx_agent
         parsed = _parse(body) if body and (needs_body(method, url) or method != "GET") else {}
-        self.call = classify(method, url, parsed)
+        self.call = classify(method, url, parsed, headers=headers)
         self.model = self.call.model or (_body_model(parsed) if self.call.creates else None)
         self.path = path_template(url)
         self.resource = target_resource(self.call)
@@ -129,16 +134,18 @@ class AgentCall:
         """The local 403 when the policy denies the call, else ``None``."""
         if self.decision.allowed:
             return None
-        self.status = 403
-        return denied_answer(self.call, self.decision)
+        answer = denied_answer(self.call, self.decision)
+        self.status = answer.status
+        return answer
 
     def budget_cost(self) -> tuple[str, int, dict[str, int]] | None:
         """``(agent, tokens, cost)`` to take from the agent's budget, or ``None``."""
-        if self.agent is None or not self.call.metered:
+        if not self.call.metered:
             return None
-        if self.agent not in self.runtime.budgets:
+        scope = self.runtime.budget_scope(self.agent)
+        if scope is None:
             return None
-        return self.agent, self.estimate, {"requests": self.call.requests}
+        return scope, self.estimate, {"requests": self.call.requests}
 
     def budget_refused(self, exc: Exception) -> LocalAnswer:
         """The local 429 for a spent budget."""

@@ -37,6 +37,7 @@ Reason = Literal[
     "method_denied",
     "model_denied",
     "not_owner",
+    "malformed",
 ]
 """Why a call was allowed (``granted``) or denied."""
 
@@ -110,6 +111,14 @@ def decide(
             text = f"quotaflow policy: {who} may call {method}{target} (area {area!r}, {held!r})"
         return GrantDecision(ok, reason, agent, method, area, needed, held, text)
 
+    if call.problem is not None:
+        return verdict(
+            False,
+            "malformed",
+            "none",
+            f"the request holds {call.problem}; send it as the API "
+            "names it (no encoded separators, dot or empty segments, or method overrides)",
+        )
     spec: AgentPolicy | None = policy.for_agent(agent)
     if spec is None:
         if agent is None:

@@ -42,8 +42,10 @@ _LOCK = threading.Lock()
 class AgentRuntime:
     """The agents layer of one limiter: policy, resource owners, budgets, default audit log.
 
-    Budgets are limits of a scope per agent (``budget@<agent>``) in the limiter's backend, so
-    they hold across processes that share a Redis backend. Resource owners are kept in memory.
+    Budgets are limits of a scope per agent in the limiter's backend, so they hold across
+    processes that share a Redis backend. Their scopes live in a key space of their own
+    (``budget:<project>/<agent>``) that no model name reaches. An agent the policy covers with
+    ``[default]`` gets the default's budget as its own. Resource owners are kept in memory.
     """
 
     def __init__(self, limiter: Limiter, policy: Policy) -> None:
@@ -52,17 +54,30 @@ class AgentRuntime:
         self.clock = limiter.clock
         self.ownership = Ownership()
         self.budgets = policy.budgets()
-        quotas = {f"budget@{name}": lims for name, lims in self.budgets.items()}
+        default = policy.default.budget if policy.default is not None else None
+        self.default_budget = default.limits() if default is not None else ()
         self.budget = Limiter(
             tier=None,
-            quotas=quotas,
+            quotas=self.budgets,
+            unknown_model=self.default_budget or None,
             backend=limiter.backend,
             clock=limiter.clock,
             project=limiter.project,
         )
+        self.budget._core.namespace = "budget:"
+        self.budget._core.book.check_names = False  # agent names, checked by the policy
         self.sync_limiter = SyncLimiter.sharing(limiter)
         self.sync_budget = SyncLimiter.sharing(self.budget)
         self._audit: AuditLog | None = None
+
+    def budget_scope(self, agent: str | None) -> str | None:
+        """The scope of ``agent``'s budget, or ``None`` when it has none (a named agent's own
+        budget; every other agent's is the ``[default]`` one, kept per agent)."""
+        if agent is None:
+            return None
+        if agent in self.policy.agents:
+            return agent if agent in self.budgets else None
+        return agent if self.default_budget else None
 
     @property
     def audit(self) -> AuditLog:
@@ -286,11 +301,12 @@ class AgentHandle:
             asked = context.current()[0] if priority is None else context.priority_value(priority)
             prio = spec.priority_level if asked is None else min(asked, spec.priority_level)
         budget: Permit | None = None
-        if agent in self.runtime.budgets:
+        scope = self.runtime.budget_scope(agent)
+        if scope is not None:
             requests = dict(cost or {}).get("requests", 1)
             try:
                 budget = await self.runtime.budget.acquire_nowait(
-                    f"budget@{agent}", tokens, cost={"requests": requests}
+                    scope, tokens, cost={"requests": requests}
                 )
             except QuotaError as exc:
                 raise BudgetExhaustedError.from_quota(agent, exc, self.runtime.clock.now()) from exc
