@@ -4,9 +4,12 @@ google-genai) against the emulator over loopback."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import httpx
 import pytest
-from agents_helpers import FLASH, KEY, EmulatorRequests, Records, emulator_config, limiter
+from agents_helpers import FLASH, KEY, PRO, EmulatorRequests, Records, emulator_config, limiter
 
 from quotaflow import RPD, RPM, TPM, Limiter
 from quotaflow.agents import Policy
@@ -121,3 +124,252 @@ def test_default_share_and_budget_are_in_the_policy() -> None:
     )
     spec = policy.for_agent("anyone")
     assert spec is not None and spec.budget is not None and spec.share is not None
+
+
+# ---- 2. the key never shows, in any spelling of its parameter --------------------------------
+
+SECRET = "qf-Secret.key_4242-not-shaped-like-google"  # no pattern could hide it: only its name
+SPELLINGS = ("key", "%24key", "$key", "%6Bey", "KEY", "%4B%45%59", "Key")
+
+
+def _forms(secret: str) -> set[str]:
+    from urllib.parse import quote, quote_plus
+
+    return {secret, quote(secret, safe=""), quote_plus(secret), secret.casefold()}
+
+
+async def test_the_key_in_every_spelling_stays_out_of_audit_logs_and_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from google import genai
+
+    from quotaflow.agents import AuditLog, JsonLinesSink
+    from quotaflow.emulator import ApiKeyConfig
+
+    caplog.set_level(logging.DEBUG)
+    config = emulator_config(faults=FaultConfig(error_rate_503=1.0))
+    config = config.model_copy(update={"keys": [*config.keys, ApiKeyConfig(key=SECRET)]})
+    audit_path = tmp_path / "audit.jsonl"
+    audit = AuditLog([JsonLinesSink(audit_path)])
+    lim = limiter({"agents": {"a": {"grants": {"content": "write"}}}})
+    outputs: list[str] = []
+    async with serve(config) as served:
+        transport = lim.agent("a", audit=audit).transport(max_5xx_retries=1, backoff=0.0)
+        async with httpx.AsyncClient(base_url=served.base_url, transport=transport) as http:
+            for name in SPELLINGS:
+                r = await http.post(f"{_generate(FLASH)}?{name}={SECRET}&alt=json", json=GEN)
+                outputs.append(repr(r.extensions.get("quotaflow_agents")))
+                outputs.append(repr(r.extensions.get("quotaflow")))
+                outputs.append(r.text)
+                # a malformed one, and one denied: their records and answers too
+                r = await http.post(f"/v1beta/models/x/%2e%2e/y:generateContent?{name}={SECRET}")
+                assert r.status_code == 400
+                outputs.append(r.text)
+                r = await http.get(f"/v1beta/files?{name}={SECRET}")
+                assert r.status_code == 403
+                outputs.append(r.text)
+        # the SDK too, with its own key header
+        client = genai.Client(
+            api_key=SECRET,
+            http_options=lim.agent("a", audit=audit).http_options(
+                base_url=served.base_url, api_version="v1beta", max_5xx_retries=0
+            ),
+        )
+        try:
+            with pytest.raises(Exception) as err:
+                await client.aio.models.generate_content(model=FLASH, contents="x")
+        finally:
+            await client.aio.aclose()
+            client.close()
+        outputs.append(str(err.value))
+    audit.close()
+    outputs.append(audit_path.read_text())
+    outputs.extend(rec.getMessage() for rec in caplog.records)
+    outputs.extend(str(rec.__dict__) for rec in caplog.records)
+    assert any("HTTP Request" in line for line in outputs), "httpx's request lines were not seen"
+    assert any("retry 1" in line for line in outputs), "quotaflow's retry line was not seen"
+    assert len(audit_path.read_text().splitlines()) == 3 * len(SPELLINGS) + 1
+    text = "\n".join(outputs)
+    for form in _forms(SECRET):
+        assert form not in text, f"the key shows as {form!r}"
+
+
+def test_redaction_matches_the_decoded_case_folded_name() -> None:
+    from quotaflow.agents.audit import path_template
+    from quotaflow.gemini import redact_text, redact_url
+
+    for name in (*SPELLINGS, "access_token", "%24ACCESS_TOKEN", "api%5Fkey"):
+        url = f"https://h/v1beta/models?{name}={SECRET}&pageSize=5"
+        assert SECRET not in redact_url(url), name
+        assert SECRET not in redact_text(f"GET {url} failed"), name
+        assert path_template(url) == "/v1beta/models?pagesize=5", name
+
+
+# ---- 3 and 5. one canonical path: decoded once, malformed ones never sent --------------------
+
+OWN = {"access": "write", "own": True}
+
+
+def _exists(served: ServedEmulator, name: str) -> bool:
+    with httpx.Client(base_url=served.base_url, headers={"x-goog-api-key": KEY}) as raw:
+        return raw.get(f"/v1beta/{name}").status_code == 200
+
+
+def test_own_is_checked_on_the_decoded_path(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    policy = {"agents": {n: {"grants": {"files": OWN}} for n in ("alice", "mallory")}}
+    lim = limiter(policy)
+
+    def upload(agent: str, name: str) -> None:
+        transport = lim.agent(agent, audit=records.log).sync_transport()
+        with httpx.Client(
+            base_url=served.base_url, headers={"x-goog-api-key": KEY}, transport=transport
+        ) as http:
+            start = http.post(
+                "/upload/v1beta/files",
+                json={"file": {"name": name, "mimeType": "text/plain"}},
+                headers={
+                    "x-goog-upload-protocol": "resumable",
+                    "x-goog-upload-command": "start",
+                    "x-goog-upload-header-content-type": "text/plain",
+                    "x-goog-upload-header-content-length": "4",
+                },
+            )
+            done = http.post(
+                start.headers["x-goog-upload-url"],
+                content=b"data",
+                headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": "0"},
+            )
+            assert done.status_code == 200, done.text
+
+    upload("alice", "files/cabc")
+    upload("mallory", "files/%63abc")  # the encoded spelling of alice's file id
+    requests_seen.clear()
+    transport = lim.agent("mallory", audit=records.log).sync_transport()
+    with httpx.Client(
+        base_url=served.base_url, headers={"x-goog-api-key": KEY}, transport=transport
+    ) as http:
+        for path in ("/v1beta/files/%63abc", "/v1beta/files/cabc"):
+            r = http.delete(path)
+            assert r.status_code == 403 and "not_owner" in r.text, (path, r.status_code)
+        for path in (
+            "/v1beta/files/mine/%2e%2e/cabc",
+            "/v1beta/files/x%2Fcabc",
+            "/v1beta//files/cabc",
+        ):
+            r = http.delete(path)
+            assert r.status_code == 400, (path, r.status_code)
+    assert requests_seen.lines == [], "a denied delete reached the emulator"
+    assert _exists(served, "files/cabc")
+    last = records.flushed()[-1]
+    assert (last.decision, last.reason, last.status) == ("denied", "malformed", 400)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1beta/models/{PRO}/x:generateContent",
+        f"/v1beta/models/{FLASH}/%2e%2e/{PRO}:generateContent",
+        f"/v1beta/models/{FLASH}/..%2F{PRO}:generateContent",
+        f"/v1beta/models/{FLASH}%2F..%2F{PRO}:generateContent",
+        f"/v1beta/models/{FLASH}/./x:generateContent",
+        f"/v1beta/models/%252e%252e/{PRO}:generateContent",
+        f"/v1beta/models/{PRO}%00:generateContent",
+        f"/v1beta/models/{PRO}%E2%80%8B:generateContent",
+    ],
+)
+async def test_extra_or_encoded_segments_never_drop_the_model(
+    path: str, served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    grants = {"content": {"access": "write", "models": [f"{FLASH}*"]}}
+    lim = limiter({"agents": {"a": {"grants": grants}}})
+    async with _client(lim, "a", served, records) as http:
+        r = await http.post(path, json=GEN)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert requests_seen.lines == []
+    (rec,) = records.flushed()
+    assert (rec.decision, rec.reason, rec.outcome) == ("denied", "malformed", "denied")
+
+
+# ---- 4. method overrides are refused -------------------------------------------------------
+
+
+async def test_a_method_override_cannot_turn_a_create_into_a_delete(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    caching = {"access": "write", "own": True, "deny": ["delete"]}
+    policy = {"agents": {n: {"grants": {"caching": caching}} for n in ("owner", "mallory")}}
+    lim = limiter(policy)
+    body = {"model": f"models/{FLASH}", "contents": [{"parts": [{"text": "w " * 20}]}]}
+    async with _client(lim, "owner", served, records) as http:
+        r = await http.post("/v1beta/cachedContents", json=body)
+        assert r.status_code == 200
+        name = r.json()["name"]
+    requests_seen.clear()
+    async with _client(lim, "mallory", served, records) as http:
+        for headers, query in (
+            ({"X-HTTP-Method-Override": "DELETE"}, ""),
+            ({"x-http-method-override": "delete"}, ""),
+            ({}, "?$httpMethod=DELETE"),
+            ({}, "?%24httpmethod=DELETE"),
+        ):
+            r = await http.post(f"/v1beta/{name}{query}", json={}, headers=headers)
+            assert r.status_code == 400, (headers, query, r.status_code)
+    assert requests_seen.lines == []
+    assert _exists(served, name)
+
+
+# ---- the tricks that held ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", f"/v1beta/models/{PRO}%3AgenerateContent", 403),
+        ("POST", f"/v1beta/models%2F{PRO}:generateContent", 400),
+        ("POST", "/v1beta/models/Gemini-2.5-Pro:generateContent", 403),
+        ("POST", f"/v1/models/{PRO}:generateContent", 403),
+        ("POST", f"/v1alpha/models/{PRO}:streamGenerateContent?alt=sse", 403),
+        ("POST", f"/v1beta/models/{FLASH}/../{PRO}:generateContent", 403),  # httpx normalises
+        ("DELETE", "/v1beta/files/abc", 403),
+        ("GET", "/v1beta/corpora", 403),
+    ],
+)
+async def test_url_tricks_that_held(
+    method: str,
+    path: str,
+    status: int,
+    served: ServedEmulator,
+    records: Records,
+    requests_seen: EmulatorRequests,
+) -> None:
+    grants = {"content": {"access": "write", "models": [f"{FLASH}*"]}}
+    lim = limiter({"agents": {"a": {"grants": grants}}})
+    async with _client(lim, "a", served, records) as http:
+        r = await http.request(method, path, json=GEN if method == "POST" else None)
+    assert r.status_code == status or {r.status_code, status} == {400, 403}, r.text
+    assert requests_seen.lines == []
+
+
+async def test_openai_route_with_a_forbidden_model_and_a_duplicate_key_held(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    grants = {"content": {"access": "write", "models": [f"{FLASH}*"]}}
+    lim = limiter({"agents": {"a": {"grants": grants}}})
+    msgs = '"messages": [{"role": "user", "content": "hi"}]'
+    async with _client(lim, "a", served, records) as http:
+        r = await http.post("/v1beta/openai/chat/completions", json={"model": PRO, "messages": []})
+        assert r.status_code == 403
+        dup = f'{{"model": "{FLASH}", {msgs}, "model": "{PRO}"}}'
+        r = await http.post(
+            "/v1beta/openai/chat/completions",
+            content=dup,
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 403
+        # a named handle ignores the header naming another agent
+        r = await http.get("/v1beta/files", headers={"x-quotaflow-agent": "admin"})
+        assert r.status_code == 403
+    assert requests_seen.lines == []
