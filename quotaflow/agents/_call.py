@@ -17,16 +17,22 @@ from quotaflow import context
 from quotaflow.agents._local import BudgetExhaustedError, LocalAnswer, budget_answer, denied_answer
 from quotaflow.agents._ownership import created_name
 from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, path_template
-from quotaflow.agents.grants import GrantDecision, decide, target_resource
+from quotaflow.agents.grants import (
+    GrantDecision,
+    body_references,
+    decide,
+    decide_references,
+    target_resource,
+)
 from quotaflow.errors import ConfigError
-from quotaflow.gemini import classify, estimate_tokens, needs_body, redact_text
+from quotaflow.gemini import Call, classify, estimate_tokens, needs_body, redact_text
 from quotaflow.gemini._canonical import canonical_request
 
 if TYPE_CHECKING:
     from quotaflow._transport_flow import CallInfo
     from quotaflow.agents.handle import AgentRuntime
 
-__all__ = ["AgentCall", "Tap", "request_key"]
+__all__ = ["AgentCall", "Tap", "decision_for", "request_key"]
 
 
 @dataclass
@@ -65,6 +71,33 @@ def _body_model(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def decision_for(
+    runtime: AgentRuntime,
+    agent: str | None,
+    method: str,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> tuple[Call, str | None, str | None, GrantDecision]:
+    """The one decision on a request, for the transports and ``check()`` alike:
+    ``(call, model, resource acted on, decision)``. The call is classified in its canonical
+    form; the model a create names in its body and every resource the body names are checked
+    too."""
+    call = classify(method, url, body, headers=headers)
+    model = call.model or (_body_model(body) if call.creates else None)
+    resource = target_resource(call)
+    owners = runtime.ownership
+    owner = owners.owner(resource) if resource else None
+    decision = decide(runtime.policy, agent, call, model=model, owner=owner)
+    if decision.allowed and body:
+        refused = decide_references(
+            runtime.policy, agent, call, body_references(body), owners.owner
+        )
+        if refused is not None:
+            decision = refused
+    return call, model, resource, decision
+
+
 class AgentCall:
     """The decisions and the record of one request.
 
@@ -94,14 +127,10 @@ class AgentCall:
         ctx_prio, _, ctx_agent = context.current()
         self.agent: str | None = bound or pairs.get("agent") or ctx_agent
         parsed = _parse(body) if body and (needs_body(method, url) or method != "GET") else {}
-        self.call = classify(method, url, parsed, headers=headers)
-        self.model = self.call.model or (_body_model(parsed) if self.call.creates else None)
-        self.path = path_template(url)
-        self.resource = target_resource(self.call)
-        owner = runtime.ownership.owner(self.resource) if self.resource else None
-        self.decision: GrantDecision = decide(
-            runtime.policy, self.agent, self.call, model=self.model, owner=owner
+        self.call, self.model, self.resource, self.decision = decision_for(
+            runtime, self.agent, method, url, parsed, headers
         )
+        self.path = path_template(url)
         spec = runtime.policy.for_agent(self.agent)
         asked = ctx_prio
         if "priority" in pairs:

@@ -21,10 +21,9 @@ from quotaflow._front import Acquire, CallAcquire
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
-from quotaflow.agents.grants import GrantDecision, decide, target_resource
+from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
-from quotaflow.gemini import classify
 from quotaflow.limiter import Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
@@ -187,15 +186,20 @@ class AgentHandle:
         """This agent's policy (its own or the default), ``None`` if it gets nothing."""
         return self.runtime.policy.for_agent(self.name)
 
-    def check(self, method: str, url: str, body: Mapping[str, Any] | None = None) -> GrantDecision:
-        """The policy's answer for a request, without sending it."""
-        call = classify(method, url, body)
-        owner = None
-        resource = target_resource(call)
-        if resource is not None:
-            owner = self.runtime.ownership.owner(resource)
+    def check(
+        self,
+        method: str,
+        url: str,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> GrantDecision:
+        """The policy's answer for a request, without sending it: the same decision the
+        transports make (the canonical request, the model a create names in its body, the
+        resources the body names)."""
+        from quotaflow.agents._call import decision_for
+
         agent = self.name or context.current()[2]
-        return decide(self.runtime.policy, agent, call, owner=owner)
+        return decision_for(self.runtime, agent, method, url, dict(body or {}), headers)[3]
 
     # ---- transports ------------------------------------------------------------------------
 

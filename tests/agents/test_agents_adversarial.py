@@ -373,3 +373,63 @@ async def test_openai_route_with_a_forbidden_model_and_a_duplicate_key_held(
         r = await http.get("/v1beta/files", headers={"x-quotaflow-agent": "admin"})
         assert r.status_code == 403
     assert requests_seen.lines == []
+
+
+# ---- 8. resources named in a body are grants too; check() makes the transports' decision ----
+
+
+async def test_a_body_cannot_use_a_resource_of_an_area_without_a_grant(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    policy = {
+        "agents": {
+            "owner": {"grants": {"caching": "write", "files": "write", "content": "write"}},
+            "mallory": {"grants": {"content": "write"}},
+            "reader": {"grants": {"content": "write", "caching": "read"}},
+            "mine_only": {
+                "grants": {"content": "write", "caching": {"access": "write", "own": True}}
+            },
+        }
+    }
+    lim = limiter(policy)
+    body = {"model": f"models/{FLASH}", "contents": [{"parts": [{"text": "w " * 50}]}]}
+    async with _client(lim, "owner", served, records) as http:
+        cache = (await http.post("/v1beta/cachedContents", json=body)).json()["name"]
+    requests_seen.clear()
+    uses = {
+        "cachedContent": {**GEN, "cachedContent": cache},
+        "snake_case": {**GEN, "cached_content": cache},
+        "fileUri": {
+            "contents": [
+                {"parts": [{"fileData": {"fileUri": f"{served.base_url}/v1beta/files/abc"}}]}
+            ]
+        },
+    }
+    async with _client(lim, "mallory", served, records) as http:
+        for what, use in uses.items():
+            r = await http.post(_generate(FLASH), json=use)
+            assert r.status_code == 403 and "no_grant" in r.text, what
+            assert lim.agent("mallory").check("POST", _generate(FLASH), use).reason == "no_grant"
+    async with _client(lim, "mine_only", served, records) as http:
+        r = await http.post(_generate(FLASH), json=uses["cachedContent"])
+        assert r.status_code == 403 and "not_owner" in r.text
+    assert requests_seen.lines == []
+    async with _client(lim, "reader", served, records) as http:  # read is enough to use it
+        r = await http.post(_generate(FLASH), json=uses["cachedContent"])
+        assert r.status_code == 200, r.text
+
+
+def test_check_gives_the_transports_decision_for_a_model_in_a_create_body() -> None:
+    grants = {"caching": "write", "content": {"access": "write", "models": [f"{FLASH}*"]}}
+    caching = {"access": "write", "models": [f"{FLASH}*"]}
+    lim = limiter({"agents": {"a": {"grants": {**grants, "caching": caching}}}})
+    handle = lim.agent("a")
+    body = {"model": f"models/{PRO}", "contents": [{"parts": [{"text": "x"}]}]}
+    decision = handle.check("POST", "/v1beta/cachedContents", body)
+    assert (decision.allowed, decision.reason) == (False, "model_denied")
+    ok = handle.check("POST", "/v1beta/cachedContents", {**body, "model": FLASH})
+    assert ok.allowed
+    override = handle.check(
+        "POST", "/v1beta/cachedContents/c1", {}, headers={"X-HTTP-Method-Override": "DELETE"}
+    )
+    assert override.reason == "malformed"
