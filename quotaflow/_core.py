@@ -33,7 +33,7 @@ from quotaflow.errors import (
     WouldBlockError,
 )
 from quotaflow.limits import Limit, check_cost
-from quotaflow.shares import Share, agent_limits, floors_for
+from quotaflow.shares import Share, agent_limits, agent_name_problem, floors_for
 from quotaflow.tiers import TierTable
 
 __all__ = [
@@ -262,6 +262,10 @@ class LimiterCore:
                 "(round a float up with math.ceil)"
             )
         metrics = {"requests": 1, "input_tokens": tokens}
+        if cost is not None and not isinstance(cost, Mapping):
+            raise ConfigError(
+                f"cost={cost!r}: give amounts by metric, e.g. {{'requests': 1, 'images': 2}}"
+            )
         if cost:
             metrics.update(check_cost(cost))
         if not any(lim.name == "rpm" for lim in limits):
@@ -275,6 +279,8 @@ class LimiterCore:
         ctx_priority, ctx_timeout, ctx_agent = context.current()
         if agent is None:
             agent = ctx_agent
+        elif agent_name_problem(agent) is not None:
+            raise ConfigError(f"agent={agent!r}: {agent_name_problem(agent)}")
         prio = (
             context.priority_value(priority)
             if priority is not None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from quotaflow import context
 from quotaflow._front import Acquire, CallAcquire
+from quotaflow._quota_book import QuotaBook
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
@@ -63,8 +64,11 @@ class AgentRuntime:
             clock=limiter.clock,
             project=limiter.project,
         )
-        self.budget._core.namespace = "budget:"
-        self.budget._core.book.check_names = False  # agent names, checked by the policy
+        core = self.budget._core
+        core.namespace = "budget:"
+        # scopes named by agent (checked by the policy), which QUOTAFLOW_LIMITS never changes
+        core.book = QuotaBook(None, self.budgets, None, self.default_budget or None, 0.0, False)
+        core.book.check_names = False
         self.sync_limiter = SyncLimiter.sharing(limiter)
         self.sync_budget = SyncLimiter.sharing(self.budget)
         self._audit: AuditLog | None = None
