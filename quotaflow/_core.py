@@ -33,7 +33,13 @@ from quotaflow.errors import (
     WouldBlockError,
 )
 from quotaflow.limits import Limit, check_cost
-from quotaflow.shares import Share, agent_limits, agent_name_problem, floors_for
+from quotaflow.shares import (
+    DEFAULT_SHARE,
+    Share,
+    agent_limits,
+    agent_name_problem,
+    floors_for,
+)
 from quotaflow.tiers import TierTable
 
 __all__ = [
@@ -307,6 +313,8 @@ class LimiterCore:
             now = self.clock.now()
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
         if self.shares:
+            if agent is not None and agent not in self.shares and DEFAULT_SHARE in self.shares:
+                agent = DEFAULT_SHARE  # every agent no share names: the default's, together
             by_limit = {
                 lim.name: metrics.get(lim.metric, 0)
                 for lim in limits

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Calendar, Limit
 
-__all__ = ["Share", "agent_limits", "agent_name_problem", "floors_for"]
+__all__ = ["DEFAULT_SHARE", "Share", "agent_limits", "agent_name_problem", "floors_for"]
+
+DEFAULT_SHARE = "*"
+"""The key of a shares mapping whose share every agent the mapping does not name uses,
+together (a policy's ``[default]`` share)."""
 
 
 def agent_name_problem(name: object) -> str | None:

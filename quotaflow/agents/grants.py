@@ -25,6 +25,7 @@ from typing import Literal
 
 from quotaflow.agents.policy import METHODS, AgentPolicy, Policy
 from quotaflow.gemini import Call
+from quotaflow.shares import agent_name_problem
 
 __all__ = [
     "GrantDecision",
@@ -207,6 +208,10 @@ def decide(
             text = f"quotaflow policy: {who} may call {method}{target} (area {area!r}, {held!r})"
         return GrantDecision(ok, reason, agent, method, area, needed, held, text)
 
+    if agent is not None and agent_name_problem(agent) is not None:
+        return verdict(
+            False, "malformed", "none", f"agent name {agent!r}: {agent_name_problem(agent)}"
+        )
     if call.problem is not None:
         return verdict(
             False,

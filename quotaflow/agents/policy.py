@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from quotaflow.context import priority_value
 from quotaflow.errors import ConfigError
 from quotaflow.limits import RPD, TPD, Limit
-from quotaflow.shares import Share, agent_name_problem
+from quotaflow.shares import DEFAULT_SHARE, Share, agent_name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -345,7 +345,7 @@ class Policy(_Strict):
     @classmethod
     def _names(cls, value: dict[str, AgentPolicy]) -> dict[str, AgentPolicy]:
         for name in value:
-            problem = name_problem(name)
+            problem = name_problem(name) if name != DEFAULT_SHARE else "the name is reserved"
             if problem is not None:
                 raise ValueError(f"agent name {name!r}: {problem}")
         return value
@@ -357,11 +357,19 @@ class Policy(_Strict):
         return self.default
 
     def shares(self) -> dict[str, Share]:
-        """The core shares of every agent that has one (for ``Limiter(shares=...)``)."""
-        return {n: a.share.share() for n, a in self.agents.items() if a.share is not None}
+        """The core shares of every agent that has one (for ``Limiter(shares=...)``); the
+        ``[default]`` share is under :data:`~quotaflow.shares.DEFAULT_SHARE`, for every agent
+        the policy does not name, together."""
+        out = {n: a.share.share() for n, a in self.agents.items() if a.share is not None}
+        if self.default is not None and self.default.share is not None:
+            for name in self.agents:
+                out.setdefault(name, Share())  # a named agent never takes the default's share
+            out[DEFAULT_SHARE] = self.default.share.share()
+        return out
 
     def budgets(self) -> dict[str, tuple[Limit, ...]]:
-        """Per agent, its budget limits."""
+        """Per named agent, its budget limits (every other agent gets the ``[default]``
+        budget, each its own: see :meth:`for_agent`)."""
         out = {n: a.budget.limits() for n, a in self.agents.items() if a.budget is not None}
         return {n: lims for n, lims in out.items() if lims}
 

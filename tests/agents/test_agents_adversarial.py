@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,18 +113,25 @@ async def test_default_budget_holds_for_each_agent_it_covers(
     assert _generates(requests_seen) == 4
 
 
-def test_default_share_and_budget_are_in_the_policy() -> None:
-    policy = Policy.from_dict(
-        {
-            "default": {
-                "grants": {"content": "write"},
-                "share": {"ceiling": 0.5},
-                "budget": {"requests_per_day": 2},
-            }
-        }
-    )
-    spec = policy.for_agent("anyone")
-    assert spec is not None and spec.budget is not None and spec.share is not None
+async def test_default_share_holds_for_the_agents_it_covers() -> None:
+    from quotaflow.clock import ManualClock
+    from quotaflow.errors import QuotaError
+
+    policy = {
+        "agents": {"named": {"grants": {"content": "write"}}},
+        "default": {"grants": {"content": "write"}, "share": {"ceiling": 0.5}},
+    }
+    lim = limiter(policy, rpm=10, clock=ManualClock())
+    taken = 0
+    for i in range(10):  # unnamed agents share the default's half of the limit
+        try:
+            await (await lim.acquire_nowait(FLASH, agent=f"anon-{i % 3}")).settle()
+            taken += 1
+        except QuotaError:
+            pass
+    assert taken == 5
+    for _ in range(5):  # a named agent without a share is not held to the default's
+        await (await lim.acquire_nowait(FLASH, agent="named")).settle()
 
 
 # ---- 2. the key never shows, in any spelling of its parameter --------------------------------
@@ -433,3 +441,106 @@ def test_check_gives_the_transports_decision_for_a_model_in_a_create_body() -> N
         "POST", "/v1beta/cachedContents/c1", {}, headers={"X-HTTP-Method-Override": "DELETE"}
     )
     assert override.reason == "malformed"
+
+
+# ---- 9 and 10. strict parsing: one key per grant, no booleans as numbers, typed errors ------
+
+
+@pytest.mark.parametrize(
+    ("grants", "first", "second"),
+    [
+        ({"caching": {"access": "write", "own": True}, "caches": "read"}, "caching", "caches"),
+        ({"content": "read", "models": "write"}, "content", "models"),
+        ({"tuning": "read", "tuned_models": "write"}, "tuning", "tuned_models"),
+    ],
+)
+def test_a_grant_and_its_alias_together_are_an_error(
+    grants: dict[str, Any], first: str, second: str
+) -> None:
+    from quotaflow.agents import PolicyError
+
+    with pytest.raises(PolicyError) as err:
+        Policy.from_dict({"agents": {"a": {"grants": grants}}})
+    assert first in str(err.value) and second in str(err.value) and "keep one" in str(err.value)
+    assert err.value.agent == "a"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (None, "table"),
+        ([], "table"),
+        ({"agents": {"a": {"priority": True}}}, "priority"),
+        ({"agents": {"a": {"share": {"floor": True}}}}, "floor"),
+        ({"agents": {"a": {"budget": {"requests_per_day": True}}}}, "requests_per_day"),
+        ({"default": {"budget": {"tokens_per_day": False}}}, "tokens_per_day"),
+        ({"agents": {"a\x00b": {}}}, "printable"),
+        ({"agents": {"a\nb": {}}}, "printable"),
+        ({"agents": {"a\u200bb": {}}}, "printable"),
+        ({"agents": {"a@b": {}}}, "'@'"),
+    ],
+)
+def test_bad_policies_raise_a_policy_error_naming_the_field(data: Any, field: str) -> None:
+    from quotaflow.agents import PolicyError
+
+    with pytest.raises(PolicyError, match=field):
+        Policy.from_dict(data)
+
+
+def test_bad_limiter_arguments_raise_config_errors_naming_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import math
+
+    from quotaflow import Limit
+
+    cases: list[tuple[Any, str]] = [
+        (lambda: Limiter(headroom="0.1"), "headroom"),
+        (lambda: Limiter(tier=5), "tier"),
+        (lambda: Limiter(None, quotas={"m": RPM(5)}), "quotas"),
+        (lambda: Limiter(backend=5), "backend"),
+        (lambda: Limiter(policy=5), "policy"),
+        (lambda: Limit("rpm", 5, True), "period"),
+        (lambda: Limit("rpm", 5, math.inf), "period"),
+    ]
+    for make, name in cases:
+        with pytest.raises(ConfigError, match=name):
+            make()
+    monkeypatch.setenv("QUOTAFLOW_LIMITS", "{")
+    with pytest.raises(ConfigError, match="QUOTAFLOW_LIMITS"):
+        Limiter(None, quotas={"m": [RPM(5)]})
+    for bad in ("m:rpm=\u0663", "m:rpm=5,rpm=6", '{"m": {"rpm": 5}, "m": {"rpm": 6}}'):
+        monkeypatch.setenv("QUOTAFLOW_LIMITS", bad)
+        with pytest.raises(ConfigError, match="QUOTAFLOW_LIMITS"):
+            Limiter(None, quotas={"m": [RPM(5)]})
+        with pytest.raises(ConfigError, match="QUOTAFLOW_LIMITS"):
+            Limiter("tier1")
+    monkeypatch.setenv("QUOTAFLOW_LIMITS", "m:rpm=7")
+    assert Limiter(None, quotas={"m": [RPM(5)]}).quota("m")[0].amount == 7
+
+
+async def test_bad_acquire_arguments_raise_config_errors_naming_them() -> None:
+    lim = Limiter(None, quotas={"m": [RPM(5)]})
+    async with lim.acquire("m"):
+        pass  # the model's fast lane exists from here on
+    for kw, name in (({"cost": 5}, "cost"), ({"agent": 5}, "agent"), ({"agent": "a\nb"}, "agent")):
+        with pytest.raises(ConfigError, match=name):
+            await lim.acquire("m", **kw)
+    with pytest.raises(ConfigError, match="not a Gemini model name"):
+        await lim.acquire("m@x")
+
+
+async def test_an_agent_named_by_header_with_invisible_characters_is_refused(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    lim = limiter({"default": {"grants": {"content": "write"}}})
+    async with httpx.AsyncClient(
+        base_url=served.base_url,
+        headers={"x-goog-api-key": KEY},
+        transport=lim.agent(audit=records.log).transport(),
+    ) as http:
+        r = await http.post(_generate(FLASH), json=GEN, headers={"x-quotaflow-agent": "a\tb"})
+        assert r.status_code == 400
+        r = await http.post(_generate(FLASH), json=GEN, headers={"x-quotaflow-agent": " a"})
+        assert r.status_code == 400
+    assert requests_seen.lines == []
