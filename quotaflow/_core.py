@@ -33,7 +33,13 @@ from quotaflow.errors import (
     WouldBlockError,
 )
 from quotaflow.limits import Limit, check_cost
-from quotaflow.shares import Share, agent_limits, floors_for
+from quotaflow.shares import (
+    DEFAULT_SHARE,
+    Share,
+    agent_limits,
+    agent_name_problem,
+    floors_for,
+)
 from quotaflow.tiers import TierTable
 
 __all__ = [
@@ -106,6 +112,9 @@ class LimiterCore:
         self.scale = scale or TimeScale()
         self.book = QuotaBook(tier, quotas, overrides, unknown_model, headroom, scale=self.scale)
         self.project = project
+        # scope keys are f"{namespace}{project}/{canonical}": the agents layer's budgets use
+        # their own namespace, so no model name can name a budget's scope
+        self.namespace = ""
         self.clock: Clock = clock or SystemClock()
         self.cache = LearnedCache(learned_cache) if learned_cache is not None else None
         if self.cache is not None:
@@ -139,7 +148,7 @@ class LimiterCore:
         canonical, limits = self.book.resolve(model)
         if self.shares:
             limits = limits + agent_limits(limits, self.shares)
-        key = f"{self.project}/{canonical}"
+        key = f"{self.namespace}{self.project}/{canonical}"
         return key, canonical, limits, self._configured.get(key) != limits
 
     def configured(self, key: str, limits: tuple[Limit, ...]) -> None:
@@ -267,6 +276,10 @@ class LimiterCore:
                 "(round a float up with math.ceil)"
             )
         metrics = {"requests": 1, "input_tokens": tokens}
+        if cost is not None and not isinstance(cost, Mapping):
+            raise ConfigError(
+                f"cost={cost!r}: give amounts by metric, e.g. {{'requests': 1, 'images': 2}}"
+            )
         if cost:
             metrics.update(check_cost(cost))
         if not any(lim.name == "rpm" for lim in limits):
@@ -280,6 +293,8 @@ class LimiterCore:
         ctx_priority, ctx_timeout, ctx_agent = context.current()
         if agent is None:
             agent = ctx_agent
+        elif agent_name_problem(agent) is not None:
+            raise ConfigError(f"agent={agent!r}: {agent_name_problem(agent)}")
         prio = (
             context.priority_value(priority)
             if priority is not None
@@ -306,6 +321,8 @@ class LimiterCore:
             now = self.clock.now()
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
         if self.shares:
+            if agent is not None and agent not in self.shares and DEFAULT_SHARE in self.shares:
+                agent = DEFAULT_SHARE  # every agent no share names: the default's, together
             by_limit = {
                 lim.name: metrics.get(lim.metric, 0)
                 for lim in limits

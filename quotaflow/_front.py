@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from quotaflow._await import acquired
 from quotaflow._gate import LaneGate
 from quotaflow.permit import DONE, Permit, SyncPermit
+from quotaflow.shares import agent_name_problem
 
 try:
     from mypy_extensions import mypyc_attr
@@ -141,7 +142,8 @@ class LaneAcquire(Acquire[Permit]):
     def __await__(self) -> Generator[Any, None, Permit]:
         front = self._front
         model = self._model
-        if type(model) is str and front._lanes:
+        agent = self._agent
+        if type(model) is str and front._lanes and (agent is None or _named(agent)):
             gate = front._lanes.get(model)
             if gate is not None:
                 permit = gate.grant(
@@ -161,6 +163,11 @@ class LaneAcquire(Acquire[Permit]):
             self._agent,
         )
         return acquired(self, full).__await__()
+
+
+def _named(agent: object) -> bool:
+    # a bad agent name takes the full way, which raises the ConfigError naming it
+    return agent_name_problem(agent) is None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -283,7 +290,8 @@ class SyncAcquire:
         front = self._front
         model = self._model
         permit: SyncPermit | None = None
-        if type(model) is str and front._lanes:
+        agent = self._agent
+        if type(model) is str and front._lanes and (agent is None or _named(agent)):
             gate = front._lanes.get(model)
             if gate is not None:
                 permit = gate.grant_sync(

@@ -4,13 +4,15 @@ from 429s, headroom, and where each figure came from, per canonical model."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from quotaflow._learned import GEMINI_DIMENSIONS, Figure, Origin, TimeScale, gemini_limit
+from quotaflow._tier_schema import KeyedProblem, parse_env_value
 from quotaflow.errors import ConfigError, UnknownModelError
+from quotaflow.gemini._canonical import MODEL_NAME
 from quotaflow.limits import Limit, check_quota
-from quotaflow.tiers import ModelLimits, TierTable, load_tier
+from quotaflow.tiers import ENV_VAR, ModelLimits, TierTable, load_tier
 
 __all__ = ["Learned", "QuotaBook", "limits_from_table"]
 
@@ -43,11 +45,31 @@ class QuotaBook:
         use_env: bool = True,
         scale: TimeScale | None = None,
     ) -> None:
-        if not 0.0 <= headroom < 1.0:
+        if (
+            isinstance(headroom, bool)
+            or not isinstance(headroom, (int, float))
+            or not 0.0 <= headroom < 1.0
+        ):
             raise ConfigError(
                 f"headroom={headroom!r}: give the fraction of each limit to keep free, "
                 "0 <= headroom < 1 (e.g. 0.05)"
             )
+        if tier is not None and not isinstance(tier, (str, TierTable)):
+            raise ConfigError(
+                f"tier={tier!r}: give a tier's name ('free', 'tier1', 'tier2', 'tier3'), a "
+                "TierTable, or None to use only quotas=..."
+            )
+        if quotas is not None and not isinstance(quotas, Mapping):
+            raise ConfigError(f"quotas={quotas!r}: give a dict of model name to a list of limits")
+        for name, value in (quotas or {}).items():
+            if (
+                not isinstance(name, str)
+                or isinstance(value, (Limit, str))
+                or not isinstance(value, Iterable)
+            ):
+                raise ConfigError(
+                    f"quotas[{name!r}]={value!r}: give a list of limits, e.g. [RPM(5), TPM(1000)]"
+                )
         table: TierTable | None
         if tier is None:
             table = None
@@ -67,6 +89,8 @@ class QuotaBook:
         self.headroom = headroom
         self.scale = scale or TimeScale()
         self._quotas = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
+        if table is None and use_env:
+            self._quotas = _env_quotas(self._quotas, os.environ)
         self._unknown = check_quota(unknown_model) if unknown_model is not None else None
         self._cache: dict[str, tuple[str, tuple[Limit, ...]]] = {}
         self._canonical: dict[str, tuple[str, tuple[Limit, ...]]] = {}
@@ -74,6 +98,7 @@ class QuotaBook:
         # per canonical model: what the server taught (or the adaptive rule set)
         self.figures: dict[str, dict[str, Figure]] = {}
         self._origins: dict[str, dict[str, Origin]] = {}
+        self.check_names = True
 
     @staticmethod
     def _plain(name: str) -> str:
@@ -86,11 +111,17 @@ class QuotaBook:
 
     def resolve(self, model: str) -> tuple[str, tuple[Limit, ...]]:
         """``(canonical name, limits)`` for ``model``; raises UnknownModelError."""
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
-        hit = self._cache.get(model)
+        hit = self._cache.get(model) if isinstance(model, str) else None
         if hit is not None:
             return hit
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
+        if self.check_names and not MODEL_NAME.match(model.strip()):
+            raise ConfigError(
+                f"model={model!r}: not a Gemini model name; give letters, digits, '.', '_' "
+                "and '-' (e.g. 'gemini-2.5-flash', 'models/gemini-2.5-flash' or "
+                "'tunedModels/my-model')"
+            )
         plain = self._plain(model.strip())
         origins: dict[str, Origin]
         if plain in self._quotas:
@@ -257,3 +288,40 @@ class QuotaBook:
         self._calibrated.setdefault(canonical, {})[name] = amount
         self._forget(canonical)
         return old
+
+
+def _env_quotas(
+    quotas: dict[str, tuple[Limit, ...]], environ: Mapping[str, str]
+) -> dict[str, tuple[Limit, ...]]:
+    """``quotas`` with the ``QUOTAFLOW_LIMITS`` figures applied: with no tier table, the
+    variable changes the amounts of the limits given in ``quotas=...`` (a malformed value
+    raises, as with a table)."""
+    raw = environ.get(ENV_VAR, "").strip()
+    if not raw:
+        return quotas
+    where = f"environment variable {ENV_VAR}"
+    try:
+        overrides = parse_env_value(raw)
+    except KeyedProblem as exc:
+        key = ".".join(str(k) for k in exc.key)
+        raise ConfigError(
+            f"{where}: {key + ': ' if key else ''}{exc}; write MODEL:KEY=VALUE entries "
+            "separated by ';' (gemini-2.5-flash:rpm=5,tpm=1000) or a JSON object"
+        ) from None
+    out = dict(quotas)
+    for model, fields in overrides.items():
+        plain = model.removeprefix("models/")
+        if plain not in out:
+            continue  # as with a tier table: a model this limiter does not know
+        limits = {lim.name: lim for lim in out[plain]}
+        for name, amount in fields.items():
+            if name not in limits:
+                raise ConfigError(
+                    f"{where}: {model}.{name}: the quota of {model!r} has no limit {name!r} "
+                    f"({', '.join(sorted(limits))})"
+                )
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                raise ConfigError(f"{where}: {model}.{name}={amount!r}: give a whole number >= 0")
+            limits[name] = limits[name].with_amount(amount)
+        out[plain] = tuple(limits.values())
+    return out

@@ -306,8 +306,15 @@ def parse_limits_spec(text: str) -> dict[str, dict[str, Any]]:
                 raise KeyedProblem(
                     (model,), f"{setting.strip()!r} in entry {index} is not KEY=VALUE"
                 )
-            if key in DIMENSIONS and value.replace("_", "").isdigit():
-                fields[key] = int(value.replace("_", ""))
+            if key in fields:
+                raise KeyedProblem((model, key), f"{key!r} is given twice for {model!r}: keep one")
+            digits = value.replace("_", "")
+            if key in DIMENSIONS and digits.isascii() and digits.isdigit():
+                fields[key] = int(digits)
+            elif key in DIMENSIONS and not digits.isascii():
+                raise KeyedProblem(
+                    (model, key), f"{key}={value!r} is not a whole number (ASCII digits)"
+                )
             else:
                 fields[key] = value
     return out
@@ -349,6 +356,15 @@ def bare(name: str) -> str:
     return name[len("models/") :] if name.lower().startswith("models/") else name
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise KeyedProblem((k,), f"{k!r} is given twice: keep one")
+        out[k] = v
+    return out
+
+
 def parse_env_value(raw: str) -> dict[str, Any]:
     """Parse an overrides variable: a JSON object or the ``MODEL:KEY=VALUE;...`` form.
 
@@ -358,7 +374,7 @@ def parse_env_value(raw: str) -> dict[str, Any]:
     if not raw.startswith("{"):
         return parse_limits_spec(raw)
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise KeyedProblem((), f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):

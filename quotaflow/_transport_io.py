@@ -55,12 +55,25 @@ _DROP_IN_COUNT = frozenset(
 
 
 class _RedactFilter(logging.Filter):
-    """Hides ``key=`` query values in the request lines httpx logs at INFO."""
+    """Hides the key's query values in the request lines httpx logs at INFO, whatever the
+    spelling of the parameter's name (``key``, ``$key``, ``%6Bey``, ``KEY``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(redact_url(a) if "key=" in str(a) else a for a in record.args)
+            record.args = tuple(_redacted_arg(a) for a in record.args)
+        if isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = redact_url(record.msg)
         return True
+
+
+def _redacted_arg(arg: object) -> object:
+    if isinstance(arg, (int, float)):
+        return arg
+    text = str(arg)
+    if "=" not in text:
+        return arg
+    hidden = redact_url(text)
+    return arg if hidden == text else hidden
 
 
 _REDACT = _RedactFilter()

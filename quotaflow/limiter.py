@@ -77,6 +77,11 @@ def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | Asyn
         raise ConfigError(
             f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object"
         )
+    if not all(callable(getattr(backend, n, None)) for n in ("configure", "submit", "cancel")):
+        raise ConfigError(
+            f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object "
+            "(quotaflow.backends.MemoryBackend, RedisBackend)"
+        )
     return backend
 
 
@@ -168,6 +173,11 @@ class Limiter(LimiterFront):
         if policy is not None:
             from quotaflow.agents import policy as agents_policy
 
+            if not isinstance(policy, (agents_policy.Policy, str, os.PathLike)):
+                raise ConfigError(
+                    f"policy={policy!r}: give a quotaflow.agents.Policy or the path of a "
+                    "policy TOML file"
+                )
             self.policy = (
                 policy
                 if isinstance(policy, agents_policy.Policy)

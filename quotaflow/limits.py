@@ -175,8 +175,15 @@ class Limit:
                 f"Limit {self.name!r}: amount={self.amount!r} must be an int >= 0 "
                 "(use 0 for 'not available on this tier')"
             )
-        if not isinstance(self.period, (int, float)) or not self.period > 0:
-            raise ConfigError(f"Limit {self.name!r}: period={self.period!r} must be > 0 seconds")
+        if (
+            isinstance(self.period, bool)
+            or not isinstance(self.period, (int, float))
+            or not 0 < self.period < math.inf
+        ):
+            raise ConfigError(
+                f"Limit {self.name!r}: period={self.period!r} must be a finite number of "
+                "seconds > 0"
+            )
         if not self.metric:
             raise ConfigError(f"Limit {self.name!r}: metric must be a non-empty string")
         burst = self.reset.burst if isinstance(self.reset, TokenBucket) else None

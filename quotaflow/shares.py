@@ -15,13 +15,31 @@ agent's calls; so they hold across processes wherever the scope's state lives.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Calendar, Limit
 
-__all__ = ["Share", "agent_limits", "floors_for"]
+__all__ = ["DEFAULT_SHARE", "Share", "agent_limits", "agent_name_problem", "floors_for"]
+
+DEFAULT_SHARE = "*"
+"""The key of a shares mapping whose share every agent the mapping does not name uses,
+together (a policy's ``[default]`` share)."""
+
+
+def agent_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name an agent (``None``: it can): a non-empty string of printable
+    characters, without ``@``, surrounding spaces, control or invisible characters."""
+    if not isinstance(name, str) or not name:
+        return "give a non-empty string"
+    if "@" in name or name != name.strip():
+        return "give a name without '@' or surrounding spaces"
+    for ch in name:
+        if not ch.isprintable() or unicodedata.category(ch) in ("Cf", "Zl", "Zp"):
+            return f"give printable characters only ({ch!r} is not)"
+    return None
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.limiter import Limiter, _check_dimension, open_backend
 from quotaflow.limits import Limit
 from quotaflow.permit import SyncPermit
-from quotaflow.shares import Share
+from quotaflow.shares import Share, agent_name_problem
 from quotaflow.tiers import TierTable
 
 __all__ = ["SyncLimiter"]
@@ -160,7 +160,7 @@ class SyncLimiter(SyncLimiterFront):
     ) -> SyncPermit:
         core, clock, b = self._core, self.clock, self.backend
         gate = core.lanes.get(model) if type(model) is str else None
-        if gate is not None:
+        if gate is not None and (agent is None or agent_name_problem(agent) is None):
             fast = gate.grant_sync(tokens, cost, priority, timeout, deadline)
             if fast is not None:
                 return fast

@@ -17,28 +17,38 @@ from quotaflow import context
 from quotaflow.agents._local import BudgetExhaustedError, LocalAnswer, budget_answer, denied_answer
 from quotaflow.agents._ownership import created_name
 from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, path_template
-from quotaflow.agents.grants import GrantDecision, decide, target_resource
+from quotaflow.agents.grants import (
+    GrantDecision,
+    body_references,
+    decide,
+    decide_references,
+    target_resource,
+)
 from quotaflow.errors import ConfigError
-from quotaflow.gemini import classify, estimate_tokens, needs_body, redact_text
+from quotaflow.gemini import Call, classify, estimate_tokens, needs_body, redact_text
+from quotaflow.gemini._canonical import canonical_request
 
 if TYPE_CHECKING:
     from quotaflow._transport_flow import CallInfo
     from quotaflow.agents.handle import AgentRuntime
 
-__all__ = ["AgentCall", "Tap", "request_key"]
+__all__ = ["AgentCall", "Tap", "decision_for", "request_key"]
 
 
 @dataclass
 class Tap:
-    """What the inner tap saw of each attempt (statuses, ``quotaId`` of 429s)."""
+    """What the inner tap saw of each attempt (statuses, ``quotaId`` of 429s, whether any may
+    have reached the server)."""
 
     statuses: list[int] = field(default_factory=list)
     quota_ids: list[str] = field(default_factory=list)
+    sent: bool = False  # some attempt may have reached the server
 
 
-def request_key(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:
-    """The credential a request carries (header, ``?key=`` or bearer token)."""
-    key = headers.get("x-goog-api-key") or params.get("key")
+def request_key(headers: Mapping[str, str], url: str) -> str | None:
+    """The credential a request carries (header, ``?key=`` in any spelling, or bearer token)."""
+    canon = canonical_request("GET", url)
+    key = headers.get("x-goog-api-key") or canon.param("key") or canon.param("access_token")
     if key:
         return key
     auth = headers.get("authorization", "")
@@ -59,6 +69,33 @@ def _body_model(body: Mapping[str, Any]) -> str | None:
         if isinstance(v, str) and v:
             return v.removeprefix("models/")
     return None
+
+
+def decision_for(
+    runtime: AgentRuntime,
+    agent: str | None,
+    method: str,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> tuple[Call, str | None, str | None, GrantDecision]:
+    """The one decision on a request, for the transports and ``check()`` alike:
+    ``(call, model, resource acted on, decision)``. The call is classified in its canonical
+    form; the model a create names in its body and every resource the body names are checked
+    too."""
+    call = classify(method, url, body, headers=headers)
+    model = call.model or (_body_model(body) if call.creates else None)
+    resource = target_resource(call)
+    owners = runtime.ownership
+    owner = owners.owner(resource) if resource else None
+    decision = decide(runtime.policy, agent, call, model=model, owner=owner)
+    if decision.allowed and body:
+        refused = decide_references(
+            runtime.policy, agent, call, body_references(body), owners.owner
+        )
+        if refused is not None:
+            decision = refused
+    return call, model, resource, decision
 
 
 class AgentCall:
@@ -83,20 +120,17 @@ class AgentCall:
         body: bytes,
         key: str | None,
         audit_hash: bool,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.runtime = runtime
         self.started = runtime.clock.now()
         ctx_prio, _, ctx_agent = context.current()
         self.agent: str | None = bound or pairs.get("agent") or ctx_agent
         parsed = _parse(body) if body and (needs_body(method, url) or method != "GET") else {}
-        self.call = classify(method, url, parsed)
-        self.model = self.call.model or (_body_model(parsed) if self.call.creates else None)
-        self.path = path_template(url)
-        self.resource = target_resource(self.call)
-        owner = runtime.ownership.owner(self.resource) if self.resource else None
-        self.decision: GrantDecision = decide(
-            runtime.policy, self.agent, self.call, model=self.model, owner=owner
+        self.call, self.model, self.resource, self.decision = decision_for(
+            runtime, self.agent, method, url, parsed, headers
         )
+        self.path = path_template(url)
         spec = runtime.policy.for_agent(self.agent)
         asked = ctx_prio
         if "priority" in pairs:
@@ -129,16 +163,18 @@ class AgentCall:
         """The local 403 when the policy denies the call, else ``None``."""
         if self.decision.allowed:
             return None
-        self.status = 403
-        return denied_answer(self.call, self.decision)
+        answer = denied_answer(self.call, self.decision)
+        self.status = answer.status
+        return answer
 
     def budget_cost(self) -> tuple[str, int, dict[str, int]] | None:
         """``(agent, tokens, cost)`` to take from the agent's budget, or ``None``."""
-        if self.agent is None or not self.call.metered:
+        if not self.call.metered:
             return None
-        if self.agent not in self.runtime.budgets:
+        scope = self.runtime.budget_scope(self.agent)
+        if scope is None:
             return None
-        return self.agent, self.estimate, {"requests": self.call.requests}
+        return scope, self.estimate, {"requests": self.call.requests}
 
     def budget_refused(self, exc: Exception) -> LocalAnswer:
         """The local 429 for a spent budget."""

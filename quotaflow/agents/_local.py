@@ -81,14 +81,16 @@ def _answer(call: Call, status: int, error: dict[str, Any]) -> LocalAnswer:
 
 def denied_answer(call: Call, decision: GrantDecision) -> LocalAnswer:
     """A 403 ``PERMISSION_DENIED`` shaped like Gemini's, naming agent, method, area, access
-    needed and grant held."""
+    needed and grant held; a malformed request (see :attr:`quotaflow.gemini.Call.problem`)
+    gets a 400 ``INVALID_ARGUMENT`` instead."""
+    code, status = (400, "INVALID_ARGUMENT") if decision.reason == "malformed" else (403, "")
     return _answer(
         call,
-        403,
+        code,
         {
-            "code": 403,
+            "code": code,
             "message": decision.message,
-            "status": "PERMISSION_DENIED",
+            "status": status or "PERMISSION_DENIED",
             "details": [
                 {
                     "@type": "type.googleapis.com/google.rpc.ErrorInfo",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from quotaflow import context
+from quotaflow._transport_flow import send_failure
 from quotaflow.agents._call import AgentCall, Tap, request_key
 from quotaflow.agents._local import LocalAnswer
 from quotaflow.errors import QuotaError
@@ -69,6 +70,13 @@ def _note_429(tap: Tap, decoded: bytes) -> None:
         tap.quota_ids.extend(v.quota_id for v in err.violations if v.quota_id)
 
 
+def _note_failure(tap: Tap, exc: BaseException) -> None:
+    # only an error that proves the request never left (no connection was had) leaves the
+    # budget's request unspent; a timeout or a cancellation mid-send may have reached the server
+    if not (isinstance(exc, Exception) and send_failure(exc) == "unsent"):
+        tap.sent = True
+
+
 def async_tap(base: type, http: Any) -> type:
     """An async transport (subclass of ``base``) under the quota transport that notes each
     attempt's status and a 429's ``quotaId`` for the audit record."""
@@ -78,10 +86,15 @@ def async_tap(base: type, http: Any) -> type:
             self._inner = inner
 
         async def handle_async_request(self, request: Any) -> Any:
-            response = await self._inner.handle_async_request(request)
             slot = _TAP.get()
             if slot is None or slot[0] is not request:  # e.g. a countTokens sizing call
-                return response
+                return await self._inner.handle_async_request(request)
+            try:
+                response = await self._inner.handle_async_request(request)
+            except BaseException as exc:
+                _note_failure(slot[1], exc)
+                raise
+            slot[1].sent = True
             slot[1].statuses.append(response.status_code)
             if response.status_code == 429:
                 try:
@@ -106,10 +119,15 @@ def sync_tap(base: type, http: Any) -> type:
             self._inner = inner
 
         def handle_request(self, request: Any) -> Any:
-            response = self._inner.handle_request(request)
             slot = _TAP.get()
             if slot is None or slot[0] is not request:
-                return response
+                return self._inner.handle_request(request)
+            try:
+                response = self._inner.handle_request(request)
+            except BaseException as exc:
+                _note_failure(slot[1], exc)
+                raise
+            slot[1].sent = True
             slot[1].statuses.append(response.status_code)
             if response.status_code == 429:
                 try:
@@ -214,8 +232,9 @@ class _Base:
             str(request.url),
             _peek(request.headers),
             body,
-            request_key(request.headers, request.url.params),
+            request_key(request.headers, str(request.url)),
             self._audit.content_hash,
+            request.headers,
         )
 
     def _local(self, call: AgentCall, answer: LocalAnswer) -> Any:
@@ -256,9 +275,7 @@ class AsyncAgentDriver(_Base):
         if cost is not None:
             agent, tokens, amounts = cost
             try:
-                budget = await self._runtime.budget.acquire_nowait(
-                    f"budget@{agent}", tokens, cost=amounts
-                )
+                budget = await self._runtime.budget.acquire_nowait(agent, tokens, cost=amounts)
             except QuotaError as exc:
                 return self._local(call, call.budget_refused(exc))
         self._prepare(call, request)
@@ -278,7 +295,11 @@ class AsyncAgentDriver(_Base):
             call.failed(exc)
             with anyio.CancelScope(shield=True):
                 if budget is not None:
-                    await budget.release()
+                    if call.tap.sent:  # it may have reached the server: it keeps its request
+                        budget.mark_sent()
+                        await budget.settle(**call.settle_amounts())
+                    else:
+                        await budget.release()
             self._audit.emit(call.record())
             raise
         finally:
@@ -316,9 +337,7 @@ class SyncAgentDriver(_Base):
         if cost is not None:
             agent, tokens, amounts = cost
             try:
-                budget = self._runtime.sync_budget.acquire_nowait(
-                    f"budget@{agent}", tokens, cost=amounts
-                )
+                budget = self._runtime.sync_budget.acquire_nowait(agent, tokens, cost=amounts)
             except QuotaError as exc:
                 return self._local(call, call.budget_refused(exc))
         self._prepare(call, request)
@@ -337,7 +356,11 @@ class SyncAgentDriver(_Base):
         except BaseException as exc:
             call.failed(exc)
             if budget is not None:
-                budget.release()
+                if call.tap.sent:
+                    budget.mark_sent()
+                    budget.settle(**call.settle_amounts())
+                else:
+                    budget.release()
             self._audit.emit(call.record())
             raise
         finally:

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode
+
+from quotaflow.gemini._canonical import SECRET_PARAMS, canonical_request
 
 __all__ = [
     "AuditLog",
@@ -40,8 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("quotaflow.agents")
-
-_SECRET_PARAMS = frozenset({"key", "api_key", "access_token", "upload_id", "token"})
 
 
 @dataclass(frozen=True)
@@ -125,15 +125,17 @@ def content_hash(body: bytes) -> str | None:
 
 
 def path_template(url: str) -> str:
-    """The path of ``url`` with resource ids kept and secret query values dropped.
+    """The canonical path of ``url`` (each segment decoded once) with resource ids kept and
+    secret query parameters dropped, whatever the spelling of their names (``$key``,
+    ``%6Bey``, ``KEY``).
 
     Example:
         >>> path_template("https://h/v1beta/files/abc?key=SECRET&alt=sse")
         '/v1beta/files/abc?alt=sse'
     """
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k.lower() not in _SECRET_PARAMS]
-    return parts.path + ("?" + urlencode(query) if query else "")
+    canon = canonical_request("GET", url)
+    query = [(k, v) for k, v in canon.query if k not in SECRET_PARAMS]
+    return canon.path + ("?" + urlencode(query) if query else "")
 
 
 class Sink(Protocol):

@@ -18,14 +18,23 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
 
 from quotaflow.agents.policy import METHODS, AgentPolicy, Policy
 from quotaflow.gemini import Call
+from quotaflow.shares import agent_name_problem
 
-__all__ = ["GrantDecision", "Reason", "decide", "target_resource"]
+__all__ = [
+    "GrantDecision",
+    "Reason",
+    "body_references",
+    "decide",
+    "decide_references",
+    "target_resource",
+]
 
 Reason = Literal[
     "granted",
@@ -37,6 +46,7 @@ Reason = Literal[
     "method_denied",
     "model_denied",
     "not_owner",
+    "malformed",
 ]
 """Why a call was allowed (``granted``) or denied."""
 
@@ -75,6 +85,94 @@ def target_resource(call: Call) -> str | None:
     return m.group(1) if m else None
 
 
+_REF_KEYS = frozenset(
+    {
+        "cachedcontent",
+        "cached_content",
+        "fileuri",
+        "file_uri",
+        "filename",
+        "file_name",
+        "model",
+        "basemodel",
+        "base_model",
+        "src",
+        "dest",
+    }
+)
+_REF = re.compile(r"(?:^|/)((files|cachedContents|batches|tunedModels)/([^/?#:]*))")
+_REF_AREAS = {"files": "files", "cachedContents": "caching", "batches": "batch"}
+_REF_AREAS["tunedModels"] = "tuning"
+_MAX_NODES = 100_000
+
+
+def body_references(body: object) -> list[str]:
+    """The resources a request body names (``cachedContent``, file URIs in parts, batch
+    input files, tuned models), wherever they are nested, as ``files/abc``-style names.
+
+    Example:
+        >>> body_references({"cachedContent": "cachedContents/c1", "contents": [{"parts": [
+        ...     {"fileData": {"fileUri": "https://h/v1beta/files/f1"}}]}]})
+        ['cachedContents/c1', 'files/f1']
+    """
+    out: list[str] = []
+    stack: list[object] = [body]
+    seen = 0
+    while stack and seen < _MAX_NODES:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, str) and isinstance(k, str) and k.casefold() in _REF_KEYS:
+                    m = _REF.search(v)
+                    if m is not None:
+                        out.append(m.group(1))
+                elif isinstance(v, (dict, list)):
+                    stack.append(v)
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return sorted(set(out), key=out.index)
+
+
+def decide_references(
+    policy: Policy,
+    agent: str | None,
+    call: Call,
+    references: list[str],
+    owner: Callable[[str], str | None],
+) -> GrantDecision | None:
+    """A denial when the body names a resource the agent may not use (``None``: it may).
+
+    Using a resource needs at least ``read`` in its area; with ``own = true`` in that area,
+    only the agent's own resources may be used.
+    """
+    spec = policy.for_agent(agent)
+    if spec is None:
+        return None
+    who = f"agent {agent!r}" if agent else "a call that names no agent"
+    for ref in references:
+        head, _, ident = ref.partition("/")
+        area = _REF_AREAS[head]
+        grant = spec.grant(area)
+        reason: Reason | None = None
+        why = ""
+        if not ident or "%" in ident or ident in (".", ".."):
+            reason, why = "malformed", f"the body names {ref!r}, which is not a resource name"
+        elif grant.access == "none":
+            reason, why = "no_grant", f"grant {area!r} (read at least) in the policy to use it"
+        elif grant.own and owner(ref) != agent:
+            reason, why = "not_owner", f"{ref} was not created by this agent"
+        if reason is not None:
+            text = (
+                f"quotaflow policy: {who} may not call {call.action} with {ref} in its body: "
+                f"area {area!r} needs 'read' access, the agent holds {grant.describe()!r}; {why}"
+            )
+            return GrantDecision(
+                False, reason, agent, call.action, area, "read", grant.describe(), text
+            )
+    return None
+
+
 def decide(
     policy: Policy,
     agent: str | None,
@@ -110,6 +208,18 @@ def decide(
             text = f"quotaflow policy: {who} may call {method}{target} (area {area!r}, {held!r})"
         return GrantDecision(ok, reason, agent, method, area, needed, held, text)
 
+    if agent is not None and agent_name_problem(agent) is not None:
+        return verdict(
+            False, "malformed", "none", f"agent name {agent!r}: {agent_name_problem(agent)}"
+        )
+    if call.problem is not None:
+        return verdict(
+            False,
+            "malformed",
+            "none",
+            f"the request holds {call.problem}; send it as the API "
+            "names it (no encoded separators, dot or empty segments, or method overrides)",
+        )
     spec: AgentPolicy | None = policy.for_agent(agent)
     if spec is None:
         if agent is None:

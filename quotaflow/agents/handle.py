@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from quotaflow import context
 from quotaflow._front import Acquire, CallAcquire
+from quotaflow._quota_book import QuotaBook
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
-from quotaflow.agents.grants import GrantDecision, decide, target_resource
+from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
-from quotaflow.gemini import classify
 from quotaflow.limiter import Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
@@ -42,8 +42,10 @@ _LOCK = threading.Lock()
 class AgentRuntime:
     """The agents layer of one limiter: policy, resource owners, budgets, default audit log.
 
-    Budgets are limits of a scope per agent (``budget@<agent>``) in the limiter's backend, so
-    they hold across processes that share a Redis backend. Resource owners are kept in memory.
+    Budgets are limits of a scope per agent in the limiter's backend, so they hold across
+    processes that share a Redis backend. Their scopes live in a key space of their own
+    (``budget:<project>/<agent>``) that no model name reaches. An agent the policy covers with
+    ``[default]`` gets the default's budget as its own. Resource owners are kept in memory.
     """
 
     def __init__(self, limiter: Limiter, policy: Policy) -> None:
@@ -52,17 +54,33 @@ class AgentRuntime:
         self.clock = limiter.clock
         self.ownership = Ownership()
         self.budgets = policy.budgets()
-        quotas = {f"budget@{name}": lims for name, lims in self.budgets.items()}
+        default = policy.default.budget if policy.default is not None else None
+        self.default_budget = default.limits() if default is not None else ()
         self.budget = Limiter(
             tier=None,
-            quotas=quotas,
+            quotas=self.budgets,
+            unknown_model=self.default_budget or None,
             backend=limiter.backend,
             clock=limiter.clock,
             project=limiter.project,
         )
+        core = self.budget._core
+        core.namespace = "budget:"
+        # scopes named by agent (checked by the policy), which QUOTAFLOW_LIMITS never changes
+        core.book = QuotaBook(None, self.budgets, None, self.default_budget or None, 0.0, False)
+        core.book.check_names = False
         self.sync_limiter = SyncLimiter.sharing(limiter)
         self.sync_budget = SyncLimiter.sharing(self.budget)
         self._audit: AuditLog | None = None
+
+    def budget_scope(self, agent: str | None) -> str | None:
+        """The scope of ``agent``'s budget, or ``None`` when it has none (a named agent's own
+        budget; every other agent's is the ``[default]`` one, kept per agent)."""
+        if agent is None:
+            return None
+        if agent in self.policy.agents:
+            return agent if agent in self.budgets else None
+        return agent if self.default_budget else None
 
     @property
     def audit(self) -> AuditLog:
@@ -172,15 +190,20 @@ class AgentHandle:
         """This agent's policy (its own or the default), ``None`` if it gets nothing."""
         return self.runtime.policy.for_agent(self.name)
 
-    def check(self, method: str, url: str, body: Mapping[str, Any] | None = None) -> GrantDecision:
-        """The policy's answer for a request, without sending it."""
-        call = classify(method, url, body)
-        owner = None
-        resource = target_resource(call)
-        if resource is not None:
-            owner = self.runtime.ownership.owner(resource)
+    def check(
+        self,
+        method: str,
+        url: str,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> GrantDecision:
+        """The policy's answer for a request, without sending it: the same decision the
+        transports make (the canonical request, the model a create names in its body, the
+        resources the body names)."""
+        from quotaflow.agents._call import decision_for
+
         agent = self.name or context.current()[2]
-        return decide(self.runtime.policy, agent, call, owner=owner)
+        return decision_for(self.runtime, agent, method, url, dict(body or {}), headers)[3]
 
     # ---- transports ------------------------------------------------------------------------
 
@@ -286,11 +309,12 @@ class AgentHandle:
             asked = context.current()[0] if priority is None else context.priority_value(priority)
             prio = spec.priority_level if asked is None else min(asked, spec.priority_level)
         budget: Permit | None = None
-        if agent in self.runtime.budgets:
+        scope = self.runtime.budget_scope(agent)
+        if scope is not None:
             requests = dict(cost or {}).get("requests", 1)
             try:
                 budget = await self.runtime.budget.acquire_nowait(
-                    f"budget@{agent}", tokens, cost={"requests": requests}
+                    scope, tokens, cost={"requests": requests}
                 )
             except QuotaError as exc:
                 raise BudgetExhaustedError.from_quota(agent, exc, self.runtime.clock.now()) from exc

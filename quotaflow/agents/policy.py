@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from quotaflow.context import priority_value
 from quotaflow.errors import ConfigError
 from quotaflow.limits import RPD, TPD, Limit
-from quotaflow.shares import Share
+from quotaflow.shares import DEFAULT_SHARE, Share, agent_name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,6 +58,7 @@ __all__ = [
     "PolicyError",
     "ShareSpec",
     "load_policy",
+    "name_problem",
 ]
 
 GrantArea = Literal["content", "embeddings", "counting", "files", "caching", "batch", "tuning"]
@@ -146,8 +147,22 @@ class PolicyError(ConfigError):
         self.key = key
 
 
+name_problem = agent_name_problem
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        # pydantic reads true as 1: a boolean where a number or a name goes is a mistake
+        if isinstance(data, Mapping):
+            for name, value in data.items():
+                info = cls.model_fields.get(str(name))
+                if info is not None and isinstance(value, bool) and info.annotation is not bool:
+                    raise ValueError(f"{name} = {str(value).lower()}: give a number or a name")
+        return data
 
 
 class AreaGrant(_Strict):
@@ -225,8 +240,14 @@ def _normalize_grants(value: Any) -> Any:
     if not isinstance(value, Mapping):
         return value
     out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for area, grant in value.items():
         name = _AREA_ALIASES.get(str(area), str(area))
+        if name in spelled:
+            raise ValueError(
+                f"grants.{area} and grants.{spelled[name]} both grant {name!r}: keep one"
+            )
+        spelled[name] = str(area)
         out[name] = {"access": grant} if isinstance(grant, str) else grant
     return out
 
@@ -324,8 +345,9 @@ class Policy(_Strict):
     @classmethod
     def _names(cls, value: dict[str, AgentPolicy]) -> dict[str, AgentPolicy]:
         for name in value:
-            if not name or "@" in name or name != name.strip():
-                raise ValueError(f"agent name {name!r}: give a non-empty name without '@'")
+            problem = name_problem(name) if name != DEFAULT_SHARE else "the name is reserved"
+            if problem is not None:
+                raise ValueError(f"agent name {name!r}: {problem}")
         return value
 
     def for_agent(self, name: str | None) -> AgentPolicy | None:
@@ -335,11 +357,19 @@ class Policy(_Strict):
         return self.default
 
     def shares(self) -> dict[str, Share]:
-        """The core shares of every agent that has one (for ``Limiter(shares=...)``)."""
-        return {n: a.share.share() for n, a in self.agents.items() if a.share is not None}
+        """The core shares of every agent that has one (for ``Limiter(shares=...)``); the
+        ``[default]`` share is under :data:`~quotaflow.shares.DEFAULT_SHARE`, for every agent
+        the policy does not name, together."""
+        out = {n: a.share.share() for n, a in self.agents.items() if a.share is not None}
+        if self.default is not None and self.default.share is not None:
+            for name in self.agents:
+                out.setdefault(name, Share())  # a named agent never takes the default's share
+            out[DEFAULT_SHARE] = self.default.share.share()
+        return out
 
     def budgets(self) -> dict[str, tuple[Limit, ...]]:
-        """Per agent, its budget limits."""
+        """Per named agent, its budget limits (every other agent gets the ``[default]``
+        budget, each its own: see :meth:`for_agent`)."""
         out = {n: a.budget.limits() for n, a in self.agents.items() if a.budget is not None}
         return {n: lims for n, lims in out.items() if lims}
 
@@ -355,6 +385,12 @@ class Policy(_Strict):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<policy>") -> Policy:
         """Validate a policy from plain data; errors name ``source``, the agent and the key."""
+        if not isinstance(data, Mapping):
+            raise PolicyError(
+                f"{source}: a policy is a table (a dict with 'agents', 'default', 'audit'), "
+                f"not {type(data).__name__}",
+                path=source,
+            )
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:

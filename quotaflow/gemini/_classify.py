@@ -11,7 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+
+from quotaflow.gemini._canonical import CanonicalRequest, canonical_request, valid_model
 
 __all__ = ["Access", "Area", "Call", "classify", "needs_body"]
 
@@ -56,7 +57,8 @@ class Call:
 
     Attributes:
         method: the HTTP method (upper case).
-        path: the URL path (never the query, which may hold ``key=``).
+        path: the URL path, each segment decoded once (never the query, which may hold
+            ``key=``).
         surface: ``gemini`` (native REST), ``openai`` (the OpenAI-compatible routes) or
             ``unknown``.
         version: the API version in the path (``v1``, ``v1beta``), if any.
@@ -74,6 +76,9 @@ class Call:
         streaming: the response is a stream of server-sent events.
         creates: the call creates a lasting resource (upload, cache, batch, tuned model, long
             running operation); such calls are not retried on 5xx unless asked.
+        problem: why the request is malformed (see
+            :class:`~quotaflow.gemini._canonical.CanonicalRequest`), or ``None``; a malformed
+            call is in area ``other`` and is never sent by an agent transport.
     """
 
     method: str
@@ -88,6 +93,7 @@ class Call:
     input_tokens: bool = False
     streaming: bool = False
     creates: bool = False
+    problem: str | None = None
 
     @property
     def metered(self) -> bool:
@@ -115,35 +121,58 @@ def needs_body(method: str, url: str) -> bool:
     True for ``batchEmbedContents`` (its item count is its cost) and the OpenAI routes (the
     model and streaming flag are in the body).
     """
-    path = urlsplit(url).path
+    path = canonical_request(method, url).path
     return method.upper() == "POST" and (path.endswith(":batchEmbedContents") or "/openai/" in path)
 
 
-def classify(method: str, url: str, body: Mapping[str, Any] | None = None) -> Call:
-    """Classify one request.
+def classify(
+    method: str,
+    url: str,
+    body: Mapping[str, Any] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> Call:
+    """Classify one request, in its canonical form (see
+    :func:`~quotaflow.gemini._canonical.canonical_request`).
 
     Args:
         method: the HTTP method.
         url: the full URL or just its path (the query is read only for ``alt=sse``).
         body: the parsed JSON body, where :func:`needs_body` says it matters.
+        headers: the request headers, if known (a method override is read from them).
 
     Example:
         >>> call = classify("POST", "https://x/v1beta/models/gemini-2.5-flash:generateContent")
         >>> (call.area, call.access, call.model, call.requests, call.input_tokens)
         ('content', 'write', 'gemini-2.5-flash', 1, True)
     """
-    method = method.upper()
-    parts = urlsplit(url)
-    path = parts.path or "/"
+    canon = canonical_request(method, url, headers)
+    call = _route(canon, body or {})
+    if call.problem is None and call.model is not None and not valid_model(call.model):
+        return _malformed(canon, f"a model name that is not one ({call.model[:40]!r})")
+    return call
+
+
+def _malformed(canon: CanonicalRequest, problem: str) -> Call:
+    method = canon.method
+    return Call(
+        method, canon.path, "unknown", None, "malformed", "other", _access(method), problem=problem
+    )
+
+
+def _route(canon: CanonicalRequest, body: Mapping[str, Any]) -> Call:
+    method, path = canon.method, canon.path
+    if canon.problem is not None:
+        return _malformed(canon, canon.problem)
     m = _VERSION.search(path)
     if m is None:
         return Call(method, path, "unknown", None, _verb(method, True), "other", _access(method))
-    upload, version, rest = bool(m.group(1)), m.group(2), unquote(m.group(3)).rstrip("/")
+    upload, version, rest = bool(m.group(1)), m.group(2), m.group(3)
     if rest.startswith("openai/") or rest == "openai":
-        return _openai(method, path, version, rest[len("openai/") :], body or {})
+        return _openai(method, path, version, rest[len("openai/") :], body)
     if upload:
         return Call(method, path, "gemini", version, "upload", "files", "write", creates=True)
-    return _native(method, path, version, rest, body or {}, "alt=sse" in (parts.query or ""))
+    return _native(method, path, version, rest, body, canon.sse)
 
 
 def _access(method: str) -> Access:
@@ -165,7 +194,19 @@ def _native(
     segs = name.split("/") if name else []
     head = segs[0] if segs else ""
     area = _COLLECTIONS.get(head, "other")
-    if action and head in ("models", "tunedModels") and len(segs) == 2:
+    if action and head in ("models", "tunedModels") and len(segs) != 2:
+        # models/m/x:generateContent: no such route; never a call "without a model"
+        return Call(
+            method,
+            path,
+            "unknown",
+            version,
+            "malformed",
+            "other",
+            _access(method),
+            problem="a model route with extra segments",
+        )
+    if action and head in ("models", "tunedModels"):
         model = name if head == "tunedModels" else _plain_model(name)
         # an unknown model method: assume a POST spends a request
         fallback = _UNKNOWN_POST if method == "POST" else _UNKNOWN_READ

@@ -1,13 +1,16 @@
 """Keep API keys out of logs, exceptions and reprs. Pure.
 
-Gemini accepts the key as the ``x-goog-api-key`` header, a ``key=`` query parameter, or an
-OAuth ``Authorization: Bearer`` token; the OpenAI surface sends it as a bearer token.
+Gemini accepts the key as the ``x-goog-api-key`` header, a ``key=`` query parameter (a system
+parameter: ``$key`` too, and any percent-encoding or case of the name), or an OAuth
+``Authorization: Bearer`` token; the OpenAI surface sends it as a bearer token.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+
+from quotaflow.gemini._canonical import SECRET_PARAMS, param_name
 
 __all__ = ["REDACTED", "SECRET_HEADERS", "redact_headers", "redact_text", "redact_url"]
 
@@ -18,7 +21,20 @@ SECRET_HEADERS = frozenset(
 )
 """Header names (lower case) whose values are never shown."""
 
-_KEY_QUERY = re.compile(r"(?i)([?&](?:key|api_key|access_token)=)[^&#\s]*")
+# a query parameter: its name in any spelling (``%24key``, ``%6Bey``, ``KEY``) and its value
+_QUERY_PAIR = re.compile(r"([?&;])([^=&#\s?;]+)=([^&#\s;]*)")
+
+
+def _hide_secret(m: re.Match[str]) -> str:
+    if param_name(m.group(2)) in SECRET_PARAMS:
+        return f"{m.group(1)}{m.group(2)}={REDACTED}"
+    return m.group(0)
+
+
+def _hide_query(text: str) -> str:
+    return _QUERY_PAIR.sub(_hide_secret, text) if "=" in text else text
+
+
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _GOOGLE_KEY = re.compile(r"AIza[0-9A-Za-z_-]{35}")
 _HEADER_LINE = re.compile(
@@ -27,13 +43,15 @@ _HEADER_LINE = re.compile(
 
 
 def redact_url(url: object) -> str:
-    """The URL with ``key=`` (and similar) query values hidden.
+    """The URL with the values of ``key=`` (and similar) query parameters hidden, the name
+    matched decoded and case-folded, as the server reads it (``?%24key=``, ``?%6Bey=``,
+    ``?KEY=``).
 
     Example:
         >>> redact_url("https://h/v1beta/models?key=AIzaSecret&pageSize=5")
         'https://h/v1beta/models?key=***&pageSize=5'
     """
-    return _KEY_QUERY.sub(lambda m: m.group(1) + REDACTED, str(url))
+    return _hide_query(str(url))
 
 
 def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -49,7 +67,7 @@ def redact_text(text: str) -> str:
         >>> redact_text("GET /v1/models?key=abc with Authorization: Bearer tok123")
         'GET /v1/models?key=*** with Authorization: Bearer ***'
     """
-    text = _KEY_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _hide_query(text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _HEADER_LINE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
     return _GOOGLE_KEY.sub(REDACTED, text)
