@@ -199,6 +199,7 @@ class LimiterCore:
             if (
                 held is not None
                 and held.kind == "adaptive"
+                and not held.grown
                 and now - held.at < self.scale.minute_seconds
             ):
                 # one decrease per minute: the server's window still holds calls admitted

@@ -132,6 +132,7 @@ class Figure:
         at: when it was set (epoch seconds of the limiter clock).
         quota_id: the ``quotaId`` it came from.
         growing: adaptive only: still growing fast (no 429 since it was set from a guess).
+        grown: adaptive only: ``at`` is when it last grew (not when a 429 lowered it).
     """
 
     amount: int
@@ -139,6 +140,7 @@ class Figure:
     at: float = 0.0
     quota_id: str = ""
     growing: bool = False
+    grown: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -160,6 +162,7 @@ class Figure:
                 float(raw.get("at", 0.0)),
                 str(raw.get("quota_id", "")),
                 bool(raw.get("growing", False)),
+                bool(raw.get("grown", False)),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -191,7 +194,7 @@ def adapt_up(figure: Figure, now: float, minute: float) -> Figure | None:
         amount = max(figure.amount + 1, math.ceil(figure.amount * ADAPT_START))
     else:
         amount = figure.amount + max(1, math.floor(figure.amount * ADAPT_STEP))
-    return replace(figure, amount=amount, at=now)
+    return replace(figure, amount=amount, at=now, grown=True)
 
 
 class LearnedCache:
