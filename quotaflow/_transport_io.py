@@ -7,6 +7,8 @@ They only carry out effects; every decision is in the flow.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -15,6 +17,7 @@ from urllib.parse import urlencode
 
 import anyio
 
+from quotaflow._held import Held, held_for
 from quotaflow._transport_flow import (
     COUNT_MODEL,
     HEADER_PREFIX,
@@ -23,6 +26,7 @@ from quotaflow._transport_flow import (
     Count,
     Effect,
     Exhaust,
+    Hold,
     Outcome,
     Pause,
     Read,
@@ -38,6 +42,7 @@ from quotaflow.errors import ConfigError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
+    FileMeta,
     StreamScanner,
     classify,
     decoder_for,
@@ -45,6 +50,7 @@ from quotaflow.gemini import (
     redact_url,
 )
 from quotaflow.limiter import Limiter
+from quotaflow.limits import Concurrent, Limit
 from quotaflow.sync import SyncLimiter
 
 __all__ = ["AsyncDriver", "SyncDriver", "async_stream_class", "sync_stream_class"]
@@ -199,6 +205,7 @@ class _DriverBase:
     def _setup(self, inner: Any, settings: Settings) -> None:
         redact_http_logs()
         self._settings = settings
+        self._held: Held | None = None
         self._cache = CountCache(settings.count_cache)
         self._warned: set[tuple[str, str, int]] = set()
         self._inner = inner
@@ -215,7 +222,50 @@ class _DriverBase:
             self._limiter.quota,
             self._limiter.clock,
             self._warned,
+            self._held,
         )
+
+    def _batch_limit(self, model: str) -> tuple[str, Limit] | None:
+        """The scope and the ``batch_enqueued_tokens`` limit of ``model`` (a ``Concurrent``
+        limit: a job's tokens come back when its end is seen)."""
+        book = self._limiter._core.book
+        amount = book.batch_limit(model)
+        if amount is None:
+            return None
+        canonical = book.resolve(model)[0]
+        period = self._settings.batch_expiry
+        limit = Limit("enqueued_tokens", amount, period, "batch_tokens", Concurrent())
+        return f"batch:{canonical}", limit
+
+    def _batch_limiter(self, kind: type, model: str) -> tuple[Any, str] | None:
+        found = self._batch_limit(model)
+        if found is None or self._held is None:
+            return None
+        scope, limit = found
+        key = (kind.__name__, scope)
+        lim = self._held.limiters.get(key)
+        if lim is None or lim.quota(scope) != (limit,):
+            lim = kind(
+                tier=None,
+                quotas={scope: [limit]},
+                backend=self._limiter.backend,
+                clock=self._limiter.clock,
+                project=self._limiter._core.project,
+            )
+            self._held.limiters[key] = lim
+        return lim, scope
+
+    def _record_upload(self, response: Any, content: bytes) -> None:
+        """Keep the metadata of a finished upload (its response's ``file``)."""
+        if self._held is None or response.status_code != 200 or not content:
+            return
+        try:
+            obj = json.loads(content)
+        except ValueError:
+            return
+        f = obj.get("file") if isinstance(obj, dict) else None
+        if isinstance(f, dict) and isinstance(f.get("name"), str):
+            self._held.files.put(f["name"], FileMeta.from_json(f))
 
     def _passthrough(self, request: Any) -> bool:
         """Uploads (streamed bodies that create files) skip the flow: nothing to meter, and
@@ -282,6 +332,7 @@ class AsyncDriver(_DriverBase):
             )
         self._setup(inner, settings)
         self._limiter = limiter
+        self._held = held_for(limiter)
         self._count = Limiter(
             tier=None,
             quotas={COUNT_MODEL: settings.count_quota},
@@ -293,7 +344,10 @@ class AsyncDriver(_DriverBase):
     async def _handle_async(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
         if self._passthrough(request):
-            return await self._inner.handle_async_request(request)
+            response = await self._inner.handle_async_request(request)
+            if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
+                self._record_upload(response, await response.aread())
+            return response
         content = await request.aread()
         flow = self._flow(request, content, pairs)
         result: Any = None
@@ -333,11 +387,26 @@ class AsyncDriver(_DriverBase):
                 agent=effect.agent,
             )
         if isinstance(effect, Settle):
-            await effect.permit.settle(**(effect.amounts or {}))
+            done = effect.permit.settle(**(effect.amounts or {}))
+            if inspect.isawaitable(done):  # a batch hold may be a sync limiter's permit
+                await done
             return None
         if isinstance(effect, Release):
             await effect.permit.release()
             return None
+        if isinstance(effect, Hold):
+            found = self._batch_limiter(Limiter, effect.model)
+            if found is None:
+                return None
+            lim, scope = found
+            return await lim.acquire(
+                scope,
+                0,
+                cost={"requests": 0, "batch_tokens": effect.tokens},
+                priority=effect.priority,
+                deadline=effect.deadline,
+                agent=effect.agent,
+            )
         if isinstance(effect, Read):
             return await self._read(effect.response)
         if isinstance(effect, Count):
@@ -408,6 +477,7 @@ class SyncDriver(_DriverBase):
             )
         self._setup(inner, settings)
         self._limiter = limiter
+        self._held = held_for(limiter)
         self._count = SyncLimiter(
             tier=None,
             quotas={COUNT_MODEL: settings.count_quota},
@@ -419,7 +489,10 @@ class SyncDriver(_DriverBase):
     def _handle(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
         if self._passthrough(request):
-            return self._inner.handle_request(request)
+            response = self._inner.handle_request(request)
+            if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
+                self._record_upload(response, response.read())
+            return response
         content = request.read()
         flow = self._flow(request, content, pairs)
         result: Any = None
@@ -461,11 +534,28 @@ class SyncDriver(_DriverBase):
                 effect.agent,
             )
         if isinstance(effect, Settle):
-            effect.permit.settle(**(effect.amounts or {}))
+            done = effect.permit.settle(**(effect.amounts or {}))
+            if inspect.iscoroutine(done):  # a batch hold taken by an async limiter: the
+                done.close()  # settle took effect when called; a Redis write left is dropped
             return None
         if isinstance(effect, Release):
             effect.permit.release()
             return None
+        if isinstance(effect, Hold):
+            found = self._batch_limiter(SyncLimiter, effect.model)
+            if found is None:
+                return None
+            lim, scope = found
+            return lim._acquire(
+                scope,
+                0,
+                {"requests": 0, "batch_tokens": effect.tokens},
+                effect.priority,
+                None,
+                effect.deadline,
+                False,
+                effect.agent,
+            )
         if isinstance(effect, Read):
             return self._read(effect.response)
         if isinstance(effect, Count):

@@ -193,6 +193,7 @@ class BatchRecord:
     done_time: float
     output_file: str | None = None
     cancel_time: float | None = None
+    tokens: int = 0
 
 
 @dataclass

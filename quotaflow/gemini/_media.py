@@ -41,6 +41,7 @@ __all__ = [
     "VIDEO_TOKENS_PER_SECOND",
     "FileMeta",
     "image_size",
+    "measure",
     "media_tokens",
     "parse_seconds",
     "pdf_pages",
@@ -222,7 +223,29 @@ def media_tokens(
     duration: float | None = None,
     resolution: str | None = None,
 ) -> int:
-    """The input tokens of one media part by Gemini's documented rates.
+    """The input tokens of one media part by Gemini's documented rates, or
+    :data:`UNKNOWN_MEDIA_TOKENS` when nothing says its size (see :func:`measure`).
+
+    Example:
+        >>> media_tokens("audio/mpeg", duration=60.0)
+        1920
+    """
+    found = measure(
+        mime_type, data=data, size_bytes=size_bytes, duration=duration, resolution=resolution
+    )
+    return UNKNOWN_MEDIA_TOKENS if found is None else found
+
+
+def measure(
+    mime_type: str,
+    *,
+    data: str | None = None,
+    size_bytes: int | None = None,
+    duration: float | None = None,
+    resolution: str | None = None,
+) -> int | None:
+    """The input tokens of one media part by Gemini's documented rates (``None``: nothing
+    says its size).
 
     Args:
         mime_type: the part's MIME type (``image/png``, ``video/mp4``, ``application/pdf``).
@@ -231,10 +254,6 @@ def media_tokens(
         duration: seconds of audio or video, when known (the Files API's
             ``videoMetadata.videoDuration``).
         resolution: ``mediaResolution`` (``MEDIA_RESOLUTION_LOW`` ...), if set.
-
-    Example:
-        >>> media_tokens("audio/mpeg", duration=60.0)
-        1920
     """
     major = mime_type.split("/", 1)[0].lower()
     sub = mime_type.split("/", 1)[1].lower() if "/" in mime_type else ""
@@ -245,7 +264,7 @@ def media_tokens(
         if per_item is not None:
             return per_item
         dims = image_size(_decode(data, _HEAD_BYTES)) if data else None
-        return _image_tokens(*dims) if dims else UNKNOWN_MEDIA_TOKENS
+        return _image_tokens(*dims) if dims else None
     if major in ("audio", "video"):
         if duration is None and data and sub in ("wav", "x-wav", "wave", "vnd.wave"):
             duration = wav_seconds(_decode(data, 4096), size_bytes or 0)
@@ -253,7 +272,7 @@ def media_tokens(
             rate = AUDIO_BYTES_PER_SECOND if major == "audio" else VIDEO_BYTES_PER_SECOND
             duration = size_bytes / rate
         if duration is None:
-            return UNKNOWN_MEDIA_TOKENS
+            return None
         if major == "audio":
             return math.ceil(duration * AUDIO_TOKENS_PER_SECOND)
         low = resolution == "MEDIA_RESOLUTION_LOW"
@@ -267,8 +286,8 @@ def media_tokens(
         if pages is None and size_bytes is not None:
             pages = max(1, math.ceil(size_bytes / PDF_BYTES_PER_PAGE))
         if pages is None:
-            return UNKNOWN_MEDIA_TOKENS
+            return None
         return pages * (per_item if per_item is not None else PDF_PAGE_TOKENS)
     if major == "text" and size_bytes is not None:
         return math.ceil(size_bytes / 4)  # text documents read as text
-    return UNKNOWN_MEDIA_TOKENS
+    return None

@@ -22,11 +22,11 @@ __all__ = [
     "CountCache",
     "Files",
     "batch_tokens",
-    "generate_tokens",
-    "interaction_tokens",
     "count_tokens_body",
     "count_tokens_path",
     "estimate_tokens",
+    "generate_tokens",
+    "interaction_tokens",
     "read_count",
 ]
 
