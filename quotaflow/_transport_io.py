@@ -346,7 +346,8 @@ class AsyncDriver(_DriverBase):
         if self._passthrough(request):
             response = await self._inner.handle_async_request(request)
             if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
-                self._record_upload(response, await response.aread())
+                decoded, response = await self._read(response)
+                self._record_upload(response, decoded)
             return response
         content = await request.aread()
         flow = self._flow(request, content, pairs)
@@ -491,7 +492,8 @@ class SyncDriver(_DriverBase):
         if self._passthrough(request):
             response = self._inner.handle_request(request)
             if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
-                self._record_upload(response, response.read())
+                decoded, response = self._read(response)
+                self._record_upload(response, decoded)
             return response
         content = request.read()
         flow = self._flow(request, content, pairs)

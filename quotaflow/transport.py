@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 
-from quotaflow._transport_flow import CallInfo, Settings, Sizer
+from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
     AsyncDriver,
     SyncDriver,
@@ -78,6 +78,9 @@ _DOC_ARGS = """
         backoff: the first backoff in seconds (doubled per retry, with jitter).
         max_backoff: the longest backoff.
         jitter: the fraction of a 429's ``retryDelay`` added at random to its pause.
+        batch_expiry: seconds after which a batch job whose end the transports never see gives
+            its enqueued tokens back (default 25 h: the Batch API's 24 h target turnaround
+            plus an hour).
 """
 
 
@@ -97,6 +100,7 @@ class _Options:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         jitter: float = 0.1,
+        batch_expiry: float = BATCH_EXPIRY,
     ) -> Settings:
         return Settings(
             sizing=sizing,
@@ -110,6 +114,7 @@ class _Options:
             backoff=backoff,
             max_backoff=max_backoff,
             jitter=jitter,
+            batch_expiry=batch_expiry,
         )
 
 

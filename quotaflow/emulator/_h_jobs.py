@@ -140,6 +140,7 @@ def _check_enqueued(engine: Engine, project: str, model: str, tokens: int, now: 
     held = sum(b.tokens for b in active)
     if held + tokens <= limit:
         return
+    engine.stats.rejected(model, ["batch_enqueued_tokens"])
     fits = tokens <= limit
     wait = min((b.done_time - now for b in active), default=engine.config.minute_seconds)
     violation = Violation(
