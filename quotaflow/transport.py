@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 
+from quotaflow._held import BatchHold, held_for
 from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
     AsyncDriver,
@@ -42,12 +43,14 @@ if TYPE_CHECKING:
     from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
 
 __all__ = [
+    "BatchHold",
     "CallInfo",
     "Httpx2QuotaTransport",
     "QuotaTransport",
     "Sizer",
     "SyncHttpx2QuotaTransport",
     "SyncQuotaTransport",
+    "batch_holds",
     "genai_http_options",
 ]
 
@@ -287,3 +290,15 @@ def genai_http_options(
     http_options = types.HttpOptions(**kw)
     _check_backend(http_options, flavor)
     return http_options
+
+
+def batch_holds(limiter: Limiter | SyncLimiter) -> dict[str, BatchHold]:
+    """The batch jobs whose enqueued tokens the transports of ``limiter`` hold, by job name
+    (``batches/abc``): each one's model, tokens and expiry. A job leaves this when a
+    ``GET``, list, cancel or delete of it through a transport shows its end, or at its expiry.
+
+    Example:
+        >>> batch_holds(Limiter(tier=None, quotas={}))
+        {}
+    """
+    return held_for(limiter).holds()
