@@ -181,7 +181,8 @@ class EmulatorConfig(_Strict):
         day_seconds: If set, a compressed day of this length replaces the calendar day.
         timezone: Zone whose midnight resets daily limits.
         retry_delay_format: ``RetryInfo.retryDelay`` as whole (rounded up) or fractional seconds.
-        media_part_tokens: Token count of each inline or file part.
+        media_part_tokens: Tokens of a media part the emulator cannot size (a file part,
+            unreadable inline data); readable inline media counts by the documented rates.
         response_tokens: Output tokens of a generated candidate (capped by maxOutputTokens).
         stream_chunks: Number of chunks a streamed response is cut into.
         batch_delay_seconds: Time a batch job takes to complete.

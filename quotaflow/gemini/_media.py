@@ -1,21 +1,28 @@
 """Media sized by what it is: Gemini's documented token rates per image, second and page. Pure.
 
-The rates (read 2026-12-04):
+The rates, and where they were read (2026-12-04). The official pages were reached through the
+search index, whose excerpts of https://ai.google.dev/gemini-api/docs/tokens did not reach the
+media section, so the first three rates are cited from pages quoting it:
 
 * images: 258 tokens when both sides are at most 384 px; larger images are cut into 768x768
-  tiles of 258 tokens each (https://ai.google.dev/gemini-api/docs/tokens and
-  https://ai.google.dev/gemini-api/docs/image-understanding);
-* video: 263 tokens per second at the default media resolution, about 100 at low resolution
-  (https://ai.google.dev/gemini-api/docs/tokens, .../video-understanding);
-* audio: 32 tokens per second (https://ai.google.dev/gemini-api/docs/tokens, .../audio);
-* PDF: 258 tokens per page (https://ai.google.dev/gemini-api/docs/document-processing);
+  tiles of 258 tokens each (https://ai.google.dev/gemini-api/docs/tokens, as quoted by
+  https://geminibyexample.com/027-calculate-input-tokens/);
+* video: 263 tokens per second at the default media resolution (same sources); about 100 at
+  ``MEDIA_RESOLUTION_LOW`` (https://ai.google.dev/gemini-api/docs/video-understanding;
+  UNCONFIRMED: not seen in a page read for this);
+* audio: 32 tokens per second (the tokens page, as quoted at
+  https://discuss.ai.google.dev/t/are-audio-output-tokens-equal-to-text-output-tokens/84379);
+* PDF: 258 tokens per page (https://ai.google.dev/gemini-api/docs/document-processing, read
+  from a public copy of the page);
 * ``mediaResolution`` on Gemini 3 models: 280 (low), 560 (medium), 1120 (high) and 2240
-  (ultra high) tokens per image or PDF page
-  (https://ai.google.dev/gemini-api/docs/media-resolution).
+  (ultra high) tokens per image or PDF page (https://ai.google.dev/gemini-api/docs/media-resolution,
+  as summarized by
+  https://fastgptplus.com/en/posts/gemini-3-pro-media-resolution-parameter; third party).
 
 What the bytes say is read cheaply: image dimensions from PNG, JPEG, GIF and WebP headers, a
-WAV header's byte rate, a PDF's page objects. Where they say nothing (an MP3, an MP4, a file
-never seen), the size in bytes and a stated bitrate guess give a duration
+WAV header's byte rate, an MP4/MOV ``mvhd`` box's duration, a PDF's page objects. Where they
+say nothing (an MP3, a WebM, a file never seen), the size in bytes and a stated bitrate guess
+give a duration
 (:data:`AUDIO_BYTES_PER_SECOND`, :data:`VIDEO_BYTES_PER_SECOND`), and a part with no size at all
 counts :data:`UNKNOWN_MEDIA_TOKENS`. Settlement from ``usageMetadata`` corrects every call.
 """
@@ -43,6 +50,7 @@ __all__ = [
     "image_size",
     "measure",
     "media_tokens",
+    "mp4_seconds",
     "parse_seconds",
     "pdf_pages",
     "wav_seconds",
@@ -78,6 +86,7 @@ _HEAD_BYTES = 64 * 1024  # image headers (JPEG's SOF after EXIF) are within the 
 _PDF_MAX_BYTES = 32 * 1024 * 1024  # inline data is at most 20 MB; more is not "cheap"
 _PAGE = re.compile(rb"/Type\s*/Page(?!s)\b")
 _COUNT = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+(\d+)|/Count\s+(\d+)[^>]*?/Type\s*/Pages\b")
+_ISO_MEDIA = frozenset({"mp4", "quicktime", "3gpp", "3gpp2", "mp4a-latm", "m4a", "x-m4a", "mov"})
 _SECONDS = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*s\s*$")
 
 
@@ -181,6 +190,37 @@ def wav_seconds(head: bytes, total_bytes: int) -> float | None:
     return (total_bytes - 44) / rate if rate else None
 
 
+def mp4_seconds(data: bytes) -> float | None:
+    """The duration of an MP4/MOV/3GP file from its ``moov/mvhd`` box, or ``None``."""
+    moov = _box(data, b"moov")
+    mvhd = _box(moov, b"mvhd") if moov is not None else None
+    if mvhd is None or len(mvhd) < 20:
+        return None
+    if mvhd[0] == 1 and len(mvhd) >= 32:  # version 1: 64-bit times
+        scale, length = struct.unpack(">IQ", mvhd[20:32])
+    else:
+        scale, length = struct.unpack(">II", mvhd[12:20])
+    return length / scale if scale else None
+
+
+def _box(data: bytes, kind: bytes) -> bytes | None:
+    """The payload of the first box ``kind`` among the boxes of ``data`` (ISO BMFF)."""
+    i = 0
+    while i + 8 <= len(data):
+        size = int.from_bytes(data[i : i + 4], "big")
+        head = 8
+        if size == 1 and i + 16 <= len(data):
+            size, head = int.from_bytes(data[i + 8 : i + 16], "big"), 16
+        elif size == 0:
+            size = len(data) - i
+        if size < head:
+            return None
+        if data[i + 4 : i + 8] == kind:
+            return data[i + head : i + size]
+        i += size
+    return None
+
+
 def pdf_pages(data: bytes) -> int | None:
     """The page count of a PDF from its page objects (``/Type /Page``) or its page tree's
     ``/Count``, or ``None`` if neither is readable (compressed object streams)."""
@@ -268,6 +308,8 @@ def measure(
     if major in ("audio", "video"):
         if duration is None and data and sub in ("wav", "x-wav", "wave", "vnd.wave"):
             duration = wav_seconds(_decode(data, 4096), size_bytes or 0)
+        if duration is None and data and sub in _ISO_MEDIA and (size_bytes or 0) <= _PDF_MAX_BYTES:
+            duration = mp4_seconds(_decode(data, _PDF_MAX_BYTES))
         if duration is None and size_bytes is not None:
             rate = AUDIO_BYTES_PER_SECOND if major == "audio" else VIDEO_BYTES_PER_SECOND
             duration = size_bytes / rate

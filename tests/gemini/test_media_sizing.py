@@ -111,6 +111,18 @@ def test_audio_without_a_header_uses_the_stated_bitrate_guess() -> None:
     assert estimate_tokens(GEN, inline("audio/mpeg", mp3)) == 320  # 160 kB at 16 kB/s: 10 s
 
 
+def mp4(seconds: int, scale: int = 600) -> bytes:
+    mvhd = b"\x00" * 4 + b"\x00" * 8 + struct.pack(">II", scale, seconds * scale) + b"\x00" * 80
+    moov = struct.pack(">I", 8 + 8 + len(mvhd)) + b"moov" + struct.pack(">I", 8 + len(mvhd))
+    ftyp = struct.pack(">I", 16) + b"ftypisom" + b"\x00" * 4
+    mdat = struct.pack(">I", 8 + 5000) + b"mdat" + b"\x00" * 5000
+    return ftyp + mdat + moov + b"mvhd" + mvhd  # moov after the media data, as often
+
+
+def test_mp4_duration_from_its_movie_header() -> None:
+    assert estimate_tokens(GEN, inline("video/mp4", mp4(12))) == 12 * 263
+
+
 def test_pdf_pages_are_counted_from_the_bytes() -> None:
     assert pdf_pages(pdf(7)) == 7
     assert estimate_tokens(GEN, inline("application/pdf", pdf(7))) == 7 * 258
