@@ -218,6 +218,14 @@ class Count:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """Send ``GET path`` with the caller's credentials (a resource's metadata); returns
+    ``(status, decoded body)``, or ``None`` if the request failed."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Release:
     """Release a permit: the call never reached the server, so nothing is kept."""
 
@@ -268,7 +276,18 @@ class Sleep:
 
 
 Effect = (
-    Acquire | Hold | Send | Read | Count | Release | Settle | Pause | Exhaust | Learn | Sleep
+    Acquire
+    | Hold
+    | Send
+    | Read
+    | Count
+    | Lookup
+    | Release
+    | Settle
+    | Pause
+    | Exhaust
+    | Learn
+    | Sleep
 )
 
 
@@ -424,6 +443,15 @@ def call_flow(
     tokens, cost = 0, None
     if batch:
         enqueued = batch_tokens(body, files)
+        source = _batch_file(body)
+        if enqueued is None and held is not None and source:
+            # the transports never saw the file: ask the Files API for its size
+            found = yield Lookup(_sibling(call.path, version=call.version, name=source))
+            if found is not None and found[0] == 200:
+                obj = _parse_body(found[1])
+                if isinstance(obj.get("name"), str):
+                    held.files.put(obj["name"], FileMeta.from_json(obj))
+                    enqueued = batch_tokens(body, held.files)
         if enqueued is None:
             log.info("%s: the batch's input file is unknown here; its tokens are not held", model)
         info.estimated = enqueued or 0
@@ -538,6 +566,19 @@ def call_flow(
 
 _BATCH_NAME = re.compile(r"(batches/[^/:?]+)")
 _FILE_NAME = re.compile(r"(files/[^/:?]+)")
+
+
+def _batch_file(body: Mapping[str, Any]) -> str | None:
+    batch = body.get("batch")
+    config = batch.get("inputConfig") if isinstance(batch, dict) else None
+    name = config.get("fileName") if isinstance(config, dict) else None
+    return name if isinstance(name, str) and _FILE_NAME.fullmatch(name) else None
+
+
+def _sibling(path: str, *, version: str | None, name: str) -> str:
+    """The path of resource ``name`` under the same prefix and version as ``path``."""
+    head = path[: path.find(f"/{version}/") + 1] if version and f"/{version}/" in path else "/"
+    return f"{head}{version or 'v1beta'}/{name}"
 
 
 def _batch_ended(obj: Mapping[str, Any]) -> bool:

@@ -27,6 +27,7 @@ from quotaflow._transport_flow import (
     Effect,
     Exhaust,
     Hold,
+    Lookup,
     Outcome,
     Pause,
     Read,
@@ -288,6 +289,17 @@ class _DriverBase:
             extensions={k: v for k, v in request.extensions.items() if k == "timeout"},
         )
 
+    def _lookup_request(self, request: Any, effect: Lookup) -> Any:
+        url = request.url
+        key = [(k, v) for k, v in url.params.multi_items() if k == "key"]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_IN_COUNT]
+        return self._http.Request(
+            "GET",
+            url.copy_with(path=effect.path, query=urlencode(key).encode() if key else None),
+            headers=headers,
+            extensions={k: v for k, v in request.extensions.items() if k == "timeout"},
+        )
+
     def _fresh(self, response: Any, raw: bytes) -> tuple[bytes, Any]:
         decoded = self._http.Response(
             response.status_code, headers=response.headers, content=raw
@@ -413,6 +425,12 @@ class AsyncDriver(_DriverBase):
         if isinstance(effect, Count):
             try:
                 resp = await self._inner.handle_async_request(self._count_request(request, effect))
+                return resp.status_code, (await self._read(resp))[0]
+            except Exception:
+                return None
+        if isinstance(effect, Lookup):
+            try:
+                resp = await self._inner.handle_async_request(self._lookup_request(request, effect))
                 return resp.status_code, (await self._read(resp))[0]
             except Exception:
                 return None
@@ -563,6 +581,12 @@ class SyncDriver(_DriverBase):
         if isinstance(effect, Count):
             try:
                 resp = self._inner.handle_request(self._count_request(request, effect))
+                return resp.status_code, self._read(resp)[0]
+            except Exception:
+                return None
+        if isinstance(effect, Lookup):
+            try:
+                resp = self._inner.handle_request(self._lookup_request(request, effect))
                 return resp.status_code, self._read(resp)[0]
             except Exception:
                 return None

@@ -159,6 +159,20 @@ def test_a_file_input_is_sized_from_the_upload(tmp_path: Path) -> None:
         assert hold.tokens == -(-path.stat().st_size // 4)  # the file's bytes as text
 
 
+def test_a_file_uploaded_elsewhere_is_sized_from_its_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_text(json.dumps({"key": "k", "request": JOB[0]}) + "\n")
+    with serve(_config(delay=3600.0, enqueued=10_000)) as served:
+        plain = genai.types.HttpOptions(base_url=served.base_url)
+        with genai.Client(api_key=KEY, http_options=plain) as other:  # no quotaflow
+            uploaded = other.files.upload(file=path, config={"mime_type": "application/jsonl"})
+        limiter = _limiter(enqueued=10_000)
+        options = genai_http_options(limiter, base_url=served.base_url)
+        with genai.Client(api_key=KEY, http_options=options) as client:
+            job = client.batches.create(model=FLASH, src=uploaded.name or "")
+        assert batch_holds(limiter)[job.name or ""].tokens == -(-path.stat().st_size // 4)
+
+
 def test_bad_expiry_is_a_config_error() -> None:
     from quotaflow.errors import ConfigError
 
