@@ -236,6 +236,7 @@ def _interactions(method: str, path: str, version: str, rest: str, body: Mapping
                 1 if model else 0,
                 model is not None,
                 streaming=body.get("stream") is True,
+                creates=body.get("background") is True,  # a long-running interaction
             )
         return Call(method, path, "gemini", version, "interactions.list", "content", "read")
     verb = segs[2] if len(segs) > 2 else _verb(method, False)
