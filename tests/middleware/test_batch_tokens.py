@@ -32,7 +32,7 @@ class TickClock:
 
 def _config(delay: float, enqueued: int = ENQUEUED) -> EmulatorConfig:
     return EmulatorConfig(
-        period_seconds=1.0,
+        minute_seconds=1.0,
         batch_delay_seconds=delay,
         models=[ModelConfig(name=FLASH, rpm=100, tpm=100_000, batch_enqueued_tokens=enqueued)],
     )

@@ -34,7 +34,7 @@ def _limiter(rpm: int = 60, tpm: int = 20_000) -> Limiter:
 @pytest.fixture
 def served() -> Iterator[ServedEmulator]:
     config = EmulatorConfig(
-        period_seconds=PERIOD, models=[ModelConfig(name=FLASH, rpm=3, tpm=20_000, rpd=10_000)]
+        minute_seconds=PERIOD, models=[ModelConfig(name=FLASH, rpm=3, tpm=20_000, rpd=10_000)]
     )
     with serve(config) as s:
         yield s
