@@ -14,7 +14,9 @@ from quotaflow.gemini._canonical import MODEL_NAME
 from quotaflow.limits import Limit, check_quota
 from quotaflow.tiers import ENV_VAR, ModelLimits, TierTable, load_tier
 
-__all__ = ["Learned", "QuotaBook", "limits_from_table"]
+__all__ = ["BATCH_LIMIT", "Learned", "QuotaBook", "limits_from_table"]
+
+BATCH_LIMIT = "batch_enqueued_tokens"
 
 Learned = Literal["adopted", "lowered", "higher", "same", "adapted", "known"]
 """What :meth:`QuotaBook.learn` did: adopted a figure the model lacked, lowered a higher one,
@@ -88,7 +90,15 @@ class QuotaBook:
         self.table = table
         self.headroom = headroom
         self.scale = scale or TimeScale()
-        self._quotas = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
+        checked = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
+        # a limit named batch_enqueued_tokens is the model's Batch API figure, kept apart: it
+        # holds the tokens of active batch jobs (the transports' batch scope), not of calls
+        self.batch_quotas = {
+            k: lim.amount for k, v in checked.items() for lim in v if lim.name == BATCH_LIMIT
+        }
+        self._quotas = {
+            k: tuple(lim for lim in v if lim.name != BATCH_LIMIT) for k, v in checked.items()
+        }
         if table is None and use_env:
             self._quotas = _env_quotas(self._quotas, os.environ)
         self._unknown = check_quota(unknown_model) if unknown_model is not None else None
@@ -272,6 +282,23 @@ class QuotaBook:
         if changed:
             self._forget(canonical)
         return changed
+
+    def batch_limit(self, model: str) -> int | None:
+        """The ``batch_enqueued_tokens`` figure of ``model`` (``quotas=`` first, then the tier
+        table; headroom applied), or ``None``."""
+        try:
+            canonical, _ = self.resolve(model)
+        except UnknownModelError:
+            return None
+        amount = self.batch_quotas.get(canonical)
+        if amount is None and self.table is not None and canonical not in self._quotas:
+            try:
+                amount = self.table.resolve(model)[1].batch_enqueued_tokens
+            except UnknownModelError:
+                amount = None
+        if amount is None:
+            return None
+        return max(1, int(amount * (1.0 - self.headroom))) if self.headroom else amount
 
     def _close(self, name: str) -> list[str]:
         import difflib

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import sys
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from quotaflow import context
+from quotaflow._held import BATCH_TERMINAL, BatchHold, Held
 from quotaflow._learned import Origin
 from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError, QuotaError, QuotaExhaustedError, UnknownModelError
@@ -24,6 +26,7 @@ from quotaflow.gemini import (
     ApiError,
     Call,
     CountCache,
+    FileMeta,
     Usage,
     classify,
     count_tokens_body,
@@ -34,6 +37,7 @@ from quotaflow.gemini import (
     redact_text,
     redact_url,
 )
+from quotaflow.gemini._sizing import batch_tokens
 from quotaflow.limits import RPM, Limit, pacific_days
 
 _jitter = random.Random()  # our own generator: never disturb a user's seeded global one
@@ -58,6 +62,11 @@ SENT_ERRORS = ("ReadTimeout", "WriteTimeout", "ReadError", "WriteError", "Remote
 """httpx/httpx2 errors raised once the request may have reached the server: the call keeps its
 request count (its permit is settled as sent); retried like a 503."""
 
+BATCH_EXPIRY = 25 * 3600.0
+"""Seconds a batch job holds its enqueued tokens when its end is never seen: the Batch API's
+documented 24 h target turnaround (https://ai.google.dev/gemini-api/docs/batch-mode, read
+2026-12-04) plus an hour's margin."""
+
 Sizer = Literal["estimate", "count"] | Callable[[Call, Mapping[str, Any]], int]
 """How input tokens are sized before a call: ``"estimate"`` (local, no I/O), ``"count"``
 (``countTokens``, cached; falls back to the estimate), or ``fn(call, body) -> int``."""
@@ -78,11 +87,17 @@ class Settings:
     backoff: float = 0.5
     max_backoff: float = 30.0
     jitter: float = 0.1
+    batch_expiry: float = BATCH_EXPIRY
 
     def __post_init__(self) -> None:
         for name in ("max_429_retries", "max_5xx_retries", "count_cache"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
+        if not self.batch_expiry > 0:
+            raise ConfigError(
+                f"batch_expiry={self.batch_expiry!r}: give the seconds after which a batch job "
+                "whose end is never seen gives its enqueued tokens back (> 0)"
+            )
         if not self.backoff >= 0 or not self.max_backoff >= 0 or not self.jitter >= 0:
             raise ConfigError("backoff, max_backoff and jitter must be >= 0 seconds/fractions")
         for s in self._sizers():
@@ -170,6 +185,18 @@ class Acquire:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Hold ``tokens`` of ``model``'s ``batch_enqueued_tokens`` (a ``Concurrent`` limit);
+    returns the permit, or ``None`` when the model has no such limit."""
+
+    model: str
+    tokens: int
+    priority: int | None
+    deadline: float | None
+    agent: str | None = None
+
+
+@dataclass(frozen=True)
 class Send:
     """Send the caller's request through the inner transport; returns the response."""
 
@@ -188,6 +215,14 @@ class Count:
 
     path: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Send ``GET path`` with the caller's credentials (a resource's metadata); returns
+    ``(status, decoded body)``, or ``None`` if the request failed."""
+
+    path: str
 
 
 @dataclass(frozen=True)
@@ -240,7 +275,20 @@ class Sleep:
     seconds: float
 
 
-Effect = Acquire | Send | Read | Count | Release | Settle | Pause | Exhaust | Learn | Sleep
+Effect = (
+    Acquire
+    | Hold
+    | Send
+    | Read
+    | Count
+    | Lookup
+    | Release
+    | Settle
+    | Pause
+    | Exhaust
+    | Learn
+    | Sleep
+)
 
 
 @dataclass
@@ -359,6 +407,7 @@ def call_flow(
     quota: Callable[[str], Sequence[Limit]],
     clock: Clock,
     warned: set[tuple[str, str, int]] | None = None,
+    held: Held | None = None,
 ) -> Flow:
     """The life of one request through a quota transport.
 
@@ -370,6 +419,8 @@ def call_flow(
         quota: the model limiter's ``quota(model)``.
         clock: the model limiter's clock.
         warned: calibrations already logged (each is logged once).
+        held: the Files API metadata and batch holds of the limiter (``None``: neither is
+            kept).
     """
     body = _parse_body(content)
     call = classify(method, url, body)
@@ -378,11 +429,36 @@ def call_flow(
     deadline = None if timeout is None else clock.now() + timeout
     metered = call.metered or call.counting
     model = call.model or ""
+    files = held.files if held is not None else None
+    batch = held is not None and call.action == "batchGenerateContent" and bool(model)
+    if held is not None and call.area == "batch":
+        for gone in held.expired(clock.now()):
+            log.info(
+                "%s: no end seen in %.0fs; its enqueued tokens are given back",
+                gone.name,
+                settings.batch_expiry,
+            )
+            yield Settle(gone.permit, None)
 
     tokens, cost = 0, None
+    if batch:
+        enqueued = batch_tokens(body, files)
+        source = _batch_file(body)
+        if enqueued is None and held is not None and source:
+            # the transports never saw the file: ask the Files API for its size
+            found = yield Lookup(_sibling(call.path, version=call.version, name=source))
+            if found is not None and found[0] == 200:
+                obj = _parse_body(found[1])
+                if isinstance(obj.get("name"), str):
+                    held.files.put(obj["name"], FileMeta.from_json(obj))
+                    enqueued = batch_tokens(body, held.files)
+        if enqueued is None:
+            log.info("%s: the batch's input file is unknown here; its tokens are not held", model)
+        info.estimated = enqueued or 0
+        info.sized_by = "estimate" if enqueued is not None else ""
     if call.metered:
         info.priority = prio
-        tokens = yield from _size(call, body, settings, cache, deadline, info)
+        tokens = yield from _size(call, body, settings, cache, deadline, info, files)
         cost_map = {"requests": call.requests}
         if settings.reserve_output and call.area != "embeddings":
             cost_map["output_tokens"] = _output_reservation(
@@ -396,7 +472,11 @@ def call_flow(
     n429 = n_transient = 0
     while True:
         permit: Any = None
-        if metered:
+        if batch and info.estimated:
+            permit = yield Hold(model, info.estimated, prio, deadline, info.agent)
+            if permit is not None:
+                info.waited += permit.waited
+        elif metered:
             which: Literal["model", "count"] = "model" if call.metered else "count"
             target = model if call.metered else COUNT_MODEL
             permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
@@ -436,8 +516,16 @@ def call_flow(
             permit.mark_response_started()
         status = int(response.status_code)
         info.statuses.append(status)
+        if batch and permit is not None and status < 400:
+            assert held is not None
+            raw, fresh = yield Read(response)
+            yield from _batch_created(raw, permit, held, model, info.estimated, clock, settings)
+            return Outcome(fresh, None, info)
         if status < 400 and permit is not None:
             return Outcome(response, permit, info)
+        if permit is None and held is not None and status < 500 and _observes(call, held):
+            raw, response = yield Read(response)
+            yield from _observe(call, status, raw, held)
         if permit is not None:
             yield Settle(permit, None)
             info.settled = True
@@ -476,6 +564,92 @@ def call_flow(
         return Outcome(response, None, info)
 
 
+_BATCH_NAME = re.compile(r"(batches/[^/:?]+)")
+_FILE_NAME = re.compile(r"(files/[^/:?]+)")
+
+
+def _batch_file(body: Mapping[str, Any]) -> str | None:
+    batch = body.get("batch")
+    config = batch.get("inputConfig") if isinstance(batch, dict) else None
+    name = config.get("fileName") if isinstance(config, dict) else None
+    return name if isinstance(name, str) and _FILE_NAME.fullmatch(name) else None
+
+
+def _sibling(path: str, *, version: str | None, name: str) -> str:
+    """The path of resource ``name`` under the same prefix and version as ``path``."""
+    head = path[: path.find(f"/{version}/") + 1] if version and f"/{version}/" in path else "/"
+    return f"{head}{version or 'v1beta'}/{name}"
+
+
+def _batch_ended(obj: Mapping[str, Any]) -> bool:
+    meta = obj.get("metadata")
+    state = obj.get("state")
+    if isinstance(meta, dict):
+        state = meta.get("state", state)
+    return obj.get("done") is True or state in BATCH_TERMINAL
+
+
+def _batch_created(
+    raw: bytes,
+    permit: Any,
+    held: Held,
+    model: str,
+    tokens: int,
+    clock: Clock,
+    settings: Settings,
+) -> Generator[Effect, Any, None]:
+    """Keep the new job's hold under its name, or give it back if the job is already over."""
+    obj = _parse_body(raw)
+    name = obj.get("name")
+    if isinstance(name, str) and name and not _batch_ended(obj):
+        held.hold(BatchHold(name, model, tokens, clock.now() + settings.batch_expiry, permit))
+        return
+    yield Settle(permit, None)
+
+
+def _observes(call: Call, held: Held) -> bool:
+    """Whether the response of an unmetered call says something the limiter keeps: a batch
+    job's state (while any job holds tokens) or a file's metadata."""
+    if call.area == "batch":
+        return bool(held) and call.action in ("get", "list", "cancel", "delete")
+    return call.area == "files" and call.action in ("get", "list", "delete")
+
+
+def _observe(call: Call, status: int, raw: bytes, held: Held) -> Generator[Effect, Any, None]:
+    obj = _parse_body(raw)
+    if call.area == "files":
+        if status >= 300:
+            return
+        if call.action == "delete":
+            m = _FILE_NAME.search(call.path)
+            if m:
+                held.files.forget(m.group(1))
+            return
+        items = obj.get("files") if call.action == "list" else [obj]
+        for f in items if isinstance(items, list) else ():
+            if isinstance(f, dict) and isinstance(f.get("name"), str):
+                held.files.put(f["name"], FileMeta.from_json(f))
+        return
+    ended: list[str] = []
+    m = _BATCH_NAME.search(call.path)
+    if call.action in ("cancel", "delete"):
+        if m and (status < 300 or status == 404):
+            ended.append(m.group(1))
+    elif call.action == "get":
+        if m and (status == 404 or (status < 300 and _batch_ended(obj))):
+            ended.append(m.group(1))
+    elif status < 300:
+        jobs = obj.get("operations", obj.get("batches"))
+        for job in jobs if isinstance(jobs, list) else ():
+            if isinstance(job, dict) and isinstance(job.get("name"), str) and _batch_ended(job):
+                ended.append(job["name"])
+    for name in ended:
+        hold = held.end(name)
+        if hold is not None:
+            log.info("%s ended; %d enqueued tokens of %s given back", name, hold.tokens, hold.model)
+            yield Settle(hold.permit, None)
+
+
 def _size(
     call: Call,
     body: Mapping[str, Any],
@@ -483,6 +657,7 @@ def _size(
     cache: CountCache,
     deadline: float | None,
     info: CallInfo,
+    files: Mapping[str, FileMeta] | None = None,
 ) -> Generator[Effect, Any, int]:
     if not call.input_tokens:
         return 0
@@ -519,7 +694,7 @@ def _size(
                     info.sized_by = "count"
                     return counted
     info.sized_by = "estimate"
-    return estimate_tokens(call, body)
+    return estimate_tokens(call, body, files)
 
 
 def _learn(

@@ -7,6 +7,8 @@ They only carry out effects; every decision is in the flow.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -15,6 +17,7 @@ from urllib.parse import urlencode
 
 import anyio
 
+from quotaflow._held import Held, held_for
 from quotaflow._transport_flow import (
     COUNT_MODEL,
     HEADER_PREFIX,
@@ -23,6 +26,8 @@ from quotaflow._transport_flow import (
     Count,
     Effect,
     Exhaust,
+    Hold,
+    Lookup,
     Outcome,
     Pause,
     Read,
@@ -38,6 +43,7 @@ from quotaflow.errors import ConfigError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
+    FileMeta,
     StreamScanner,
     classify,
     decoder_for,
@@ -45,6 +51,7 @@ from quotaflow.gemini import (
     redact_url,
 )
 from quotaflow.limiter import Limiter
+from quotaflow.limits import Concurrent, Limit
 from quotaflow.sync import SyncLimiter
 
 __all__ = ["AsyncDriver", "SyncDriver", "async_stream_class", "sync_stream_class"]
@@ -212,6 +219,7 @@ class _DriverBase:
     def _setup(self, inner: Any, settings: Settings) -> None:
         redact_http_logs()
         self._settings = settings
+        self._held: Held | None = None
         self._cache = CountCache(settings.count_cache)
         self._warned: set[tuple[str, str, int]] = set()
         self._inner = inner
@@ -228,7 +236,52 @@ class _DriverBase:
             self._limiter.quota,
             self._limiter.clock,
             self._warned,
+            self._held,
         )
+
+    def _batch_limit(self, model: str) -> tuple[str, Limit] | None:
+        """The scope and the ``batch_enqueued_tokens`` limit of ``model`` (a ``Concurrent``
+        limit: a job's tokens come back when its end is seen)."""
+        book = self._limiter._core.book
+        amount = book.batch_limit(model)
+        if amount is None:
+            return None
+        canonical = book.resolve(model)[0]
+        period = self._settings.batch_expiry
+        limit = Limit("enqueued_tokens", amount, period, "batch_tokens", Concurrent())
+        return canonical, limit
+
+    def _batch_limiter(self, kind: type, model: str) -> tuple[Any, str] | None:
+        found = self._batch_limit(model)
+        if found is None or self._held is None:
+            return None
+        scope, limit = found
+        key = (kind.__name__, scope)
+        lim = self._held.limiters.get(key)
+        if lim is None or lim.quota(scope) != (limit,):
+            lim = kind(
+                tier=None,
+                quotas={scope: [limit]},
+                backend=self._limiter.backend,
+                clock=self._limiter.clock,
+                project=self._limiter._core.project,
+            )
+            # the hold's scope is batch:<project>/<model>: no model name can reach it
+            lim._core.namespace = "batch:"
+            self._held.limiters[key] = lim
+        return lim, scope
+
+    def _record_upload(self, response: Any, content: bytes) -> None:
+        """Keep the metadata of a finished upload (its response's ``file``)."""
+        if self._held is None or response.status_code != 200 or not content:
+            return
+        try:
+            obj = json.loads(content)
+        except ValueError:
+            return
+        f = obj.get("file") if isinstance(obj, dict) else None
+        if isinstance(f, dict) and isinstance(f.get("name"), str):
+            self._held.files.put(f["name"], FileMeta.from_json(f))
 
     def _passthrough(self, request: Any) -> bool:
         """Uploads (streamed bodies that create files) skip the flow: nothing to meter, and
@@ -248,6 +301,17 @@ class _DriverBase:
             url.copy_with(path=effect.path, query=urlencode(key).encode() if key else None),
             headers=headers,
             content=effect.body,
+            extensions={k: v for k, v in request.extensions.items() if k == "timeout"},
+        )
+
+    def _lookup_request(self, request: Any, effect: Lookup) -> Any:
+        url = request.url
+        key = [(k, v) for k, v in url.params.multi_items() if k == "key"]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_IN_COUNT]
+        return self._http.Request(
+            "GET",
+            url.copy_with(path=effect.path, query=urlencode(key).encode() if key else None),
+            headers=headers,
             extensions={k: v for k, v in request.extensions.items() if k == "timeout"},
         )
 
@@ -295,6 +359,7 @@ class AsyncDriver(_DriverBase):
             )
         self._setup(inner, settings)
         self._limiter = limiter
+        self._held = held_for(limiter)
         self._count = Limiter(
             tier=None,
             quotas={COUNT_MODEL: settings.count_quota},
@@ -306,7 +371,11 @@ class AsyncDriver(_DriverBase):
     async def _handle_async(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
         if self._passthrough(request):
-            return await self._inner.handle_async_request(request)
+            response = await self._inner.handle_async_request(request)
+            if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
+                decoded, response = await self._read(response)
+                self._record_upload(response, decoded)
+            return response
         content = await request.aread()
         flow = self._flow(request, content, pairs)
         result: Any = None
@@ -346,16 +415,37 @@ class AsyncDriver(_DriverBase):
                 agent=effect.agent,
             )
         if isinstance(effect, Settle):
-            await effect.permit.settle(**(effect.amounts or {}))
+            done = effect.permit.settle(**(effect.amounts or {}))
+            if inspect.isawaitable(done):  # a batch hold may be a sync limiter's permit
+                await done
             return None
         if isinstance(effect, Release):
             await effect.permit.release()
             return None
+        if isinstance(effect, Hold):
+            found = self._batch_limiter(Limiter, effect.model)
+            if found is None:
+                return None
+            lim, scope = found
+            return await lim.acquire(
+                scope,
+                0,
+                cost={"requests": 0, "batch_tokens": effect.tokens},
+                priority=effect.priority,
+                deadline=effect.deadline,
+                agent=effect.agent,
+            )
         if isinstance(effect, Read):
             return await self._read(effect.response)
         if isinstance(effect, Count):
             try:
                 resp = await self._inner.handle_async_request(self._count_request(request, effect))
+                return resp.status_code, (await self._read(resp))[0]
+            except Exception:
+                return None
+        if isinstance(effect, Lookup):
+            try:
+                resp = await self._inner.handle_async_request(self._lookup_request(request, effect))
                 return resp.status_code, (await self._read(resp))[0]
             except Exception:
                 return None
@@ -421,6 +511,7 @@ class SyncDriver(_DriverBase):
             )
         self._setup(inner, settings)
         self._limiter = limiter
+        self._held = held_for(limiter)
         self._count = SyncLimiter(
             tier=None,
             quotas={COUNT_MODEL: settings.count_quota},
@@ -432,7 +523,11 @@ class SyncDriver(_DriverBase):
     def _handle(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
         if self._passthrough(request):
-            return self._inner.handle_request(request)
+            response = self._inner.handle_request(request)
+            if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
+                decoded, response = self._read(response)
+                self._record_upload(response, decoded)
+            return response
         content = request.read()
         flow = self._flow(request, content, pairs)
         result: Any = None
@@ -474,16 +569,39 @@ class SyncDriver(_DriverBase):
                 effect.agent,
             )
         if isinstance(effect, Settle):
-            effect.permit.settle(**(effect.amounts or {}))
+            done = effect.permit.settle(**(effect.amounts or {}))
+            if inspect.iscoroutine(done):  # a batch hold taken by an async limiter: the
+                done.close()  # settle took effect when called; a Redis write left is dropped
             return None
         if isinstance(effect, Release):
             effect.permit.release()
             return None
+        if isinstance(effect, Hold):
+            found = self._batch_limiter(SyncLimiter, effect.model)
+            if found is None:
+                return None
+            lim, scope = found
+            return lim._acquire(
+                scope,
+                0,
+                {"requests": 0, "batch_tokens": effect.tokens},
+                effect.priority,
+                None,
+                effect.deadline,
+                False,
+                effect.agent,
+            )
         if isinstance(effect, Read):
             return self._read(effect.response)
         if isinstance(effect, Count):
             try:
                 resp = self._inner.handle_request(self._count_request(request, effect))
+                return resp.status_code, self._read(resp)[0]
+            except Exception:
+                return None
+        if isinstance(effect, Lookup):
+            try:
+                resp = self._inner.handle_request(self._lookup_request(request, effect))
                 return resp.status_code, self._read(resp)[0]
             except Exception:
                 return None

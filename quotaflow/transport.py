@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 
-from quotaflow._transport_flow import CallInfo, Settings, Sizer
+from quotaflow._held import BatchHold, held_for
+from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
     AsyncDriver,
     SyncDriver,
@@ -42,12 +43,14 @@ if TYPE_CHECKING:
     from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
 
 __all__ = [
+    "BatchHold",
     "CallInfo",
     "Httpx2QuotaTransport",
     "QuotaTransport",
     "Sizer",
     "SyncHttpx2QuotaTransport",
     "SyncQuotaTransport",
+    "batch_holds",
     "genai_http_options",
 ]
 
@@ -78,6 +81,9 @@ _DOC_ARGS = """
         backoff: the first backoff in seconds (doubled per retry, with jitter).
         max_backoff: the longest backoff.
         jitter: the fraction of a 429's ``retryDelay`` added at random to its pause.
+        batch_expiry: seconds after which a batch job whose end the transports never see gives
+            its enqueued tokens back (default 25 h: the Batch API's 24 h target turnaround
+            plus an hour).
 """
 
 
@@ -97,6 +103,7 @@ class _Options:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         jitter: float = 0.1,
+        batch_expiry: float = BATCH_EXPIRY,
     ) -> Settings:
         return Settings(
             sizing=sizing,
@@ -110,6 +117,7 @@ class _Options:
             backoff=backoff,
             max_backoff=max_backoff,
             jitter=jitter,
+            batch_expiry=batch_expiry,
         )
 
 
@@ -282,3 +290,15 @@ def genai_http_options(
     http_options = types.HttpOptions(**kw)
     _check_backend(http_options, flavor)
     return http_options
+
+
+def batch_holds(limiter: Limiter | SyncLimiter) -> dict[str, BatchHold]:
+    """The batch jobs whose enqueued tokens the transports of ``limiter`` hold, by job name
+    (``batches/abc``): each one's model, tokens and expiry. A job leaves this when a
+    ``GET``, list, cancel or delete of it through a transport shows its end, or at its expiry.
+
+    Example:
+        >>> batch_holds(Limiter(tier=None, quotas={}))
+        {}
+    """
+    return held_for(limiter).holds()

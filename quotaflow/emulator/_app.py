@@ -15,6 +15,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import _h_content as content
+from . import _h_interactions as interactions
 from . import _h_jobs as jobs
 from . import _h_openai as openai
 from . import _h_resources as resources
@@ -76,6 +77,13 @@ _NATIVE: dict[tuple[str, bool, str, str], Handler] = {
         jobs.tuned_generate, stream=True
     ),
 }
+# (has id, verb, HTTP method) -> handler
+_INTERACTIONS: dict[tuple[bool, str, str], Handler] = {
+    (False, "", "POST"): interactions.create_interaction,
+    (True, "", "GET"): interactions.get_interaction,
+    (True, "", "DELETE"): interactions.delete_interaction,
+    (True, "cancel", "POST"): interactions.cancel_interaction,
+}
 _OPENAI: dict[tuple[str, str], Handler] = {
     ("chat/completions", "POST"): openai.chat_completions,
     ("embeddings", "POST"): openai.embeddings,
@@ -112,6 +120,11 @@ class Emulator:
                 Route("/_emulator/limits", self._limits_route, methods=["POST"]),
                 Route("/{version}/openai/{rest:path}", self._openai_route, methods=["GET", "POST"]),
                 Route("/upload/{version}/files", self._upload_route, methods=["POST"]),
+                Route(
+                    "/{version}/interactions{rest:path}",
+                    self._interactions_route,
+                    methods=["GET", "POST", "DELETE"],
+                ),
                 Route(
                     "/{version}/{rest:path}",
                     self._native_route,
@@ -273,6 +286,20 @@ class Emulator:
             route = (match["coll"], match["id"] is not None, match["verb"] or "", request.method)
             handler = _NATIVE.get(route)
             if handler is None:
+                raise not_found(f"Method not found: {request.method} {request.url.path}")
+            return await handler(ctx)
+
+        return await self._run(request, handle, openai=False)
+
+    async def _interactions_route(self, request: Request) -> Response:
+        async def handle() -> Response:
+            rest = request.path_params["rest"].strip("/").replace(":", "/")
+            segs = rest.split("/") if rest else []
+            ident = segs[0] if segs else None
+            ctx = self._ctx(request, request.path_params["version"], ident, self._key(request))
+            verb = segs[1] if len(segs) > 1 else ""
+            handler = _INTERACTIONS.get((ident is not None, verb, request.method))
+            if handler is None or len(segs) > 2:
                 raise not_found(f"Method not found: {request.method} {request.url.path}")
             return await handler(ctx)
 

@@ -88,6 +88,8 @@ class ModelConfig(_Strict):
         rpd: Requests per day.
         tpd: Input tokens per day.
         count_rpm: countTokens requests per period (its own quota).
+        batch_enqueued_tokens: Input tokens the project's active batch jobs of this model may
+            hold at once (429 above it); ``None``: unlimited.
         embedding_dimensions: Default vector size of an embed model.
     """
 
@@ -101,6 +103,7 @@ class ModelConfig(_Strict):
     rpd: int | None = Field(default=None, ge=0)
     tpd: int | None = Field(default=None, ge=0)
     count_rpm: int | None = Field(default=3000, ge=0)
+    batch_enqueued_tokens: int | None = Field(default=None, ge=0)
     embedding_dimensions: int = Field(default=3072, gt=0)
 
     @field_validator("name")
@@ -178,7 +181,8 @@ class EmulatorConfig(_Strict):
         day_seconds: If set, a compressed day of this length replaces the calendar day.
         timezone: Zone whose midnight resets daily limits.
         retry_delay_format: ``RetryInfo.retryDelay`` as whole (rounded up) or fractional seconds.
-        media_part_tokens: Token count of each inline or file part.
+        media_part_tokens: Tokens of a media part the emulator cannot size (a file part,
+            unreadable inline data); readable inline media counts by the documented rates.
         response_tokens: Output tokens of a generated candidate (capped by maxOutputTokens).
         stream_chunks: Number of chunks a streamed response is cut into.
         batch_delay_seconds: Time a batch job takes to complete.

@@ -1,8 +1,11 @@
 """Native routes of the batch and tuned-model areas.
 
 A batch job's state follows from the clock: PENDING, RUNNING, then SUCCEEDED once
-``batch_delay_seconds`` have passed. Its responses are computed at creation (deterministic) and
-shown once done. Batch jobs do not spend the interactive quota (Gemini meters them separately).
+``batch_delay_seconds`` have passed (CANCELLED once cancelled). Its responses are computed at
+creation (deterministic) and shown once done. Batch jobs do not spend the interactive quota
+(Gemini meters them separately): a generate job holds its requests' input tokens against the
+model's ``batch_enqueued_tokens`` while it is PENDING or RUNNING, and a job that would take the
+project past it is refused with a 429 whose QuotaFailure names ``batch_enqueued_tokens``.
 A tuned model is ACTIVE ``tuning_delay_seconds`` after creation; generating with it spends its
 base model's quota.
 """
@@ -15,10 +18,17 @@ from typing import Any
 from starlette.responses import Response
 
 from ._engine import Engine
-from ._errors import ApiError, failed_precondition, invalid_argument, not_found
+from ._errors import (
+    ApiError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    resource_exhausted,
+)
 from ._generate import prepare, response_json
 from ._h_content import _embed_one, generate_with
 from ._http import Ctx, json_response
+from ._quota import Violation
 from ._store import BatchRecord, FileRecord, TunedRecord, paginate, timestamp
 
 __all__ = [
@@ -78,11 +88,13 @@ async def create_batch(ctx: Ctx, *, embed: bool) -> Response:
         raise invalid_argument("* batch: batch is not specified\n")
     inputs, from_file = _inputs(ctx, batch.get("inputConfig"))
     results: list[JSON] = []
+    enqueued = 0
     for meta, request in inputs:
         if embed:
             response: JSON = {"embedding": {"values": _embed_one(ctx, model, request, method)[1]}}
         else:
             prompt = prepare(engine, ctx.project, model, request)
+            enqueued += prompt.tokens.total
             with engine.lock:
                 response = response_json(prompt, engine.store.new_id("response"))
         results.append(
@@ -90,6 +102,7 @@ async def create_batch(ctx: Ctx, *, embed: bool) -> Response:
         )
     with engine.lock:
         now = engine.clock()
+        _check_enqueued(engine, ctx.project, model.name, enqueued, now)
         name = f"batches/{engine.store.new_id('batch')}"
         record = BatchRecord(
             project=ctx.project,
@@ -101,9 +114,44 @@ async def create_batch(ctx: Ctx, *, embed: bool) -> Response:
             create_time=now,
             done_time=now + engine.config.batch_delay_seconds,
             output_file=f"files/batch-{name.split('/')[1]}" if from_file else None,
+            tokens=enqueued,
         )
         engine.store.batches[name] = record
         return json_response(_batch_json(ctx, record))
+
+
+ENQUEUED_QUOTA_ID = "EnqueuedTokensPerModelPerProject"
+"""The emulator's quotaId for ``batch_enqueued_tokens`` (UNCONFIRMED: no real 429 body seen)."""
+
+
+def _check_enqueued(engine: Engine, project: str, model: str, tokens: int, now: float) -> None:
+    """Raise the 429 for a job that would take the project's active jobs of ``model`` past
+    ``batch_enqueued_tokens`` (caller holds the lock)."""
+    config = engine.config.model(model)
+    limit = config.batch_enqueued_tokens if config is not None else None
+    if limit is None:
+        return
+    active = [
+        b
+        for b in engine.store.batches.values()
+        if b.project == project and b.model == model and b.kind == "generate"
+        if _state(b, now) in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+    ]
+    held = sum(b.tokens for b in active)
+    if held + tokens <= limit:
+        return
+    engine.stats.rejected(model, ["batch_enqueued_tokens"])
+    fits = tokens <= limit
+    wait = min((b.done_time - now for b in active), default=engine.config.minute_seconds)
+    violation = Violation(
+        "batch_enqueued_tokens",
+        limit,
+        "generativelanguage.googleapis.com/batch_enqueued_tokens",
+        ENQUEUED_QUOTA_ID,
+        max(0.0, wait),
+        fits,
+    )
+    raise resource_exhausted([violation], model, max(0.0, wait), engine.config.retry_delay_format)
 
 
 def _state(record: BatchRecord, now: float) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "BatchRecord",
     "CacheRecord",
     "FileRecord",
+    "InteractionRecord",
     "Store",
     "TunedRecord",
     "UploadSession",
@@ -192,6 +193,7 @@ class BatchRecord:
     done_time: float
     output_file: str | None = None
     cancel_time: float | None = None
+    tokens: int = 0
 
 
 @dataclass
@@ -207,6 +209,16 @@ class TunedRecord:
     hyperparameters: JSON
 
 
+@dataclass
+class InteractionRecord:
+    """A stored interaction (the Interactions API): its JSON as ``get`` returns it."""
+
+    project: str
+    id: str
+    body: JSON
+    cancelled: bool = False
+
+
 class Store:
     """Every resource of an emulator, keyed by resource name."""
 
@@ -216,11 +228,19 @@ class Store:
         self.caches: dict[str, CacheRecord] = {}
         self.batches: dict[str, BatchRecord] = {}
         self.tuned: dict[str, TunedRecord] = {}
+        self.interactions: dict[str, InteractionRecord] = {}
         self._serial = 0
 
     def reset(self) -> None:
         """Forget every resource."""
-        for table in (self.uploads, self.files, self.caches, self.batches, self.tuned):
+        for table in (
+            self.uploads,
+            self.files,
+            self.caches,
+            self.batches,
+            self.tuned,
+            self.interactions,
+        ):
             table.clear()
         self._serial = 0
 

@@ -1,7 +1,9 @@
 """Deterministic token counting and synthetic output. Pure, no I/O.
 
-Counting rule: a text part costs ``ceil(UTF-8 bytes / 4)`` tokens; an inline or file part costs a
-fixed ``media_part_tokens``; function calls/responses and tools cost their compact JSON as text.
+Counting rule: a text part costs ``ceil(UTF-8 bytes / 4)`` tokens; inline media costs Gemini's
+documented rates (images by 768x768 tile, audio 32 and video 263 tokens per second, PDF 258 per
+page: :mod:`quotaflow.gemini._media`) where its bytes tell, else a fixed ``media_part_tokens``,
+as does a file part; function calls/responses and tools cost their compact JSON as text.
 countTokens and ``usageMetadata`` both use :func:`count_request`, so they always agree.
 """
 
@@ -14,6 +16,8 @@ import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from quotaflow.gemini._media import measure
 
 __all__ = [
     "TokenCount",
@@ -75,7 +79,10 @@ def _count_part(part: Any, media_tokens: int, out: TokenCount) -> None:
     for key in ("inlineData", "fileData"):
         blob = part.get(key)
         if isinstance(blob, dict):
-            out.add(_modality(str(blob.get("mimeType", ""))), media_tokens)
+            mime = str(blob.get("mimeType", ""))
+            data = blob.get("data") if key == "inlineData" else None
+            found = measure(mime, data=data) if isinstance(data, str) else None
+            out.add(_modality(mime), media_tokens if found is None else found)
     for key in _JSON_PARTS:
         if key in part:
             out.add("TEXT", count_text(_compact(part[key])))

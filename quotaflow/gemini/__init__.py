@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from quotaflow.gemini._classify import Access, Area, Call, classify, needs_body
+from quotaflow.gemini._media import FileMeta, media_tokens
 from quotaflow.gemini._redact import (
     REDACTED,
     SECRET_HEADERS,
@@ -48,6 +49,7 @@ __all__ = [
     "BodyScanner",
     "Call",
     "CountCache",
+    "FileMeta",
     "QuotaViolation",
     "StreamScanner",
     "Usage",
@@ -56,6 +58,7 @@ __all__ = [
     "count_tokens_path",
     "decoder_for",
     "estimate_tokens",
+    "media_tokens",
     "needs_body",
     "parse_duration",
     "parse_error",

@@ -118,11 +118,13 @@ def _plain_model(name: str) -> str:
 def needs_body(method: str, url: str) -> bool:
     """Whether :func:`classify` needs the request body to classify the call fully.
 
-    True for ``batchEmbedContents`` (its item count is its cost) and the OpenAI routes (the
-    model and streaming flag are in the body).
+    True for ``batchEmbedContents`` (its item count is its cost), the OpenAI routes and the
+    Interactions API's create (the model and streaming flag are in the body).
     """
     path = canonical_request(method, url).path
-    return method.upper() == "POST" and (path.endswith(":batchEmbedContents") or "/openai/" in path)
+    return method.upper() == "POST" and (
+        path.endswith((":batchEmbedContents", "/interactions")) or "/openai/" in path
+    )
 
 
 def classify(
@@ -172,6 +174,8 @@ def _route(canon: CanonicalRequest, body: Mapping[str, Any]) -> Call:
         return _openai(method, path, version, rest[len("openai/") :], body)
     if upload:
         return Call(method, path, "gemini", version, "upload", "files", "write", creates=True)
+    if rest == "interactions" or rest.startswith("interactions/"):
+        return _interactions(method, path, version, rest, body)
     return _native(method, path, version, rest, body, canon.sse)
 
 
@@ -250,6 +254,35 @@ def _native(
         owner,
         creates=made,
     )
+
+
+def _interactions(method: str, path: str, version: str, rest: str, body: Mapping[str, Any]) -> Call:
+    """The Interactions API: ``POST interactions`` generates (metered on the body's model);
+    ``GET interactions/{id}`` reads; ``POST interactions/{id}/cancel`` (or ``:cancel``) and
+    ``DELETE interactions/{id}`` write to the interaction, not to the model's quota."""
+    segs = rest.replace(":", "/").split("/")
+    if len(segs) == 1:
+        if method == "POST":
+            raw = body.get("model")
+            model = _plain_model(raw) if isinstance(raw, str) and raw else None
+            return Call(
+                method,
+                path,
+                "gemini",
+                version,
+                "interactions.create",
+                "content",
+                "write",
+                model,
+                1 if model else 0,
+                model is not None,
+                streaming=body.get("stream") is True,
+                creates=body.get("background") is True,  # a long-running interaction
+            )
+        return Call(method, path, "gemini", version, "interactions.list", "content", "read")
+    verb = segs[2] if len(segs) > 2 else _verb(method, False)
+    access: Access = "read" if method == "GET" else "write"
+    return Call(method, path, "gemini", version, f"interactions.{verb}", "content", access)
 
 
 def _openai(method: str, path: str, version: str, rest: str, body: Mapping[str, Any]) -> Call:

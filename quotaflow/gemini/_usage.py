@@ -69,11 +69,24 @@ def _from_openai(usage: dict[str, Any]) -> Usage:
     )
 
 
+def _from_interaction(usage: dict[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=_int(usage.get("total_input_tokens")),
+        output_tokens=_int(usage.get("total_output_tokens")),
+        cached_tokens=_int(usage.get("total_cached_tokens")),
+        thoughts_tokens=_int(usage.get("total_thought_tokens")),
+        tool_use_tokens=_int(usage.get("total_tool_use_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+    )
+
+
 def usage_from_json(obj: Any) -> Usage | None:
     """The usage in one parsed response (or stream chunk), or ``None`` if it has none.
 
-    Understands ``GenerateContentResponse.usageMetadata``, the OpenAI ``usage`` object, and a
-    JSON array of chunks (``streamGenerateContent`` without ``alt=sse``), whose last usage wins.
+    Understands ``GenerateContentResponse.usageMetadata``, the OpenAI ``usage`` object, the
+    Interactions API's ``usage`` (``total_input_tokens``, ...; also inside a stream event's
+    ``interaction`` or ``metadata.total_usage``), and a JSON array of chunks
+    (``streamGenerateContent`` without ``alt=sse``), whose last usage wins.
 
     Example:
         >>> usage_from_json({"usageMetadata": {"promptTokenCount": 11}}).input_tokens
@@ -90,8 +103,18 @@ def usage_from_json(obj: Any) -> Usage | None:
     if isinstance(meta, dict):
         return _from_metadata(meta)
     usage = obj.get("usage")
+    if isinstance(usage, dict) and (
+        "total_input_tokens" in usage or "total_output_tokens" in usage
+    ):
+        return _from_interaction(usage)
     if isinstance(usage, dict) and ("prompt_tokens" in usage or "total_tokens" in usage):
         return _from_openai(usage)
+    inner = obj.get("interaction")
+    if isinstance(inner, dict):
+        return usage_from_json(inner)
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("total_usage"), dict):
+        return _from_interaction(meta["total_usage"])
     return None
 
 
