@@ -333,9 +333,13 @@ def machine() -> dict[str, Any]:
             return "-"
 
     return {
+        "benchmark": "benchmarks/learn.py",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "python": platform.python_version(),
+        "machine": {
+            "platform": f"{platform.system()} {platform.machine()}",
+            "cpus": f"{os.cpu_count()} cores",
+            "python": f"Python {platform.python_version()}",
+        },
         "versions": {n: v(n) for n in ("quotaflow", "google-genai", "redis", "httpx")},
     }
 
