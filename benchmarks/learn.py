@@ -353,9 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         "--period", type=float, default=Settings.period, help="seconds of the compressed minute"
     )
     parser.add_argument("--periods", type=int, default=Settings.periods)
+    parser.add_argument("--procs", type=int, default=Settings.procs, help="worker processes")
+    parser.add_argument("--tasks", type=int, default=Settings.tasks, help="tasks per process")
     parser.add_argument("--out", default=str(RESULTS), help="results file ('' to skip)")
     args = parser.parse_args(argv)
-    s = Settings(period=args.period, periods=args.periods)
+    s = Settings(period=args.period, periods=args.periods, procs=args.procs, tasks=args.tasks)
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     results = [run(n, s) for n in names]
     text = table(results)
@@ -370,7 +372,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        import logging
+
         import anyio
+
+        logging.basicConfig(
+            level=os.environ.get("LEARN_LOG", "WARNING"),
+            format="%(created).3f %(name)s %(levelname)s %(message)s",
+        )
 
         anyio.run(_worker, json.loads(sys.argv[2]))
     else:

@@ -227,6 +227,7 @@ class LimiterCore:
             if (fig := Figure.from_json(text)) is not None
         }
         if figures and self.book.merge_shared(canonical, figures):
+            log.info("%s: took figures the fleet learned: %s", canonical, sorted(figures))
             self.lanes.clear()
             self._save()
             return True
@@ -499,7 +500,10 @@ def scope_flow(
     read now and then, an adaptive figure grows after a quiet minute. Run by both limiters."""
     key, canonical, limits, fresh = core.scope(model)
     changed = False
-    if shared and core.poll_due(key, core.clock.now()):
+    # while a model has no request figure, every call reads what the fleet learned (one more
+    # round trip, against the burst of 429s a late figure costs); then once a second
+    eager = not any(lim.name == "rpm" for lim in limits)
+    if shared and (eager or core.poll_due(key, core.clock.now())):
         figures = yield Op("learned", (key,))
         changed = bool(figures) and core.take_shared(canonical, figures)
     if canonical in core.book.figures:
