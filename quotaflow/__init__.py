@@ -14,6 +14,7 @@ from quotaflow.clock import Clock, ManualClock, SystemClock
 from quotaflow.context import PRIORITIES, agent, deadline, priority
 from quotaflow.errors import (
     BackendError,
+    BillingError,
     CannotFitError,
     ConfigError,
     PermitError,
@@ -40,6 +41,7 @@ from quotaflow.limits import (
     pacific_days,
 )
 from quotaflow.permit import Permit, SyncPermit
+from quotaflow.pricing import PriceTable, Spend, load_prices
 from quotaflow.shares import Share
 from quotaflow.sync import SyncLimiter
 from quotaflow.tiers import ModelLimits, TierTable, load_table, load_tier
@@ -58,6 +60,7 @@ __all__ = [
     "AsyncBackend",
     "Backend",
     "BackendError",
+    "BillingError",
     "Calendar",
     "CannotFitError",
     "Clock",
@@ -71,12 +74,14 @@ __all__ = [
     "ModelLimits",
     "Permit",
     "PermitError",
+    "PriceTable",
     "QuotaError",
     "QuotaExhaustedError",
     "QuotaTimeoutError",
     "QuotaflowError",
     "Rolling",
     "Share",
+    "Spend",
     "SyncLimiter",
     "SyncPermit",
     "SystemClock",
@@ -89,6 +94,7 @@ __all__ = [
     "agent",
     "deadline",
     "fixed_windows",
+    "load_prices",
     "load_table",
     "load_tier",
     "pacific_days",

@@ -33,6 +33,7 @@ from quotaflow.errors import (
     WouldBlockError,
 )
 from quotaflow.limits import Limit, check_cost
+from quotaflow.pricing import Spend, SpendBook
 from quotaflow.shares import (
     DEFAULT_SHARE,
     Share,
@@ -89,6 +90,13 @@ class DimensionStatus:
 log = logging.getLogger("quotaflow")
 
 
+def _tier_key(tier: str | None) -> str | None:
+    if tier is None:
+        return None
+    key = tier.strip().lower().replace(" ", "").replace("-", "").replace("_", "")
+    return f"tier{key}" if key.isdigit() else key
+
+
 class LimiterCore:
     """Shared state and decisions of the async and sync limiters."""
 
@@ -106,11 +114,22 @@ class LimiterCore:
         shares: Mapping[str, Share] | None = None,
         scale: TimeScale | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
+        spend: Spend | bool | None = None,
     ) -> None:
         if not project or not isinstance(project, str) or (":" in project and " " in project):
             raise ConfigError(f"project={project!r}: give your Google Cloud project's name")
         self.scale = scale or TimeScale()
-        self.book = QuotaBook(tier, quotas, overrides, unknown_model, headroom, scale=self.scale)
+        self.spend: SpendBook | None = None
+        if spend is not False:
+            if spend is not None and spend is not True and not isinstance(spend, Spend):
+                raise ConfigError(f"spend={spend!r}: give Spend(...), True, False or None")
+            name = tier.tier if isinstance(tier, TierTable) else _tier_key(tier)
+            self.spend = SpendBook(
+                spend if isinstance(spend, Spend) else Spend(), name, self.scale.minute_seconds
+            )
+        self.book = QuotaBook(
+            tier, quotas, overrides, unknown_model, headroom, scale=self.scale, spend=self.spend
+        )
         self.project = project
         # scope keys are f"{namespace}{project}/{canonical}": the agents layer's budgets use
         # their own namespace, so no model name can name a budget's scope

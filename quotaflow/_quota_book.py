@@ -12,6 +12,7 @@ from quotaflow._tier_schema import KeyedProblem, parse_env_value
 from quotaflow.errors import ConfigError, UnknownModelError
 from quotaflow.gemini._canonical import MODEL_NAME
 from quotaflow.limits import Limit, check_quota
+from quotaflow.pricing import SPEND_SCOPE, SpendBook
 from quotaflow.tiers import ENV_VAR, ModelLimits, TierTable, load_tier
 
 __all__ = ["BATCH_LIMIT", "Learned", "QuotaBook", "limits_from_table"]
@@ -46,6 +47,7 @@ class QuotaBook:
         headroom: float,
         use_env: bool = True,
         scale: TimeScale | None = None,
+        spend: SpendBook | None = None,
     ) -> None:
         if (
             isinstance(headroom, bool)
@@ -88,6 +90,7 @@ class QuotaBook:
         elif overrides:
             raise ConfigError("overrides=... needs a tier table: pass tier='free' (or another)")
         self.table = table
+        self.spend = spend
         self.headroom = headroom
         self.scale = scale or TimeScale()
         checked = {self._plain(k): check_quota(v) for k, v in (quotas or {}).items()}
@@ -134,6 +137,19 @@ class QuotaBook:
             )
         plain = self._plain(model.strip())
         origins: dict[str, Origin]
+        spend_limit = self.spend.limit() if self.spend is not None else None
+        if plain == SPEND_SCOPE and plain not in self._quotas and spend_limit is not None:
+            cal = self._calibrated.get(plain, {}).get(spend_limit.name)
+            lim = self._scale((spend_limit,))[0]
+            scope: tuple[str, tuple[Limit, ...]] = (
+                plain,
+                (lim if cal is None else lim.with_amount(cal),),
+            )
+            self._origins[plain] = {
+                lim.name: Origin("override" if cal else "table", source="prices")
+            }
+            self._cache[model] = scope
+            return scope
         if plain in self._quotas:
             canonical, raw = plain, self._quotas[plain]
             origins = {lim.name: Origin("configured") for lim in raw}
@@ -154,6 +170,12 @@ class QuotaBook:
                 canonical, raw = plain, self._unknown
                 origins = {lim.name: Origin("configured") for lim in raw}
         raw, origins = self._merge(canonical, raw, origins)
+        if self.spend is not None and self.spend.priority:
+            subs = self.spend.sub_limits(raw)
+            for sub in subs:  # a sub-limit comes from its standard limit
+                base = origins.get(sub.name.removesuffix(".priority"))
+                origins[sub.name] = base if base is not None else Origin("configured")
+            raw = raw + subs
         out = (canonical, self._scale(raw))
         first = self._canonical.setdefault(canonical, out)
         if first[1] == out[1]:

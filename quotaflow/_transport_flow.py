@@ -20,8 +20,15 @@ from typing import Any, Literal, Protocol
 from quotaflow import context
 from quotaflow._held import BATCH_TERMINAL, BatchHold, Held
 from quotaflow._learned import Origin
+from quotaflow._spend_flow import Paired, priority_cost, settle_spend
 from quotaflow.clock import Clock
-from quotaflow.errors import ConfigError, QuotaError, QuotaExhaustedError, UnknownModelError
+from quotaflow.errors import (
+    BillingError,
+    ConfigError,
+    QuotaError,
+    QuotaExhaustedError,
+    UnknownModelError,
+)
 from quotaflow.gemini import (
     ApiError,
     Call,
@@ -36,13 +43,24 @@ from quotaflow.gemini import (
     read_count,
     redact_text,
     redact_url,
+    requested_tier,
+    served_tier,
 )
 from quotaflow.gemini._sizing import batch_tokens
 from quotaflow.limits import RPM, Limit, pacific_days
+from quotaflow.pricing import SPEND_SCOPE, USD_MICROS, SpendBook
 
 _jitter = random.Random()  # our own generator: never disturb a user's seeded global one
 
-__all__ = ["CallInfo", "Settings", "Sizer", "call_flow", "send_failure", "settle_amounts"]
+__all__ = [
+    "CallInfo",
+    "Settings",
+    "Sizer",
+    "call_flow",
+    "final_amounts",
+    "send_failure",
+    "settle_amounts",
+]
 
 log = logging.getLogger("quotaflow.transport")
 
@@ -140,6 +158,11 @@ class CallInfo:
         settled: whether the last attempt's permit has settled.
         origins: per dimension of the model's quota, where its figure came from (table,
             override, configured, learned from a 429, adaptive).
+        statuses: the HTTP status of every attempt.
+        requested_tier: the ``service_tier`` the request named (``None``: none).
+        service_tier: the tier that served it (``x-gemini-service-tier``, else the requested).
+        spend_estimated: micro-dollars reserved before the call (``None``: no price).
+        spend: micro-dollars the call cost, from its usage at the tier that served it.
     """
 
     call: Call
@@ -153,6 +176,10 @@ class CallInfo:
     settled: bool = False
     statuses: list[int] = field(default_factory=list)
     origins: Mapping[str, Origin] = field(default_factory=dict)
+    requested_tier: str | None = None
+    service_tier: str | None = None
+    spend_estimated: int | None = None
+    spend: int | None = None
 
 
 class _Permit(Protocol):
@@ -341,6 +368,19 @@ def settle_amounts(usage: Usage | None, reserve_output: bool) -> dict[str, int] 
     return out
 
 
+def final_amounts(info: CallInfo, reserve_output: bool, book: SpendBook | None) -> dict[str, int]:
+    """What a permit settles with once its response has been read: :func:`settle_amounts`,
+    the call's spend at the tier that served it, and its Priority amounts."""
+    out = settle_amounts(info.usage, reserve_output) or {}
+    extra = settle_spend(
+        book, info.call.model or "", info.usage, info.requested_tier, info.service_tier
+    )
+    out.update(extra)
+    if USD_MICROS in extra:
+        info.spend = extra[USD_MICROS]
+    return out
+
+
 def _output_reservation(call: Call, body: Mapping[str, Any], default: int) -> int:
     if call.surface == "openai":
         for key in ("max_completion_tokens", "max_tokens"):
@@ -408,6 +448,7 @@ def call_flow(
     clock: Clock,
     warned: set[tuple[str, str, int]] | None = None,
     held: Held | None = None,
+    spend: SpendBook | None = None,
 ) -> Flow:
     """The life of one request through a quota transport.
 
@@ -421,6 +462,7 @@ def call_flow(
         warned: calibrations already logged (each is logged once).
         held: the Files API metadata and batch holds of the limiter (``None``: neither is
             kept).
+        spend: the limiter's prices and spend cap (``None``: spend is not metered).
     """
     body = _parse_body(content)
     call = classify(method, url, body)
@@ -456,16 +498,27 @@ def call_flow(
             log.info("%s: the batch's input file is unknown here; its tokens are not held", model)
         info.estimated = enqueued or 0
         info.sized_by = "estimate" if enqueued is not None else ""
+    spend_cost: dict[str, int] | None = None
     if call.metered:
         info.priority = prio
         tokens = yield from _size(call, body, settings, cache, deadline, info, files)
         cost_map = {"requests": call.requests}
+        output = _output_reservation(call, body, settings.default_output_tokens)
         if settings.reserve_output and call.area != "embeddings":
-            cost_map["output_tokens"] = _output_reservation(
-                call, body, settings.default_output_tokens
-            )
+            cost_map["output_tokens"] = output
+        info.requested_tier = requested_tier(body)
+        if info.requested_tier == "priority":
+            cost_map.update(priority_cost(call.requests, tokens))
         cost = cost_map
         info.estimated = tokens
+        if spend is not None:
+            if call.area == "embeddings":
+                output = 0
+            info.spend_estimated = spend.cost(
+                model, info.requested_tier, input_tokens=tokens, output_tokens=output
+            )
+            if info.spend_estimated is not None and spend.cap_usd is not None:
+                spend_cost = {USD_MICROS: info.spend_estimated}
     # 408/5xx and connection failures are retried for calls that create nothing (generation,
     # embedding, reads, deletes: see Call.creates) unless retry_writes extends it to creates
     retry_transient = call.idempotent or settings.retry_writes
@@ -480,6 +533,15 @@ def call_flow(
             which: Literal["model", "count"] = "model" if call.metered else "count"
             target = model if call.metered else COUNT_MODEL
             permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
+            if spend_cost is not None:
+                try:
+                    for_spend = yield Acquire(
+                        "model", SPEND_SCOPE, 0, spend_cost, prio, deadline, agent=info.agent
+                    )
+                except BaseException:
+                    yield Release(permit)
+                    raise
+                permit = Paired(permit, for_spend)
             info.waited += permit.waited
             info.priority = permit.priority
         info.attempts += 1
@@ -516,6 +578,8 @@ def call_flow(
             permit.mark_response_started()
         status = int(response.status_code)
         info.statuses.append(status)
+        if status < 400 and call.metered:
+            info.service_tier = served_tier(response.headers, info.requested_tier)
         if batch and permit is not None and status < 400:
             assert held is not None
             raw, fresh = yield Read(response)
@@ -527,14 +591,30 @@ def call_flow(
             raw, response = yield Read(response)
             yield from _observe(call, status, raw, held)
         if permit is not None:
-            yield Settle(permit, None)
+            # a call the server refused is not billed: its spend comes back
+            yield Settle(permit, {USD_MICROS: 0} if isinstance(permit, Paired) else None)
             info.settled = True
+        if status == 402:
+            raw, _fresh = yield Read(response)
+            err = parse_error(raw)
+            said = redact_text(err.message) if err is not None and err.message else ""
+            label = call.model or "the call"
+            raise BillingError(
+                f"{label}: Gemini answered 402 Payment Required: the project's prepaid "
+                "balance is empty (billing). Add funds in Google AI Studio (Billing, "
+                "https://aistudio.google.com/) or switch the key to a funded project; this "
+                f"call is not retried. The server said: {said or '(no message)'}",
+                model=call.model,
+            )
         if status == 429:
             if n429 >= settings.max_429_retries:
                 return Outcome(response, None, info)
             raw, fresh = yield Read(response)
             err = parse_error(raw) or ApiError(code=429)
-            delay = yield from _on_429(call, err, settings, quota, clock, warned)
+            if spend is not None and spend.cap_usd is not None and _spend_violations(err):
+                delay = yield from _on_spend_429(err, spend, settings, clock)
+            else:
+                delay = yield from _on_429(call, err, settings, quota, clock, warned)
             if deadline is not None and clock.now() + delay > deadline:
                 return Outcome(fresh, None, info)
             n429 += 1
@@ -745,6 +825,24 @@ def _learn(
     if result == "adapted":
         log.info("%s: a 429 named no limit; the request rate adapts (%s)", model, qid or "-")
     return bool(result == "adapted")
+
+
+def _spend_violations(err: ApiError) -> list[Any]:
+    return [v for v in err.violations if "spend" in f"{v.quota_id}{v.quota_metric}".lower()]
+
+
+def _on_spend_429(
+    err: ApiError, spend: SpendBook, settings: Settings, clock: Clock
+) -> Generator[Effect, Any, float]:
+    """A 429 of the spend cap: pause the project's spend scope until the server's retry time
+    (the retry waits for it). The cap itself stays as configured: set ``Spend(cap_usd=...)`` to
+    your account's figure."""
+    now = clock.now()
+    delay = err.retry_delay if err.retry_delay is not None else spend.period
+    until = now + delay * (1.0 + settings.jitter * _jitter.random())
+    yield Pause(SPEND_SCOPE, "spend", until)
+    log.info("429 on the spend cap (%s); spend paused for %.3fs", err.violations[0].quota_id, delay)
+    return 0.0
 
 
 def _on_429(

@@ -37,7 +37,7 @@ from quotaflow._transport_flow import (
     Settle,
     Sleep,
     call_flow,
-    settle_amounts,
+    final_amounts,
 )
 from quotaflow.errors import ConfigError, QuotaflowError
 from quotaflow.gemini import (
@@ -237,6 +237,7 @@ class _DriverBase:
             self._limiter.clock,
             self._warned,
             self._held,
+            self._limiter.spend,
         )
 
     def _batch_limit(self, model: str) -> tuple[str, Limit] | None:
@@ -479,7 +480,7 @@ class AsyncDriver(_DriverBase):
         async def settle(scan: _Scan) -> None:
             info.usage = scan.scanner.usage()
             info.settled = True
-            amounts: Mapping[str, int] = settle_amounts(info.usage, reserve) or {}
+            amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
             await permit.settle(**amounts)
 
         if response.is_closed:  # an inner transport that returned a read response
@@ -635,7 +636,7 @@ class SyncDriver(_DriverBase):
         def settle(scan: _Scan) -> None:
             info.usage = scan.scanner.usage()
             info.settled = True
-            permit.settle(**(settle_amounts(info.usage, reserve) or {}))
+            permit.settle(**final_amounts(info, reserve, self._limiter.spend))
 
         if response.is_closed:  # an inner transport that returned a read response
             scan = _Scan(response, info.call.streaming, settle, decoded=True)

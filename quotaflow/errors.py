@@ -12,6 +12,7 @@ should catch it, from a built-in class too::
     │   ├── QuotaExhaustedError               a calendar quota (RPD, TPD) is spent until it resets
     │   ├── QuotaTimeoutError (TimeoutError)  the wait would end (or ended) after the deadline
     │   └── WouldBlockError                   ``*_nowait`` found no room right now
+    ├── BillingError                          the server answered 402: the prepaid balance is empty
     ├── PermitError (RuntimeError)            a permit used out of order (settled twice, ...)
     └── BackendError (ConnectionError)        the shared state store failed
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BillingError",
     "CannotFitError",
     "ConfigError",
     "PermitError",
@@ -143,6 +145,23 @@ class WouldBlockError(QuotaError):
 
     ``retry_after`` says when to try again (``None`` when only a release can make room).
     """
+
+
+class BillingError(QuotaflowError):
+    """Raised by the quota transports when Gemini answers 402: the project's prepaid balance
+    is empty. Never retried: add funds (Google AI Studio, Billing) and call again.
+
+    Attributes:
+        model: the model of the call, if any.
+        status: the HTTP status (402).
+        message: the server's message (redacted).
+    """
+
+    def __init__(self, message: str, *, model: str | None = None, status: int = 402) -> None:
+        super().__init__(message)
+        self.model = model
+        self.status = status
+        self.message = message
 
 
 class PermitError(QuotaflowError, RuntimeError):

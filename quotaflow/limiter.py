@@ -42,6 +42,7 @@ from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
 from quotaflow.permit import Permit
+from quotaflow.pricing import Spend, SpendBook
 from quotaflow.shares import Share
 from quotaflow.tiers import TierTable
 
@@ -148,6 +149,8 @@ class Limiter(LimiterFront):
             keep the periods they name.
         day_seconds: a compressed day for rpd/tpd (``None``: the Pacific calendar day).
         learned_cache: a JSON file keeping the figures learned from 429s across restarts.
+        spend: prices and the rolling spend cap (a :class:`~quotaflow.pricing.Spend`); default:
+            the shipped prices and the tier's cap; ``False``: spend is not metered.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class Limiter(LimiterFront):
         minute_seconds: float = 60.0,
         day_seconds: float | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
+        spend: Spend | bool | None = None,
     ) -> None:
         self.policy: Policy | None = None
         self._agents: Any = None
@@ -196,6 +200,7 @@ class Limiter(LimiterFront):
             shares=shares,
             scale=TimeScale(minute_seconds, day_seconds),
             learned_cache=learned_cache,
+            spend=spend,
         )
         LimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         self.backend = open_backend(backend)
@@ -215,6 +220,11 @@ class Limiter(LimiterFront):
     def project(self) -> str:
         """The Google Cloud project the quotas belong to."""
         return self._core.project
+
+    @property
+    def spend(self) -> SpendBook | None:
+        """The prices and spend cap the transports meter with (``None``: spend not metered)."""
+        return self._core.spend
 
     def quota(self, model: str) -> tuple[Limit, ...]:
         """The usable limits of ``model`` (headroom applied)."""

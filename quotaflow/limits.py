@@ -42,6 +42,7 @@ __all__ = [
     "TokenBucket",
     "fixed_windows",
     "pacific_days",
+    "pacific_months",
 ]
 
 PACIFIC = "America/Los_Angeles"
@@ -139,6 +140,24 @@ def pacific_days(tz: str = PACIFIC) -> Calendar:
         return datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone).timestamp()
 
     return Calendar(window_end=end, window_start=start, name=f"days({tz})")
+
+
+@functools.lru_cache(maxsize=64)
+def pacific_months(tz: str = PACIFIC) -> Calendar:
+    """Calendar months in ``tz`` (default America/Los_Angeles): a month's budget resets at
+    midnight at the start of the month there."""
+    zone = ZoneInfo(tz)
+
+    def start(t: float) -> float:
+        local = datetime.fromtimestamp(t, zone)
+        return datetime(local.year, local.month, 1, tzinfo=zone).timestamp()
+
+    def end(t: float) -> float:
+        local = datetime.fromtimestamp(t, zone)
+        year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+        return datetime(year, month, 1, tzinfo=zone).timestamp()
+
+    return Calendar(window_end=end, window_start=start, name=f"months({tz})")
 
 
 @dataclass(frozen=True)

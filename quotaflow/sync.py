@@ -41,6 +41,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.limiter import Limiter, _check_dimension, open_backend
 from quotaflow.limits import Limit
 from quotaflow.permit import SyncPermit
+from quotaflow.pricing import Spend, SpendBook
 from quotaflow.shares import Share, agent_name_problem
 from quotaflow.tiers import TierTable
 
@@ -70,6 +71,7 @@ class SyncLimiter(SyncLimiterFront):
         minute_seconds: float = 60.0,
         day_seconds: float | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
+        spend: Spend | bool | None = None,
         _core: LimiterCore | None = None,
     ) -> None:
         self._core = _core or LimiterCore(
@@ -84,6 +86,7 @@ class SyncLimiter(SyncLimiterFront):
             shares=shares,
             scale=TimeScale(minute_seconds, day_seconds),
             learned_cache=learned_cache,
+            spend=spend,
         )
         SyncLimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         b: Any = open_backend(backend)
@@ -106,6 +109,11 @@ class SyncLimiter(SyncLimiterFront):
     def clock(self) -> Clock:
         """The limiter's clock."""
         return self._core.clock
+
+    @property
+    def spend(self) -> SpendBook | None:
+        """The prices and spend cap the transports meter with (``None``: spend not metered)."""
+        return self._core.spend
 
     def quota(self, model: str) -> tuple[Limit, ...]:
         """The usable limits of ``model`` (headroom applied)."""

@@ -60,6 +60,7 @@ def test_wheel_contains_tier_tables_and_py_typed(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for tier in SHIPPED_TIERS:
         assert f"quotaflow/_tier_tables/{tier}.toml" in names
+    assert "quotaflow/_tier_tables/prices/gemini.toml" in names
     assert "quotaflow/py.typed" in names
     assert "quotaflow/tiers.py" in names
     assert not any(n.startswith("tier_tables/") for n in names)

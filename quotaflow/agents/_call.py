@@ -24,9 +24,17 @@ from quotaflow.agents.grants import (
     decide_references,
     target_resource,
 )
-from quotaflow.errors import ConfigError
-from quotaflow.gemini import Call, classify, estimate_tokens, needs_body, redact_text
+from quotaflow.errors import BillingError, ConfigError
+from quotaflow.gemini import (
+    Call,
+    classify,
+    estimate_tokens,
+    needs_body,
+    redact_text,
+    requested_tier,
+)
 from quotaflow.gemini._canonical import canonical_request
+from quotaflow.pricing import USD_MICROS
 
 if TYPE_CHECKING:
     from quotaflow._transport_flow import CallInfo
@@ -147,6 +155,7 @@ class AgentCall:
             if self.call.metered and self.call.input_tokens
             else 0
         )
+        self.spend_estimate = self._spend_estimate(parsed)
         self.key = key_fingerprint(key)
         self.hash = content_hash(body) if audit_hash else None
         self.reason: str = self.decision.reason
@@ -156,6 +165,24 @@ class AgentCall:
         self.tap = Tap()
         self.error: str | None = None
         self.created: str | None = None
+
+    def _spend_estimate(self, parsed: Mapping[str, Any]) -> int | None:
+        """Micro-dollars to reserve from a dollar budget (input plus ``maxOutputTokens``)."""
+        spec = self.runtime.policy.for_agent(self.agent)
+        book = getattr(self.runtime.limiter, "spend", None)
+        if spec is None or spec.budget is None or not spec.budget.in_dollars or book is None:
+            return None
+        if not self.call.metered or not self.model:
+            return None
+        from quotaflow._transport_flow import _output_reservation
+
+        output = (
+            0 if self.call.area == "embeddings" else _output_reservation(self.call, parsed, 8192)
+        )
+        micros: int | None = book.cost(
+            self.model, requested_tier(parsed), input_tokens=self.estimate, output_tokens=output
+        )
+        return micros
 
     # ---- before sending -------------------------------------------------------------------
 
@@ -174,7 +201,10 @@ class AgentCall:
         scope = self.runtime.budget_scope(self.agent)
         if scope is None:
             return None
-        return scope, self.estimate, {"requests": self.call.requests}
+        cost = {"requests": self.call.requests}
+        if self.spend_estimate is not None:
+            cost[USD_MICROS] = self.spend_estimate
+        return scope, self.estimate, cost
 
     def budget_refused(self, exc: Exception) -> LocalAnswer:
         """The local 429 for a spent budget."""
@@ -223,13 +253,20 @@ class AgentCall:
         """The call raised ``exc`` (a quota error, a network error, a cancellation)."""
         self.outcome = "error"
         self.error = f"{type(exc).__name__}: {redact_text(str(exc))}"[:500]
+        if isinstance(exc, BillingError):
+            self.reason = "billing"
+            self.status = exc.status
 
     def settle_amounts(self) -> dict[str, int]:
         """What to settle the budget permit with (the usage, else the estimate)."""
         usage = getattr(self.info, "usage", None)
+        out: dict[str, int] = {}
         if usage is not None and (usage.input_tokens or usage.total_tokens):
-            return {"input_tokens": int(usage.input_tokens)}
-        return {}
+            out["input_tokens"] = int(usage.input_tokens)
+        spent = getattr(self.info, "spend", None)
+        if self.spend_estimate is not None and isinstance(spent, int):
+            out[USD_MICROS] = spent
+        return out
 
     def record(self) -> AuditRecord:
         """The audit record of the call as it stands."""
@@ -262,4 +299,6 @@ class AgentCall:
             content_hash=self.hash,
             resource=self.created or self.resource,
             error=self.error,
+            service_tier=getattr(info, "service_tier", None),
+            spend_micros=getattr(info, "spend", None),
         )

@@ -74,6 +74,9 @@ class AuditRecord:
         content_hash: SHA-256 (16 hex) of the request body, when enabled.
         resource: the resource created or acted on, if any.
         error: the exception type and its (redacted) message.
+        service_tier: the tier that served the call (``standard``, ``flex``, ``priority``),
+            from ``x-gemini-service-tier`` or the request.
+        spend_micros: what the call cost, in millionths of a dollar (``None``: no price).
     """
 
     time: float
@@ -100,6 +103,8 @@ class AuditRecord:
     content_hash: str | None = None
     resource: str | None = None
     error: str | None = None
+    service_tier: str | None = None
+    spend_micros: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data."""

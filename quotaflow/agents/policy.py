@@ -10,7 +10,7 @@ Example TOML::
     [agents.researcher]
     priority = "high"
     share = { floor = 0.3 }
-    budget = { requests_per_day = 500, tokens_per_day = 2_000_000 }
+    budget = { requests_per_day = 500, tokens_per_day = 2_000_000, usd_per_month = 50 }
 
     [agents.researcher.grants]
     content = { access = "write", models = ["gemini-2.5-flash*"] }
@@ -27,6 +27,7 @@ caching), ``batch``, ``tuning`` (tuned models).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -37,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from quotaflow.context import priority_value
 from quotaflow.errors import ConfigError
-from quotaflow.limits import RPD, TPD, Limit
+from quotaflow.limits import RPD, TPD, Limit, pacific_days, pacific_months
+from quotaflow.pricing import USD_MICROS
 from quotaflow.shares import DEFAULT_SHARE, Share, agent_name_problem
 
 if sys.version_info >= (3, 11):
@@ -221,23 +223,44 @@ class ShareSpec(_Strict):
 
 
 class Budget(_Strict):
-    """Daily budgets of an agent across every model, reset at midnight Pacific time.
+    """Budgets of an agent across every model: per day (reset at midnight Pacific time, as
+    Gemini's RPD) and, in dollars, per month (reset at the start of the Pacific month).
+
+    Dollars are what the calls cost at the limiter's prices (:mod:`quotaflow.pricing`), reserved
+    from the estimate and settled from the usage; a model without a price is not charged.
 
     Attributes:
         requests_per_day: metered requests (generate, embed) per day.
         tokens_per_day: input tokens per day (as Gemini's TPM and TPD count them).
+        usd_per_day: US dollars per day.
+        usd_per_month: US dollars per calendar month.
     """
 
     requests_per_day: int | None = Field(default=None, gt=0)
     tokens_per_day: int | None = Field(default=None, gt=0)
+    usd_per_day: float | None = Field(default=None, gt=0)
+    usd_per_month: float | None = Field(default=None, gt=0)
+
+    @property
+    def in_dollars(self) -> bool:
+        """Whether the budget counts dollars."""
+        return self.usd_per_day is not None or self.usd_per_month is not None
 
     def limits(self) -> tuple[Limit, ...]:
-        """The budget as limits of the agent's budget scope (``rpd``, ``tpd``)."""
+        """The budget as limits of the agent's budget scope (``rpd``, ``tpd``, ``usd_per_day``,
+        ``usd_per_month``; dollars on metric ``usd_micros``)."""
         out: list[Limit] = []
         if self.requests_per_day is not None:
             out.append(RPD(self.requests_per_day))
         if self.tokens_per_day is not None:
             out.append(TPD(self.tokens_per_day))
+        if self.usd_per_day is not None:
+            micros = math.floor(self.usd_per_day * 1_000_000)
+            out.append(Limit("usd_per_day", micros, 86_400.0, USD_MICROS, pacific_days()))
+        if self.usd_per_month is not None:
+            micros = math.floor(self.usd_per_month * 1_000_000)
+            month = pacific_months()
+            out.append(Limit("usd_per_month", micros, 31 * 86_400.0, USD_MICROS, month))
         return tuple(out)
 
 

@@ -148,12 +148,17 @@ class Emulator:
             include_log: Also return every admission (time, project, requests, tokens).
 
         Returns:
-            ``{"minute_seconds": ..., "models": {model: {...}}}``.
+            ``{"minute_seconds": ..., "models": {model: {...}}, "spend": {...}}``; ``spend``
+            holds the micro-dollars charged per project (``spent_micros``), the prepaid
+            balances left (``balance_micros``) and the largest spend in any rolling spend window
+            (``max_window_micros``).
         """
         with self._engine.lock:
-            return self._engine.stats.snapshot(
+            out = self._engine.stats.snapshot(
                 self._engine.config.minute_seconds, include_log=include_log
             )
+            out["spend"] = self._engine.spend.snapshot(include_log)
+            return out
 
     def reset(self) -> None:
         """Forget quotas, statistics, injections and resources."""

@@ -91,6 +91,8 @@ class ModelConfig(_Strict):
         batch_enqueued_tokens: Input tokens the project's active batch jobs of this model may
             hold at once (429 above it); ``None``: unlimited.
         embedding_dimensions: Default vector size of an embed model.
+        input_price: USD per 1,000,000 prompt tokens (``None``: not billed).
+        output_price: USD per 1,000,000 output tokens (``None``: the input price).
     """
 
     name: str = Field(min_length=1)
@@ -105,6 +107,8 @@ class ModelConfig(_Strict):
     count_rpm: int | None = Field(default=3000, ge=0)
     batch_enqueued_tokens: int | None = Field(default=None, ge=0)
     embedding_dimensions: int = Field(default=3072, gt=0)
+    input_price: float | None = Field(default=None, ge=0.0)
+    output_price: float | None = Field(default=None, ge=0.0)
 
     @field_validator("name")
     @classmethod
@@ -194,6 +198,16 @@ class EmulatorConfig(_Strict):
             ``quotaValue``, and ``RetryInfo``), ``no_value`` (``QuotaFailure`` without
             ``quotaValue``) or ``bare`` (only ``Help``), as Google's 429s vary.
         faults: Random faults and latency.
+        spend_cap_usd: The spend cap per project per rolling ``spend_window_seconds``
+            (429 naming a spend quotaId); ``None``: no cap.
+        spend_window_seconds: The spend cap's rolling window; ``None``: ten minutes
+            (``10 * minute_seconds``; Gemini: 600 s).
+        balances: Prepaid USD per project; a project whose balance is spent gets 402. A project
+            not named has no prepaid balance (never 402).
+        priority_fraction: The Priority sub-limit as a fraction of rpm and tpm; a Priority
+            request over it is served at Standard (``x-gemini-service-tier: standard``).
+        priority_multiplier: Price multiplier of the Priority tier.
+        flex_multiplier: Price multiplier of the Flex tier.
     """
 
     tier: Tier = "free"
@@ -214,6 +228,12 @@ class EmulatorConfig(_Strict):
     openai_error_details: bool = True
     quota_error_detail: Literal["full", "no_value", "bare"] = "full"
     faults: FaultConfig = Field(default_factory=FaultConfig)
+    spend_cap_usd: float | None = Field(default=None, gt=0.0)
+    spend_window_seconds: float | None = Field(default=None, gt=0.0)
+    balances: dict[str, float] = Field(default_factory=dict)
+    priority_fraction: float = Field(default=0.3, gt=0.0, le=1.0)
+    priority_multiplier: float = Field(default=2.0, gt=0.0)
+    flex_multiplier: float = Field(default=0.5, gt=0.0)
 
     @field_validator("timezone")
     @classmethod
@@ -234,6 +254,13 @@ class EmulatorConfig(_Strict):
         if dupes:
             raise ValueError(f"duplicate model names: {', '.join(dupes)}")
         return self
+
+    @property
+    def spend_window(self) -> float:
+        """The spend cap's rolling window in seconds."""
+        if self.spend_window_seconds is not None:
+            return self.spend_window_seconds
+        return 10 * self.minute_seconds
 
     def model(self, name: str) -> ModelConfig | None:
         """Return the config of model ``name`` (with or without ``models/``), or None."""

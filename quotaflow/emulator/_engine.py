@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._faults import FaultInjector, Injection
 from ._quota import QuotaLedger, Violation, quota_names
+from ._spend import SPEND_QUOTA_ID, SPEND_QUOTA_METRIC, SpendLedger
 from ._stats import Admission, StatsRecorder
 from ._store import Store
 
@@ -67,10 +68,12 @@ class Ticket:
     Attributes:
         latency: Seconds to wait before the response.
         error: Server error to send instead of the response (already charged), if any.
+        served: The service tier the request is served at (``None``: none was asked).
     """
 
     latency: float
     error: ApiError | None = None
+    served: str | None = None
 
 
 class Engine:
@@ -86,6 +89,7 @@ class Engine:
         self.clock = clock
         self.lock = threading.Lock()
         self.ledger = QuotaLedger(config)
+        self.spend = SpendLedger(config)
         self.stats = StatsRecorder()
         self.faults = FaultInjector(config.faults)
         self.store = Store()
@@ -95,6 +99,7 @@ class Engine:
         """Forget quotas, statistics, injections and resources."""
         with self.lock:
             self.ledger.reset()
+            self.spend.reset()
             self.stats.reset()
             self.faults.reset()
             self.store.reset()
@@ -132,7 +137,16 @@ class Engine:
             )
         return model
 
-    def admit(self, project: str, model: ModelConfig, *, requests: int, tokens: int) -> Ticket:
+    def admit(
+        self,
+        project: str,
+        model: ModelConfig,
+        *,
+        requests: int,
+        tokens: int,
+        output_tokens: int = 0,
+        service_tier: str | None = None,
+    ) -> Ticket:
         """Charge a generate/embed request or raise its 429.
 
         Args:
@@ -140,16 +154,24 @@ class Engine:
             model: Model whose quota is charged.
             requests: Request cost.
             tokens: Input tokens.
+            output_tokens: Output tokens of the answer (billed with the input).
+            service_tier: The tier the request asks for (``serviceTier``).
 
         Returns:
             A ticket; its ``error`` is an injected server error to send.
 
         Raises:
-            ApiError: 429 RESOURCE_EXHAUSTED (real or injected).
+            ApiError: 429 RESOURCE_EXHAUSTED (real or injected, or the spend cap), 402 when
+                the project's prepaid balance is spent.
         """
+        in_micros, out_micros = _micros(model, tokens, output_tokens)
         with self.lock:
             now = self.clock()
             self.stats.received(model.name)
+            over = self.spend.check(project, model, service_tier, in_micros, now)
+            if over is not None:
+                self.stats.rejected(model.name, ["spend"])
+                raise self._spend_429(over)
             forced = self.faults.take(model.name, project)
             if forced is not None and forced.status == 429:
                 self.stats.rejected(model.name, ["injected"])
@@ -166,10 +188,13 @@ class Engine:
                 self.stats.rejected(model.name, [v.dimension for v in violations])
                 raise self._real_429(violations, model)
             self.stats.admitted(Admission(now, project, model.name, requests, tokens))
+            served = self.spend.served(project, model, service_tier, tokens, now)
+            self.spend.charge(project, model, served, in_micros + out_micros, tokens, now)
             code = self.faults.roll()
             if code is not None:
                 self.stats.failed(model.name)
-            return Ticket(self.faults.latency(), None if code is None else server_error(code))
+            error = None if code is None else server_error(code)
+            return Ticket(self.faults.latency(), error, served)
 
     def admit_count(self, project: str, model: ModelConfig) -> None:
         """Charge a countTokens request against the model's ``count_rpm``.
@@ -184,6 +209,14 @@ class Engine:
                 self.stats.rejected(model.name, ["count_rpm"], count=True)
                 raise self._real_429(violations, model)
             self.stats.count_admitted(model.name)
+
+    def _spend_429(self, over: tuple[float, int, int]) -> ApiError:
+        retry, _used, cap = over
+        usd = cap / 1_000_000
+        value = int(usd) if usd == int(usd) else usd
+        metric, qid = SPEND_QUOTA_METRIC, SPEND_QUOTA_ID
+        violation = Violation("spend", value, metric, qid, retry)
+        return resource_exhausted([violation], "*", retry, self.config.retry_delay_format)
 
     def _real_429(self, violations: list[Violation], model: ModelConfig) -> ApiError:
         delay = max(v.retry_after for v in violations)
@@ -230,3 +263,11 @@ class Engine:
             metric, qid = quota_names(self.config.tier, model.kind, dim)
             violations.append(Violation(dim, limits[dim] or 0, metric, qid, delay))
         return resource_exhausted(violations, model.name, delay, self.config.retry_delay_format)
+
+
+def _micros(model: ModelConfig, input_tokens: int, output_tokens: int) -> tuple[float, float]:
+    """Micro-dollars of a request's input and output at the model's standard prices."""
+    if model.input_price is None:
+        return 0.0, 0.0
+    out_price = model.input_price if model.output_price is None else model.output_price
+    return input_tokens * model.input_price, output_tokens * out_price

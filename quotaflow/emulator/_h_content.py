@@ -7,13 +7,15 @@ from typing import Any
 
 from starlette.responses import Response
 
+from quotaflow.gemini._service_tier import SERVED_TIER_HEADER, requested_tier
+
 from ._config import ModelConfig
 from ._engine import methods_of
 from ._errors import invalid_argument, not_found
 from ._generate import check_input_limit, prepare, response_json, stream_json
 from ._http import Ctx, json_response, settle, stream_response
 from ._store import paginate
-from ._tokens import count_contents, embedding, prompt_text
+from ._tokens import count_contents, count_text, embedding, prompt_text
 
 __all__ = [
     "batch_embed",
@@ -81,21 +83,32 @@ async def generate_with(
 ) -> Response:
     """Generate with ``model``'s quota, reporting ``version_name`` as ``modelVersion``."""
     engine = ctx.engine
-    prompt = prepare(engine, ctx.project, model, await ctx.json(), model_version=version_name)
-    await settle(engine.admit(ctx.project, model, requests=1, tokens=prompt.tokens.total))
+    body = await ctx.json()
+    prompt = prepare(engine, ctx.project, model, body, model_version=version_name)
+    tier = requested_tier(body) if isinstance(body, dict) else None
+    ticket = engine.admit(
+        ctx.project,
+        model,
+        requests=1,
+        tokens=prompt.tokens.total,
+        output_tokens=count_text(prompt.reply()) * prompt.candidates,
+        service_tier=tier,
+    )
+    await settle(ticket)
     check_input_limit(prompt)
+    headers = {SERVED_TIER_HEADER: ticket.served} if ticket.served else None
     with engine.lock:
         response_id = engine.store.new_id("response")
     if not stream:
-        return json_response(response_json(prompt, response_id))
+        return json_response(response_json(prompt, response_id), headers=headers)
     chunks = [
         json.dumps(c, separators=(",", ":"))
         for c in stream_json(prompt, response_id, engine.config.stream_chunks)
     ]
     if ctx.query("alt") == "sse":
-        return stream_response([f"data: {c}\r\n\r\n" for c in chunks], "text/event-stream")
+        return stream_response([f"data: {c}\r\n\r\n" for c in chunks], "text/event-stream", headers)
     pieces = ["[" + chunks[0]] + ["\n,\r\n" + c for c in chunks[1:]] + ["]"]
-    return stream_response(pieces, "application/json; charset=UTF-8")
+    return stream_response(pieces, "application/json; charset=UTF-8", headers)
 
 
 async def count_tokens(ctx: Ctx) -> Response:

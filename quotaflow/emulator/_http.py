@@ -83,7 +83,9 @@ async def settle(ticket: Ticket) -> None:
         raise ticket.error
 
 
-def stream_response(pieces: Iterable[str], media_type: str) -> StreamingResponse:
+def stream_response(
+    pieces: Iterable[str], media_type: str, headers: dict[str, str] | None = None
+) -> StreamingResponse:
     """Stream ``pieces`` one body chunk each."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -91,4 +93,4 @@ def stream_response(pieces: Iterable[str], media_type: str) -> StreamingResponse
             yield piece.encode("utf-8")
             await anyio.lowlevel.checkpoint()
 
-    return StreamingResponse(body(), media_type=media_type)
+    return StreamingResponse(body(), media_type=media_type, headers=headers)

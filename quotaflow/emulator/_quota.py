@@ -84,7 +84,7 @@ class Violation:
     """
 
     dimension: str
-    limit: int
+    limit: int | float
     quota_metric: str
     quota_id: str
     retry_after: float

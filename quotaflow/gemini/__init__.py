@@ -23,6 +23,7 @@ from quotaflow.gemini._redact import (
     redact_url,
 )
 from quotaflow.gemini._rpc import ApiError, QuotaViolation, parse_duration, parse_error
+from quotaflow.gemini._service_tier import SERVED_TIER_HEADER, requested_tier, served_tier
 from quotaflow.gemini._sizing import (
     MEDIA_TOKENS,
     CountCache,
@@ -43,6 +44,7 @@ __all__ = [
     "MEDIA_TOKENS",
     "REDACTED",
     "SECRET_HEADERS",
+    "SERVED_TIER_HEADER",
     "Access",
     "ApiError",
     "Area",
@@ -66,5 +68,7 @@ __all__ = [
     "redact_headers",
     "redact_text",
     "redact_url",
+    "requested_tier",
+    "served_tier",
     "usage_from_json",
 ]
