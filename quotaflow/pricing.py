@@ -52,8 +52,9 @@ __all__ = [
 
 log = logging.getLogger("quotaflow.spend")
 
-SPEND_SCOPE = "$spend"
-"""The scope (a pseudo-model of the project) that holds the rolling spend limit."""
+SPEND_SCOPE = "quotaflow-spend"
+"""The scope (a pseudo-model of the project, named like a model) that holds the rolling
+spend limit."""
 
 USD_MICROS = "usd_micros"
 """The metric of spend: millionths of a US dollar."""
