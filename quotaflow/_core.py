@@ -90,9 +90,9 @@ class DimensionStatus:
 log = logging.getLogger("quotaflow")
 
 
-def _tier_key(tier: str | None) -> str | None:
-    if tier is None:
-        return None
+def _tier_key(tier: object) -> str | None:
+    if not isinstance(tier, str):
+        return None  # a bad tier= is the quota book's to name
     key = tier.strip().lower().replace(" ", "").replace("-", "").replace("_", "")
     return f"tier{key}" if key.isdigit() else key
 
