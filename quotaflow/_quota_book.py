@@ -129,7 +129,7 @@ class QuotaBook:
             return hit
         if not isinstance(model, str) or not model.strip():
             raise ConfigError(f"model={model!r}: give a model name such as 'gemini-2.5-flash'")
-        if self.check_names and not MODEL_NAME.match(model.strip()):
+        if self.check_names and model != SPEND_SCOPE and not MODEL_NAME.match(model.strip()):
             raise ConfigError(
                 f"model={model!r}: not a Gemini model name; give letters, digits, '.', '_' "
                 "and '-' (e.g. 'gemini-2.5-flash', 'models/gemini-2.5-flash' or "

@@ -52,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger("quotaflow.spend")
 
-SPEND_SCOPE = "quotaflow-spend"
+SPEND_SCOPE = "quotaflow:spend"  # no model name can be it (a model has no ":")
 """The scope (a pseudo-model of the project, named like a model) that holds the rolling
 spend limit."""
 
