@@ -519,9 +519,10 @@ def scope_flow(
     read now and then, an adaptive figure grows after a quiet minute. Run by both limiters."""
     key, canonical, limits, fresh = core.scope(model)
     changed = False
+    before = {lim.name for lim in limits}
     # while a model has no request figure, every call reads what the fleet learned (one more
     # round trip, against the burst of 429s a late figure costs); then once a second
-    eager = not any(lim.name == "rpm" for lim in limits)
+    eager = "rpm" not in before
     if shared and (eager or core.poll_due(key, core.clock.now())):
         figures = yield Op("learned", (key,))
         changed = bool(figures) and core.take_shared(canonical, figures)
@@ -536,6 +537,19 @@ def scope_flow(
     if fresh:
         yield Op("configure", (key, limits, core.clock.now()))
         core.configured(key, limits)
+    if changed:
+        # a dimension the fleet adopted moments ago: paused as the process that learned it
+        # paused it (the server was at its limit; the new bucket holds nothing of it)
+        now = core.clock.now()
+        for lim in limits:
+            fig = core.book.figures.get(canonical, {}).get(lim.name)
+            if (
+                lim.name not in before
+                and fig is not None
+                and lim.period <= core.scale.minute_seconds
+                and now < fig.at + lim.period
+            ):
+                yield Op("pause", (key, lim.name, fig.at + lim.period, now))
     return key, canonical, limits
 
 
@@ -560,6 +574,8 @@ def learn_flow(
     result, configured, figure = core.learn(canonical, dimension, amount, quota_id, used)
     if figure is None:
         return result, configured
+    if shared:  # first: the others pause it too when they take it
+        yield Op("learn", (key, dimension, figure.to_json(), LEARNED_TTL))
     key, canonical, limits = yield from scope_flow(core, model, False)
     fresh = result == "adopted" or (result == "adapted" and figure.growing)
     lim = next((x for x in limits if x.name == dimension), None)
@@ -568,6 +584,4 @@ def learn_flow(
         # on this dimension until whatever the server counted has left its window
         now = core.clock.now()
         yield Op("pause", (key, dimension, now + lim.period, now))
-    if shared:
-        yield Op("learn", (key, dimension, figure.to_json(), LEARNED_TTL))
     return result, configured
