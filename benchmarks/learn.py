@@ -271,6 +271,7 @@ def run(scenario: str, s: Settings) -> dict[str, Any]:
         "use": use,
         "rejected_per_window": rej,
         "rejected_at": [round(t - t0, 3) for t in rejected_at],
+        "admitted_at": [round(a["time"] - t0, 3) for a in sorted(log, key=lambda a: a["time"])],
         "workers_reported": len(reports),
     }
     result["misses"] = misses(result, s, drop_window)
@@ -288,13 +289,13 @@ def misses(r: dict[str, Any], s: Settings, drop_window: int) -> list[str]:
     if r["scenario"] == "figures":
         if r["rejected"] > 10:
             out.append(f"{r['rejected']} 429s (target <= 10)")
-        if min(use[1:-1]) < 0.95:
+        if use[1:-1] and min(use[1:-1]) < 0.95:
             out.append(f"use per window {use} (target >= 95% from the second on)")
     elif r["scenario"] == "no-value":
         share = r["rejected"] / max(1, r["received"])
         if share > 0.05:
             out.append(f"{share:.1%} of requests rejected (target <= 5%)")
-        if min(use[3:-1]) < 0.90:
+        if use[3:-1] and min(use[3:-1]) < 0.90:
             out.append(f"use per window {use} (target >= 90% from the fourth on)")
     elif r["scenario"] == "tier-drop":
         late = r["rejected_per_window"][drop_window + 2 :]
