@@ -14,13 +14,13 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quotaflow import context
 from quotaflow._gate import LaneGate
 from quotaflow._learned import Figure, LearnedCache, Origin, TimeScale, adapt_down, adapt_up
-from quotaflow._quota_book import Learned, QuotaBook
+from quotaflow._quota_book import PROBE, SEEN, SERVED, Learned, QuotaBook
 from quotaflow.backends.base import Decision, Request
 from quotaflow.buckets import Level
 from quotaflow.clock import Clock, SystemClock
@@ -29,6 +29,7 @@ from quotaflow.errors import (
     ConfigError,
     QuotaError,
     QuotaExhaustedError,
+    QuotaflowError,
     QuotaTimeoutError,
     WouldBlockError,
 )
@@ -115,6 +116,7 @@ class LimiterCore:
         scale: TimeScale | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
         spend: Spend | bool | None = None,
+        probe: int | None = 8,
     ) -> None:
         if not project or not isinstance(project, str) or (":" in project and " " in project):
             raise ConfigError(f"project={project!r}: give your Google Cloud project's name")
@@ -127,9 +129,18 @@ class LimiterCore:
             self.spend = SpendBook(
                 spend if isinstance(spend, Spend) else Spend(), name, self.scale.minute_seconds
             )
+        if probe is not None and (
+            isinstance(probe, bool) or not isinstance(probe, int) or probe < 1
+        ):
+            raise ConfigError(
+                f"probe={probe!r}: give the calls in flight allowed per model before any of its "
+                "figures is known (an int >= 1), or None for no cap"
+            )
         self.book = QuotaBook(
             tier, quotas, overrides, unknown_model, headroom, scale=self.scale, spend=self.spend
         )
+        self.book.probe = probe
+        self._first_seen: dict[str, float] = {}
         self.project = project
         # scope keys are f"{namespace}{project}/{canonical}": the agents layer's budgets use
         # their own namespace, so no model name can name a budget's scope
@@ -170,6 +181,13 @@ class LimiterCore:
         key = f"{self.namespace}{self.project}/{canonical}"
         return key, canonical, limits, self._configured.get(key) != limits
 
+    def stale(self, model: str, limits: tuple[Limit, ...]) -> bool:
+        """Whether ``limits`` (a grant's) are no longer ``model``'s limits."""
+        try:
+            return self.scope(model)[2] != limits
+        except QuotaflowError:
+            return False
+
     def configured(self, key: str, limits: tuple[Limit, ...]) -> None:
         self._configured[key] = limits
 
@@ -184,6 +202,8 @@ class LimiterCore:
             or not hasattr(getattr(backend, "lock", None), "take")
         ):
             return  # no lane, or a lock without the mutex calls the gate makes
+        if any(lim.name in (SEEN, PROBE) for lim in limits):
+            return  # the learning limits are charged on the full path only
         lane = backend.lane(key)
         if lane.scope_limits != frozenset(lim.name for lim in limits):
             return  # the scope has limits this limiter would not charge: the full rule only
@@ -224,10 +244,19 @@ class LimiterCore:
                 # one decrease per minute: the server's window still holds calls admitted
                 # before the figure was set, so this 429 says nothing about the figure
                 return "same", None, None
+            guess = used is None  # only this process's count: a guess to grow from
             if used is None:
                 sent = self._sent.get(canonical, ())
                 used = sum(1 for t in sent if t > now - self.scale.minute_seconds)
-            figure = adapt_down(used, now, quota_id, first=held is None)
+            figure = adapt_down(used, now, quota_id, held)
+            log.info(
+                "%s: adaptive %s %d (%d served in the last minute%s)",
+                canonical,
+                dimension,
+                figure.amount,
+                used,
+                ", this process only" if guess else "",
+            )
         else:
             figure = Figure(amount, "learned", now, quota_id)
         result, configured = self.book.learn(canonical, dimension, figure)
@@ -240,8 +269,9 @@ class LimiterCore:
     def take_shared(self, model: str, shared: Mapping[str, str | bytes]) -> bool:
         """Merge the figures the fleet shares (JSON by dimension); ``True`` if any changed."""
         canonical, _ = self.book.resolve(model)
+        now = self.clock.now()
         figures = {
-            str(dim): fig
+            str(dim): fig.seen_at(now)
             for dim, text in shared.items()
             if (fig := Figure.from_json(text)) is not None
         }
@@ -260,19 +290,34 @@ class LimiterCore:
         self._polled[key] = now
         return True
 
-    def grow(self, model: str) -> tuple[str, Figure] | None:
-        """An adaptive figure of ``model`` grown after a quiet minute: ``(dimension, figure)``
-        to share, or ``None``."""
+    def grow_due(self, model: str) -> str | None:
+        """The dimension of ``model`` whose adaptive figure has had its quiet minute."""
         canonical, _ = self.book.resolve(model)
         now = self.clock.now()
-        for dim, fig in list(self.book.figures.get(canonical, {}).items()):
-            grown = adapt_up(fig, now, self.scale.minute_seconds)
-            if grown is not None:
-                self.book.merge_shared(canonical, {dim: grown})
-                self.lanes.clear()
-                self._save()
-                return dim, grown
+        for dim, fig in self.book.figures.get(canonical, {}).items():
+            if adapt_up(fig, now, self.scale.minute_seconds) is not None:
+                return dim
         return None
+
+    def grow(self, model: str, dimension: str, used: int | None) -> tuple[str, Figure] | None:
+        """The adaptive figure of ``dimension`` grown after a quiet minute, if the last minute
+        used most of it (``used``: what its bucket holds): ``(dimension, figure)`` to share."""
+        canonical, _ = self.book.resolve(model)
+        now = self.clock.now()
+        fig = self.book.figures.get(canonical, {}).get(dimension)
+        if fig is None:
+            return None
+        if used is not None and used < 0.8 * fig.amount:
+            # demand is below the figure: nothing to learn by growing; a minute starts again
+            self.book.merge_shared(canonical, {dimension: replace(fig, at=now)})
+            return None
+        grown = adapt_up(fig, now, self.scale.minute_seconds)
+        if grown is None:
+            return None
+        self.book.merge_shared(canonical, {dimension: grown})
+        self.lanes.clear()
+        self._save()
+        return dimension, grown
 
     def _save(self) -> None:
         if self.cache is not None:
@@ -303,6 +348,8 @@ class LimiterCore:
             )
         if cost:
             metrics.update(check_cost(cost))
+        if any(lim.name == SEEN for lim in limits):
+            metrics[SERVED] = 1
         if not any(lim.name == "rpm" for lim in limits):
             sent = self._sent.get(model)
             if sent is None:
@@ -526,12 +573,21 @@ def scope_flow(
     if shared and (eager or core.poll_due(key, core.clock.now())):
         figures = yield Op("learned", (key,))
         changed = bool(figures) and core.take_shared(canonical, figures)
-    if canonical in core.book.figures:
-        grown = core.grow(canonical)
+    due = core.grow_due(canonical) if canonical in core.book.figures else None
+    if due is not None:
+        levels = yield Op("status", (key, core.clock.now()))
+        level = levels.get(due)
+        grown = core.grow(canonical, due, level.used if level is not None else None)
         if grown is not None:
             changed = True
             if shared:
                 yield Op("learn", (key, grown[0], grown[1].to_json(), LEARNED_TTL))
+    if any(lim.name == PROBE for lim in limits):
+        now = core.clock.now()
+        if now - core._first_seen.setdefault(canonical, now) >= core.scale.minute_seconds:
+            core.book.end_probe(canonical)  # a quiet minute: the model has room
+            core.lanes.clear()
+            changed = True
     if changed:
         key, canonical, limits, fresh = core.scope(model)
     if fresh:
@@ -567,10 +623,13 @@ def learn_flow(
     calls of this process that start meanwhile see the figure at once."""
     key, canonical, limits = yield from scope_flow(core, model, False)
     used: int | None = None
-    if amount is None and any(lim.name == dimension for lim in limits):
+    names = {lim.name for lim in limits}
+    if amount is None and (dimension in names or SEEN in names):
         levels = yield Op("status", (key, core.clock.now()))
-        level = levels.get(dimension)
-        used = level.used if level is not None else None
+        level = levels.get(dimension) or levels.get(SEEN)
+        # what the server served in the last minute: settled calls (in-flight ones may yet
+        # be refused)
+        used = max(0, level.used - level.in_flight) if level is not None else None
     result, configured, figure = core.learn(canonical, dimension, amount, quota_id, used)
     if figure is None:
         return result, configured

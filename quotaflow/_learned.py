@@ -38,6 +38,8 @@ __all__ = [
     "gemini_limit",
 ]
 
+MAX_FIGURE = 1_000_000_000
+"""The largest figure kept (learned or adaptive)."""
 GEMINI_DIMENSIONS = ("rpm", "tpm", "rpd", "tpd")
 """Gemini's dimensions that a 429 can teach (``quotaId`` per minute/day, requests/tokens)."""
 
@@ -133,6 +135,8 @@ class Figure:
         quota_id: the ``quotaId`` it came from.
         growing: adaptive only: still growing fast (no 429 since it was set from a guess).
         grown: adaptive only: ``at`` is when it last grew (not when a 429 lowered it).
+        good: adaptive only: the last figure a whole minute passed at without a 429.
+        bad: adaptive only: the lowest figure a 429 came at since (0: none).
     """
 
     amount: int
@@ -141,6 +145,8 @@ class Figure:
     quota_id: str = ""
     growing: bool = False
     grown: bool = False
+    good: int = 0
+    bad: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -152,7 +158,9 @@ class Figure:
             raw = json.loads(text)
             amount = raw["amount"]
             kind = raw.get("kind", "learned")
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            if isinstance(amount, bool) or not isinstance(amount, int):
+                return None
+            if not 0 <= amount <= MAX_FIGURE:
                 return None
             if kind not in ("learned", "adaptive"):
                 return None
@@ -163,6 +171,8 @@ class Figure:
                 str(raw.get("quota_id", "")),
                 bool(raw.get("growing", False)),
                 bool(raw.get("grown", False)),
+                _count(raw.get("good", 0)),
+                _count(raw.get("bad", 0)),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -171,30 +181,58 @@ class Figure:
     def origin(self) -> Origin:
         return Origin(self.kind, self.at, self.quota_id)
 
+    def seen_at(self, now: float) -> Figure:
+        """This figure with a time from another clock (a host, a file) no later than ``now``:
+        a clock ahead must not pause or freeze anything here."""
+        return self if self.at <= now else replace(self, at=now)
 
-# the adaptive rule: AIMD on the request rate, with a fast start from a guess
-ADAPT_DOWN = 0.95  # what was admitted when the server refused, times this
-ADAPT_START = 1.5  # growth per quiet minute while the figure is a guess
-ADAPT_STEP = 0.05  # then growth per quiet minute (at least 1)
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def adapt_down(admitted: int, now: float, quota_id: str, first: bool) -> Figure:
-    """The adaptive figure after a 429 that named no figure, ``admitted`` being what the
-    limiter let through in the last minute (in a fleet: what this process saw, if no figure
-    existed yet)."""
-    amount = max(1, math.floor(admitted * ADAPT_DOWN))
-    return Figure(amount, "adaptive", now, quota_id, growing=first)
+# the adaptive rule: a search for the server's figure between the last level a quiet minute
+# passed at and the lowest level a 429 came at, growing fast from a first measure
+ADAPT_DOWN = 0.95  # the first figure: what the server served in the last minute, times this
+ADAPT_START = 1.5  # growth per quiet minute while nothing bounds it from above
+ADAPT_CUT = 0.7  # a 429 at a figure that once passed a quiet minute (a tier drop): times this
+ADAPT_REPROBE = 5  # quiet minutes just below the failing figure before trying it again
+
+
+def adapt_down(served: int, now: float, quota_id: str, held: Figure | None) -> Figure:
+    """The adaptive figure after a 429 that named no figure.
+
+    ``served``: what the server served in the last minute (settled calls); ``held``: the
+    adaptive figure in force, if any. With none, the figure starts a little under ``served``
+    and grows fast. A 429 right after a growth step goes back to the last good figure, and
+    the step that failed bounds the search; one at a figure that had passed its quiet minute
+    (a tier drop) cuts it."""
+    if held is None or held.kind != "adaptive":
+        amount = max(1, math.floor(served * ADAPT_DOWN))
+        return Figure(amount, "adaptive", now, quota_id, growing=True)
+    bad = held.amount if not held.bad else min(held.bad, held.amount)
+    if held.grown and held.good:
+        return replace(held, amount=held.good, at=now, growing=False, grown=False, bad=bad)
+    amount = max(1, math.floor(held.amount * ADAPT_CUT))
+    return replace(held, amount=amount, at=now, growing=False, grown=False, good=0, bad=bad)
 
 
 def adapt_up(figure: Figure, now: float, minute: float) -> Figure | None:
     """The adaptive figure after a quiet minute, or ``None`` if not yet due."""
     if figure.kind != "adaptive" or now - figure.at < minute:
         return None
-    if figure.growing:
-        amount = max(figure.amount + 1, math.ceil(figure.amount * ADAPT_START))
+    good = figure.amount
+    if figure.bad and figure.bad - good > 1:
+        amount = (good + figure.bad) // 2  # halfway to the figure that failed
+    elif figure.bad:
+        if now - figure.at < ADAPT_REPROBE * minute:
+            return None  # just under the failing figure: stay a while
+        amount, figure = good + 1, replace(figure, bad=0)
+    elif figure.growing:
+        amount = max(good + 1, math.ceil(good * ADAPT_START))
     else:
-        amount = figure.amount + max(1, math.floor(figure.amount * ADAPT_STEP))
-    return replace(figure, amount=amount, at=now, grown=True)
+        amount = good + max(1, math.floor(good * 0.05))
+    return replace(figure, amount=min(amount, MAX_FIGURE), at=now, grown=True, good=good)
 
 
 class LearnedCache:
@@ -223,7 +261,7 @@ class LearnedCache:
             for dim, text in dims.items():
                 fig = Figure.from_json(json.dumps(text))
                 if fig is not None and dim in GEMINI_DIMENSIONS and now - fig.at <= self.ttl:
-                    out.setdefault(str(key), {})[dim] = fig
+                    out.setdefault(str(key), {})[dim] = fig.seen_at(now)
         return out
 
     def save(self, figures: Mapping[str, Mapping[str, Figure]]) -> None:

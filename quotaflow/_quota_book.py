@@ -11,13 +11,20 @@ from quotaflow._learned import GEMINI_DIMENSIONS, Figure, Origin, TimeScale, gem
 from quotaflow._tier_schema import KeyedProblem, parse_env_value
 from quotaflow.errors import ConfigError, UnknownModelError
 from quotaflow.gemini._canonical import MODEL_NAME
-from quotaflow.limits import Limit, check_quota
+from quotaflow.limits import Concurrent, Limit, check_quota
 from quotaflow.pricing import SPEND_SCOPE, SpendBook
 from quotaflow.tiers import ENV_VAR, ModelLimits, TierTable, load_tier
 
 __all__ = ["BATCH_LIMIT", "Learned", "QuotaBook", "limits_from_table"]
 
 BATCH_LIMIT = "batch_enqueued_tokens"
+PROBE = "probe"
+"""The in-flight cap of a model with no figures yet (a ``Concurrent`` limit)."""
+SEEN = "seen"
+"""Requests per minute counted (never limited) while a model has no request figure."""
+SEEN_AMOUNT = 1_000_000_000
+SERVED = "served"
+"""The metric of :data:`SEEN`: 1 per call, settled to 0 when the server refused it (429)."""
 
 Learned = Literal["adopted", "lowered", "higher", "same", "adapted", "known"]
 """What :meth:`QuotaBook.learn` did: adopted a figure the model lacked, lowered a higher one,
@@ -110,6 +117,8 @@ class QuotaBook:
         self._calibrated: dict[str, dict[str, int]] = {}
         # per canonical model: what the server taught (or the adaptive rule set)
         self.figures: dict[str, dict[str, Figure]] = {}
+        self.probe: int | None = None  # see LimiterCore(probe=...)
+        self.probed: set[str] = set()  # models whose quiet first minute ended the probe
         self._origins: dict[str, dict[str, Origin]] = {}
         self.check_names = True
 
@@ -170,6 +179,21 @@ class QuotaBook:
                 canonical, raw = plain, self._unknown
                 origins = {lim.name: Origin("configured") for lim in raw}
         raw, origins = self._merge(canonical, raw, origins)
+        if self.probe is not None and canonical not in self._quotas:
+            extra: list[Limit] = []
+            if not raw and canonical not in self.probed:
+                # no figure anywhere yet: at most `probe` calls in flight until the server
+                # names one (a 429) or a quiet minute passes, so that learning costs few 429s
+                extra.append(
+                    Limit(PROBE, self.probe, self.scale.minute_seconds, "requests", Concurrent())
+                )
+                origins = {**origins, PROBE: Origin("adaptive", source="probe")}
+            if not any(lim.name == "rpm" for lim in raw):
+                # no request figure: count the fleet's requests, so that a 429 naming no
+                # figure sets the adaptive rate from what the server let through
+                extra.append(Limit(SEEN, SEEN_AMOUNT, self.scale.minute_seconds, SERVED))
+                origins = {**origins, SEEN: Origin("adaptive", source="observer")}
+            raw = raw + tuple(extra)
         if self.spend is not None and self.spend.priority:
             subs = self.spend.sub_limits(raw)
             for sub in subs:  # a sub-limit comes from its standard limit
@@ -285,6 +309,11 @@ class QuotaBook:
         self._forget(canonical)
         return ("adopted" if configured is None else "lowered"), configured
 
+    def end_probe(self, canonical: str) -> None:
+        """A quiet first minute passed: the model has room; drop its in-flight cap."""
+        self.probed.add(canonical)
+        self._forget(canonical)
+
     def figure(self, model: str, dimension: str) -> Figure | None:
         """What the server taught about ``dimension`` of ``model``, if anything."""
         canonical, _ = self.resolve(model)
@@ -298,6 +327,8 @@ class QuotaBook:
             if dim not in GEMINI_DIMENSIONS:
                 continue
             held = mine.get(dim)
+            if held is not None and held.kind == "learned" and fig.kind == "adaptive":
+                continue  # a figure the server named beats a guess
             if held is None or (held != fig and fig.at >= held.at):
                 mine[dim] = fig
                 changed = True

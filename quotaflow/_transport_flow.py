@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from quotaflow import context
 from quotaflow._held import BATCH_TERMINAL, BatchHold, Held
 from quotaflow._learned import Origin
+from quotaflow._quota_book import SERVED
 from quotaflow._spend_flow import Paired, priority_cost, settle_spend
 from quotaflow.clock import Clock
 from quotaflow.errors import (
@@ -34,6 +35,7 @@ from quotaflow.gemini import (
     Call,
     CountCache,
     FileMeta,
+    QuotaViolation,
     Usage,
     classify,
     count_tokens_body,
@@ -591,8 +593,12 @@ def call_flow(
             raw, response = yield Read(response)
             yield from _observe(call, status, raw, held)
         if permit is not None:
-            # a call the server refused is not billed: its spend comes back
-            yield Settle(permit, {USD_MICROS: 0} if isinstance(permit, Paired) else None)
+            # a call the server refused is not billed: its spend comes back; a 429 was not
+            # served (what the adaptive rate counts)
+            amounts: dict[str, int] = {USD_MICROS: 0} if isinstance(permit, Paired) else {}
+            if status == 429:
+                amounts[SERVED] = 0
+            yield Settle(permit, amounts or None)
             info.settled = True
         if status == 402:
             raw, _fresh = yield Read(response)
@@ -777,16 +783,27 @@ def _size(
     return estimate_tokens(call, body, files)
 
 
+def _plain(name: str) -> str:
+    return name.removeprefix("models/")
+
+
 def _learn(
     model: str, err: ApiError, warned: set[tuple[str, str, int]] | None
 ) -> Generator[Effect, Any, bool]:
     """Teach the limiter what a 429 says: each ``quotaValue`` (adopted, lowering, or kept out
     when higher), and without any, the adaptive request rate."""
     valued = False
+    lowest: dict[str, QuotaViolation] = {}
     for v in err.violations:
         dim = v.dimension
+        if v.model and _plain(v.model) != _plain(model):
+            continue  # about another model
         if dim is None or v.quota_value is None:
             continue
+        if dim not in lowest or v.quota_value < (lowest[dim].quota_value or 0):
+            lowest[dim] = v
+    for dim, v in lowest.items():
+        assert v.quota_value is not None
         valued = True
         result, configured = yield Learn(model, dim, v.quota_value, v.quota_id)
         seen = (model, dim, v.quota_value)
@@ -819,6 +836,8 @@ def _learn(
             )
     if valued or err.per_day:
         return False
+    if err.violations and not any(v.metric is not None for v in err.violations):
+        return False  # a quota of another kind (spend, say): not the request rate's business
     # no figure anywhere in the 429: the request rate adapts until one is known
     qid = next((v.quota_id for v in err.violations if v.quota_id), "")
     result, _ = yield Learn(model, "rpm", None, qid)

@@ -149,6 +149,9 @@ class Limiter(LimiterFront):
             keep the periods they name.
         day_seconds: a compressed day for rpd/tpd (``None``: the Pacific calendar day).
         learned_cache: a JSON file keeping the figures learned from 429s across restarts.
+        probe: calls in flight allowed per model with no figure at all (in the whole fleet,
+            with a shared backend), until the server names one or a quiet minute passes;
+            ``None``: no cap. It keeps the first 429s, which teach the figures, few.
         spend: prices and the rolling spend cap (a :class:`~quotaflow.pricing.Spend`); default:
             the shipped prices and the tier's cap; ``False``: spend is not metered.
     """
@@ -170,6 +173,7 @@ class Limiter(LimiterFront):
         minute_seconds: float = 60.0,
         day_seconds: float | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
+        probe: int | None = 8,
         spend: Spend | bool | None = None,
     ) -> None:
         self.policy: Policy | None = None
@@ -200,6 +204,7 @@ class Limiter(LimiterFront):
             shares=shares,
             scale=TimeScale(minute_seconds, day_seconds),
             learned_cache=learned_cache,
+            probe=probe,
             spend=spend,
         )
         LimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
@@ -279,6 +284,27 @@ class Limiter(LimiterFront):
     try_acquire = acquire_nowait
 
     async def _acquire(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+        nowait: bool,
+        agent: str | None = None,
+    ) -> Permit:
+        while True:
+            permit = await self._acquire_once(
+                model, tokens, cost, priority, timeout, deadline, nowait, agent
+            )
+            if not self._core.stale(model, permit._limits):
+                return permit
+            # the model's limits changed while it waited (a figure learned meanwhile): a grant
+            # under the old ones may not fit the new ones, so it asks again
+            await permit.release()
+
+    async def _acquire_once(
         self,
         model: str,
         tokens: int,

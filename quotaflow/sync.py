@@ -71,6 +71,7 @@ class SyncLimiter(SyncLimiterFront):
         minute_seconds: float = 60.0,
         day_seconds: float | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
+        probe: int | None = 8,
         spend: Spend | bool | None = None,
         _core: LimiterCore | None = None,
     ) -> None:
@@ -86,6 +87,7 @@ class SyncLimiter(SyncLimiterFront):
             shares=shares,
             scale=TimeScale(minute_seconds, day_seconds),
             learned_cache=learned_cache,
+            probe=probe,
             spend=spend,
         )
         SyncLimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
@@ -156,6 +158,26 @@ class SyncLimiter(SyncLimiterFront):
     try_acquire = acquire_nowait
 
     def _acquire(
+        self,
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+        nowait: bool,
+        agent: str | None = None,
+    ) -> SyncPermit:
+        while True:
+            permit = self._acquire_once(
+                model, tokens, cost, priority, timeout, deadline, nowait, agent
+            )
+            if not self._core.stale(model, permit._limits):
+                return permit
+            # the model's limits changed while it waited: ask again under the new ones
+            permit.release()
+
+    def _acquire_once(
         self,
         model: str,
         tokens: int,

@@ -70,6 +70,19 @@ class Unavailable(Exception):
 
 Flow = Generator[Exec | Sleep, Any, Any]
 
+# one atomic write of a learned figure and its key's TTL; a figure the server named is never
+# replaced by an adaptive guess (figures are JSON with sorted keys and no spaces)
+_LEARN_SCRIPT = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and string.find(held, '"kind":"learned"', 1, true)
+   and string.find(ARGV[2], '"kind":"adaptive"', 1, true) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
 
 @dataclass(slots=True)
 class Started:
@@ -677,9 +690,9 @@ class Engine:
     def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> Flow:
         """Share a learned figure with the fleet for ``ttl`` seconds (best effort)."""
         key = self._figures_key(scope)
+        ms = str(max(1, int(ttl * 1000)))
         try:
-            yield Exec([], [], ("HSET", key, dimension, figure))
-            yield Exec([], [], ("PEXPIRE", key, str(max(1, int(ttl * 1000)))))
+            yield Exec([], [], ("EVAL", _LEARN_SCRIPT, "1", key, dimension, figure, ms))
         except Transient:
             return None
         return None

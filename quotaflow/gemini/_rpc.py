@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 __all__ = ["ApiError", "QuotaViolation", "parse_duration", "parse_error"]
 
+MAX_QUOTA_VALUE = 1_000_000_000
+"""The largest ``quotaValue`` taken as a figure (larger ones are ignored)."""
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _RETRY_IN = re.compile(r"[Pp]lease retry in ([0-9]+(?:\.[0-9]+)?)(ms|s)\b")
@@ -129,6 +131,10 @@ def _violation(raw: Mapping[str, Any]) -> QuotaViolation:
         try:
             amount = int(value)
         except ValueError:
+            amount = None
+        # a limit is 0 (the model is not on this tier) up to a sane size; anything else is not
+        # a figure to learn
+        if amount is not None and not 0 <= amount <= MAX_QUOTA_VALUE:
             amount = None
     dims = raw.get("quotaDimensions")
     return QuotaViolation(
