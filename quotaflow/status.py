@@ -241,6 +241,38 @@ class RedisReader:
             return (), {}
         return limits, origins
 
+    def _origins(
+        self,
+        scope: str,
+        levels: Mapping[str, Level],
+        limits: Mapping[str, Any],
+        book: Mapping[str, str],
+    ) -> dict[str, str]:
+        """Per dimension: ``learned``/``adaptive`` when the fleet shares a learned figure, the
+        tier book's origin when the fleet's figure is the book's, else ``configured``."""
+        import json
+
+        key = self._codec.keys(scope)[0][:-1] + "F"  # the fleet's learned figures
+        raw = self._call(self._client.hgetall, key) or {}
+        shared: dict[str, str] = {}
+        for k, v in raw.items():
+            try:
+                data = json.loads(v)
+            except ValueError:
+                continue
+            kind = data.get("kind", "learned") if isinstance(data, dict) else "learned"
+            shared[k.decode() if isinstance(k, bytes) else str(k)] = str(kind)
+        out: dict[str, str] = {}
+        for dim, level in levels.items():
+            lim = limits.get(dim)
+            if dim in shared:
+                out[dim] = shared[dim]
+            elif lim is not None and lim.amount == level.limit and dim in book:
+                out[dim] = book[dim]
+            else:
+                out[dim] = "configured"
+        return out
+
     def _line(self, scope: str) -> list[tuple[int, str]]:
         key = self._codec.keys(scope)[2]
         if self._line_sha is None:
@@ -292,6 +324,7 @@ class RedisReader:
                 continue
             levels, now = got
             by_name = {lim.name: lim for lim in limits}
+            origins = self._origins(scope, levels, by_name, origins)
             kind, entry = _entry(scope, levels, now, by_name, origins, self._line(scope))
             out[kind].append(entry)
         return out
