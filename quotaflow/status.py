@@ -214,8 +214,7 @@ class RedisReader:
             return fn(*args)
         except redis.exceptions.ConnectionError as exc:
             raise BackendError(
-                f"cannot reach Redis at {self.where}: {exc}; check the URL and that the "
-                "server runs"
+                f"cannot reach Redis at {self.where}: {exc}; check the URL and that the server runs"
             ) from None
         except redis.exceptions.ResponseError as exc:
             raise BackendError(f"Redis at {self.where} answered: {exc}") from None
@@ -236,7 +235,7 @@ class RedisReader:
             return (), {}
         try:
             limits = self._book.quota(name)
-            origins = {d: o.kind for d, o in self._book.origins(name).items()}
+            origins: dict[str, str] = {d: o.kind for d, o in self._book.origins(name).items()}
         except Exception:  # a model the tier does not know: its rolling limits still show
             return (), {}
         return limits, origins
@@ -330,7 +329,14 @@ class RedisReader:
         return out
 
 
-_BACKEND_OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
+_BACKEND_OPTIONS = (
+    "namespace",
+    "on_error",
+    "local_fraction",
+    "lease_ttl",
+    "aging",
+    "backfill_depth",
+)
 
 
 def _fmt(v: Any) -> str:
@@ -409,16 +415,18 @@ def watch(reader: RedisReader, *, interval: float = 1.0, once: bool = False) -> 
     """Refresh a live view of ``reader``'s fleet until Ctrl-C (rich on a terminal when it is
     installed; otherwise the plain table, redrawn). Returns the exit code (0)."""
     try:
-        from rich.console import Console
-        from rich.live import Live
+        import rich.live  # noqa: F401
+
+        have_rich = True
     except ImportError:
-        Live = None  # noqa: N806
+        have_rich = False
     try:
-        if Live is not None and sys.stdout.isatty():
+        if have_rich and sys.stdout.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
             console = Console()
-            with Live(
-                _rich_view(reader.snapshot()), console=console, auto_refresh=False
-            ) as live:
+            with Live(_rich_view(reader.snapshot()), console=console, auto_refresh=False) as live:
                 while not once:
                     time.sleep(interval)
                     live.update(_rich_view(reader.snapshot()), refresh=True)
@@ -433,4 +441,3 @@ def watch(reader: RedisReader, *, interval: float = 1.0, once: bool = False) -> 
                 print(flush=True)
     except KeyboardInterrupt:
         return 0
-

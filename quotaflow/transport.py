@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 
+from quotaflow import metrics
 from quotaflow._held import BatchHold, held_for
 from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
@@ -148,6 +149,9 @@ class QuotaTransport(AsyncDriver, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Admit, send, feed back and retry one request."""
+        if metrics.SPANS:
+            with metrics.span(request.method, request.url):
+                return cast(httpx.Response, await self._handle_async(request))
         return cast(httpx.Response, await self._handle_async(request))
 
     async def aclose(self) -> None:
@@ -171,6 +175,9 @@ class SyncQuotaTransport(SyncDriver, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Admit, send, feed back and retry one request."""
+        if metrics.SPANS:
+            with metrics.span(request.method, request.url):
+                return cast(httpx.Response, self._handle(request))
         return cast(httpx.Response, self._handle(request))
 
     def close(self) -> None:

@@ -52,9 +52,7 @@ class Summary:
 
 
 _REQUIRED = tuple(
-    f.name
-    for f in fields(AuditRecord)
-    if f.default is MISSING and f.default_factory is MISSING  # type: ignore[misc]
+    f.name for f in fields(AuditRecord) if f.default is MISSING and f.default_factory is MISSING
 )
 
 

@@ -81,7 +81,16 @@ def test_status_watch_shows_a_live_fleet_on_a_terminal(
 ) -> None:
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
-    args = ["status", "--redis", redis_url, "--namespace", namespace, "--watch", "--interval", "0.2"]
+    args = [
+        "status",
+        "--redis",
+        redis_url,
+        "--namespace",
+        namespace,
+        "--watch",
+        "--interval",
+        "0.2",
+    ]
     # a session of its own whose controlling terminal is the pty, so ^C there is a SIGINT
     boot = (
         "import fcntl, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
