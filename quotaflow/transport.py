@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import httpx
 
 from quotaflow import metrics
+from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
 from quotaflow._held import BatchHold, held_for
 from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
 
 __all__ = [
+    "GEMINI_OPENAI_URL",
     "BatchHold",
     "CallInfo",
     "Httpx2QuotaTransport",
@@ -53,6 +55,8 @@ __all__ = [
     "SyncQuotaTransport",
     "batch_holds",
     "genai_http_options",
+    "openai_client",
+    "openai_http_client",
 ]
 
 _DOC_ARGS = """
