@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import httpx
 
 from quotaflow import metrics
-from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
 from quotaflow._held import BatchHold, held_for
+from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
 from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
     AsyncDriver,

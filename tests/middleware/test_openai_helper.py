@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
-
-openai = pytest.importorskip("openai")
 
 from quotaflow import RPM, TPM, ConfigError, Limiter, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
