@@ -159,3 +159,34 @@ async def test_shadow_decisions_are_on_the_response() -> None:
 def test_a_bad_mode_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="give 'enforce'"):
         Limiter(mode="dry-run")
+
+
+@pytest.mark.anyio
+async def test_a_snapshot_of_a_running_process() -> None:
+    from quotaflow.status import render_text, snapshot
+
+    limiter = Limiter(None, quotas={MODEL: [RPM(2, 60.0), TPM(1_000, 60.0)]})
+    held = [await limiter.acquire_nowait(MODEL, 100) for _ in range(2)]
+
+    async def wait(level: str) -> None:
+        await limiter.acquire(MODEL, 10, priority=level)
+
+    async with anyio.create_task_group() as tg:
+        for level in ("high", "low", "low"):
+            tg.start_soon(wait, level)
+        for _ in range(1000):  # the three queue as soon as they run
+            if await limiter.waiting(MODEL) == 3:
+                break
+            await anyio.sleep(0.01)
+        snap = await snapshot(limiter, [MODEL])
+        tg.cancel_scope.cancel()
+    for permit in held:
+        await permit.release()
+    (model,) = snap["models"]
+    assert model["waiting"] == {"high": 1, "low": 2}
+    dims = {d["name"]: d for d in model["dimensions"]}
+    assert (dims["rpm"]["limit"], dims["rpm"]["in_flight"], dims["rpm"]["free"]) == (2, 2, 0)
+    assert dims["tpm"]["in_flight"] == 200
+    assert dims["rpm"]["origin"] == "configured"
+    text = render_text(snap)
+    assert f"default/{MODEL}  waiting: high 1, low 2" in text
