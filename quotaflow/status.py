@@ -59,6 +59,39 @@ return out
 """
 
 
+# the scope's limits as the fleet configured them: name and signature (kind:period:param)
+_SPECS_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 's')
+if not raw then return {} end
+local ok, st = pcall(cmsgpack.unpack, raw)
+if not ok or type(st) ~= 'table' or type(st.names) ~= 'table' then return {} end
+local out = {}
+for _, name in ipairs(st.names) do
+  local b = type(st.b) == 'table' and st.b[name] or nil
+  out[#out + 1] = {name, type(b) == 'table' and tostring(b.sig or '') or ''}
+end
+return out
+"""
+
+
+def _calendar(param: str) -> Any:
+    """The calendar a limit's signature names (``days(tz)``, ``months(tz)``,
+    ``fixed(<period>s@<origin>)``), or ``None``."""
+    from quotaflow.limits import fixed_windows, pacific_days, pacific_months
+
+    try:
+        if param.startswith("days(") and param.endswith(")"):
+            return pacific_days(param[5:-1])
+        if param.startswith("months(") and param.endswith(")"):
+            return pacific_months(param[7:-1])
+        if param.startswith("fixed(") and param.endswith(")") and "s@" in param:
+            period, origin = param[6:-1].split("s@", 1)
+            return fixed_windows(float(period), float(origin))
+    except Exception:  # a calendar this reader cannot rebuild: its scope is skipped
+        return None
+    return None
+
+
 def _priority_name(p: int) -> str:
     return _NAMES.get(p, str(p))
 
@@ -202,6 +235,7 @@ class RedisReader:
         self._book = Limiter(tier, minute_seconds=minute_seconds, day_seconds=day_seconds)
         self._budgets = Limiter(None, minute_seconds=minute_seconds, day_seconds=day_seconds)
         self._line_sha: str | None = None
+        self._specs_sha: str | None = None
 
     def close(self) -> None:
         """Close the connection."""
@@ -287,6 +321,27 @@ class RedisReader:
             out.append((prio, who.decode() if isinstance(who, bytes) else str(who)))
         return out
 
+    def _calendars(self, scope: str) -> list[Any]:
+        """Limits standing for the scope's calendar limits (their windows are what the status
+        op needs), rebuilt from the fleet's configuration."""
+        from quotaflow.limits import Limit
+
+        if self._specs_sha is None:
+            self._specs_sha = self._call(self._client.script_load, _SPECS_SCRIPT)
+        rows = self._call(self._client.evalsha, self._specs_sha, 1, self._codec.keys(scope)[0])
+        out = []
+        for name, sig in rows or ():
+            text = sig.decode() if isinstance(sig, bytes) else str(sig)
+            kind, _, rest = text.partition(":")
+            if kind != "c":
+                continue
+            _period, _, param = rest.partition(":")
+            cal = _calendar(param)
+            if cal is not None:
+                n = name.decode() if isinstance(name, bytes) else str(name)
+                out.append(Limit(n, 1, 86_400.0, reset=cal))
+        return out
+
     def _script(self, keys: list[str], argv: list[str]) -> Any:
         import redis
 
@@ -318,7 +373,7 @@ class RedisReader:
         }
         for scope in self.scopes():
             limits, origins = self._limits(scope)
-            got = self._levels(scope, limits)
+            got = self._levels(scope, self._calendars(scope))
             if got is None:
                 continue
             levels, now = got

@@ -147,3 +147,25 @@ def test_status_names_an_unreachable_redis_in_one_line() -> None:
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "cannot reach Redis at redis://127.0.0.1:1" in done.stderr
+
+
+def test_status_shows_day_limits_and_agents_shares(redis_url: str, namespace: str) -> None:
+    from quotaflow import RPD, RPM, Share
+
+    limiter = SyncLimiter(
+        None,
+        quotas={MODEL: [RPM(10, 60.0), RPD(100)]},
+        shares={"alice": Share(ceiling=0.5)},
+        backend=f"{redis_url}?namespace={namespace}",
+    )
+    permit = limiter.acquire_nowait(MODEL, agent="alice")
+    done = _cli("status", "--redis", f"{redis_url}?namespace={namespace}", "--json")
+    permit.release()
+    assert done.returncode == 0, done.stderr
+    (model,) = json.loads(done.stdout)["models"]
+    dims = {d["name"]: d for d in model["dimensions"]}
+    assert dims["rpd"]["limit"] == 100 and dims["rpd"]["in_flight"] == 1  # a Pacific day
+    alice = {d["name"]: d for d in model["agents"]["alice"]["dimensions"]}
+    assert alice["rpm"]["limit"] == 5 and alice["rpm"]["in_flight"] == 1
+    text = _cli("status", "--redis", redis_url, "--namespace", namespace)
+    assert "agent alice: share rpm 0/5" in text.stdout
