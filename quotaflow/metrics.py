@@ -39,7 +39,7 @@ from typing import Any
 
 from quotaflow.context import PRIORITIES
 
-__all__ = ["configure", "enabled"]
+__all__ = ["configure", "enabled", "reset"]
 
 try:  # the extra: the API only (an SDK is the application's choice)
     from opentelemetry import metrics as _otel_metrics
@@ -52,6 +52,7 @@ ON: bool = _otel_metrics is not None
 """Whether metrics are recorded (the ``otel`` extra is installed and not turned off)."""
 
 SPANS = False
+_tracer_provider: Any = None
 _LOCK = threading.Lock()
 _NAMES = {v: k for k, v in PRIORITIES.items()}
 _watched: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
@@ -124,7 +125,11 @@ def _get() -> _Instruments:
 
 
 def configure(
-    *, meter_provider: Any = None, spans: bool | None = None, enabled: bool | None = None
+    *,
+    meter_provider: Any = None,
+    spans: bool | None = None,
+    tracer_provider: Any = None,
+    enabled: bool | None = None,
 ) -> None:
     """Change how quotaflow records (all optional).
 
@@ -132,9 +137,12 @@ def configure(
         meter_provider: record through this provider instead of the global one (tests,
             applications with several providers).
         spans: ``True`` to wrap each call through a transport in a ``quotaflow.call`` span.
+        tracer_provider: make the spans with this provider instead of the global one.
         enabled: ``False`` to record nothing (``True``: record again, if the extra is there).
     """
-    global _inst, SPANS, ON
+    global _inst, SPANS, ON, _tracer_provider
+    if tracer_provider is not None:
+        _tracer_provider = tracer_provider
     if enabled is not None:
         ON = bool(enabled) and _otel_metrics is not None
     if spans is not None:
@@ -151,6 +159,16 @@ def waiting_on(request_id: str, dimension: str) -> None:
     """A request waits for ``dimension`` (the limiters call this; popped at the grant)."""
     if len(_WAITED_ON) < 100_000:  # bounded: requests that never end are forgotten
         _WAITED_ON[request_id] = dimension
+
+
+def reset() -> None:
+    """Record through the global ``MeterProvider`` again (after
+    ``configure(meter_provider=...)``), with spans off."""
+    global _inst, SPANS, _tracer_provider
+    with _LOCK:
+        _inst = None
+    SPANS = False
+    _tracer_provider = None
 
 
 def _prio(p: int | None) -> str:
@@ -267,7 +285,11 @@ def span(method: str, url: Any) -> Iterator[None]:
     if not SPANS or _otel_trace is None:
         yield
         return
-    tracer = _otel_trace.get_tracer("quotaflow")
+    tracer = (
+        _tracer_provider.get_tracer("quotaflow")
+        if _tracer_provider is not None
+        else _otel_trace.get_tracer("quotaflow")
+    )
     path = getattr(url, "path", "")
     with tracer.start_as_current_span(
         "quotaflow.call", attributes={"http.request.method": method, "url.path": str(path)}

@@ -29,6 +29,7 @@ def reader() -> Iterator[InMemoryMetricReader]:
     provider = MeterProvider(metric_readers=[reader])
     metrics.configure(meter_provider=provider)
     yield reader
+    metrics.reset()
     provider.shutdown()
 
 
@@ -190,3 +191,39 @@ async def test_a_snapshot_of_a_running_process() -> None:
     assert dims["rpm"]["origin"] == "configured"
     text = render_text(snap)
     assert f"default/{MODEL}  waiting: high 1, low 2" in text
+
+
+@pytest.mark.anyio
+async def test_spans_are_off_by_default_and_wrap_each_call_when_on() -> None:
+    import httpx
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from quotaflow.transport import QuotaTransport
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = EmulatorConfig(minute_seconds=60.0, models=[ModelConfig(name=MODEL, rpm=100)])
+    limiter = Limiter(None, quotas={MODEL: [RPM(10, 60.0)]})
+    body = {"contents": [{"parts": [{"text": "hello"}]}]}
+    url = f"/v1beta/models/{MODEL}:generateContent"
+    try:
+        with serve(config) as served:
+            async with httpx.AsyncClient(
+                transport=QuotaTransport(limiter),
+                base_url=served.base_url,
+                headers={"x-goog-api-key": "test-key"},
+            ) as http:
+                metrics.configure(tracer_provider=provider)
+                assert (await http.post(url, json=body)).status_code == 200
+                assert exporter.get_finished_spans() == ()  # off by default
+                metrics.configure(spans=True)
+                assert (await http.post(url, json=body)).status_code == 200
+    finally:
+        metrics.reset()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "quotaflow.call"
+    assert span.attributes is not None and span.attributes["url.path"] == url
+    assert "test-key" not in repr(dict(span.attributes))
