@@ -1,7 +1,8 @@
 """Write the tables of the benchmarks' results files into docs/benchmarks.md.
 
 Each results file (``benchmarks/results/<name>.json``) holds its ``date``, ``machine`` and a
-markdown ``table``. In the docs, ``<!-- results:<name> -->`` ... ``<!-- /results -->`` marks
+markdown ``table``; the PNG plots beside it (``<name>-*.png``, by ``benchmarks/plots.py``)
+are shown under the table. In the docs, ``<!-- results:<name> -->`` ... ``<!-- /results -->`` marks
 where a table goes; this script replaces what is between the markers. ``--check`` exits 1 if
 the docs differ from the results files (for CI).
 
@@ -31,6 +32,9 @@ def render(text: str) -> str:
         where = ", ".join(str(machine[k]) for k in ("platform", "cpus", "python") if k in machine)
         body = f"{data['table'].rstrip()}\n\n*From `{data['benchmark']}`, {data['date']}"
         body += f" ({where}).*\n" if where else ".*\n"
+        for png in sorted(RESULTS.glob(f"{m.group(2)}-*.png")):  # benchmarks/plots.py's
+            what = png.stem[len(m.group(2)) + 1 :].replace("_", " ")
+            body += f"\n![{m.group(2)}: {what}](../benchmarks/results/{png.name})\n"
         return m.group(1) + body + m.group(4)
 
     return BLOCK.sub(fill, text)

@@ -1019,6 +1019,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"#   MISSED: {line}", file=sys.stderr, flush=True)
     if args.out:
         write(results, Path(args.out))
+        import plots  # benchmarks/plots.py, beside this script
+
+        if Path(args.out).resolve().parent == plots.RESULTS:
+            for path in plots.plot("fleet_faults"):
+                print(f"# wrote {path.name}", file=sys.stderr)
     m = machine()
     print(
         f"# Fleet faults, {datetime.date.today()}, {m['platform']}, {m['cpus']} cpus, "

@@ -368,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(
             json.dumps(machine() | {"results": results, "table": text}, indent=1) + "\n"
         )
+        import plots  # benchmarks/plots.py, beside this script
+
+        if Path(args.out).resolve().parent == plots.RESULTS:
+            for path in plots.plot("learn"):
+                print(f"# wrote {path.name}", file=sys.stderr)
     return 0 if not any(r.get("misses") for r in results) else 1
 
 

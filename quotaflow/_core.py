@@ -101,6 +101,8 @@ def _tier_key(tier: object) -> str | None:
 class LimiterCore:
     """Shared state and decisions of the async and sync limiters."""
 
+    mode: str = "enforce"  # or "shadow": decide and record, never hold a call (_shadow.py)
+
     def __init__(
         self,
         *,

@@ -17,10 +17,11 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from quotaflow import context
+from quotaflow import context, metrics
 from quotaflow._held import BATCH_TERMINAL, BatchHold, Held
 from quotaflow._learned import Origin
 from quotaflow._quota_book import SERVED
+from quotaflow._shadow import ShadowDecision, decisions_of
 from quotaflow._spend_flow import Paired, priority_cost, settle_spend
 from quotaflow.clock import Clock
 from quotaflow.errors import (
@@ -165,6 +166,10 @@ class CallInfo:
         service_tier: the tier that served it (``x-gemini-service-tier``, else the requested).
         spend_estimated: micro-dollars reserved before the call (``None``: no price).
         spend: micro-dollars the call cost, from its usage at the tier that served it.
+        shadow: in shadow mode (``Limiter(mode="shadow")``), what the limiter would have done
+            with each permit it could not grant at once (a ``ShadowDecision``: ``wait`` with
+            ``would_wait`` seconds, or ``refuse``); empty when every permit was granted at once
+            and when enforcing.
     """
 
     call: Call
@@ -182,6 +187,7 @@ class CallInfo:
     service_tier: str | None = None
     spend_estimated: int | None = None
     spend: int | None = None
+    shadow: list[ShadowDecision] = field(default_factory=list)
 
 
 class _Permit(Protocol):
@@ -535,6 +541,7 @@ def call_flow(
             which: Literal["model", "count"] = "model" if call.metered else "count"
             target = model if call.metered else COUNT_MODEL
             permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
+            info.shadow.extend(decisions_of(permit))
             if spend_cost is not None:
                 try:
                     for_spend = yield Acquire(
@@ -544,6 +551,7 @@ def call_flow(
                     yield Release(permit)
                     raise
                 permit = Paired(permit, for_spend)
+                info.shadow.extend(decisions_of(for_spend))
             info.waited += permit.waited
             info.priority = permit.priority
         info.attempts += 1
@@ -617,6 +625,8 @@ def call_flow(
                 return Outcome(response, None, info)
             raw, fresh = yield Read(response)
             err = parse_error(raw) or ApiError(code=429)
+            if metrics.ON:
+                metrics.rate_limited(model, [v.quota_id for v in err.violations if v.quota_id])
             if spend is not None and spend.cap_usd is not None and _spend_violations(err):
                 delay = yield from _on_spend_429(err, spend, settings, clock)
             else:

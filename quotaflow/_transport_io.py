@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 import anyio
 
+from quotaflow import _shadow, metrics
 from quotaflow._held import Held, held_for
 from quotaflow._transport_flow import (
     COUNT_MODEL,
@@ -39,7 +40,7 @@ from quotaflow._transport_flow import (
     call_flow,
     final_amounts,
 )
-from quotaflow.errors import ConfigError, QuotaflowError
+from quotaflow.errors import ConfigError, QuotaError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
@@ -330,6 +331,8 @@ class _DriverBase:
 
     def _info(self, response: Any, info: CallInfo) -> None:
         model = info.call.model
+        if metrics.ON and model:
+            metrics.call_done(model, info.statuses, info.attempts)
         if info.call.metered and model:
             with contextlib.suppress(QuotaflowError):
                 info.origins = self._limiter.origins(model)
@@ -367,6 +370,7 @@ class AsyncDriver(_DriverBase):
             backend=limiter.backend,
             clock=limiter.clock,
             project=limiter.project,
+            mode=limiter.mode,
         )
 
     async def _handle_async(self, request: Any) -> Any:
@@ -399,22 +403,33 @@ class AsyncDriver(_DriverBase):
             return await self._inner.handle_async_request(request)
         if isinstance(effect, Acquire):
             lim = self._limiter if effect.limiter == "model" else self._count
-            if effect.nowait:
-                return await lim.acquire_nowait(
-                    effect.model,
-                    effect.tokens,
-                    cost=effect.cost,
-                    priority=effect.priority,
-                    agent=effect.agent,
-                )
-            return await lim.acquire(
-                effect.model,
-                effect.tokens,
-                cost=effect.cost,
-                priority=effect.priority,
-                deadline=effect.deadline,
-                agent=effect.agent,
-            )
+            if lim.mode == "shadow":
+                return await _shadow.acquire_async(lim, effect)
+            try:
+                if effect.nowait:
+                    permit = await lim.acquire_nowait(
+                        effect.model,
+                        effect.tokens,
+                        cost=effect.cost,
+                        priority=effect.priority,
+                        agent=effect.agent,
+                    )
+                else:
+                    permit = await lim.acquire(
+                        effect.model,
+                        effect.tokens,
+                        cost=effect.cost,
+                        priority=effect.priority,
+                        deadline=effect.deadline,
+                        agent=effect.agent,
+                    )
+            except QuotaError as exc:
+                if metrics.ON:
+                    metrics.refused(effect.model, _shadow.refusal_reason(exc), effect.agent)
+                raise
+            if metrics.ON:
+                metrics.granted(effect.model, permit, effect.agent, limiter=lim)
+            return permit
         if isinstance(effect, Settle):
             done = effect.permit.settle(**(effect.amounts or {}))
             if inspect.isawaitable(done):  # a batch hold may be a sync limiter's permit
@@ -454,6 +469,8 @@ class AsyncDriver(_DriverBase):
             await anyio.sleep(effect.seconds)
             return None
         if isinstance(effect, Pause):
+            if metrics.ON:
+                metrics.paused(effect.model, effect.dimension)
             return await self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return await self._limiter.exhaust(effect.model, effect.dimension)
@@ -480,6 +497,8 @@ class AsyncDriver(_DriverBase):
         async def settle(scan: _Scan) -> None:
             info.usage = scan.scanner.usage()
             info.settled = True
+            if metrics.ON and info.usage is not None and info.call.model:
+                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
             amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
             await permit.settle(**amounts)
 
@@ -519,6 +538,7 @@ class SyncDriver(_DriverBase):
             backend=limiter.backend,
             clock=limiter.clock,
             project=limiter._core.project,
+            mode=limiter.mode,
         )
 
     def _handle(self, request: Any) -> Any:
@@ -551,24 +571,35 @@ class SyncDriver(_DriverBase):
             return self._inner.handle_request(request)
         if isinstance(effect, Acquire):
             lim = self._limiter if effect.limiter == "model" else self._count
-            if effect.nowait:
-                return lim.acquire_nowait(
-                    effect.model,
-                    effect.tokens,
-                    cost=effect.cost,
-                    priority=effect.priority,
-                    agent=effect.agent,
-                )
-            return lim._acquire(
-                effect.model,
-                effect.tokens,
-                effect.cost,
-                effect.priority,
-                None,
-                effect.deadline,
-                False,
-                effect.agent,
-            )
+            if lim.mode == "shadow":
+                return _shadow.acquire_sync(lim, effect)
+            try:
+                if effect.nowait:
+                    permit = lim.acquire_nowait(
+                        effect.model,
+                        effect.tokens,
+                        cost=effect.cost,
+                        priority=effect.priority,
+                        agent=effect.agent,
+                    )
+                else:
+                    permit = lim._acquire(
+                        effect.model,
+                        effect.tokens,
+                        effect.cost,
+                        effect.priority,
+                        None,
+                        effect.deadline,
+                        False,
+                        effect.agent,
+                    )
+            except QuotaError as exc:
+                if metrics.ON:
+                    metrics.refused(effect.model, _shadow.refusal_reason(exc), effect.agent)
+                raise
+            if metrics.ON:
+                metrics.granted(effect.model, permit, effect.agent, limiter=lim)
+            return permit
         if isinstance(effect, Settle):
             done = effect.permit.settle(**(effect.amounts or {}))
             if inspect.iscoroutine(done):  # a batch hold taken by an async limiter: the
@@ -610,6 +641,8 @@ class SyncDriver(_DriverBase):
             time.sleep(effect.seconds)
             return None
         if isinstance(effect, Pause):
+            if metrics.ON:
+                metrics.paused(effect.model, effect.dimension)
             return self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return self._limiter.exhaust(effect.model, effect.dimension)
@@ -636,6 +669,8 @@ class SyncDriver(_DriverBase):
         def settle(scan: _Scan) -> None:
             info.usage = scan.scanner.usage()
             info.settled = True
+            if metrics.ON and info.usage is not None and info.call.model:
+                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
             permit.settle(**final_amounts(info, reserve, self._limiter.spend))
 
         if response.is_closed:  # an inner transport that returned a read response

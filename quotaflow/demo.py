@@ -2,8 +2,9 @@
 
 Everything runs on this machine: quotaflow's Gemini emulator is served on a free loopback port
 (real HTTP), with a compressed "minute" so the demo takes seconds. Agents at three priorities
-call ``generate_content`` through :func:`quotaflow.transport.genai_http_options`; a live line
-shows progress, and the summary shows waits per priority and the emulator's verdict: 429s seen
+call ``generate_content`` through :func:`quotaflow.transport.genai_http_options`; on a
+terminal a live view (rich) shows each priority's progress in place, otherwise a plain line a
+second; the summary shows waits per priority and the emulator's verdict: 429s seen
 by the server and the share of the binding limit used.
 
 Run: ``quotaflow demo`` (options: ``--period``, ``--rpm``, ``--tpm``, ``--agents``, ``--calls``).
@@ -11,7 +12,6 @@ Run: ``quotaflow demo`` (options: ``--period``, ``--rpm``, ``--tpm``, ``--agents
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
@@ -100,18 +100,22 @@ async def run_demo(
                 tally.tokens += (usage.prompt_token_count or 0) if usage else 0
                 tally.done += 1
 
-        tty = bool(getattr(out, "isatty", lambda: False)())
+        live = _live_view(out, tallies)
 
         async def progress(stop: anyio.Event) -> None:
             while not stop.is_set():
                 waiting = await limiter.waiting(MODEL)
-                parts = "  ".join(f"{lv}: {t.done:>2}/{t.total}" for lv, t in tallies.items())
-                line = f"  t={time.monotonic() - started:5.1f}s  {parts}  waiting: {waiting:>2}"
-                print("\r" + line if tty else line, end="" if tty else "\n", file=out, flush=True)
-                with anyio.move_on_after(0.2 if tty else 1.0):
+                elapsed = time.monotonic() - started
+                if live is not None:
+                    live.update(elapsed, waiting)
+                else:
+                    parts = "  ".join(f"{lv}: {t.done:>2}/{t.total}" for lv, t in tallies.items())
+                    print(f"  t={elapsed:5.1f}s  {parts}  waiting: {waiting:>2}", file=out)
+                with anyio.move_on_after(0.1 if live is not None else 1.0):
                     await stop.wait()
-            if tty:
-                print(file=out)
+            if live is not None:
+                live.update(time.monotonic() - started, 0)
+                live.stop()
 
         print(
             f"quotaflow demo: {3 * agents} agents x {calls} calls on {MODEL}, limits "
@@ -134,6 +138,54 @@ async def run_demo(
     summary = _summarize(tallies, model_stats, rpm, tpm, period, elapsed)
     _print_summary(summary, out)
     return summary
+
+
+class _Live:
+    """A progress bar per priority and the line's length, redrawn in place (rich; a terminal
+    only)."""
+
+    def __init__(self, out: Any, tallies: dict[str, _Tally]) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.tallies = tallies
+        self.live = Live(
+            self._view(0.0, 0), console=Console(file=out, force_terminal=True), auto_refresh=False
+        )
+        self.live.start()
+
+    def _view(self, elapsed: float, waiting: int) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            table.add_column()
+        for lv, t in self.tallies.items():
+            mean = sum(t.waits) / len(t.waits) if t.waits else 0.0
+            note = f"mean wait {mean:5.2f}s" + (f"  errors {t.errors}" if t.errors else "")
+            bar = ProgressBar(total=max(1, t.total), completed=t.done, width=30)
+            table.add_row(f"{lv:<8}", bar, f"{t.done:>3}/{t.total}", note)
+        return Group(table, Text(f"t={elapsed:5.1f}s  waiting in line: {waiting}", style="dim"))
+
+    def update(self, elapsed: float, waiting: int) -> None:
+        self.live.update(self._view(elapsed, waiting), refresh=True)
+
+    def stop(self) -> None:
+        self.live.stop()
+
+
+def _live_view(out: Any, tallies: dict[str, _Tally]) -> _Live | None:
+    """The live view when ``out`` is a terminal and rich is installed, else ``None`` (plain
+    lines, one a second)."""
+    if not bool(getattr(out, "isatty", lambda: False)()):
+        return None
+    try:
+        return _Live(out, tallies)
+    except ImportError:
+        return None
 
 
 def _summarize(
@@ -190,17 +242,7 @@ def _print_summary(s: dict[str, Any], out: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``quotaflow demo`` entry point."""
-    p = argparse.ArgumentParser(prog="quotaflow demo", description=__doc__.splitlines()[0])
-    p.add_argument("--period", type=float, default=2.0, help="seconds per emulated minute")
-    p.add_argument("--rpm", type=int, default=12, help="requests per period")
-    p.add_argument("--tpm", type=int, default=6_000, help="input tokens per period")
-    p.add_argument("--agents", type=int, default=6, help="agents per priority level")
-    p.add_argument("--calls", type=int, default=5, help="calls per agent")
-    args = p.parse_args(argv)
-    summary = anyio.run(
-        lambda: run_demo(
-            period=args.period, rpm=args.rpm, tpm=args.tpm, agents=args.agents, calls=args.calls
-        )
-    )
-    return 0 if summary["server_429s"] == 0 else 1
+    """``quotaflow demo`` entry point (see ``quotaflow demo --help``)."""
+    from quotaflow.cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from quotaflow import metrics as _metrics
 from quotaflow._core import (
     DimensionStatus,
     Effect,
@@ -35,6 +36,7 @@ from quotaflow._core import (
 from quotaflow._front import LimiterFront
 from quotaflow._learned import Origin, TimeScale
 from quotaflow._quota_book import Learned
+from quotaflow._shadow import check_mode
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
 from quotaflow.backends.memory import MemoryBackend
@@ -154,6 +156,10 @@ class Limiter(LimiterFront):
             ``None``: no cap. It keeps the first 429s, which teach the figures, few.
         spend: prices and the rolling spend cap (a :class:`~quotaflow.pricing.Spend`); default:
             the shipped prices and the tier's cap; ``False``: spend is not metered.
+        mode: ``"enforce"`` (default) or ``"shadow"``: the transports decide every call as
+            usual and record what they would have done (waits, refusals) in metrics, the audit
+            log and ``response.extensions["quotaflow"].shadow``, but let every call through at
+            once: for trialling limits and policies before enforcing them.
     """
 
     def __init__(
@@ -175,6 +181,7 @@ class Limiter(LimiterFront):
         learned_cache: str | os.PathLike[str] | None = None,
         probe: int | None = 8,
         spend: Spend | bool | None = None,
+        mode: str | None = None,
     ) -> None:
         self.policy: Policy | None = None
         self._agents: Any = None
@@ -207,6 +214,7 @@ class Limiter(LimiterFront):
             probe=probe,
             spend=spend,
         )
+        self._core.mode = check_mode(mode or "enforce")
         LimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         self.backend = open_backend(backend)
         self._ops = _AsyncOps(self.backend)
@@ -220,6 +228,12 @@ class Limiter(LimiterFront):
     def clock(self) -> Clock:
         """The limiter's clock."""
         return self._core.clock
+
+    @property
+    def mode(self) -> str:
+        """``"enforce"`` (the default) or ``"shadow"``: decide and record, let every call
+        through at once (see docs/observe.md)."""
+        return getattr(self._core, "mode", "enforce")
 
     @property
     def project(self) -> str:
@@ -332,6 +346,8 @@ class Limiter(LimiterFront):
             flow = acquire_flow(req, clock, first)
             result: Any = None
             waiter: AsyncWaiter | None = None
+            if first.outcome == "waiting" and _metrics.ON:
+                _metrics.waiting_on(req.id, first.dimension)
             while first.outcome == "waiting":
                 try:
                     effect: Effect = flow.send(result)

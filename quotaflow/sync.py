@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from quotaflow import metrics as _metrics
 from quotaflow._core import (
     DimensionStatus,
     Effect,
@@ -34,6 +35,7 @@ from quotaflow._core import (
 from quotaflow._front import SyncLimiterFront
 from quotaflow._learned import Origin, TimeScale
 from quotaflow._quota_book import Learned
+from quotaflow._shadow import check_mode
 from quotaflow._waiting import SyncWaiter
 from quotaflow.backends.base import Backend, Decision
 from quotaflow.clock import Clock
@@ -73,6 +75,7 @@ class SyncLimiter(SyncLimiterFront):
         learned_cache: str | os.PathLike[str] | None = None,
         probe: int | None = 8,
         spend: Spend | bool | None = None,
+        mode: str | None = None,
         _core: LimiterCore | None = None,
     ) -> None:
         self._core = _core or LimiterCore(
@@ -90,6 +93,8 @@ class SyncLimiter(SyncLimiterFront):
             probe=probe,
             spend=spend,
         )
+        if mode is not None or _core is None:
+            self._core.mode = check_mode(mode or "enforce")
         SyncLimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
         b: Any = open_backend(backend)
         sync_view = getattr(b, "sync", None)
@@ -111,6 +116,12 @@ class SyncLimiter(SyncLimiterFront):
     def clock(self) -> Clock:
         """The limiter's clock."""
         return self._core.clock
+
+    @property
+    def mode(self) -> str:
+        """``"enforce"`` (the default) or ``"shadow"``: decide and record, let every call
+        through at once (see docs/observe.md)."""
+        return getattr(self._core, "mode", "enforce")
 
     @property
     def spend(self) -> SpendBook | None:
@@ -206,6 +217,8 @@ class SyncLimiter(SyncLimiterFront):
             first: Decision = b.submit(key, req, started)
             flow = acquire_flow(req, clock, first)
             result: Any = None
+            if first.outcome == "waiting" and _metrics.ON:
+                _metrics.waiting_on(req.id, first.dimension)
             while first.outcome == "waiting":
                 try:
                     effect: Effect = flow.send(result)

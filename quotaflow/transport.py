@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 
+from quotaflow import metrics
 from quotaflow._held import BatchHold, held_for
+from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
 from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
     AsyncDriver,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
 
 __all__ = [
+    "GEMINI_OPENAI_URL",
     "BatchHold",
     "CallInfo",
     "Httpx2QuotaTransport",
@@ -52,6 +55,8 @@ __all__ = [
     "SyncQuotaTransport",
     "batch_holds",
     "genai_http_options",
+    "openai_client",
+    "openai_http_client",
 ]
 
 _DOC_ARGS = """
@@ -148,6 +153,9 @@ class QuotaTransport(AsyncDriver, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Admit, send, feed back and retry one request."""
+        if metrics.SPANS:
+            with metrics.span(request.method, request.url):
+                return cast(httpx.Response, await self._handle_async(request))
         return cast(httpx.Response, await self._handle_async(request))
 
     async def aclose(self) -> None:
@@ -171,6 +179,9 @@ class SyncQuotaTransport(SyncDriver, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Admit, send, feed back and retry one request."""
+        if metrics.SPANS:
+            with metrics.span(request.method, request.url):
+                return cast(httpx.Response, self._handle(request))
         return cast(httpx.Response, self._handle(request))
 
     def close(self) -> None:

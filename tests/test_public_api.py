@@ -53,7 +53,7 @@ def test_cli_lists_commands_and_rejects_unknown() -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "quotaflow.cli", "frobnicate"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "unknown command" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice: 'frobnicate'" in bad.stderr
     tiers = subprocess.run(
         [sys.executable, "-m", "quotaflow.cli", "tiers", "tier1"], capture_output=True, text=True
     )

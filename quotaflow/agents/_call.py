@@ -301,4 +301,15 @@ class AgentCall:
             error=self.error,
             service_tier=getattr(info, "service_tier", None),
             spend_micros=getattr(info, "spend", None),
+            **shadow_fields(getattr(info, "shadow", ())),
         )
+
+
+def shadow_fields(decisions: Any) -> dict[str, Any]:
+    """``would_wait`` and ``would_refuse`` of an audit record from shadow decisions."""
+    waits = [d.would_wait for d in decisions if d.outcome == "wait" and d.would_wait]
+    refused = [d.reason for d in decisions if d.outcome == "refuse"]
+    return {
+        "would_wait": round(max(waits), 6) if waits else None,
+        "would_refuse": refused[0] if refused else None,
+    }

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+from quotaflow import metrics
 from quotaflow.gemini._canonical import SECRET_PARAMS, canonical_request
 
 __all__ = [
@@ -77,6 +78,10 @@ class AuditRecord:
         service_tier: the tier that served the call (``standard``, ``flex``, ``priority``),
             from ``x-gemini-service-tier`` or the request.
         spend_micros: what the call cost, in millionths of a dollar (``None``: no price).
+        would_wait: in shadow mode, the seconds the limiter would have made the call wait
+            (``None``: enforcing, or no wait).
+        would_refuse: in shadow mode, why the limiter would have refused it (``timeout``,
+            ``cannot_fit``, ``exhausted``), else ``None``.
     """
 
     time: float
@@ -105,6 +110,8 @@ class AuditRecord:
     error: str | None = None
     service_tier: str | None = None
     spend_micros: int | None = None
+    would_wait: float | None = None
+    would_refuse: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data."""
@@ -272,6 +279,8 @@ class AuditLog:
 
     def emit(self, record: AuditRecord) -> None:
         """Queue a record; never blocks and never raises."""
+        if metrics.ON and record.decision == "denied":
+            metrics.denied(record.model or "", record.reason, record.agent)
         if self._closed:
             self._drop(1, "the audit log is closed")
             return

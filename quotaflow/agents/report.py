@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from quotaflow.agents.audit import AuditRecord
+from quotaflow.errors import ConfigError
 
 __all__ = ["Summary", "format_table", "read_records", "summarize", "to_json"]
 
@@ -50,16 +51,43 @@ class Summary:
     output_tokens: int = 0
 
 
+_REQUIRED = tuple(
+    f.name for f in fields(AuditRecord) if f.default is MISSING and f.default_factory is MISSING
+)
+
+
 def read_records(paths: Iterable[str | os.PathLike[str]]) -> Iterator[AuditRecord]:
-    """Every record of the JSON lines files (lines that are not records are skipped)."""
+    """Every record of the JSON lines files (lines that are not JSON objects are skipped).
+
+    Raises:
+        ConfigError: a file that is not UTF-8 text, or a record that lacks fields (naming the
+            file and line).
+    """
     for path in paths:
         with Path(path).open(encoding="utf-8") as f:
-            for line in f:
+            lineno = 0
+            while True:
+                try:
+                    line = f.readline()
+                except UnicodeDecodeError:
+                    raise ConfigError(
+                        f"{os.fspath(path)}: not a UTF-8 text file; give the JSON lines file "
+                        "an AuditLog writes"
+                    ) from None
+                if not line:
+                    break
+                lineno += 1
                 try:
                     data = json.loads(line)
                 except ValueError:
                     continue
                 if isinstance(data, dict) and "decision" in data:
+                    missing = [n for n in _REQUIRED if n not in data]
+                    if missing:
+                        raise ConfigError(
+                            f"{os.fspath(path)}:{lineno}: not a complete audit record (no "
+                            f"{', '.join(missing)}); give the JSON lines file an AuditLog writes"
+                        )
                     yield AuditRecord.from_dict(data)
 
 

@@ -302,6 +302,18 @@ class MemoryBackend:
             st = self._scopes.get(scope)
             return len(st.queue) if st else 0
 
+    def line(self, scope: str) -> list[tuple[int, str]]:
+        """The scope's waiters in service order: each one's priority and the agents its cost
+        names (comma-separated; ``quotaflow.status`` counts them)."""
+        with self.lock:
+            st = self._scopes.get(scope)
+            if st is None:
+                return []
+            return [
+                (w.priority, ",".join(k.partition("@")[2] for k in w.cost if "@" in k))
+                for w in st.queue.in_order(len(st.queue))
+            ]
+
     def learned(self, scope: str) -> dict[str, str]:
         """The figures limiters on this backend learned for ``scope`` (JSON by dimension)."""
         return dict(self._figures.get(scope, {}))

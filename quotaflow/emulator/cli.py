@@ -10,7 +10,26 @@ import argparse
 import logging
 import sys
 
-__all__ = ["build_parser", "run_cli"]
+__all__ = ["add_arguments", "build_parser", "run_cli", "run_parsed"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator command's options to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks a free one")
+    parser.add_argument("--config", metavar="FILE", help="TOML or JSON config file")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config, print a summary and exit"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="log level (default: info)",
+    )
 
 
 def build_parser(prog: str = "quotaflow emulator") -> argparse.ArgumentParser:
@@ -19,13 +38,7 @@ def build_parser(prog: str = "quotaflow emulator") -> argparse.ArgumentParser:
         prog=prog,
         description="Serve a local Gemini Developer API emulator with Gemini's quotas.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks a free one")
-    parser.add_argument("--config", metavar="FILE", help="TOML or JSON config file")
-    parser.add_argument(
-        "--check", action="store_true", help="validate the config, print a summary and exit"
-    )
-    parser.add_argument("--log-level", default="info", help="log level (default: info)")
+    add_arguments(parser)
     return parser
 
 
@@ -38,7 +51,11 @@ def run_cli(argv: list[str] | None = None) -> int:
     Returns:
         The process exit status: 0 on a clean stop, 2 for an invalid config.
     """
-    args = build_parser().parse_args(argv)
+    return run_parsed(build_parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run the emulator with parsed arguments (see :func:`add_arguments`)."""
     try:
         import uvicorn
 
