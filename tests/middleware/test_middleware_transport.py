@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import quotaflow
-from quotaflow import RPD, RPM, TPM, Limiter, QuotaExhaustedError, SyncLimiter
+from quotaflow import RPD, RPM, TPM, CannotFitError, Limiter, QuotaExhaustedError, SyncLimiter
 from quotaflow.transport import CallInfo, QuotaTransport, SyncQuotaTransport
 
 MODEL = "gemini-2.5-flash"
@@ -162,6 +162,22 @@ async def test_per_day_429_fails_fast_until_pacific_midnight() -> None:
         again = await client.post(GEN, json=BODY)  # refused by the limiter: never sent
         assert again.status_code == 429 and _refusal(again)["dimension"] == "rpd"
     assert script.generate_calls == 1
+
+
+@pytest.mark.anyio
+async def test_a_request_larger_than_a_limit_is_a_local_400_and_never_sent() -> None:
+    limiter = Limiter(tier=None, quotas={MODEL: [RPM(100, 1.0), TPM(50, 1.0)]})
+    script = Script()
+    async with _client(limiter, script) as client:
+        r = await client.post(GEN, json=BODY)  # 100 tokens against a 50-token limit
+        assert r.status_code == 400
+        info = _refusal(r)
+        assert (info["code"], info["status"]) == ("QUOTAFLOW_CANNOT_FIT", "INVALID_ARGUMENT")
+        assert (info["reason"], info["dimension"], info["model"]) == ("cannot_fit", "tpm", MODEL)
+    async with _client(limiter, script, local_errors="raise") as client:
+        with pytest.raises(CannotFitError):
+            await client.post(GEN, json=BODY)
+    assert script.generate_calls == 0
 
 
 @pytest.mark.anyio
