@@ -89,10 +89,11 @@ HEADERS = {"x-quotaflow-timeout": "0.05"}  # the deadline kind: no 60 s wait fit
 
 
 def _info(body: Any) -> dict[str, Any]:
-    """``(status text, ErrorInfo)`` of an error body (a list of one on the OpenAI surface)."""
+    """The status text, and quotaflow's ``ErrorInfo`` (its reason as ``code``, then its
+    metadata), of an error body (a list of one on the OpenAI surface)."""
     if isinstance(body, list):
         (body,) = body
-    error = body["error"] if "error" in body else body
+    error = body["error"]
     (info,) = [d for d in error["details"] if d.get("domain") == "quotaflow"]
     assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
     return {"status": error["status"], "code": info["reason"], **info["metadata"]}
