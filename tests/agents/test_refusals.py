@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from agents_helpers import EMBED, FLASH, KEY, PERIOD, EmulatorRequests
+from agents_helpers import EMBED, FLASH, KEY, PERIOD, PRO, EmulatorRequests, Records
 from google import genai
 from google.genai import errors
 
@@ -271,3 +271,36 @@ async def test_a_malformed_request_is_a_400_with_the_same_detail(served: ServedE
     assert r.status_code == 400 and info["status"] == "INVALID_ARGUMENT"
     assert (info["code"], info["reason"]) == ("QUOTAFLOW_INVALID_REQUEST", "malformed")
     assert info["dimension"] == info["retry_after"] == info["resets_at"] == ""
+
+
+@pytest.mark.anyio
+async def test_a_quota_refusal_under_an_agent_gives_its_budget_back(
+    served: ServedEmulator, records: Records
+) -> None:
+    # budget 2 a day; the model's day quota 1: the second call is refused by the quota, not
+    # by the budget, and leaves the budget's request for a call on another model
+    policy = {"agents": {"a": {"grants": {"content": "write"}, "budget": {"requests_per_day": 2}}}}
+    quotas = {FLASH: [RPM(600, PERIOD), RPD(1)], PRO: [RPM(600, PERIOD), RPD(100)]}
+    lim = Limiter(None, quotas=quotas, policy=Policy.from_dict(policy))
+    handle = lim.agent("a", audit=records.log)
+    client = genai.Client(api_key=KEY, http_options=handle.http_options(base_url=served.base_url))
+    try:
+        await client.aio.models.generate_content(model=FLASH, contents="hi")
+        with pytest.raises(errors.ClientError) as quota:
+            await client.aio.models.generate_content(model=FLASH, contents="hi")
+        await client.aio.models.generate_content(model=PRO, contents="hi")  # the budget's 2nd
+        with pytest.raises(errors.ClientError) as budget:
+            await client.aio.models.generate_content(model=PRO, contents="hi")
+    finally:
+        await client.aio.aclose()
+        client.close()
+    assert _info(quota.value.details)["code"] == "QUOTAFLOW_QUOTA_EXHAUSTED"
+    assert _info(budget.value.details)["code"] == "QUOTAFLOW_BUDGET_EXHAUSTED"
+    got = records.flushed()
+    assert [(r.model, r.status, r.outcome, r.reason) for r in got] == [
+        (FLASH, 200, "ok", "granted"),
+        (FLASH, 429, "denied", "granted"),
+        (PRO, 200, "ok", "granted"),
+        (PRO, 429, "denied", "budget"),
+    ]
+    assert got[1].error is not None and got[1].error.startswith("QuotaExhaustedError")
