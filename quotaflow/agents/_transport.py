@@ -249,9 +249,11 @@ class _Base:
 
     def _local(self, call: AgentCall, refusal: Refusal) -> Any:
         """Answer a refusal of the policy or the budget (or raise it: ``local_errors``)."""
-        self._audit.emit(call.record())
         if self._quota._settings.local_errors == "raise":
+            call.status = None  # the caller gets the typed error, no response
+            self._audit.emit(call.record())
             raise refusal.error
+        self._audit.emit(call.record())
         local = answer(refusal, call.call.surface)
         return self._http.Response(
             local.status,

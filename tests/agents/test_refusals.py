@@ -116,11 +116,14 @@ def _check(kind: str, status: int, body: Any) -> None:
 # ---- google-genai ---------------------------------------------------------------------------
 
 
-def _genai(kind: str, base_url: str, **options: Any) -> genai.Client:
+def _genai(
+    kind: str, base_url: str, records: Records | None = None, **options: Any
+) -> genai.Client:
     lim = _limiter(kind)
     agent = _agent(kind)
+    audit = records.log if records is not None else None
     http = (
-        lim.agent(agent).http_options(base_url=base_url, **options)
+        lim.agent(agent, audit=audit).http_options(base_url=base_url, **options)
         if agent is not None
         else genai_http_options(lim, base_url=base_url, **options)
     )
@@ -176,9 +179,11 @@ def test_genai_sync_sees_every_refusal_as_an_api_error(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_local_errors_raise_keeps_the_typed_errors(kind: str, served: ServedEmulator) -> None:
+def test_local_errors_raise_keeps_the_typed_errors(
+    kind: str, served: ServedEmulator, records: Records
+) -> None:
     model, config = _genai_call(kind)
-    with _genai(kind, served.base_url, local_errors="raise") as client:
+    with _genai(kind, served.base_url, records, local_errors="raise") as client:
         if kind != "policy":
             client.models.generate_content(model=model, contents="hi")
         with pytest.raises(EXPECTED[kind].typed) as caught:
@@ -190,6 +195,10 @@ def test_local_errors_raise_keeps_the_typed_errors(kind: str, served: ServedEmul
         assert (caught.value.reason, caught.value.status) == ("no_grant", 403)
     else:
         assert getattr(caught.value, "dimension", None) == EXPECTED[kind].dimension
+    if _agent(kind) is not None:  # the audit record: refused, no response
+        last = records.flushed()[-1]
+        assert (last.decision, last.status) == ("denied", None)
+        assert last.error is None or last.error.startswith(EXPECTED[kind].typed.__name__)
 
 
 # ---- OpenAI ---------------------------------------------------------------------------------
