@@ -21,6 +21,7 @@ from quotaflow import context, metrics
 from quotaflow._held import BATCH_TERMINAL, BatchHold, Held
 from quotaflow._learned import Origin
 from quotaflow._quota_book import SERVED
+from quotaflow._refusal import LOCAL_ERRORS, LocalErrors, Refusal, quota_refusal
 from quotaflow._shadow import ShadowDecision, decisions_of
 from quotaflow._spend_flow import Paired, priority_cost, settle_spend
 from quotaflow.clock import Clock
@@ -109,8 +110,14 @@ class Settings:
     max_backoff: float = 30.0
     jitter: float = 0.1
     batch_expiry: float = BATCH_EXPIRY
+    local_errors: LocalErrors = "response"
 
     def __post_init__(self) -> None:
+        if self.local_errors not in LOCAL_ERRORS:
+            raise ConfigError(
+                f"local_errors={self.local_errors!r}: use 'response' (a Gemini-shaped error "
+                "response for each local refusal) or 'raise' (quotaflow's typed errors)"
+            )
         for name in ("max_429_retries", "max_5xx_retries", "count_cache"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
@@ -329,11 +336,13 @@ Effect = (
 @dataclass
 class Outcome:
     """The flow's result: the response for the caller, and the permit to settle from its
-    body (``None`` when nothing is left to settle)."""
+    body (``None`` when nothing is left to settle); or, instead of a response, the refusal
+    to answer locally."""
 
     response: Any
     permit: Any
     info: CallInfo
+    refusal: Refusal | None = None
 
 
 Flow = Generator[Effect, Any, Outcome]
@@ -533,27 +542,14 @@ def call_flow(
     n429 = n_transient = 0
     while True:
         permit: Any = None
-        if batch and info.estimated:
-            permit = yield Hold(model, info.estimated, prio, deadline, info.agent)
-            if permit is not None:
-                info.waited += permit.waited
-        elif metered:
-            which: Literal["model", "count"] = "model" if call.metered else "count"
-            target = model if call.metered else COUNT_MODEL
-            permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
-            info.shadow.extend(decisions_of(permit))
-            if spend_cost is not None:
-                try:
-                    for_spend = yield Acquire(
-                        "model", SPEND_SCOPE, 0, spend_cost, prio, deadline, agent=info.agent
-                    )
-                except BaseException:
-                    yield Release(permit)
-                    raise
-                permit = Paired(permit, for_spend)
-                info.shadow.extend(decisions_of(for_spend))
-            info.waited += permit.waited
-            info.priority = permit.priority
+        try:
+            permit = yield from _admit(
+                batch, metered, call, model, tokens, cost, spend_cost, prio, deadline, info
+            )
+        except QuotaError as exc:
+            if settings.local_errors == "raise":
+                raise
+            return Outcome(None, None, info, quota_refusal(exc, model))
         info.attempts += 1
         # the permit is marked sent once the attempt's fate is known, not before: an error that
         # proves the request never left (send_failure: "unsent") releases it instead
@@ -630,7 +626,12 @@ def call_flow(
             if spend is not None and spend.cap_usd is not None and _spend_violations(err):
                 delay = yield from _on_spend_429(err, spend, settings, clock)
             else:
-                delay = yield from _on_429(call, err, settings, quota, clock, warned)
+                try:
+                    delay = yield from _on_429(call, err, settings, quota, clock, warned)
+                except QuotaExhaustedError as exc:  # the day quota is spent: no retry today
+                    if settings.local_errors == "raise":
+                        raise
+                    return Outcome(None, None, info, quota_refusal(exc, model))
             if deadline is not None and clock.now() + delay > deadline:
                 return Outcome(fresh, None, info)
             n429 += 1
@@ -658,6 +659,45 @@ def call_flow(
             yield Sleep(delay)
             continue
         return Outcome(response, None, info)
+
+
+def _admit(
+    batch: bool,
+    metered: bool,
+    call: Call,
+    model: str,
+    tokens: int,
+    cost: dict[str, int] | None,
+    spend_cost: dict[str, int] | None,
+    prio: int | None,
+    deadline: float | None,
+    info: CallInfo,
+) -> Generator[Effect, Any, Any]:
+    """One attempt's permit (``None``: nothing to acquire); a refusal raises the limiter's
+    :class:`~quotaflow.errors.QuotaError`."""
+    permit: Any = None
+    if batch and info.estimated:
+        permit = yield Hold(model, info.estimated, prio, deadline, info.agent)
+        if permit is not None:
+            info.waited += permit.waited
+    elif metered:
+        which: Literal["model", "count"] = "model" if call.metered else "count"
+        target = model if call.metered else COUNT_MODEL
+        permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
+        info.shadow.extend(decisions_of(permit))
+        if spend_cost is not None:
+            try:
+                for_spend = yield Acquire(
+                    "model", SPEND_SCOPE, 0, spend_cost, prio, deadline, agent=info.agent
+                )
+            except BaseException:
+                yield Release(permit)
+                raise
+            permit = Paired(permit, for_spend)
+            info.shadow.extend(decisions_of(for_spend))
+        info.waited += permit.waited
+        info.priority = permit.priority
+    return permit
 
 
 _BATCH_NAME = re.compile(r"(batches/[^/:?]+)")

@@ -19,6 +19,7 @@ import anyio
 
 from quotaflow import _shadow, metrics
 from quotaflow._held import Held, held_for
+from quotaflow._refusal import answer
 from quotaflow._transport_flow import (
     COUNT_MODEL,
     HEADER_PREFIX,
@@ -329,6 +330,17 @@ class _DriverBase:
         )
         return decoded, fresh
 
+    def _answer(self, outcome: Outcome) -> Any:
+        """The local answer of a refused call (see :mod:`quotaflow._refusal`)."""
+        assert outcome.refusal is not None
+        local = answer(outcome.refusal, outcome.info.call.surface)
+        return self._http.Response(
+            local.status,
+            headers=list(local.headers),
+            content=local.body,
+            extensions={"quotaflow_refusal": outcome.refusal},
+        )
+
     def _info(self, response: Any, info: CallInfo) -> None:
         model = info.call.model
         if metrics.ON and model:
@@ -488,6 +500,8 @@ class AsyncDriver(_DriverBase):
         return self._fresh(response, raw)
 
     async def _finish(self, outcome: Outcome) -> Any:
+        if outcome.refusal is not None:
+            outcome.response = self._answer(outcome)
         response, permit, info = outcome.response, outcome.permit, outcome.info
         self._info(response, info)
         if permit is None:
@@ -660,6 +674,8 @@ class SyncDriver(_DriverBase):
         return self._fresh(response, raw)
 
     def _finish(self, outcome: Outcome) -> Any:
+        if outcome.refusal is not None:
+            outcome.response = self._answer(outcome)
         response, permit, info = outcome.response, outcome.permit, outcome.info
         self._info(response, info)
         if permit is None:

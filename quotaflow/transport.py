@@ -18,15 +18,16 @@ Example:
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import httpx
 
 from quotaflow import metrics
+from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._held import BatchHold, held_for
 from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
+from quotaflow._refusal import LocalErrors
 from quotaflow._transport_flow import BATCH_EXPIRY, CallInfo, Settings, Sizer
 from quotaflow._transport_io import (
     AsyncDriver,
@@ -89,6 +90,13 @@ _DOC_ARGS = """
         batch_expiry: seconds after which a batch job whose end the transports never see gives
             its enqueued tokens back (default 25 h: the Batch API's 24 h target turnaround
             plus an hour).
+        local_errors: how a call refused here (a spent quota or budget, a deadline that
+            cannot hold, a policy denial, a malformed request) reaches the caller:
+            ``"response"`` (default), a Gemini-shaped error response (429, 403 or 400) whose
+            ``ErrorInfo`` (domain ``quotaflow``) carries the reason, dimension,
+            ``retry_after`` and ``resets_at``, which the SDKs raise as their own API errors;
+            ``"raise"``, quotaflow's typed error (``QuotaExhaustedError``,
+            ``QuotaTimeoutError``, ``BudgetExhaustedError``, ``PolicyDeniedError``).
 """
 
 
@@ -96,7 +104,23 @@ class _Options:
     """Keyword options shared by every transport class."""
 
     @staticmethod
-    def build(
+    def names() -> list[str]:
+        """The options' names."""
+        return list(inspect.signature(_Options._build).parameters)
+
+    @staticmethod
+    def build(**options: Any) -> Settings:
+        """The settings of ``options``; an unknown name is a :class:`ConfigError`."""
+        unknown = sorted(set(options) - set(_Options.names()))
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(unknown)}: not an option of the quota transports; they take "
+                f"{', '.join(sorted(_Options.names()))}"
+            )
+        return _Options._build(**options)
+
+    @staticmethod
+    def _build(
         sizing: Sizer | Mapping[str, Sizer] = "estimate",
         count_quota: Sequence[Limit] = (RPM(3000),),
         count_cache: int = 4096,
@@ -109,6 +133,7 @@ class _Options:
         max_backoff: float = 30.0,
         jitter: float = 0.1,
         batch_expiry: float = BATCH_EXPIRY,
+        local_errors: LocalErrors = "response",
     ) -> Settings:
         return Settings(
             sizing=sizing,
@@ -123,6 +148,7 @@ class _Options:
             max_backoff=max_backoff,
             jitter=jitter,
             batch_expiry=batch_expiry,
+            local_errors=local_errors,
         )
 
 
@@ -206,38 +232,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _genai_backend(http_options: Any = None) -> str:
-    """The HTTP package google-genai picks (``httpx`` or ``httpx2``): by itself, or for
-    ``http_options`` (``GOOGLE_GENAI_HTTP_CLIENT`` wins over the objects they hold)."""
-    try:
-        from google.genai import _api_client
-
-        pick = _api_client._get_http_client_backend
-        # google-genai 3.x looks at the options' clients too; 2.x (the last for Python 3.10)
-        # takes no argument and reads only GOOGLE_GENAI_HTTP_CLIENT
-        return str(pick(http_options) if inspect.signature(pick).parameters else pick())
-    except Exception:
-        return "httpx"
-
-
-def _check_backend(options: genai_types.HttpOptions, flavor: str) -> None:
-    """Fail at once if google-genai would drive our transports with the other HTTP package.
-
-    The SDK lets ``GOOGLE_GENAI_HTTP_CLIENT`` override what it detects from the transports; an
-    httpx client then sends through an httpx2 transport (or the reverse), which fails only after
-    the request has reached the server, with an ``AssertionError`` deep in the HTTP package.
-    """
-    picked = _genai_backend(options)
-    if picked != flavor:
-        raise ConfigError(
-            f"google-genai will use {picked} (GOOGLE_GENAI_HTTP_CLIENT="
-            f"{os.environ.get('GOOGLE_GENAI_HTTP_CLIENT')!r}), but the quota transports were "
-            f"built for {flavor}, which a {picked} client cannot drive: call "
-            f"genai_http_options(..., backend='auto') (or backend={picked!r}), or unset "
-            "GOOGLE_GENAI_HTTP_CLIENT"
-        )
-
-
 def genai_http_options(
     limiter: Limiter,
     *,
@@ -264,20 +258,32 @@ def genai_http_options(
             google-genai 3.x unless ``GOOGLE_GENAI_HTTP_CLIENT=httpx``).
         base_url, api_version, headers, timeout: passed to ``HttpOptions`` (``timeout`` in
             milliseconds, as the SDK counts it).
-        **options: transport options (``sizing=``, ``max_429_retries=``, ...).
+        **options: transport options (``sizing=``, ``max_429_retries=``, ``local_errors=``,
+            ...), and any other ``HttpOptions`` field, merged (``client_args`` and
+            ``async_client_args`` get the transport added, ``extra_body`` passes as it is).
 
     Raises:
         ConfigError: ``GOOGLE_GENAI_HTTP_CLIENT`` makes the SDK use the other HTTP package
-            than ``backend`` (its client could not drive these transports).
+            than ``backend`` (its client could not drive these transports); an
+            ``HttpOptions`` field that cannot be merged (``retry_options``: use
+            ``max_429_retries=``/``max_5xx_retries=``; a client of your own; a ``transport``
+            in ``client_args``); an option nobody takes.
 
     Example:
         >>> from google import genai
         >>> client = genai.Client(api_key="...", http_options=genai_http_options(limiter))
     """
-    from google.genai import types
-
+    sdk = split_options(options, _Options.names())
+    for name, value in (
+        ("base_url", base_url),
+        ("api_version", api_version),
+        ("headers", headers),
+        ("timeout", timeout),
+    ):
+        if value is not None:
+            sdk[name] = value
     sync = sync_limiter if sync_limiter is not None else SyncLimiter.sharing(limiter)
-    flavor = _genai_backend() if backend == "auto" else backend
+    flavor = genai_http_package() if backend == "auto" else backend
     if flavor == "httpx2":
         from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
 
@@ -286,21 +292,7 @@ def genai_http_options(
     else:
         async_t = QuotaTransport(limiter, **options)
         sync_t = SyncQuotaTransport(sync, **options)
-    kw: dict[str, Any] = {
-        "async_client_args": {"transport": async_t},
-        "client_args": {"transport": sync_t},
-    }
-    if base_url is not None:
-        kw["base_url"] = base_url
-    if api_version is not None:
-        kw["api_version"] = api_version
-    if headers is not None:
-        kw["headers"] = dict(headers)
-    if timeout is not None:
-        kw["timeout"] = timeout
-    http_options = types.HttpOptions(**kw)
-    _check_backend(http_options, flavor)
-    return http_options
+    return cast("genai_types.HttpOptions", make_http_options(async_t, sync_t, sdk, flavor))
 
 
 def batch_holds(limiter: Limiter | SyncLimiter) -> dict[str, BatchHold]:

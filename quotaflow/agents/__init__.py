@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from quotaflow.agents._local import BudgetExhaustedError
+from quotaflow.agents._local import BudgetExhaustedError, PolicyDeniedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import (
     AuditLog,
@@ -63,6 +63,7 @@ __all__ = [
     "LoggingSink",
     "Ownership",
     "Policy",
+    "PolicyDeniedError",
     "PolicyError",
     "ShareSpec",
     "Sink",

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from quotaflow import context
-from quotaflow.agents._local import BudgetExhaustedError, LocalAnswer, budget_answer, denied_answer
+from quotaflow._refusal import Refusal
+from quotaflow.agents._local import BudgetExhaustedError, budget_refusal, denied_refusal
 from quotaflow.agents._ownership import created_name
 from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, path_template
 from quotaflow.agents.grants import (
@@ -186,13 +187,14 @@ class AgentCall:
 
     # ---- before sending -------------------------------------------------------------------
 
-    def denied(self) -> LocalAnswer | None:
-        """The local 403 when the policy denies the call, else ``None``."""
+    def denied(self) -> Refusal | None:
+        """The refusal (403, or 400 for a malformed request) when the policy denies the
+        call, else ``None``."""
         if self.decision.allowed:
             return None
-        answer = denied_answer(self.call, self.decision)
-        self.status = answer.status
-        return answer
+        refusal = denied_refusal(self.decision)
+        self.status = refusal.status
+        return refusal
 
     def budget_cost(self) -> tuple[str, int, dict[str, int]] | None:
         """``(agent, tokens, cost)`` to take from the agent's budget, or ``None``."""
@@ -206,13 +208,21 @@ class AgentCall:
             cost[USD_MICROS] = self.spend_estimate
         return scope, self.estimate, cost
 
-    def budget_refused(self, exc: Exception) -> LocalAnswer:
-        """The local 429 for a spent budget."""
+    def budget_refused(self, exc: Exception) -> Refusal:
+        """The refusal (429) of a spent budget."""
         err = BudgetExhaustedError.from_quota(self.agent or "", exc, self.runtime.clock.now())
         self.reason = "budget"
         self.status = 429
         self.error = f"{type(err).__name__}: {redact_text(str(err))}"
-        return budget_answer(self.call, err)
+        return budget_refusal(err)
+
+    def refused(self, refusal: Refusal) -> None:
+        """The quota transport refused the call here (a spent quota, a deadline that cannot
+        hold): it was answered locally, with ``refusal``."""
+        self.outcome = "denied"
+        self.status = refusal.status
+        err = refusal.error
+        self.error = f"{type(err).__name__}: {redact_text(str(err))}"[:500]
 
     def headers(self) -> dict[str, str]:
         """``x-quotaflow-*`` headers for the quota transport underneath."""

@@ -1,30 +1,27 @@
-"""Answers given without sending: Gemini-shaped 403 and 429 bodies, and the agents' errors.
-
-Pure: bodies are bytes, the drivers wrap them in their package's ``Response``.
-"""
+"""The agents' refusals (a policy denial, a spent budget) and their typed errors; their
+answers follow the one rule of :mod:`quotaflow._refusal`."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from quotaflow._refusal import Refusal
 from quotaflow.agents.grants import GrantDecision
-from quotaflow.errors import QuotaExhaustedError
-from quotaflow.gemini import Call
+from quotaflow.errors import QuotaExhaustedError, QuotaflowError
 from quotaflow.limits import PACIFIC
 
-__all__ = ["BudgetExhaustedError", "LocalAnswer", "budget_answer", "denied_answer"]
+__all__ = ["BudgetExhaustedError", "PolicyDeniedError", "budget_refusal", "denied_refusal"]
 
 _BUDGET_NAMES = {"rpd": "requests_per_day", "tpd": "tokens_per_day"}
 _QUOTA_IDS = {"requests_per_day": "AgentRequestsPerDay", "tokens_per_day": "AgentTokensPerDay"}
 
 
 class BudgetExhaustedError(QuotaExhaustedError):
-    """Raised at once (by an agent's ``acquire``; the transports answer 429 instead) when an
-    agent's daily budget is spent.
+    """Raised at once by an agent's ``acquire`` (and by its transports made with
+    ``local_errors="raise"``; by default they answer a Gemini-shaped 429) when an agent's
+    daily budget is spent.
 
     Attributes:
         agent: the agent.
@@ -62,77 +59,67 @@ class BudgetExhaustedError(QuotaExhaustedError):
         )
 
 
-@dataclass(frozen=True)
-class LocalAnswer:
-    """A response made here: status, headers and a JSON body."""
+class PolicyDeniedError(QuotaflowError, PermissionError):
+    """Raised by an agent transport made with ``local_errors="raise"`` when the policy denies
+    a call (``status`` 403), or the request is malformed (400); by default the transports
+    answer a Gemini-shaped error response instead.
 
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
+    Attributes:
+        agent, method, area, needed, grant: what was asked, and the grant the agent holds.
+        reason: why (``no_grant``, ``read_only``, ``not_owner``, ``malformed``, ...).
+        status: the HTTP status of the local answer (403, or 400 for a malformed request).
+    """
+
+    def __init__(self, message: str, *, decision: GrantDecision, status: int) -> None:
+        super().__init__(message)
+        self.agent = decision.agent
+        self.method = decision.method
+        self.area = decision.area
+        self.needed = decision.needed
+        self.grant = decision.grant
+        self.reason = decision.reason
+        self.status = status
 
 
-def _answer(call: Call, status: int, error: dict[str, Any]) -> LocalAnswer:
-    payload: Any = {"error": error}
-    if call.surface == "openai":  # the OpenAI surface wraps the error object in a list
-        payload = [payload]
-    body = json.dumps(payload).encode()
-    return LocalAnswer(status, (("content-type", "application/json; charset=UTF-8"),), body)
-
-
-def denied_answer(call: Call, decision: GrantDecision) -> LocalAnswer:
-    """A 403 ``PERMISSION_DENIED`` shaped like Gemini's, naming agent, method, area, access
-    needed and grant held; a malformed request (see :attr:`quotaflow.gemini.Call.problem`)
-    gets a 400 ``INVALID_ARGUMENT`` instead."""
-    code, status = (400, "INVALID_ARGUMENT") if decision.reason == "malformed" else (403, "")
-    return _answer(
-        call,
-        code,
-        {
-            "code": code,
-            "message": decision.message,
-            "status": status or "PERMISSION_DENIED",
-            "details": [
-                {
-                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                    "reason": "QUOTAFLOW_POLICY_DENIED",
-                    "domain": "quotaflow",
-                    "metadata": {
-                        "agent": decision.agent or "",
-                        "method": decision.method,
-                        "area": decision.area,
-                        "needed": decision.needed,
-                        "grant": decision.grant,
-                        "reason": decision.reason,
-                    },
-                }
-            ],
-        },
+def denied_refusal(decision: GrantDecision) -> Refusal:
+    """The refusal of a call the policy denies: a 403 ``PERMISSION_DENIED`` naming agent,
+    method, area, access needed and grant held; a malformed request (see
+    :attr:`quotaflow.gemini.Call.problem`) gets a 400 ``INVALID_ARGUMENT`` instead."""
+    malformed = decision.reason == "malformed"
+    status = 400 if malformed else 403
+    return Refusal(
+        status=status,
+        code="QUOTAFLOW_INVALID_REQUEST" if malformed else "QUOTAFLOW_POLICY_DENIED",
+        reason=decision.reason,
+        message=decision.message,
+        error=PolicyDeniedError(decision.message, decision=decision, status=status),
+        metadata=(
+            ("agent", decision.agent or ""),
+            ("method", decision.method),
+            ("area", decision.area),
+            ("needed", decision.needed),
+            ("grant", decision.grant),
+        ),
     )
 
 
-def budget_answer(call: Call, error: BudgetExhaustedError) -> LocalAnswer:
-    """A 429 ``RESOURCE_EXHAUSTED`` shaped like Gemini's per-day quota error, naming the agent,
-    the budget and when it resets."""
-    delay = f"{max(0, round(error.retry_after or 0.0))}s"
-    return _answer(
-        call,
-        429,
-        {
-            "code": 429,
-            "message": str(error),
-            "status": "RESOURCE_EXHAUSTED",
-            "details": [
-                {
-                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {
-                            "quotaMetric": f"quotaflow/agent_budget/{error.budget}",
-                            "quotaId": _QUOTA_IDS.get(error.budget, "AgentBudgetPerDay"),
-                            "quotaDimensions": {"agent": error.agent},
-                        }
-                    ],
-                },
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
-            ],
-        },
+def budget_refusal(error: BudgetExhaustedError) -> Refusal:
+    """The refusal of a call whose agent's budget is spent: a 429 ``RESOURCE_EXHAUSTED``
+    shaped like Gemini's per-day quota error, naming the agent, the budget and when it
+    resets."""
+    return Refusal(
+        status=429,
+        code="QUOTAFLOW_BUDGET_EXHAUSTED",
+        reason="budget",
+        message=str(error),
+        error=error,
+        dimension=error.dimension,
+        retry_after=error.retry_after,
+        resets_at=error.resets_at,
+        metadata=(("agent", error.agent), ("budget", error.budget)),
+        quota=(
+            f"quotaflow/agent_budget/{error.budget}",
+            _QUOTA_IDS.get(error.budget, "AgentBudgetPerDay"),
+            (("agent", error.agent),),
+        ),
     )

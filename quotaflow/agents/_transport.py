@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from quotaflow import context
+from quotaflow._refusal import Refusal, answer
 from quotaflow._transport_flow import send_failure
 from quotaflow.agents._call import AgentCall, Tap, request_key
-from quotaflow.agents._local import LocalAnswer
 from quotaflow.errors import QuotaError
 from quotaflow.gemini import parse_error
 
@@ -39,6 +39,16 @@ log = logging.getLogger("quotaflow.agents")
 
 _TAP: ContextVar[tuple[Any, Tap] | None] = ContextVar("quotaflow_agents_tap", default=None)
 _PREFIX = "x-quotaflow-"
+
+
+class _Refused(Exception):
+    """The quota transport answered a refusal of its own (carried to the failure path, which
+    gives the budget back or keeps what an earlier attempt sent)."""
+
+    def __init__(self, refusal: Refusal, response: Any) -> None:
+        super().__init__(refusal.code)
+        self.refusal = refusal
+        self.response = response
 
 
 def _peek(headers: Any) -> dict[str, str]:
@@ -237,13 +247,19 @@ class _Base:
             request.headers,
         )
 
-    def _local(self, call: AgentCall, answer: LocalAnswer) -> Any:
+    def _local(self, call: AgentCall, refusal: Refusal) -> Any:
+        """Answer a refusal of the policy or the budget (or raise it: ``local_errors``)."""
+        if self._quota._settings.local_errors == "raise":
+            call.status = None  # the caller gets the typed error, no response
+            self._audit.emit(call.record())
+            raise refusal.error
         self._audit.emit(call.record())
+        local = answer(refusal, call.call.surface)
         return self._http.Response(
-            answer.status,
-            headers=list(answer.headers),
-            content=answer.body,
-            extensions={"quotaflow_agents": call.decision},
+            local.status,
+            headers=list(local.headers),
+            content=local.body,
+            extensions={"quotaflow_agents": call.decision, "quotaflow_refusal": refusal},
         )
 
     @staticmethod
@@ -283,6 +299,9 @@ class AsyncAgentDriver(_Base):
         try:
             with context.agent(call.agent) if call.agent else contextlib.nullcontext():
                 response = await self._quota.handle_async_request(request)
+            refusal = response.extensions.get("quotaflow_refusal")
+            if refusal is not None:
+                raise _Refused(refusal, response)
             call.responded(response.status_code, response.extensions.get("quotaflow"))
             if call.wants_body():
                 try:
@@ -292,7 +311,10 @@ class AsyncAgentDriver(_Base):
                 decoded, response = _fresh(self._http, response, raw)
                 call.body(decoded)
         except BaseException as exc:
-            call.failed(exc)
+            if isinstance(exc, _Refused):
+                call.refused(exc.refusal)
+            else:
+                call.failed(exc)
             with anyio.CancelScope(shield=True):
                 if budget is not None:
                     if call.tap.sent:  # it may have reached the server: it keeps its request
@@ -301,6 +323,8 @@ class AsyncAgentDriver(_Base):
                     else:
                         await budget.release()
             self._audit.emit(call.record())
+            if isinstance(exc, _Refused):
+                return exc.response
             raise
         finally:
             _TAP.reset(token)
@@ -345,6 +369,9 @@ class SyncAgentDriver(_Base):
         try:
             with context.agent(call.agent) if call.agent else contextlib.nullcontext():
                 response = self._quota.handle_request(request)
+            refusal = response.extensions.get("quotaflow_refusal")
+            if refusal is not None:
+                raise _Refused(refusal, response)
             call.responded(response.status_code, response.extensions.get("quotaflow"))
             if call.wants_body():
                 try:
@@ -354,7 +381,10 @@ class SyncAgentDriver(_Base):
                 decoded, response = _fresh(self._http, response, raw)
                 call.body(decoded)
         except BaseException as exc:
-            call.failed(exc)
+            if isinstance(exc, _Refused):
+                call.refused(exc.refusal)
+            else:
+                call.failed(exc)
             if budget is not None:
                 if call.tap.sent:
                     budget.mark_sent()
@@ -362,6 +392,8 @@ class SyncAgentDriver(_Base):
                 else:
                     budget.release()
             self._audit.emit(call.record())
+            if isinstance(exc, _Refused):
+                return exc.response
             raise
         finally:
             _TAP.reset(token)

@@ -61,7 +61,8 @@ class AuditRecord:
         decision: ``allowed`` or ``denied``.
         reason: why (``granted``, ``no_grant``, ``read_only``, ``budget``, ...).
         outcome: ``ok`` (2xx/3xx), ``http_error`` (an error status), ``error`` (an exception),
-            ``denied`` (answered locally).
+            ``denied`` (answered locally: a policy denial, a spent budget, or a quota refusal,
+            whose ``error`` names quotaflow's typed error).
         status: the HTTP status the caller got (``None`` after an exception).
         wait: seconds spent waiting for quota.
         tokens_estimated: input tokens reserved before the call.

@@ -14,10 +14,11 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from quotaflow import context
 from quotaflow._front import Acquire, CallAcquire
+from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._quota_book import QuotaBook
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
@@ -246,29 +247,30 @@ class AgentHandle:
         Args:
             backend: the HTTP package (``auto``: the SDK's own choice).
             base_url, api_version, headers, timeout: passed to ``HttpOptions``.
-            **options: quota transport options.
-        """
-        from google.genai import types
+            **options: quota transport options, and any other ``HttpOptions`` field (as
+                :func:`quotaflow.genai_http_options` merges them).
 
-        flavor = _genai_backend() if backend == "auto" else backend
+        Raises:
+            ConfigError: as :func:`quotaflow.genai_http_options`.
+        """
+        from quotaflow.transport import _Options
+
+        sdk = split_options(options, _Options.names())
+        for name, value in (
+            ("base_url", base_url),
+            ("api_version", api_version),
+            ("headers", headers),
+            ("timeout", timeout),
+        ):
+            if value is not None:
+                sdk[name] = value
+        flavor = genai_http_package() if backend == "auto" else backend
         if flavor == "httpx2":
             async_t: Any = self.httpx2_transport(**options)
             sync_t: Any = self.sync_httpx2_transport(**options)
         else:
             async_t, sync_t = self.transport(**options), self.sync_transport(**options)
-        kw: dict[str, Any] = {
-            "async_client_args": {"transport": async_t},
-            "client_args": {"transport": sync_t},
-        }
-        for k, v in (
-            ("base_url", base_url),
-            ("api_version", api_version),
-            ("headers", dict(headers) if headers is not None else None),
-            ("timeout", timeout),
-        ):
-            if v is not None:
-                kw[k] = v
-        return types.HttpOptions(**kw)
+        return cast("genai_types.HttpOptions", make_http_options(async_t, sync_t, sdk, flavor))
 
     # ---- acquire ---------------------------------------------------------------------------
 
@@ -336,13 +338,3 @@ class AgentHandle:
 
     def __repr__(self) -> str:
         return f"AgentHandle({self.name!r}, policy={self.policy is not None})"
-
-
-def _genai_backend() -> str:
-    """The HTTP package google-genai would pick by itself (``httpx`` or ``httpx2``)."""
-    try:
-        from google.genai import _api_client
-
-        return str(_api_client._get_http_client_backend(None))
-    except Exception:
-        return "httpx"

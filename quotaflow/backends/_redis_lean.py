@@ -1,6 +1,6 @@
-"""The lean asyncio call of the scope script: an encoded command written straight to a pooled
-connection and its reply read straight from the stream, bounded by one watchdog per event loop
-(see :class:`_Lean`)."""
+"""The lean asyncio call of the scope script: an encoded command sent on a connection kept out
+of the pool between calls, with redis-py's public connection calls, bounded by one watchdog per
+event loop (see :class:`_Lean`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import redis.exceptions as rexc
 import sniffio
 
 from quotaflow.backends._redis_clients import _GET_ARGS, _timeout
@@ -49,8 +48,8 @@ class _Lean:
         pool = getattr(client, "connection_pool", None)
         self.pool: Any = pool if pool is not None and client.connection is None else None
         if limit is None and _timeout is not None and self.pool is not None:
-            # the URL's own socket_timeout: redis-py would apply it to each write and read;
-            # the lean call reads past redis-py, so the watchdog applies it instead
+            # the URL's own socket_timeout: the client was made without it (redis-py would
+            # run each write and read under a timer of its own), so the watchdog applies it
             limit = getattr(self.pool, "connection_kwargs", {}).get("socket_timeout") or None
         # the bound of each call (None: none of ours, redis-py's own, if any, applies)
         self.limit: float | None = limit
@@ -78,23 +77,14 @@ class _Lean:
             self.timer = self.loop.call_later(self.limit / 4, self._check)
 
 
-async def _send_packed(pool: Any, free: list[Any], packed: bytes, raw: bool) -> Any:
+async def _send_packed(pool: Any, free: list[Any], packed: bytes) -> Any:
+    """Send one encoded command on a pooled connection and read its reply, through the
+    connection's public calls (``send_packed_command``, ``read_response``: redis-py's own
+    parser, hiredis when installed)."""
     conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
     try:
-        # ``raw`` (the call is bounded by the watchdog): the connection's own streams when it
-        # has them (redis-py's asyncio connections, connected): a write and a read of one
-        # reply, no per-command machinery
-        reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
-        if (
-            raw
-            and reader.__class__ is asyncio.StreamReader
-            and writer.__class__ is asyncio.StreamWriter
-        ):
-            writer.write(packed)  # a few hundred bytes, and the reply is awaited: no drain
-            reply = await _read_reply(reader)
-        else:  # not connected yet, or a connection of another make: redis-py's calls
-            await conn.send_packed_command(packed, False)
-            reply = await conn.read_response()
+        await conn.send_packed_command(packed, False)
+        reply = await conn.read_response()
     except BaseException:
         # a reply may be half read: never use the connection as it is (it reconnects)
         with contextlib.suppress(Exception):
@@ -107,35 +97,3 @@ async def _send_packed(pool: Any, free: list[Any], packed: bytes, raw: bool) -> 
     else:
         await pool.release(conn)
     return reply
-
-
-class _Unexpected(rexc.RedisError):
-    """A reply of a type the lean call does not read (the connection is dropped)."""
-
-
-async def _read_reply(reader: asyncio.StreamReader) -> Any:
-    """One reply of the scope script, read straight from the connection's stream: redis-py's
-    parser costs several microseconds per reply, a tenth of an uncontended acquire's client
-    time. Scripts answer bulk strings, arrays, integers, nulls and errors (RESP2 and RESP3
-    alike); any other type raises, and the caller drops the connection. Bulk strings come back
-    as bytes whatever the client's ``decode_responses``; the engine reads both."""
-    line = await reader.readuntil(b"\r\n")
-    kind = line[:1]
-    if kind == b"$":
-        n = int(line[1:-2])
-        return None if n < 0 else (await reader.readexactly(n + 2))[:-2]
-    if kind == b"*":
-        n = int(line[1:-2])
-        return None if n < 0 else [await _read_reply(reader) for _ in range(n)]
-    if kind == b":":
-        return int(line[1:-2])
-    if kind == b"+":
-        return line[1:-2]
-    if kind == b"_":
-        return None
-    if kind == b"-":
-        text = line[1:-2].decode(errors="replace")
-        if text.startswith("NOSCRIPT"):
-            raise rexc.NoScriptError(text)
-        raise rexc.ResponseError(text)
-    raise _Unexpected(f"unexpected reply {line[:40]!r}")

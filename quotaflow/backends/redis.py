@@ -271,18 +271,17 @@ class RedisBackend:
     @staticmethod
     async def _call_packed(lean: _Lean, packed: bytes) -> Any:
         """Send one encoded command and read its reply, on a connection taken from the pool
-        and kept for the next lean call (redis-py's connection without its per-command
-        machinery: the command is encoded already, the reply is read by :func:`_read_reply`,
-        and errors take the general flow, which retries). A connection that fails mid-call is
-        disconnected (the next use reconnects it); an error reply leaves it clean. The whole
-        call, taking the connection included, is bounded (see :class:`_Lean`)."""
+        and kept for the next lean call (the command is encoded already; the reply is read by
+        redis-py's parser; errors take the general flow, which retries). A connection that
+        fails mid-call is disconnected (the next use reconnects it); an error reply leaves it
+        clean. The whole call, taking the connection included, is bounded (see :class:`_Lean`)."""
         if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
-            return await _send_packed(lean.pool, lean.free, packed, False)
+            return await _send_packed(lean.pool, lean.free, packed)
         task: Any = asyncio.current_task()
         cancelling = task.cancelling()
         lean.watch(task)
         try:
-            return await _send_packed(lean.pool, lean.free, packed, True)
+            return await _send_packed(lean.pool, lean.free, packed)
         except asyncio.CancelledError:
             # cancelled by the watchdog (and by nobody else): the call timed out
             if lean.expired.pop(task, False) and task.uncancel() <= cancelling:

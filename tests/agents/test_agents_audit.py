@@ -13,7 +13,6 @@ from agents_helpers import FLASH, KEY, Records, limiter
 from google import genai
 from google.genai import errors
 
-from quotaflow import QuotaExhaustedError
 from quotaflow.agents import (
     AuditLog,
     AuditRecord,
@@ -75,8 +74,12 @@ async def test_one_record_per_call_whatever_happened(
         with pytest.raises(errors.ServerError) as failed:
             await aio.models.generate_content(model=FLASH, contents="fails")
         emu.inject(FLASH, 429, violations=["rpd"])
-        with pytest.raises(QuotaExhaustedError) as day:
+        with pytest.raises(errors.ClientError) as day:
             await aio.models.generate_content(model=FLASH, contents="day")
+        assert day.value.code == 429 and day.value.status == "RESOURCE_EXHAUSTED"
+        (local,) = [d for d in day.value.details["error"]["details"] if d.get("domain")]
+        assert local["domain"] == "quotaflow" and local["reason"] == "QUOTAFLOW_QUOTA_EXHAUSTED"
+        assert local["metadata"]["dimension"] == "rpd" and local["metadata"]["resets_at"]
         with pytest.raises(errors.ClientError) as denied:
             await aio.files.list()
         failures += [failed.value, day.value, denied.value]
@@ -96,7 +99,7 @@ async def test_one_record_per_call_whatever_happened(
     assert (retried.status, retried.retries) == (200, 1)
     assert retried.quota_id is not None and "PerMinute" in retried.quota_id
     assert (failed_r.status, failed_r.outcome, failed_r.retries) == (500, "http_error", 1)
-    assert day_r.outcome == "error" and day_r.status is None
+    assert day_r.outcome == "denied" and day_r.status == 429  # answered here, not sent again
     assert day_r.error is not None and day_r.error.startswith("QuotaExhaustedError")
     assert day_r.quota_id is not None and "PerDay" in day_r.quota_id
     assert (denied_r.decision, denied_r.reason, denied_r.status) == ("denied", "no_grant", 403)

@@ -86,7 +86,11 @@ def test_a_bound_handle_cannot_be_used_as_another_agent(
             "needed": "write",
             "grant": "none",
             "reason": "no_grant",
+            "dimension": "",
+            "retry_after": "",
+            "resets_at": "",
         }
+        assert body["details"][0]["reason"] == "QUOTAFLOW_POLICY_DENIED"
         with quotaflow.agent("indexer"):
             ok = http.post(
                 f"/v1beta/models/{FLASH}:generateContent",

@@ -11,8 +11,9 @@ from typing import Any
 import anyio
 import pytest
 from google import genai
+from google.genai import errors as genai_errors
 
-from quotaflow import RPM, TPM, Limit, Limiter, ManualClock, QuotaTimeoutError, SyncLimiter
+from quotaflow import RPM, TPM, Limit, Limiter, ManualClock, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
 from quotaflow.transport import batch_holds, genai_http_options
 
@@ -20,6 +21,13 @@ KEY = "test-key"
 FLASH = "gemini-2.5-flash"
 ENQUEUED = 20
 JOB = [{"contents": [{"parts": [{"text": "x" * 40}], "role": "user"}]}]  # 10 tokens
+
+
+def _quotaflow_info(exc: genai_errors.APIError) -> dict[str, str]:
+    """The ``ErrorInfo`` metadata of a local refusal (domain ``quotaflow``), as the SDK's
+    error holds it."""
+    (info,) = [d for d in exc.details["error"]["details"] if d.get("domain") == "quotaflow"]
+    return {"code": info["reason"], **info["metadata"]}
 
 
 class TickClock:
@@ -119,8 +127,10 @@ def test_a_finished_job_seen_by_get_gives_its_tokens_back() -> None:
             a = client.batches.create(model=FLASH, src=JOB, config=quick)
             b = client.batches.create(model=FLASH, src=JOB, config=quick)
             assert _held(limiter) == 20
-            with pytest.raises(QuotaTimeoutError):
+            with pytest.raises(genai_errors.ClientError) as late:
                 client.batches.create(model=FLASH, src=JOB, config=quick)
+            assert late.value.code == 429 and late.value.status == "RESOURCE_EXHAUSTED"
+            assert _quotaflow_info(late.value)["code"] == "QUOTAFLOW_DEADLINE_EXCEEDED"
             # a job seen ended in a list, and a deleted one, give theirs back too
             clock.t += 11
             list(client.batches.list())

@@ -15,13 +15,20 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
-from quotaflow import RPM, Limiter, MemoryBackend, QuotaExhaustedError, SyncLimiter
+from quotaflow import RPM, Limiter, MemoryBackend, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
 from quotaflow.transport import genai_http_options
 
 KEY = "test-key"
 MODEL = "gemini-3.5-flash"  # in the tier tables with no rpm/tpm/rpd figures
 MINUTE = 1.0
+
+
+def _quotaflow_info(exc: genai_errors.APIError) -> dict[str, str]:
+    """The ``ErrorInfo`` metadata of a local refusal (domain ``quotaflow``), as the SDK's
+    error holds it."""
+    (info,) = [d for d in exc.details["error"]["details"] if d.get("domain") == "quotaflow"]
+    return {"code": info["reason"], **info["metadata"]}
 
 
 def _config(rpm: int | None = 5, **kw: Any) -> EmulatorConfig:
@@ -215,11 +222,13 @@ def test_a_learned_day_quota_is_spent_until_it_resets() -> None:
         with genai.Client(api_key=KEY, http_options=options) as client:
             for _ in range(3):
                 client.models.generate_content(model=MODEL, contents="hi")
-            with pytest.raises(QuotaExhaustedError):
+            with pytest.raises(genai_errors.ClientError) as taught:
                 client.models.generate_content(model=MODEL, contents="hi")  # teaches
+            assert taught.value.code == 429 and _quotaflow_info(taught.value)["dimension"] == "rpd"
             received = _stats(served)["received"]
-            with pytest.raises(QuotaExhaustedError):
+            with pytest.raises(genai_errors.ClientError) as local:
                 client.models.generate_content(model=MODEL, contents="hi")  # refused locally
+            assert _quotaflow_info(local.value)["code"] == "QUOTAFLOW_QUOTA_EXHAUSTED"
         assert _stats(served)["received"] == received
         status = sync.status(MODEL)
         assert status["rpd"].limit == 3 and status["rpd"].origin.kind == "learned"

@@ -163,25 +163,3 @@ def test_a_forced_backend_the_transports_cannot_serve_fails_at_once(
     monkeypatch.setenv("GOOGLE_GENAI_HTTP_CLIENT", "httpx")
     with pytest.raises(ConfigError, match="backend='httpx'"):
         genai_http_options(_limiter(), backend="httpx2")
-
-
-def test_google_genai_2_picks_its_http_package_from_the_variable_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """google-genai 2.x (the last release for Python 3.10) asks ``_get_http_client_backend()``
-    with no argument; the check must call it so, or it cannot see the variable."""
-    import os
-
-    from google.genai import _api_client
-
-    def picks() -> str:  # 2.x: the variable, else httpx
-        return os.environ.get("GOOGLE_GENAI_HTTP_CLIENT") or "httpx"
-
-    monkeypatch.setattr(_api_client, "_get_http_client_backend", picks)
-    monkeypatch.setenv("GOOGLE_GENAI_HTTP_CLIENT", "httpx2")
-    with pytest.raises(ConfigError, match="GOOGLE_GENAI_HTTP_CLIENT='httpx2'"):
-        genai_http_options(_limiter(), backend="httpx")
-    assert genai_http_options(_limiter(), backend="httpx2") is not None
-    monkeypatch.delenv("GOOGLE_GENAI_HTTP_CLIENT")
-    with pytest.raises(ConfigError, match="google-genai will use httpx"):
-        genai_http_options(_limiter(), backend="httpx2")

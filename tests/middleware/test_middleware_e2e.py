@@ -16,7 +16,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 
-from quotaflow import RPD, RPM, TPM, Limiter, QuotaExhaustedError, SyncLimiter
+from quotaflow import RPD, RPM, TPM, Limiter, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
 from quotaflow.transport import (
     Httpx2QuotaTransport,
@@ -32,6 +32,13 @@ KEY = "test-key"
 FLASH = "gemini-2.5-flash"
 EMBED = "gemini-embedding-001"
 PERIOD = 1.0
+
+
+def _quotaflow_info(exc: genai_errors.APIError) -> dict[str, str]:
+    """The ``ErrorInfo`` metadata of a local refusal (domain ``quotaflow``), as the SDK's
+    error holds it."""
+    (info,) = [d for d in exc.details["error"]["details"] if d.get("domain") == "quotaflow"]
+    return {"code": info["reason"], **info["metadata"]}
 
 
 def _config(rpm: int = 60, tpm: int = 20_000, **kw: Any) -> EmulatorConfig:
@@ -270,14 +277,18 @@ async def test_injected_429s_and_5xx(served: ServedEmulator) -> None:
         emulator.inject(FLASH, 503, count=2)
         emulator.inject(FLASH, 500)
         await aio.models.generate_content(model=FLASH, contents="three")
-        # per-day: typed error at once, and the limiter fails fast afterwards
+        # per-day: a local 429 at once, and the limiter fails fast afterwards
         emulator.inject(FLASH, 429, violations=["rpd"], retry_delay=0.1)
-        with pytest.raises(QuotaExhaustedError) as caught:
+        with pytest.raises(genai_errors.ClientError) as caught:
             await aio.models.generate_content(model=FLASH, contents="four")
-        assert caught.value.dimension == "rpd" and caught.value.retry_after > 60  # type: ignore[operator]
+        assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+        info = _quotaflow_info(caught.value)
+        assert info["code"] == "QUOTAFLOW_QUOTA_EXHAUSTED" and info["dimension"] == "rpd"
+        assert float(info["retry_after"]) > 60
         received = _stats(served)["received"]
-        with pytest.raises(QuotaExhaustedError):
+        with pytest.raises(genai_errors.ClientError) as again:
             await aio.models.generate_content(model=FLASH, contents="five")
+        assert _quotaflow_info(again.value)["reason"] == "quota_exhausted"
         assert _stats(served)["received"] == received  # never sent
     finally:
         await client.aio.aclose()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import quotaflow
-from quotaflow import RPD, RPM, TPM, Limiter, QuotaExhaustedError, SyncLimiter
+from quotaflow import RPD, RPM, TPM, CannotFitError, Limiter, QuotaExhaustedError, SyncLimiter
 from quotaflow.transport import CallInfo, QuotaTransport, SyncQuotaTransport
 
 MODEL = "gemini-2.5-flash"
@@ -139,11 +139,52 @@ async def test_per_minute_429_pauses_calibrates_and_retries(
     assert KEY not in caplog.text
 
 
+def _refusal(r: httpx.Response) -> dict[str, str]:
+    """The ``ErrorInfo`` metadata of a local refusal (domain ``quotaflow``)."""
+    error = r.json()["error"]
+    (info,) = [d for d in error["details"] if d.get("domain") == "quotaflow"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    return {"code": info["reason"], "status": error["status"], **info["metadata"]}
+
+
 @pytest.mark.anyio
 async def test_per_day_429_fails_fast_until_pacific_midnight() -> None:
     limiter = Limiter(tier=None, quotas=_quota())
     script = Script((429, _error(429, [(RPD_ID, 1000)], "38s")))
     async with _client(limiter, script) as client:
+        r = await client.post(GEN, json=BODY)
+        assert r.status_code == 429 and r.headers["x-should-retry"] == "false"
+        info = _refusal(r)
+        assert (info["code"], info["status"]) == ("QUOTAFLOW_QUOTA_EXHAUSTED", "RESOURCE_EXHAUSTED")
+        assert info["reason"] == "quota_exhausted" and info["dimension"] == "rpd"
+        assert info["resets_at"] and float(info["retry_after"]) > 38
+        assert KEY not in r.text
+        again = await client.post(GEN, json=BODY)  # refused by the limiter: never sent
+        assert again.status_code == 429 and _refusal(again)["dimension"] == "rpd"
+    assert script.generate_calls == 1
+
+
+@pytest.mark.anyio
+async def test_a_request_larger_than_a_limit_is_a_local_400_and_never_sent() -> None:
+    limiter = Limiter(tier=None, quotas={MODEL: [RPM(100, 1.0), TPM(50, 1.0)]})
+    script = Script()
+    async with _client(limiter, script) as client:
+        r = await client.post(GEN, json=BODY)  # 100 tokens against a 50-token limit
+        assert r.status_code == 400
+        info = _refusal(r)
+        assert (info["code"], info["status"]) == ("QUOTAFLOW_CANNOT_FIT", "INVALID_ARGUMENT")
+        assert (info["reason"], info["dimension"], info["model"]) == ("cannot_fit", "tpm", MODEL)
+    async with _client(limiter, script, local_errors="raise") as client:
+        with pytest.raises(CannotFitError):
+            await client.post(GEN, json=BODY)
+    assert script.generate_calls == 0
+
+
+@pytest.mark.anyio
+async def test_per_day_429_raises_the_typed_error_when_asked() -> None:
+    limiter = Limiter(tier=None, quotas=_quota())
+    script = Script((429, _error(429, [(RPD_ID, 1000)], "38s")))
+    async with _client(limiter, script, local_errors="raise") as client:
         with pytest.raises(QuotaExhaustedError) as info:
             await client.post(GEN, json=BODY)
         assert info.value.dimension == "rpd" and info.value.resets_at is not None
@@ -298,7 +339,10 @@ def test_sync_transport() -> None:
         assert r.status_code == 200 and script.generate_calls == 3
         assert r.extensions["quotaflow"].priority == 0
         assert r.extensions["quotaflow"].usage.input_tokens == 90
-        with pytest.raises(QuotaExhaustedError):
-            script.answers.append((429, _error(429, [(RPD_ID, None)], "1s")))
-            client.post(GEN, json=BODY)
+        script.answers.append((429, _error(429, [(RPD_ID, None)], "1s")))
+        day = client.post(GEN, json=BODY)
+        assert day.status_code == 429 and _refusal(day)["reason"] == "quota_exhausted"
     assert limiter.status(MODEL)["tpm"].in_flight == 0
+    transport = SyncQuotaTransport(limiter, httpx.MockTransport(script), local_errors="raise")
+    with httpx.Client(transport=transport) as client, pytest.raises(QuotaExhaustedError):
+        client.post(GEN, json=BODY)

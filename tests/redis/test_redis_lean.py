@@ -1,5 +1,5 @@
-"""The lean fast path: its argument and lease layouts, and the lean call's reply reader and
-time bound (the async face's uncontended submit)."""
+"""The lean fast path: its argument and lease layouts, and the lean call's replies and time
+bound (the async face's uncontended submit)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import redis
 import redis.exceptions as rexc
 
 from quotaflow import Limit
-from quotaflow.backends import _redis_clients, _redis_lean
+from quotaflow.backends import _redis_clients
 from quotaflow.backends import _redis_script as rs
 from quotaflow.backends import redis as qredis
 from quotaflow.backends.base import Request
@@ -166,27 +166,39 @@ def test_the_fast_reply_carries_redis_time(client: redis.Redis, namespace: str) 
         assert before <= float(reply[1:]) <= sec + usec / 1e6
 
 
-def _reader(data: bytes) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    return reader
+def _packed(*args: str | bytes) -> bytes:
+    """A command in RESP, as the engine encodes its submit."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        raw = a.encode() if isinstance(a, str) else a
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the lean call is asyncio's
-async def test_the_lean_call_reads_what_scripts_answer() -> None:
-    read = _redis_lean._read_reply
-    assert await read(_reader(b"$18\r\nG1795900231.012345\r\n")) == b"G1795900231.012345"
-    nested = b"*4\r\n$2\r\nok\r\n*2\r\n:7\r\n$0\r\n\r\n$-1\r\n_\r\n"
-    assert await read(_reader(nested)) == [b"ok", [7, b""], None, None]
-    assert await read(_reader(b"+OK\r\n")) == b"OK"
-    with pytest.raises(rexc.NoScriptError):
-        await read(_reader(b"-NOSCRIPT No matching script\r\n"))
-    with pytest.raises(rexc.ResponseError, match="boom"):
-        await read(_reader(b"-ERR boom\r\n"))
-    with pytest.raises(rexc.RedisError, match="unexpected"):
-        await read(_reader(b"%1\r\n+a\r\n+b\r\n"))  # a map: no script of ours answers one
+async def test_the_lean_call_reads_what_scripts_answer(redis_url: str, namespace: str) -> None:
+    # the replies a script gives, read by redis-py's parser through the connection's public
+    # calls, on a real server; an error reply leaves the connection usable
+    backend = qredis.RedisBackend(redis_url, namespace=namespace, exact_time=True)
+    try:
+        lean = backend._lean()
+        assert lean.pool is not None
+
+        async def call(script: str) -> Any:
+            return await backend._call_packed(lean, _packed("EVAL", script, "0"))
+
+        assert await call("return 'G1795900231.012345'") == b"G1795900231.012345"
+        assert await call("return {'ok', {7, ''}, false}") == [b"ok", [7, b""], None]
+        assert await call("return redis.status_reply('OK')") == b"OK"
+        with pytest.raises(rexc.NoScriptError):
+            await backend._call_packed(lean, _packed("EVALSHA", "0" * 40, "0"))
+        with pytest.raises(rexc.ResponseError, match="boom"):
+            await call("return redis.error_reply('ERR boom')")
+        assert await call("return 5") == 5  # the connection survived the error replies
+        assert len(lean.free) == 1  # one connection, kept out of the pool between calls
+    finally:
+        await backend.aclose()
 
 
 @pytest.mark.anyio
