@@ -98,12 +98,15 @@ _REF_KEYS = frozenset(
         "base_model",
         "src",
         "dest",
+        "uri",
     }
 )
 _REF = re.compile(r"(?:^|/)((files|cachedContents|batches|tunedModels)/([^/?#:]*))")
 _REF_AREAS = {"files": "files", "cachedContents": "caching", "batches": "batch"}
 _REF_AREAS["tunedModels"] = "tuning"
 _MAX_NODES = 100_000
+TOO_LARGE = "body/too-large"
+"""What :func:`body_references` names for a body too large to check (refused as malformed)."""
 
 
 def body_references(body: object) -> list[str]:
@@ -118,9 +121,11 @@ def body_references(body: object) -> list[str]:
     out: list[str] = []
     stack: list[object] = [body]
     seen = 0
-    while stack and seen < _MAX_NODES:
+    while stack:
         node = stack.pop()
         seen += 1
+        if seen > _MAX_NODES:
+            return [TOO_LARGE]  # not checked is not allowed: the call is refused
         if isinstance(node, dict):
             for k, v in node.items():
                 if isinstance(v, str) and isinstance(k, str) and k.casefold() in _REF_KEYS:
@@ -151,6 +156,14 @@ def decide_references(
         return None
     who = f"agent {agent!r}" if agent else "a call that names no agent"
     for ref in references:
+        if ref == TOO_LARGE:
+            text = (
+                f"quotaflow policy: {who} may not call {call.action}: the body has more than "
+                f"{_MAX_NODES} nodes, too many to check the resources it names"
+            )
+            return GrantDecision(
+                False, "malformed", agent, call.action, call.area, "read", "", text
+            )
         head, _, ident = ref.partition("/")
         area = _REF_AREAS[head]
         grant = spec.grant(area)
@@ -243,6 +256,12 @@ def decide(
     if model and grant.models and not any(_match(model, g) for g in grant.models):
         return verdict(
             False, "model_denied", held, f"{model!r} matches none of {list(grant.models)}"
+        )
+    if not model and grant.models and call.action == "interactions.create":
+        # an interaction run by a Gemini agent names no model: a grant limited to some
+        # models does not cover it
+        return verdict(
+            False, "model_denied", held, f"an interaction names no model of {list(grant.models)}"
         )
     if grant.own and needed == "write" and method in _CHANGES:
         resource = target_resource(call)

@@ -26,6 +26,7 @@ from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
 from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
+from quotaflow.gemini._canonical import valid_model
 from quotaflow.limiter import Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
@@ -305,6 +306,11 @@ class AgentHandle:
         agent = self.name or context.current()[2]
         if agent is None:
             raise ConfigError("acquire on a handle without a name: set quotaflow.agent(name)")
+        if not isinstance(model, str) or not valid_model(model):
+            raise ConfigError(
+                f"model={model!r}: an agent acquires for a Gemini model only (e.g. "
+                "'gemini-2.5-flash'); the project's spend and the budgets are not its to take"
+            )
         spec = self.runtime.policy.for_agent(agent)
         prio: int | None = None
         if spec is not None:

@@ -544,3 +544,39 @@ async def test_an_agent_named_by_header_with_invisible_characters_is_refused(
         r = await http.post(_generate(FLASH), json=GEN, headers={"x-quotaflow-agent": " a"})
         assert r.status_code == 400
     assert requests_seen.lines == []
+
+
+# ---- found in review: an interaction run by an agent, padded bodies, the spend scope --------
+
+
+async def test_an_interaction_naming_no_model_is_not_covered_by_a_model_grant(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    policy = {"agents": {"a": {"grants": {"content": {"access": "write", "models": [FLASH]}}}}}
+    lim = limiter(policy)
+    async with _client(lim, "a", served, records) as http:
+        body = {"agent": "deep-research-pro-preview-12-2025", "input": "hi", "background": True}
+        r = await http.post("/v1beta/interactions", json=body)
+    assert r.status_code == 403 and "names no model" in r.text
+    assert not any("interactions" in line for line in requests_seen.lines)
+
+
+async def test_padding_a_body_does_not_skip_its_reference_check(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    policy = {"agents": {"a": {"grants": {"content": "write"}}}}  # no files grant at all
+    lim = limiter(policy)
+    ref = {"fileData": {"fileUri": f"{served.base_url}/v1beta/files/theirs"}}
+    padded = {"contents": [{"parts": [{"text": "a"}] * 100_001 + [ref]}]}
+    as_uri = {"model": FLASH, "input": [{"type": "document", "uri": "files/theirs"}]}
+    async with _client(lim, "a", served, records) as http:
+        r1 = await http.post(_generate(FLASH), json=padded)
+        r2 = await http.post("/v1beta/interactions", json=as_uri)
+    assert (r1.status_code, r2.status_code) == (400, 403)
+    assert _generates(requests_seen) == 0
+
+
+async def test_an_agent_cannot_take_the_projects_spend() -> None:
+    lim = limiter({"agents": {"a": {"grants": {"embeddings": "read"}}}})
+    with pytest.raises(ConfigError, match="Gemini model only"):
+        await lim.agent("a").acquire("quotaflow:spend", cost={"usd_micros": 10_000_000})
