@@ -588,7 +588,15 @@ def call_flow(
             info.service_tier = served_tier(response.headers, info.requested_tier)
         if batch and permit is not None and status < 400:
             assert held is not None
-            raw, fresh = yield Read(response)
+            try:
+                raw, fresh = yield Read(response)
+            except BaseException:
+                # the job exists but its name was not read: its tokens stay held until the
+                # documented turnaround has passed
+                unknown = f"batches/unread-{id(permit):x}-{clock.now():.6f}"
+                expires = clock.now() + settings.batch_expiry
+                held.hold(BatchHold(unknown, model, info.estimated, expires, permit))
+                raise
             yield from _batch_created(raw, permit, held, model, info.estimated, clock, settings)
             return Outcome(fresh, None, info)
         if status < 400 and permit is not None:
