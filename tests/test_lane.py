@@ -13,7 +13,7 @@ import threading
 
 import anyio
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from quotaflow import Limiter, ManualClock, SyncLimiter, WouldBlockError
@@ -69,6 +69,17 @@ def _take(backend: MemoryBackend, lane: FastLane, tokens: int, now: float) -> st
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # two grants in a new day window, one settled as counted a hair before its grant
+    quota="days only",
+    ops=[
+        ("wait", 0.5),
+        ("acquire", 0, False),
+        ("acquire", 0, False),
+        ("settle", 0, 0, False),
+        ("settle", 0, 0, True),
+        ("status",),
+    ],
+)
 @given(
     quota=st.sampled_from(
         [
@@ -90,7 +101,8 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
     backend = MemoryBackend(aging=None, backfill_depth=4)
     backend.configure("s", limits, now)
     ref = ScopeState(limits, now, aging=None, backfill_depth=4)
-    granted: list[tuple[str, str]] = []  # leases held: the reference's id, the backend's
+    # leases held: the reference's id, the backend's, when granted
+    granted: list[tuple[str, str, float]] = []
     waiting: list[str] = []
     for n, (kind, *args) in enumerate(ops):
         rid = f"r{n}"
@@ -110,11 +122,11 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
                 got = backend.submit("s", req, now)
             assert (got.outcome, got.reason) == (expected.outcome, expected.reason)
             if got.outcome == "granted":
-                granted.append((rid, lane_id or rid))
+                granted.append((rid, lane_id or rid, now))
             elif got.outcome == "waiting":
                 waiting.append(rid)
         elif kind in ("settle", "release") and granted:
-            lease, held = granted.pop(int(args[0]) % len(granted))  # type: ignore[call-overload]
+            lease, held, since = granted.pop(int(args[0]) % len(granted))  # type: ignore[call-overload]
             if kind == "settle":
                 real, early = int(args[1]), bool(args[2])  # type: ignore[call-overload]
                 actual = (
@@ -127,7 +139,8 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
                         for lim in limits[: len(limits) - (real % 7 == 0)]  # some: partial
                     }
                 )
-                at = max(0.0, now - 0.004) if early else now
+                # counted a hair early, but never before it was granted
+                at = max(since, now - 0.004) if early else now
                 if real % 2:  # the backend's general way
                     backend.settle("s", held, actual, at, now)
                 else:  # the quick way the permits of the lane use: input tokens only
@@ -150,7 +163,7 @@ def test_lane_decides_like_the_exact_rule(quota: str, ops: list[tuple[object, ..
             for d in ref.dispatch(now, timer=True):
                 if d.outcome == "granted" and d.id in waiting:
                     waiting.remove(d.id)
-                    granted.append((d.id, d.id))
+                    granted.append((d.id, d.id, now))
         elif kind == "tick":
             now += float(args[0])  # type: ignore[arg-type]
         elif kind == "pause":
