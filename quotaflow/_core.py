@@ -571,7 +571,7 @@ def scope_flow(
     before = {lim.name for lim in limits}
     # while a model has no request figure, every call reads what the fleet learned (one more
     # round trip, against the burst of 429s a late figure costs); then once a second
-    eager = "rpm" not in before
+    eager = SEEN in before
     if shared and (eager or core.poll_due(key, core.clock.now())):
         figures = yield Op("learned", (key,))
         changed = bool(figures) and core.take_shared(canonical, figures)
