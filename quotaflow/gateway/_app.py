@@ -450,9 +450,17 @@ class Gateway:
         sent = 0
         note = ""
         try:
-            async for chunk in response.aiter_raw():
-                sent += len(chunk)
-                yield chunk
+            try:
+                ready: bytes | None = response.content  # answered here (a denial): read
+            except httpx.ResponseNotRead:
+                ready = None
+            if ready is not None:
+                sent = len(ready)
+                yield ready
+            else:
+                async for chunk in response.aiter_raw():
+                    sent += len(chunk)
+                    yield chunk
         except httpx.TransportError as exc:
             note = f"upstream_{type(exc).__name__}"
         finally:

@@ -1,0 +1,118 @@
+"""Helpers for the gateway tests: a served gateway in front of the emulator, with tokens made
+through the token file and every upstream request recorded."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from quotaflow.gateway import (
+    Gateway,
+    ServedGateway,
+    TokenFile,
+    gateway_config_from_dict,
+    new_token,
+)
+
+KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"  # shaped like a real key; searched for
+FLASH = "gemini-2.5-flash"
+PRO = "gemini-2.5-pro"
+PERIOD = 1.0
+
+POLICY: dict[str, Any] = {
+    "agents": {
+        "researcher": {
+            "grants": {
+                "content": {"access": "write", "models": ["gemini-2.5-flash*"]},
+                "files": "write",
+                "counting": "read",
+            }
+        },
+        "indexer": {"grants": {"embeddings": "write"}},
+    }
+}
+
+
+@dataclass
+class Seen:
+    """What reached the upstream through the gateway: method, URL, headers."""
+
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """httpx's own transport, recording each request it really sends."""
+
+    def __init__(self, seen: Seen) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._seen = seen
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._seen.requests.append((request.method, str(request.url), dict(request.headers)))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@dataclass
+class Running:
+    served: ServedGateway
+    gateway: Gateway
+    tokens: dict[str, str]
+    token_file: TokenFile
+    seen: Seen
+    audit_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return self.served.base_url
+
+
+def gateway_config(
+    upstream: str,
+    tmp: Path,
+    policy: Mapping[str, Any] = POLICY,
+    gateway: Mapping[str, Any] | None = None,
+    limiter: Mapping[str, Any] | None = None,
+) -> Any:
+    data: dict[str, Any] = {
+        "gateway": {
+            "upstream": upstream,
+            "tokens_file": str(tmp / "tokens.toml"),
+            **(gateway or {}),
+        },
+        "limiter": {
+            "tier": "tier1",
+            "minute_seconds": PERIOD,
+            **(limiter or {}),
+        },
+        **policy,
+        "audit": {"path": str(tmp / "audit.jsonl")},
+    }
+    return gateway_config_from_dict(data)
+
+
+@contextlib.contextmanager
+def running(
+    upstream: str,
+    tmp: Path,
+    agents: tuple[str, ...] = ("researcher", "indexer"),
+    **kw: Any,
+) -> Iterator[Running]:
+    config = gateway_config(upstream, tmp, **kw)
+    tf = TokenFile(config.tokens_file)
+    tokens: dict[str, str] = {}
+    for agent in agents:
+        token, entry = new_token(agent)
+        tf.add(entry)
+        tokens[agent] = token
+    seen = Seen()
+    gw = Gateway(config, key=KEY, upstream=Recording(seen))
+    with ServedGateway(gw) as served:
+        yield Running(served, gw, tokens, tf, seen, tmp / "audit.jsonl")
