@@ -116,3 +116,41 @@ def running(
     gw = Gateway(config, key=KEY, upstream=Recording(seen))
     with ServedGateway(gw) as served:
         yield Running(served, gw, tokens, tf, seen, tmp / "audit.jsonl")
+
+
+class ServedApp:
+    """Any ASGI app served by uvicorn from a thread on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        import socket
+
+        import uvicorn
+
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        )
+        self._thread: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServedApp:
+        import threading
+        import time
+
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._socket.close()
