@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from redis_throughput import Server  # noqa: E402
+from redis_throughput import Server
 
 KEY = "AIzaSyBench0000000000000000000000000000"
 MODEL = "gemini-2.5-flash"

@@ -96,6 +96,18 @@ class _Shared(httpx.AsyncBaseTransport):
         pass
 
 
+class _Line:
+    """An access-log line, made into JSON only when a handler writes it."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return json.dumps(self.fields)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -165,7 +177,7 @@ class Gateway:
         self._proof_key = hashlib.sha256(
             b"quotaflow-gateway-upload\0" + self._key.value.encode()
         ).digest()
-        self.tokens = TokenStore(config.tokens_file)
+        self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
         self.limiter = limiter or Limiter(policy=config.policy, **dict(config.limiter))
         self._upstream = upstream or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
@@ -289,6 +301,8 @@ class Gateway:
              sent: int = 0, note: str = "") -> None:  # fmt: skip
         if not self.config.access_log:
             return
+        if not access.isEnabledFor(logging.INFO):
+            return
         client = request.client
         line = {
             "event": "access",
@@ -305,7 +319,7 @@ class Gateway:
         }
         if note:
             line["note"] = note
-        access.info(json.dumps(line))
+        access.info("%s", _Line(line))
 
     async def _proxy(self, request: Request) -> Response:
         start = self._clock()
@@ -414,7 +428,27 @@ class Gateway:
         out = [(k, self._rewrite(request, entry, v)) if k.lower() in
                ("x-goog-upload-url", "x-goog-upload-control-url") else (k, v)
                for k, v in out]  # fmt: skip
-        self.in_flight += 1  # until the body is relayed
+        if "content-length" in response.headers or "content-length" in {k.lower() for k, _ in out}:
+            # a whole answer (not a stream): relayed in one piece, the fast path
+            sent = b""
+            try:
+                try:
+                    sent = response.content  # answered here (a denial): read
+                except httpx.ResponseNotRead:
+                    sent = b"".join([c async for c in response.aiter_raw()])
+            except httpx.TransportError as exc:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                return self._failed(request, entry, start, openai, 502, "UNAVAILABLE",
+                                    f"the upstream answer broke off ({type(exc).__name__})",
+                                    "GATEWAY_UPSTREAM")  # fmt: skip
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            self._log(request, entry, response.status_code, start, len(sent))
+            whole = Response(sent, response.status_code)
+            whole.raw_headers = _raw(out)
+            return whole
+        self.in_flight += 1  # until the stream is relayed
         return _Relay(self._relay(request, entry, response, start), response.status_code, out)
 
     def _failed(self, request: Request, entry: TokenEntry, start: float, openai: bool,
@@ -480,4 +514,8 @@ class _Relay(StreamingResponse):
         self, content: AsyncIterator[bytes], status: int, headers: list[tuple[str, str]]
     ) -> None:
         super().__init__(content, status)
-        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self.raw_headers = _raw(headers)
+
+
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

@@ -60,6 +60,7 @@ _GATEWAY_KEYS = {
     "key_env": str,
     "key_file": str,
     "tokens_file": str,
+    "tokens_recheck": float,
     "policy": str,
     "public_url": str,
     "request_timeout": float,
@@ -102,6 +103,8 @@ class GatewayConfig:
         upstream: Gemini's base URL (or the emulator's).
         key_env, key_file: where the real key is read from (the file wins when both are set).
         tokens_file: the agent tokens' hashes (``quotaflow gateway token create`` writes it).
+        tokens_recheck: seconds between two checks of the tokens file for changes: a created,
+            rotated or revoked token takes effect within this time (0: checked per request).
         public_url: the URL agents reach the gateway at, for the upload URLs it hands out
             (default: the URL each request came to).
         request_timeout: seconds a call may take until its response starts (quota wait
@@ -124,6 +127,7 @@ class GatewayConfig:
     key_env: str = "GEMINI_API_KEY"
     key_file: str | None = None
     tokens_file: Path = Path("gateway-tokens.toml")
+    tokens_recheck: float = 1.0
     public_url: str | None = None
     request_timeout: float = 600.0
     connect_timeout: float = 10.0
@@ -197,7 +201,8 @@ def _check(
                 path=src,
                 key=where,
             )
-        if kind is float and not (math.isfinite(value) and value > 0):
+        if kind is float and not (math.isfinite(value) and (value > 0 or
+                                  (value == 0 and key == "tokens_recheck"))):  # fmt: skip
             raise GatewayConfigError(
                 f"{src}: {where}: give a positive number of seconds, not {value!r}",
                 path=src,

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import queue
 import sys
 from dataclasses import replace
+from logging.handlers import QueueHandler, QueueListener
 
 from quotaflow.errors import QuotaflowError
 
@@ -100,9 +102,20 @@ def _serve(argv: list[str]) -> int:
         config = replace(config, host=args.host)
     if args.port is not None:
         config = replace(config, port=args.port)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     gateway = Gateway(config)
-    run(gateway)
+    # log lines are written by a thread of their own: the event loop never waits for stderr
+    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    out = logging.StreamHandler(sys.stderr)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    listener = QueueListener(lines, out)
+    root = logging.getLogger()
+    root.addHandler(QueueHandler(lines))
+    root.setLevel(logging.INFO)
+    listener.start()
+    try:
+        run(gateway)
+    finally:
+        listener.stop()
     return 0
 
 

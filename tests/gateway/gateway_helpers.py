@@ -85,6 +85,7 @@ def gateway_config(
         "gateway": {
             "upstream": upstream,
             "tokens_file": str(tmp / "tokens.toml"),
+            "tokens_recheck": 0,
             **(gateway or {}),
         },
         "limiter": {

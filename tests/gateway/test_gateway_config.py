@@ -101,3 +101,26 @@ def test_scrypt_hashes_verify(tmp_path: Path) -> None:
     assert store.lookup(token) == entry
     assert store.lookup(token) == entry  # remembered
     assert store.lookup(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+
+
+def test_token_changes_take_effect_within_the_recheck_interval(tmp_path: Path) -> None:
+    from quotaflow.gateway import new_token
+
+    now = [0.0]
+    token, entry = new_token("bot")
+    tf = TokenFile(tmp_path / "t.toml")
+    tf.add(entry)
+    store = TokenStore(tf.path, recheck=1.0, clock=lambda: now[0])
+    assert store.lookup(token) == entry
+    tf.revoke(entry.id)
+    now[0] = 0.5
+    assert store.lookup(token) == entry  # not rechecked yet
+    now[0] = 1.5
+    assert store.lookup(token) is None
+    token2, entry2 = new_token("bot")
+    tf.add(entry2)
+    now[0] = 3.0
+    assert store.lookup(token2) == entry2
+    tf.path.write_text("[[tokens]]\nid = 1\n")  # a broken file keeps the last good entries
+    now[0] = 5.0
+    assert store.lookup(token2) == entry2
