@@ -124,3 +124,20 @@ def test_token_changes_take_effect_within_the_recheck_interval(tmp_path: Path) -
     tf.path.write_text("[[tokens]]\nid = 1\n")  # a broken file keeps the last good entries
     now[0] = 5.0
     assert store.lookup(token2) == entry2
+
+
+def test_the_docs_example_config_is_valid() -> None:
+    import re
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    text = (Path(__file__).parents[2] / "docs" / "gateway.md").read_text()
+    block = re.search(r"```toml\n(# gateway.toml\n.*?)```", text, re.S)
+    assert block is not None
+    config = gateway_config_from_dict(tomllib.loads(block.group(1)))
+    assert set(config.policy.agents) == {"researcher", "indexer"}
+    assert config.limiter["tier"] == "tier1"
