@@ -7,7 +7,8 @@ one Redis backend, access log and audit log on) and the load generator (this scr
 asyncio, one client per target, ``generateContent`` with a short prompt).
 
 1. Latency and throughput: the same calls straight to the emulator (with the real key) and
-   through 1 and 2 gateway replicas (with an agent token; 2 replicas take turns), at
+   through 1 gateway on the memory backend, 1 and 2 replicas on Redis (with an agent token;
+   2 replicas take turns), at
    concurrency 1 and 8, with limits far above the load. Added latency is the gateway's
    percentile minus the direct one; throughput is calls per second at that concurrency.
 2. Saturation: the emulator and the gateways' limiter both allow ``--limit`` requests per 1 s
@@ -88,7 +89,7 @@ def start_emulator(rpm: int) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_gateways(
-    n: int, upstream: str, redis_url: str, rpm: int, tmp: Path
+    n: int, upstream: str, redis_url: str | None, rpm: int, tmp: Path
 ) -> tuple[list[subprocess.Popen[bytes]], list[str], str]:
     from quotaflow.gateway import TokenFile, new_token
 
@@ -110,7 +111,7 @@ tokens_file = "tokens.toml"
 [limiter]
 tier = "tier1"
 minute_seconds = 1.0
-backend = "{redis_url}?namespace={ns}"
+backend = "{f"{redis_url}?namespace={ns}" if redis_url else "memory://"}"
 overrides = {{ "{MODEL}" = {{ rpm = {rpm}, rpd = 1000000000, tpm = 1000000000 }} }}
 
 [audit]
@@ -243,12 +244,14 @@ def main() -> None:
         emu, emu_url = start_emulator(10**7)
         try:
             rows["direct"] = {c: measure([emu_url], KEY, c, args.calls) for c in (1, 8)}
-            for n in (1, 2):
-                procs, urls, token = start_gateways(n, emu_url, redis.url, 10**7, tmp)
+            for name, n, backend in (
+                ("1 replica, memory backend", 1, None),
+                ("1 replica, Redis", 1, redis.url),
+                ("2 replicas, Redis", 2, redis.url),
+            ):
+                procs, urls, token = start_gateways(n, emu_url, backend, 10**7, tmp)
                 try:
-                    rows[f"{n} replica" + ("s" if n > 1 else "")] = {
-                        c: measure(urls, token, c, args.calls) for c in (1, 8)
-                    }
+                    rows[name] = {c: measure(urls, token, c, args.calls) for c in (1, 8)}
                 finally:
                     stop(procs)
         finally:
