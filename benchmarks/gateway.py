@@ -276,8 +276,8 @@ def main() -> None:
     )
     out = [
         "| path | concurrency | p50 ms | p99 ms | added p50 ms | added p99 ms | calls/s "
-        "| of direct |",
-        "|---|---|---|---|---|---|---|---|",
+        "| of direct | targets (<= 2 / 5 ms, >= 80%) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in rows.items():
         for c, r in cells.items():
@@ -287,9 +287,22 @@ def main() -> None:
                 if name == "direct"
                 else (f"{r['p50_ms'] - d['p50_ms']:.2f}", f"{r['p99_ms'] - d['p99_ms']:.2f}")
             )
+            misses = []
+            if name != "direct":
+                if r["p50_ms"] - d["p50_ms"] > 2.0:
+                    misses.append("p50")
+                if r["p99_ms"] - d["p99_ms"] > 5.0:
+                    misses.append("p99")
+                if r["per_s"] < 0.8 * d["per_s"]:
+                    misses.append("throughput")
+            verdict = (
+                "-"
+                if name == "direct"
+                else ("met" if not misses else "missed: " + ", ".join(misses))
+            )
             out.append(
                 f"| {name} | {c} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added[0]} | "
-                f"{added[1]} | {r['per_s']:.0f} | {r['per_s'] / d['per_s']:.0%} |"
+                f"{added[1]} | {r['per_s']:.0f} | {r['per_s'] / d['per_s']:.0%} | {verdict} |"
             )
     sat = (
         f"Saturation through 2 replicas ({args.limit} requests per 1 s window, 32 loops, "

@@ -79,6 +79,7 @@ _LIMITER_KEYS = {
     "headroom": float,
     "overrides": dict,
     "learned_cache": str,
+    "spend": bool,
 }
 _TRANSPORT_KEYS = {
     "sizing": str,
