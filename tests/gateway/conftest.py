@@ -6,30 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gateway_helpers import FLASH, KEY, PERIOD, PRO
+from gateway_helpers import emulator_config
 
-from quotaflow.emulator import (
-    ApiKeyConfig,
-    EmulatorConfig,
-    ModelConfig,
-    ServedEmulator,
-    serve,
-)
-
-
-def emulator_config(rpm: int = 600, **kw: object) -> EmulatorConfig:
-    return EmulatorConfig(
-        keys=[ApiKeyConfig(key=KEY, project="proj")],
-        minute_seconds=PERIOD,
-        models=[
-            ModelConfig(name=FLASH, rpm=rpm, tpm=1_000_000, rpd=100_000),
-            ModelConfig(name=PRO, rpm=rpm, tpm=1_000_000, rpd=100_000),
-            ModelConfig(
-                name="gemini-embedding-001", kind="embed", rpm=rpm, tpm=1_000_000, rpd=100_000
-            ),
-        ],
-        **kw,  # type: ignore[arg-type]
-    )
+from quotaflow.emulator import ServedEmulator, serve
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig
 from quotaflow.gateway import (
     Gateway,
     ServedGateway,
@@ -36,6 +37,21 @@ POLICY: dict[str, Any] = {
         "indexer": {"grants": {"embeddings": "write"}},
     }
 }
+
+
+def emulator_config(rpm: int = 600, **kw: object) -> EmulatorConfig:
+    return EmulatorConfig(
+        keys=[ApiKeyConfig(key=KEY, project="proj")],
+        minute_seconds=PERIOD,
+        models=[
+            ModelConfig(name=FLASH, rpm=rpm, tpm=1_000_000, rpd=100_000),
+            ModelConfig(name=PRO, rpm=rpm, tpm=1_000_000, rpd=100_000),
+            ModelConfig(
+                name="gemini-embedding-001", kind="embed", rpm=rpm, tpm=1_000_000, rpd=100_000
+            ),
+        ],
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import openai
 import pytest
-from gateway_helpers import FLASH, KEY, PRO, Running, running
+from gateway_helpers import FLASH, KEY, PRO, Running, emulator_config, running
 from google import genai
 from google.genai import errors, types
 
@@ -180,8 +180,6 @@ def test_body_size_limit(emulator: ServedEmulator, tmp_path: Path) -> None:
 
 
 def test_request_timeout_answers_504(tmp_path: Path) -> None:
-    from conftest import emulator_config
-
     from quotaflow.emulator import FaultConfig, serve
 
     with (
@@ -203,8 +201,6 @@ def test_health_and_readiness(emulator: ServedEmulator, tmp_path: Path) -> None:
 
 def test_graceful_shutdown_finishes_in_flight_calls(tmp_path: Path) -> None:
     import threading
-
-    from conftest import emulator_config
 
     from quotaflow.emulator import FaultConfig, serve
 

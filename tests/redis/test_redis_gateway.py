@@ -18,9 +18,9 @@ from redis_helpers import free_port
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "gateway"))
 
-from gateway_helpers import FLASH, KEY, running  # noqa: E402
+from gateway_helpers import FLASH, KEY, running
 
-from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, serve  # noqa: E402
+from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, serve
 
 pytestmark = pytest.mark.redis
 
@@ -43,9 +43,10 @@ def test_two_replicas_share_one_limit(redis_url: str, namespace: str, tmp_path: 
     with serve(_emulator()) as em:
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        with running(em.base_url, tmp_path / "a", limiter=limiter) as a, running(
-            em.base_url, tmp_path / "b", limiter=limiter
-        ) as b:
+        with (
+            running(em.base_url, tmp_path / "a", limiter=limiter) as a,
+            running(em.base_url, tmp_path / "b", limiter=limiter) as b,
+        ):
             stop = threading.Event()
             done: list[int] = []
             failures: list[BaseException] = []
