@@ -31,7 +31,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from quotaflow.agents.transports import AgentTransport
 from quotaflow.errors import BackendError, QuotaError
@@ -193,8 +193,12 @@ class Gateway:
         }
         self.in_flight = 0
         self.draining = False
+        from quotaflow.gateway._live import LiveProxy
+
+        self.live = LiveProxy(self)
         self.app = Starlette(
             routes=[
+                WebSocketRoute("/ws/{service:path}", self.live.serve),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/readyz", self._readyz, methods=["GET"]),
                 Route("/{path:path}", self._proxy, methods=_METHODS),
@@ -319,6 +323,22 @@ class Gateway:
         }
         if note:
             line["note"] = note
+        access.info("%s", _Line(line))
+
+    def _access_ws(self, ws: Any, entry: TokenEntry | None, status: int, note: str,
+                   agent: str | None = None) -> None:  # fmt: skip
+        if not self.config.access_log or not access.isEnabledFor(logging.INFO):
+            return
+        line = {
+            "event": "access",
+            "agent": entry.agent if entry else agent,
+            "token_id": entry.id if entry else None,
+            "method": "WEBSOCKET",
+            "path": str(ws.scope.get("path", ""))[:300],
+            "status": status,
+            "client": ws.client.host if ws.client else None,
+            "note": note,
+        }
         access.info("%s", _Line(line))
 
     async def _proxy(self, request: Request) -> Response:

@@ -70,6 +70,8 @@ _GATEWAY_KEYS = {
     "shutdown_timeout": float,
     "access_log": bool,
     "server": str,
+    "live_max_per_agent": int,
+    "live_max_per_model": int,
 }
 _LIMITER_KEYS = {
     "tier": str,
@@ -115,6 +117,8 @@ class GatewayConfig:
         shutdown_timeout: seconds in-flight calls get to finish on shutdown.
         access_log: write one JSON line per request to the ``quotaflow.gateway.access`` logger.
         server: ``"uvicorn"`` (the one server supported).
+        live_max_per_agent, live_max_per_model: concurrent Live API sessions allowed per agent
+            and per model, in each replica.
         limiter: keyword arguments of :class:`quotaflow.Limiter` (``tier``, ``backend``, ...).
         transport: quota transport options (``max_429_retries``, ...).
         policy: the agents' policy.
@@ -137,6 +141,8 @@ class GatewayConfig:
     shutdown_timeout: float = 30.0
     access_log: bool = True
     server: str = "uvicorn"
+    live_max_per_agent: int = 4
+    live_max_per_model: int = 16
     limiter: Mapping[str, Any] = field(default_factory=dict)
     transport: Mapping[str, Any] = field(default_factory=dict)
 

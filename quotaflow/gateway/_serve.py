@@ -46,9 +46,12 @@ def run(gateway: Gateway) -> None:
 
 class ServedGateway:
     """A gateway served by uvicorn in a daemon thread on a loopback port (bound at
-    construction, so :attr:`base_url` is known at once). Use it as a context manager."""
+    construction, so :attr:`base_url` is known at once). Use it as a context manager.
+    ``uvicorn_options`` go to ``uvicorn.Config`` (``ssl_certfile=``, ``ssl_keyfile=``)."""
 
-    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any
+    ) -> None:
         self.gateway = gateway
         self._socket = socket.socket(socket.AF_INET)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,13 +59,16 @@ class ServedGateway:
         self._socket.bind((host, port))
         self.host = host
         self.port: int = self._socket.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn_config(gateway, host=host, port=self.port))
+        self._tls = "ssl_certfile" in uvicorn_options
+        self._server = uvicorn.Server(
+            uvicorn_config(gateway, host=host, port=self.port, **uvicorn_options)
+        )
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
+        """``http://host:port`` (``https://`` when served with ``ssl_certfile``)."""
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> ServedGateway:
         """Start serving; returns once the server accepts connections."""

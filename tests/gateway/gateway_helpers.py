@@ -120,6 +120,7 @@ def running(
     upstream: str,
     tmp: Path,
     agents: tuple[str, ...] = ("researcher", "indexer"),
+    serve_options: Mapping[str, Any] | None = None,
     **kw: Any,
 ) -> Iterator[Running]:
     config = gateway_config(upstream, tmp, **kw)
@@ -131,7 +132,7 @@ def running(
         tokens[agent] = token
     seen = Seen()
     gw = Gateway(config, key=KEY, upstream=Recording(seen))
-    with ServedGateway(gw) as served:
+    with ServedGateway(gw, **dict(serve_options or {})) as served:
         yield Running(served, gw, tokens, tf, seen, tmp / "audit.jsonl")
 
 
