@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from gateway_helpers import FLASH, KEY, POLICY, ServedApp, running
 from google import genai
@@ -175,5 +176,9 @@ async def test_concurrent_session_limit(tmp_path: Path, tls: dict[str, str]) -> 
         async with c.aio.live.connect(model=FLASH, config=config):
             with pytest.raises(Exception):  # noqa: B017
                 await _talk(c)
+        for _ in range(1000):  # the gateway (another thread) frees the slot after the close
+            if not run.gateway.live.per_agent["talker"]:
+                break
+            await anyio.sleep(0.01)
         assert await _talk(c) == "live hello"  # the slot is free again
     assert len(up.sessions) == 2
