@@ -101,6 +101,8 @@ def _serve(argv: list[str]) -> int:
     if args.host:
         config = replace(config, host=args.host)
     if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            return _fail(f"--port {args.port}: give a port in 0..65535 (0: any free one)", 2)
         config = replace(config, port=args.port)
     gateway = Gateway(config)
     # log lines are written by a thread of their own: the event loop never waits for stderr
