@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 __all__ = ["LiveProxy"]
 
 log = logging.getLogger("quotaflow.gateway")
+# the upstream client's own logger: websockets logs a handshake's headers (the real key) at
+# DEBUG, so this one never logs
+_quiet = logging.getLogger("quotaflow.gateway._live_upstream")
+_quiet.disabled = True
+_quiet.propagate = False
 
 
 def _model_of(setup: Any) -> str | None:
@@ -153,7 +158,9 @@ class LiveProxy:
         tokens = 0
         outcome, error = "ok", None
         try:
-            async with connect(url, additional_headers={"x-goog-api-key": gw._key.value}) as up:
+            async with connect(
+                url, additional_headers={"x-goog-api-key": gw._key.value}, logger=_quiet
+            ) as up:
                 if permit is not None:
                     permit.mark_sent()
                 await up.send(first)

@@ -3,6 +3,7 @@ benchmarks)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -19,11 +20,32 @@ __all__ = ["ServedGateway", "run", "uvicorn_config"]
 KEEP_ALIVE = 75
 
 
+class _NoWireTrace(logging.Filter):
+    """Drops the websockets package's protocol trace (``< GET ...``, ``> TEXT ...``), which
+    uvicorn's WebSocket server logs at DEBUG on ``uvicorn.error``: it holds the handshake's
+    headers (an agent's token) and the frames' content."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (
+            record.levelno <= logging.DEBUG
+            and isinstance(msg, str)
+            and msg[:2] in ("< ", "> ", "= ", "% ", "! ", "x ", "- ", "+ ", "? ")
+        )
+
+
+_FILTER = _NoWireTrace()
+
+
 def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
     """uvicorn's settings for ``gateway``: its own access log (uvicorn's would print
     ``?key=``), graceful shutdown within ``shutdown_timeout``, lifespan on (it closes the
     transports, the audit log and the backend)."""
     cfg = gateway.config
+    for name in ("uvicorn.error", "websockets.server", "websockets.protocol"):
+        target = logging.getLogger(name)
+        if _FILTER not in target.filters:
+            target.addFilter(_FILTER)
     kw: dict[str, Any] = {
         "host": cfg.host,
         "port": cfg.port,

@@ -136,8 +136,12 @@ def running(
         yield Running(served, gw, tokens, tf, seen, tmp / "audit.jsonl")
 
 
+UPSTREAM_THREAD = "stand-in-upstream"
+
+
 class ServedApp:
-    """Any ASGI app served by uvicorn from a thread on a free loopback port."""
+    """Any ASGI app served by uvicorn from a thread (named :data:`UPSTREAM_THREAD`) on a free
+    loopback port."""
 
     def __init__(self, app: Any) -> None:
         import socket
@@ -161,7 +165,10 @@ class ServedApp:
         import time
 
         self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            daemon=True,
+            name=UPSTREAM_THREAD,
         )
         self._thread.start()
         while not self._server.started:

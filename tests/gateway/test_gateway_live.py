@@ -7,6 +7,7 @@ asyncio only: google-genai's Live client runs on the websockets package's asynci
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import ssl
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from gateway_helpers import FLASH, KEY, POLICY, ServedApp, running
+from gateway_helpers import FLASH, KEY, POLICY, UPSTREAM_THREAD, ServedApp, running
 from google import genai
 from google.genai import types
 from starlette.applications import Starlette
@@ -113,8 +114,9 @@ async def _talk(c: genai.Client) -> str:
 
 
 async def test_a_live_session_goes_through_with_the_real_key(
-    tmp_path: Path, tls: dict[str, str]
+    tmp_path: Path, tls: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     up = LiveUpstream()
     with (
         ServedApp(up.app()) as upstream,
@@ -133,6 +135,18 @@ async def test_a_live_session_goes_through_with_the_real_key(
     record = json.loads(run.audit_path.read_text().splitlines()[-1])
     assert record["area"] == "live" and record["decision"] == "allowed"
     assert record["tokens_actual"] == 5
+    # everything but the stand-in upstream's log lines (it is Google here: it gets the key) and
+    # the agent's own SDK's (it holds its token)
+    ours = [
+        r
+        for r in caplog.records
+        if r.threadName != UPSTREAM_THREAD
+        and not (r.threadName == "MainThread" and r.name.startswith("websockets"))
+    ]
+    written = run.audit_path.read_text() + "\n".join(r.getMessage() for r in ours)
+    assert any(r.name == "quotaflow.gateway.access" for r in caplog.records)
+    for secret in (KEY, run.tokens["talker"]):
+        assert secret not in written
 
 
 async def test_no_live_grant_or_bad_token_never_reaches_upstream(
