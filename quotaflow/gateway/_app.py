@@ -276,7 +276,9 @@ class Gateway:
         h = request.headers.get("x-goog-api-key")
         if h:
             found.append(h.strip())
-        found += [s.strip() for s in _split_query(request.scope["query_string"].decode())[0]]
+        found += [
+            s.strip() for s in _split_query(request.scope["query_string"].decode("latin-1"))[0]
+        ]
         auth = request.headers.get("authorization", "")
         if openai and auth[:7].lower() == "bearer ":
             found.append(auth[7:].strip())
@@ -292,7 +294,9 @@ class Gateway:
     def _upload_entry(self, request: Request) -> TokenEntry | None:
         """The token that started the upload a chunk belongs to (``None``: no valid proof,
         or its token was revoked since)."""
-        pairs = {_param_name(k): v for k, v in parse_qsl(request.scope["query_string"].decode())}
+        pairs = {
+            _param_name(k): v for k, v in parse_qsl(request.scope["query_string"].decode("latin-1"))
+        }
         proof, upload_id = pairs.get(_UPLOAD_PROOF), pairs.get("upload_id")
         if not proof or not upload_id:
             return None

@@ -73,7 +73,7 @@ class LiveProxy:
         if h:
             return str(h).strip()
         query: bytes = ws.scope.get("query_string", b"")
-        for k, v in parse_qsl(query.decode()):
+        for k, v in parse_qsl(query.decode("latin-1")):
             if k.casefold().lstrip("$") == "key" and v:
                 return v.strip()
         return None
