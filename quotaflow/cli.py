@@ -4,6 +4,7 @@ Subcommands (``quotaflow COMMAND --help`` describes each):
     audit     calls, denials, waits and tokens per agent and model, from audit log files
     demo      prioritized agents share one quota through google-genai and the emulator
     emulator  serve the local Gemini emulator
+    gateway   serve the gateway (``--config FILE``); ``gateway token create|list|revoke``
     status    limits, use, waiters and agents' shares of a fleet (Redis) right now, or live
     tiers     show a shipped tier table and where each figure comes from
 
@@ -168,6 +169,13 @@ def _emulator(args: argparse.Namespace) -> int:
     return run_parsed(args)
 
 
+# --- gateway ---------------------------------------------------------------------------------
+def _gateway(args: argparse.Namespace, rest: Sequence[str] = ()) -> int:
+    from quotaflow.gateway.cli import run_cli
+
+    return run_cli(list(rest))
+
+
 # --- status ----------------------------------------------------------------------------------
 def _status(args: argparse.Namespace) -> int:
     from quotaflow.status import RedisReader, render_text, watch
@@ -245,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
         _emulator,
     )
     add_arguments(p)
+
+    command(
+        "gateway",
+        "serve the gateway; 'gateway token' manages agent tokens",
+        "Serve Gemini's REST surface to agents holding gateway tokens (the gateway alone holds "
+        "the key): quotaflow gateway --config gateway.toml; quotaflow gateway token "
+        "create|list|revoke --config gateway.toml.",
+        _gateway,
+    )
 
     p = command(
         "status",
@@ -329,9 +346,20 @@ def _fix(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``quotaflow`` command; returns the exit code (0 ok, 1 failure, 2 usage)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["gateway"]:  # its own parser: serve, and token create|list|revoke
+        try:
+            return _gateway(argparse.Namespace(), given[1:])
+        except ImportError as exc:
+            print(
+                f"quotaflow gateway: {exc.name or exc} is not installed: "
+                "pip install 'quotaflow[gateway]'",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(given)
     except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run = getattr(args, "run", None)

@@ -22,7 +22,8 @@ Example TOML::
 
 Areas (as the API reference groups methods, see :data:`METHODS`): ``content`` (models and
 content), ``embeddings``, ``counting`` (token counting), ``files``, ``caching`` (context
-caching), ``batch``, ``tuning`` (tuned models).
+caching), ``batch``, ``tuning`` (tuned models), ``live`` (Live API sessions, through the
+gateway).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ __all__ = [
     "name_problem",
 ]
 
-GrantArea = Literal["content", "embeddings", "counting", "files", "caching", "batch", "tuning"]
+GrantArea = Literal[
+    "content", "embeddings", "counting", "files", "caching", "batch", "tuning", "live"
+]
 """An area of the API that can be granted."""
 
 GrantLevel = Literal["none", "read", "write"]
@@ -118,6 +121,8 @@ METHODS: dict[str, dict[str, Literal["read", "write"]]] = {
         "list": "read",
         "get": "read",
     },
+    # the Live API's WebSocket sessions, which only the gateway proxies
+    "live": {"BidiGenerateContent": "write"},
 }
 """Per area, each method (as :func:`quotaflow.gemini.classify` names its ``action``) and the
 access it needs, after the API reference (a generate spends quota: write; a list: read; a

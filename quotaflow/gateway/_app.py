@@ -1,0 +1,545 @@
+"""The gateway's ASGI app: authenticate the agent's token, hand the call to the agent's
+transport (the library's one call flow) with the real key, relay the answer as it arrives.
+
+Each request:
+
+1. Its agent token is read where the SDKs send a key (``x-goog-api-key``, ``?key=`` in any
+   spelling, ``Authorization: Bearer`` on the OpenAI routes) and looked up by hash; without a
+   valid one the answer is a Gemini-shaped 401 (no token) or 403 (unknown or revoked), and
+   nothing is sent upstream.
+2. Every credential is removed (headers and secret query parameters in every spelling), the
+   real key is added as ``x-goog-api-key``, and the request (its raw path, as the agent spelled
+   it) goes to ``limiter.agent(name).transport(upstream)``: policy, canonical request, sizing,
+   scheduling, settlement, 429 feedback and audit are the library's own.
+3. The response streams back chunk by chunk (SSE too); an upload's body streams up the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+
+from quotaflow.agents.transports import AgentTransport
+from quotaflow.errors import BackendError, QuotaError
+from quotaflow.gateway._config import GatewayConfig
+from quotaflow.gateway._tokens import TokenEntry, TokenStore
+from quotaflow.limiter import Limiter
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("quotaflow.gateway")
+access = logging.getLogger("quotaflow.gateway.access")
+
+_SECRET_PARAMS = frozenset({"key", "access_token", "oauth_token", "api_key", "token"})
+# the gateway's proof, in the upload URLs it hands out, of which token started the upload
+# (the SDKs send no key with an upload's chunks): <token id>.<HMAC of token id and upload id>
+_UPLOAD_PROOF = "qfg_upload"
+# request headers passed upstream; everything else (credentials, cookies, hop-by-hop headers,
+# proxies' forwarding headers) stays here
+_FORWARD = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "content-type",
+        "content-length",
+        "user-agent",
+        "x-goog-api-client",
+        "x-server-timeout",
+        "x-quotaflow-priority",
+    }
+)
+_DROP_BACK = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
+)
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class _Key:
+    """The real key; its repr and str never show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<gemini key hidden>"
+
+    __str__ = __repr__
+
+
+class _Shared(httpx.AsyncBaseTransport):
+    """The upstream pool as every agent transport's inner transport (closed once, by the
+    gateway)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _Line:
+    """An access-log line, made into JSON only when a handler writes it."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return json.dumps(self.fields)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, code: str, message: str, openai: bool, reason: str) -> Response:
+    err: Any = {
+        "error": {
+            "code": status,
+            "message": message,
+            "status": code,
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": "quotaflow.gateway",
+                }
+            ],
+        }
+    }
+    body = json.dumps([err] if openai else err).encode()
+    return Response(body, status, media_type="application/json; charset=UTF-8")
+
+
+def _param_name(raw: str) -> str:
+    return unquote(raw.replace("+", " ")).casefold().lstrip("$")
+
+
+def _split_query(query: str) -> tuple[list[str], list[str]]:
+    """The query's secret values (``key`` and its kin, in any spelling) and the other pairs,
+    raw."""
+    secrets_, kept = [], []
+    for pair in query.split("&") if query else []:
+        name, _, value = pair.partition("=")
+        pname = _param_name(name)
+        if pname in _SECRET_PARAMS:
+            secrets_.append(unquote(value.replace("+", " ")))
+        elif pname == _UPLOAD_PROOF:
+            continue
+        elif pair:
+            kept.append(pair)
+    return secrets_, kept
+
+
+class Gateway:
+    """The gateway: an ASGI app (:attr:`app`) in front of Gemini that alone holds the key.
+
+    Args:
+        config: the validated configuration (:func:`~quotaflow.gateway.load_gateway_config`).
+        key: the real key (default: read from ``config.key_file`` or ``config.key_env``).
+        limiter: the limiter (default: ``Limiter(policy=config.policy, **config.limiter)``).
+        upstream: the transport that really sends (default: ``httpx.AsyncHTTPTransport``).
+        clock: seconds for access-log durations (default: ``time.perf_counter``).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        key: str | None = None,
+        limiter: Limiter | None = None,
+        upstream: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self._key = _Key(key if key is not None else config.read_key())
+        # every replica holds the key, so every replica can check the upload proofs
+        self._proof_key = hashlib.sha256(
+            b"quotaflow-gateway-upload\0" + self._key.value.encode()
+        ).digest()
+        self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
+        self.limiter = limiter or Limiter(policy=config.policy, **dict(config.limiter))
+        self._upstream = upstream or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        )
+        self._shared = _Shared(self._upstream)
+        self._agents: dict[str, AgentTransport] = {}
+        self._clock = clock or time.perf_counter
+        self._timeout = {
+            "connect": config.connect_timeout,
+            "read": config.request_timeout,
+            "write": config.request_timeout,
+            "pool": config.request_timeout,
+        }
+        self.in_flight = 0
+        self.draining = False
+        from quotaflow.gateway._live import LiveProxy
+
+        self.live = LiveProxy(self)
+        self.app = Starlette(
+            routes=[
+                WebSocketRoute("/ws/{service:path}", self.live.serve),
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/readyz", self._readyz, methods=["GET"]),
+                Route("/{path:path}", self._proxy, methods=_METHODS),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Any) -> AsyncIterator[None]:
+        yield
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the agent transports, the upstream pool, the audit log and the backend."""
+        self.draining = True
+        for t in list(self._agents.values()):
+            with contextlib.suppress(Exception):
+                await t.aclose()
+        self._agents.clear()
+        with contextlib.suppress(Exception):
+            await self._upstream.aclose()
+        runtime = getattr(self.limiter, "_agents", None)
+        if runtime is not None and runtime._audit is not None:
+            runtime._audit.flush()
+        backend: Any = self.limiter.backend
+        if hasattr(backend, "aclose"):
+            with contextlib.suppress(Exception):
+                await backend.aclose()
+
+    def _transport(self, agent: str) -> AgentTransport:
+        t = self._agents.get(agent)
+        if t is None:
+            t = self._agents[agent] = self.limiter.agent(agent).transport(
+                self._shared, **dict(self.config.transport)
+            )
+        return t
+
+    # ---- health -----------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether the gateway takes calls: not while draining, nor while a Redis backend
+        that would raise (or wait) cannot be reached."""
+        if self.draining:
+            return False, "draining"
+        backend: Any = self.limiter.backend
+        client = getattr(backend, "_client", None)
+        if client is None or not hasattr(client, "ping"):
+            return True, "ok"
+        engine = getattr(backend, "_engine", None)
+        if getattr(engine, "on_error", "raise") == "local":
+            return True, "ok"
+        try:
+            with anyio.fail_after(1.0):
+                await anyio.to_thread.run_sync(client.ping, abandon_on_cancel=True)
+        except Exception:
+            return False, "backend unreachable"
+        return True, "ok"
+
+    async def _readyz(self, request: Request) -> Response:
+        ok, why = await self.ready()
+        body = json.dumps({"status": "ok" if ok else "unavailable", "reason": why}).encode()
+        return Response(body, 200 if ok else 503, media_type="application/json")
+
+    # ---- the proxy --------------------------------------------------------------------------
+
+    def _credential(self, request: Request, openai: bool) -> tuple[str | None, bool]:
+        """The agent's token and whether the request carried conflicting ones."""
+        found: list[str] = []
+        h = request.headers.get("x-goog-api-key")
+        if h:
+            found.append(h.strip())
+        found += [
+            s.strip() for s in _split_query(request.scope["query_string"].decode("latin-1"))[0]
+        ]
+        auth = request.headers.get("authorization", "")
+        if openai and auth[:7].lower() == "bearer ":
+            found.append(auth[7:].strip())
+        found = [f for f in found if f]
+        if not found:
+            return None, False
+        return found[0], len(set(found)) > 1
+
+    def _proof(self, token_id: str, upload_id: str) -> str:
+        mac = hmac.new(self._proof_key, f"{token_id}:{upload_id}".encode(), hashlib.sha256)
+        return f"{token_id}.{mac.hexdigest()[:32]}"
+
+    def _upload_entry(self, request: Request) -> TokenEntry | None:
+        """The token that started the upload a chunk belongs to (``None``: no valid proof,
+        or its token was revoked since)."""
+        pairs = {
+            _param_name(k): v for k, v in parse_qsl(request.scope["query_string"].decode("latin-1"))
+        }
+        proof, upload_id = pairs.get(_UPLOAD_PROOF), pairs.get("upload_id")
+        if not proof or not upload_id:
+            return None
+        token_id = proof.partition(".")[0]
+        if not hmac.compare_digest(proof, self._proof(token_id, upload_id)):
+            return None
+        return next((e for e in self.tokens.entries() if e.id == token_id), None)
+
+    def _log(self, request: Request, entry: TokenEntry | None, status: int, start: float,
+             sent: int = 0, note: str = "") -> None:  # fmt: skip
+        if not self.config.access_log:
+            return
+        if not access.isEnabledFor(logging.INFO):
+            return
+        client = request.client
+        line = {
+            "event": "access",
+            "agent": entry.agent if entry else None,
+            "token_id": entry.id if entry else None,
+            "method": request.method,
+            "path": (request.scope.get("raw_path") or b"")
+            .split(b"?", 1)[0]
+            .decode("latin-1")[:300],
+            "status": status,
+            "bytes": sent,
+            "duration_ms": round((self._clock() - start) * 1000, 3),
+            "client": client.host if client else None,
+        }
+        if note:
+            line["note"] = note
+        access.info("%s", _Line(line))
+
+    def _access_ws(self, ws: Any, entry: TokenEntry | None, status: int, note: str,
+                   agent: str | None = None) -> None:  # fmt: skip
+        if not self.config.access_log or not access.isEnabledFor(logging.INFO):
+            return
+        line = {
+            "event": "access",
+            "agent": entry.agent if entry else agent,
+            "token_id": entry.id if entry else None,
+            "method": "WEBSOCKET",
+            "path": str(ws.scope.get("path", ""))[:300],
+            "status": status,
+            "client": ws.client.host if ws.client else None,
+            "note": note,
+        }
+        access.info("%s", _Line(line))
+
+    async def _proxy(self, request: Request) -> Response:
+        start = self._clock()
+        raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        path_s = raw.split(b"?", 1)[0].decode("latin-1")  # some servers keep the query there
+        openai = "/openai/" in path_s
+        if self.draining:
+            self._log(request, None, 503, start, note="draining")
+            return _error(503, "UNAVAILABLE", "the gateway is shutting down; retry", openai,
+                          "GATEWAY_DRAINING")  # fmt: skip
+        token, conflict = self._credential(request, openai)
+        upload = request.method == "POST" and path_s.startswith("/upload/")
+        chunk_of = self._upload_entry(request) if upload and token is None else None
+        if token is None and chunk_of is None:
+            self._log(request, None, 401, start, note="no_token")
+            return _error(
+                401,
+                "UNAUTHENTICATED",
+                "no agent token: send your gateway token as the API key (x-goog-api-key, "
+                "?key=, or Authorization: Bearer on the OpenAI routes)",
+                openai,
+                "GATEWAY_TOKEN_MISSING",
+            )
+        if chunk_of is not None:
+            entry: TokenEntry | None = chunk_of
+        else:
+            entry = None if conflict or token is None else self.tokens.lookup(token)
+        if entry is None:
+            self._log(request, None, 403, start, note="conflicting_tokens" if conflict else
+                      "bad_token")  # fmt: skip
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "two different credentials: send one agent token"
+                if conflict
+                else "the agent token is not valid (unknown, revoked or mistyped): ask the "
+                "gateway's operator for one ('quotaflow gateway token create')",
+                openai,
+                "GATEWAY_TOKEN_INVALID",
+            )
+        limit = self.config.max_upload_bytes if upload else self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            self._log(request, entry, 413, start, note="too_large")
+            return _error(413, "INVALID_ARGUMENT",
+                          f"the request body is over the gateway's limit of {limit} bytes",
+                          openai, "GATEWAY_BODY_TOO_LARGE")  # fmt: skip
+        self.in_flight += 1
+        try:
+            return await self._forward(request, entry, path_s, upload, limit, openai, start)
+        finally:
+            self.in_flight -= 1
+
+    async def _forward(self, request: Request, entry: TokenEntry, path: str, upload: bool,
+                       limit: int, openai: bool, start: float) -> Response:  # fmt: skip
+        _, kept = _split_query(request.scope["query_string"].decode("latin-1"))
+        url = self.config.upstream + path + ("?" + "&".join(kept) if kept else "")
+        headers = [(k, v) for k, v in request.headers.items() if k in _FORWARD or
+                   k.startswith("x-goog-upload-")]  # fmt: skip
+        headers.append(("x-goog-api-key", self._key.value))
+        content: Any
+        try:
+            if upload:
+                content = self._limited(request, limit)
+            else:
+                body = b""
+                async for chunk in self._limited(request, limit):
+                    body += chunk
+                content = body
+        except _TooLarge:
+            self._log(request, entry, 413, start, note="too_large")
+            return _error(413, "INVALID_ARGUMENT",
+                          f"the request body is over the gateway's limit of {limit} bytes",
+                          openai, "GATEWAY_BODY_TOO_LARGE")  # fmt: skip
+        except ClientDisconnect:
+            self._log(request, entry, 499, start, note="client_disconnected")
+            return Response(b"", 499)
+        upstream_request = httpx.Request(
+            request.method, url, headers=headers, content=content,
+            extensions={"timeout": self._timeout},
+        )  # fmt: skip
+        transport = self._transport(entry.agent)
+        try:
+            with anyio.fail_after(self.config.request_timeout):
+                response = await transport.handle_async_request(upstream_request)
+        except (TimeoutError, httpx.TimeoutException):
+            return self._failed(request, entry, start, openai, 504, "DEADLINE_EXCEEDED",
+                                "the call did not get an answer within the gateway's "
+                                "request_timeout", "GATEWAY_TIMEOUT")  # fmt: skip
+        except _TooLarge:
+            return self._failed(request, entry, start, openai, 413, "INVALID_ARGUMENT",
+                                f"the upload is over the gateway's limit of {limit} bytes",
+                                "GATEWAY_BODY_TOO_LARGE")  # fmt: skip
+        except BackendError:
+            return self._failed(request, entry, start, openai, 503, "UNAVAILABLE",
+                                "the gateway's quota backend is unreachable; retry",
+                                "GATEWAY_BACKEND_DOWN")  # fmt: skip
+        except QuotaError as exc:
+            return self._failed(request, entry, start, openai, 429, "RESOURCE_EXHAUSTED",
+                                str(exc), "GATEWAY_QUOTA")  # fmt: skip
+        except httpx.TransportError as exc:
+            return self._failed(request, entry, start, openai, 502, "UNAVAILABLE",
+                                f"the upstream cannot be reached ({type(exc).__name__})",
+                                "GATEWAY_UPSTREAM")  # fmt: skip
+        out = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _DROP_BACK]
+        out = [(k, self._rewrite(request, entry, v)) if k.lower() in
+               ("x-goog-upload-url", "x-goog-upload-control-url") else (k, v)
+               for k, v in out]  # fmt: skip
+        if "content-length" in response.headers or "content-length" in {k.lower() for k, _ in out}:
+            # a whole answer (not a stream): relayed in one piece, the fast path
+            sent = b""
+            try:
+                try:
+                    sent = response.content  # answered here (a denial): read
+                except httpx.ResponseNotRead:
+                    sent = b"".join([c async for c in response.aiter_raw()])
+            except httpx.TransportError as exc:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                return self._failed(request, entry, start, openai, 502, "UNAVAILABLE",
+                                    f"the upstream answer broke off ({type(exc).__name__})",
+                                    "GATEWAY_UPSTREAM")  # fmt: skip
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            self._log(request, entry, response.status_code, start, len(sent))
+            whole = Response(sent, response.status_code)
+            whole.raw_headers = _raw(out)
+            return whole
+        self.in_flight += 1  # until the stream is relayed
+        return _Relay(self._relay(request, entry, response, start), response.status_code, out)
+
+    def _failed(self, request: Request, entry: TokenEntry, start: float, openai: bool,
+                status: int, code: str, message: str, reason: str) -> Response:  # fmt: skip
+        self._log(request, entry, status, start, note=reason.lower())
+        return _error(status, code, message, openai, reason)
+
+    def _rewrite(self, request: Request, entry: TokenEntry, value: str) -> str:
+        """An upload URL of the upstream's, pointed at the gateway, with the proof of the
+        token that started it."""
+        if not value.startswith(self.config.upstream):
+            return value
+        base = self.config.public_url or str(request.base_url)
+        url = base.rstrip("/") + value[len(self.config.upstream) :]
+        upload_id = dict(parse_qsl(urlsplit(value).query)).get("upload_id")
+        if upload_id:
+            sep = "&" if "?" in url else "?"
+            url += f"{sep}{_UPLOAD_PROOF}={self._proof(entry.id, upload_id)}"
+        return url
+
+    @staticmethod
+    async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise _TooLarge
+            if chunk:
+                yield chunk
+
+    async def _relay(self, request: Request, entry: TokenEntry, response: httpx.Response,
+                     start: float) -> AsyncIterator[bytes]:  # fmt: skip
+        sent = 0
+        note = ""
+        try:
+            try:
+                ready: bytes | None = response.content  # answered here (a denial): read
+            except httpx.ResponseNotRead:
+                ready = None
+            if ready is not None:
+                sent = len(ready)
+                yield ready
+            else:
+                async for chunk in response.aiter_raw():
+                    sent += len(chunk)
+                    yield chunk
+        except httpx.TransportError as exc:
+            note = f"upstream_{type(exc).__name__}"
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            self.in_flight -= 1
+            self._log(request, entry, response.status_code, start, sent, note)
+
+    def __repr__(self) -> str:
+        return f"Gateway(upstream={self.config.upstream!r}, agents={sorted(self._agents)})"
+
+
+class _Relay(StreamingResponse):
+    """A streamed response whose headers are kept as the upstream sent them."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], status: int, headers: list[tuple[str, str]]
+    ) -> None:
+        super().__init__(content, status)
+        self.raw_headers = _raw(headers)
+
+
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

@@ -1,0 +1,223 @@
+"""The Live API's WebSocket (``BidiGenerateContent``) through the gateway.
+
+A session is judged when its first message (``setup``, naming the model) arrives: the agent
+needs ``write`` in the ``live`` area with the model matching its globs, and a free slot under
+the concurrent-session limits (per agent and per model, in this replica). The session then
+takes one request of the model's quota (the agent's share and budget included; a model the
+limiter has no limits for is only counted), is relayed both ways with the real key upstream,
+is settled at its end with the sum of ``promptTokenCount`` over the server's ``usageMetadata``
+messages, and writes one audit record.
+
+Refusals close the socket before anything reaches upstream: 1008 (policy violation) for a
+token or a grant, 1013 (try again later) for the session limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from quotaflow.agents.audit import AuditRecord
+from quotaflow.agents.grants import _match
+from quotaflow.errors import QuotaflowError
+
+if TYPE_CHECKING:
+    from quotaflow.gateway._app import Gateway
+
+__all__ = ["LiveProxy"]
+
+log = logging.getLogger("quotaflow.gateway")
+# the upstream client's own logger: websockets logs a handshake's headers (the real key) at
+# DEBUG, so this one never logs
+_quiet = logging.getLogger("quotaflow.gateway._live_upstream")
+_quiet.disabled = True
+_quiet.propagate = False
+
+
+def _model_of(setup: Any) -> str | None:
+    if not isinstance(setup, dict):
+        return None
+    inner = setup.get("setup")
+    model = inner.get("model") if isinstance(inner, dict) else None
+    return model.removeprefix("models/") if isinstance(model, str) and model else None
+
+
+def _input_tokens(message: bytes | str) -> int | None:
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    usage = data.get("usageMetadata") if isinstance(data, dict) else None
+    value = usage.get("promptTokenCount") if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class LiveProxy:
+    """The WebSocket endpoint (mounted by :class:`~quotaflow.gateway.Gateway`)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.per_agent: Counter[str] = Counter()
+        self.per_model: Counter[str] = Counter()
+
+    def _token(self, ws: WebSocket) -> str | None:
+        h = ws.headers.get("x-goog-api-key")
+        if h:
+            return str(h).strip()
+        query: bytes = ws.scope.get("query_string", b"")
+        for k, v in parse_qsl(query.decode("latin-1")):
+            if k.casefold().lstrip("$") == "key" and v:
+                return v.strip()
+        return None
+
+    async def serve(self, ws: WebSocket) -> None:
+        """Judge, relay, settle and audit one Live session."""
+        gw = self.gateway
+        start = time.time()
+        token = self._token(ws)
+        entry = gw.tokens.lookup(token) if token else None
+        path = ws.scope.get("path", "")
+        if entry is None:
+            gw._access_ws(ws, None, 403, "no_token" if token is None else "bad_token")
+            await ws.close(code=1008, reason="no valid agent token")
+            return
+        await ws.accept()
+        try:
+            first = await ws.receive_text()
+        except WebSocketDisconnect:
+            return
+        try:
+            setup = json.loads(first)
+        except ValueError:
+            setup = None
+        model = _model_of(setup)
+        spec = gw.config.policy.for_agent(entry.agent)
+        grant = spec.grant("live") if spec is not None else None
+        reason = ""
+        if model is None:
+            reason = "malformed"
+        elif grant is None or grant.access != "write":
+            reason = "no_grant"
+        elif grant.models and not any(_match(model, p) for p in grant.models):
+            reason = "model_denied"
+        elif "BidiGenerateContent" in grant.deny or (
+            grant.allow and "BidiGenerateContent" not in grant.allow
+        ):
+            reason = "method_denied"
+        record = dict(
+            time=start, agent=entry.agent, method="BidiGenerateContent", http_method="GET",
+            path=path, area="live", access="write", model=model,
+        )  # fmt: skip
+        if reason:
+            self._audit(record, "denied", reason, "denied", 403)
+            gw._access_ws(ws, entry, 403, reason)
+            await ws.close(code=1008, reason=f"quotaflow policy: {reason}")
+            return
+        assert model is not None
+        cfg = gw.config
+        if (
+            self.per_agent[entry.agent] >= cfg.live_max_per_agent
+            or self.per_model[model] >= cfg.live_max_per_model
+        ):
+            self._audit(record, "denied", "live_sessions", "denied", 429)
+            gw._access_ws(ws, entry, 429, "live_sessions")
+            await ws.close(code=1013, reason="too many concurrent Live sessions; retry later")
+            return
+        self.per_agent[entry.agent] += 1
+        self.per_model[model] += 1
+        try:
+            await self._session(ws, entry.agent, model, first, record)
+        finally:
+            self.per_agent[entry.agent] -= 1
+            self.per_model[model] -= 1
+
+    async def _session(
+        self, ws: WebSocket, agent: str, model: str, first: str, record: dict[str, Any]
+    ) -> None:
+        from websockets.asyncio.client import connect
+
+        gw = self.gateway
+        permit: Any = None
+        try:
+            permit = await gw.limiter.agent(agent).acquire(model)
+        except QuotaflowError as exc:
+            if type(exc).__name__ != "UnknownModelError":  # a Live-only model: count sessions
+                self._audit(record, "denied", "budget", "denied", 429)
+                await ws.close(code=1013, reason="quota: " + type(exc).__name__)
+                return
+        base = gw.config.upstream.replace("http://", "ws://").replace("https://", "wss://")
+        url = base + ws.scope.get("path", "")
+        tokens = 0
+        outcome, error = "ok", None
+        try:
+            async with connect(
+                url, additional_headers={"x-goog-api-key": gw._key.value}, logger=_quiet
+            ) as up:
+                if permit is not None:
+                    permit.mark_sent()
+                await up.send(first)
+
+                async def down() -> None:
+                    nonlocal tokens
+                    async for message in up:
+                        seen = _input_tokens(message)
+                        if seen is not None:  # each turn's usage comes once
+                            tokens += seen
+                        if isinstance(message, bytes):
+                            await ws.send_bytes(message)
+                        else:
+                            await ws.send_text(message)
+                    tg.cancel_scope.cancel()
+
+                async def upward() -> None:
+                    while True:
+                        msg = await ws.receive()
+                        if msg["type"] == "websocket.disconnect":
+                            break
+                        data = msg.get("text")
+                        await up.send(data if data is not None else msg.get("bytes") or b"")
+                    tg.cancel_scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(down)
+                    tg.start_soon(upward)
+        except Exception as exc:  # the upstream refused or broke off
+            outcome, error = "error", type(exc).__name__
+        finally:
+            with anyio.CancelScope(shield=True):
+                if permit is not None:
+                    with contextlib.suppress(Exception):
+                        await permit.settle(input_tokens=tokens)
+                with contextlib.suppress(Exception):
+                    await ws.close()
+            record["tokens_actual"] = tokens
+            self._audit(record, "allowed", "granted", outcome, 101, error)
+            gw._access_ws(ws, None, 101, outcome, agent=agent)
+
+    def _audit(
+        self,
+        record: dict[str, Any],
+        decision: str,
+        reason: str,
+        outcome: str,
+        status: int,
+        error: str | None = None,
+    ) -> None:
+        runtime = self.gateway.limiter.agent(record["agent"]).audit
+        fields = {**record, "decision": decision, "reason": reason, "outcome": outcome}
+        fields["status"] = status
+        fields["duration"] = time.time() - record["time"]
+        if error is not None:
+            fields["error"] = error
+        try:
+            runtime.emit(AuditRecord(**fields))
+        except TypeError:  # pragma: no cover - an older AuditRecord
+            log.warning("quotaflow gateway: Live audit record not written")

@@ -1,0 +1,131 @@
+"""Serve the gateway with uvicorn: in the foreground (the CLI) or from a thread (tests,
+benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from quotaflow.gateway._app import Gateway
+
+__all__ = ["ServedGateway", "run", "uvicorn_config"]
+
+# longer than clients keep idle connections (httpx: 5 s), so the client closes first
+KEEP_ALIVE = 75
+
+
+class _NoWireTrace(logging.Filter):
+    """Drops the websockets package's protocol trace (``< GET ...``, ``> TEXT ...``), which
+    uvicorn's WebSocket server logs at DEBUG on ``uvicorn.error``: it holds the handshake's
+    headers (an agent's token) and the frames' content."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (
+            record.levelno <= logging.DEBUG
+            and isinstance(msg, str)
+            and msg[:2] in ("< ", "> ", "= ", "% ", "! ", "x ", "- ", "+ ", "? ")
+        )
+
+
+_FILTER = _NoWireTrace()
+
+
+def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's settings for ``gateway``: its own access log (uvicorn's would print
+    ``?key=``), graceful shutdown within ``shutdown_timeout``, lifespan on (it closes the
+    transports, the audit log and the backend)."""
+    cfg = gateway.config
+    for name in ("uvicorn.error", "websockets.server", "websockets.protocol"):
+        target = logging.getLogger(name)
+        if _FILTER not in target.filters:
+            target.addFilter(_FILTER)
+    kw: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": cfg.shutdown_timeout,
+        "timeout_keep_alive": KEEP_ALIVE,
+        "server_header": False,
+        "date_header": False,
+        **overrides,
+    }
+    return uvicorn.Config(gateway, **kw)
+
+
+def run(gateway: Gateway) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight calls finish (within ``shutdown_timeout``)."""
+    uvicorn.Server(uvicorn_config(gateway)).run()
+
+
+class ServedGateway:
+    """A gateway served by uvicorn in a daemon thread on a loopback port (bound at
+    construction, so :attr:`base_url` is known at once). Use it as a context manager.
+    ``uvicorn_options`` go to ``uvicorn.Config`` (``ssl_certfile=``, ``ssl_keyfile=``)."""
+
+    def __init__(
+        self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any
+    ) -> None:
+        self.gateway = gateway
+        self._socket = socket.socket(socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._socket.bind((host, port))
+        self.host = host
+        self.port: int = self._socket.getsockname()[1]
+        self._tls = "ssl_certfile" in uvicorn_options
+        self._server = uvicorn.Server(
+            uvicorn_config(gateway, host=host, port=self.port, **uvicorn_options)
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` (``https://`` when served with ``ssl_certfile``)."""
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ServedGateway:
+        """Start serving; returns once the server accepts connections."""
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name=f"quotaflow-gateway-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start on {self.base_url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop as on SIGTERM: refuse new connections, finish in-flight calls, close."""
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._thread = None
+        self._socket.close()
+
+    def __enter__(self) -> ServedGateway:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
