@@ -2,35 +2,34 @@
 
 A :class:`LaneGate` belongs to one limiter and one spelling of a model. When nobody waits, it
 grants a plain request (one request, its input tokens) through the backend's
-:class:`~quotaflow._lane.FastLane` with a few integer steps (atomic where compiled, else under
-the backend's mutex), and settles it the same way. Anything else (a cost of other metrics, a
+:class:`~quotaflow._lane.FastLane` with a few integer steps under the backend's mutex, and
+settles it the same way. Anything else (a cost of other metrics, a
 lane that is closed or too small, a changed set of limits) returns ``None`` or ``False`` and
 the caller takes the general way, which makes the same decision: the lane only answers when
 the exact rule would answer the same.
 
-The limiters reach their gates through :mod:`quotaflow._front`.
-
-This module, :mod:`quotaflow._front`, :mod:`quotaflow._lane`, :mod:`quotaflow._permit_state`
-and :mod:`quotaflow.permit` are compiled with mypyc when a wheel is built (see
-``hatch_build.py``); the same source runs as plain Python where no compiler is available. Keep
-them to typed code that mypyc compiles: no monkeypatching, no dynamic attributes.
+``Limiter.acquire`` and ``SyncLimiter.acquire`` try their model's gate first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from quotaflow._lane import ATOMIC, FastLane
+from quotaflow._lane import FastLane
 from quotaflow._permit_state import PermitState
 from quotaflow.clock import Clock, SystemClock
 from quotaflow.context import _priority
 from quotaflow.context import priority_value as _priority_value
 from quotaflow.limits import Limit
-from quotaflow.permit import Permit, SyncPermit
+
+if TYPE_CHECKING:
+    from quotaflow.permit import _PermitBase
 
 __all__ = ["LaneGate"]
+
+_P = TypeVar("_P", bound="_PermitBase")
 
 
 class LaneGate:
@@ -78,16 +77,24 @@ class LaneGate:
             return self.wall0 + (monotonic() - self.mono0)
         return self.clock.now()
 
-    def admit(
-        self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
-    ) -> int | None:
-        """The priority of a request the lane may serve, or ``None`` (the full way).
+    def grant(
+        self,
+        kind: type[_P],
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | str | None,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> _P | None:
+        """A permit of ``kind`` (:class:`~quotaflow.permit.Permit` or
+        :class:`~quotaflow.permit.SyncPermit`) if the lane grants the request at once, else
+        ``None`` (the full way).
 
         Only plain requests: one request (``cost`` ``None`` or ``{"requests": 1}``, the
         transports' form) and ``tokens`` input tokens. Where nobody waits and the lane's bounds
         say it fits, the exact rule would grant it too, so neither priority nor a deadline can
-        change the outcome; bad input goes the full way, which names the error (so the
-        arguments are typed ``object``: a compiled build must not raise a TypeError of its own).
+        change the outcome; bad input (a ``"10"``, a ``True``, a NaN) goes the full way, which
+        names the error.
         """
         if cost is not None and not (
             isinstance(cost, dict)
@@ -96,55 +103,40 @@ class LaneGate:
             and cost["requests"] == 1
         ):
             return None
-        if type(tokens) is not int or not isinstance(tokens, int) or tokens < 0:
+        if type(tokens) is not int or tokens < 0:
             return None
         if timeout is not None and not (
-            (type(timeout) is float or type(timeout) is int)
-            and isinstance(timeout, (int, float))
-            and timeout >= 0
+            (type(timeout) is float or type(timeout) is int) and timeout >= 0
         ):
             return None
         if deadline is not None and (
             (type(deadline) is not float and type(deadline) is not int) or deadline != deadline
         ):
             return None  # not a number, or NaN: the full way names it
-        if self.lane.version != self.version:  # the scope's limits changed: look again
+        lane = self.lane
+        if lane.version != self.version:  # the scope's limits changed: look again
             if self.gates.get(self.model) is self:
                 del self.gates[self.model]
             return None
         if priority is None:
             prio = _priority.get()
-            return self.default_priority if prio is None else prio
-        if type(priority) is int and isinstance(priority, int):
-            return priority
-        if isinstance(priority, str):
-            return _priority_value(priority)  # raises as the full way would
-        return None  # a bad value: the full way names it
-
-    def take(self, tokens: int, now: float) -> int:
-        """A lane lease of one request and ``tokens`` input tokens, or 0 (the full way)."""
-        if ATOMIC:
-            return self.lane.take(tokens, now, self.version)
+            if prio is None:
+                prio = self.default_priority
+        elif type(priority) is int:
+            prio = priority
+        elif isinstance(priority, str):
+            prio = _priority_value(priority)  # raises as the full way would
+        else:
+            return None  # a bad value: the full way names it
+        now = self.wall0 + (monotonic() - self.mono0) if self.system else self.clock.now()
         self.lock_acquire()
         try:
-            return self.lane.take(tokens, now, self.version)
+            lease = lane.take(tokens, now, self.version)
         finally:
             self.unlock()
-
-    def grant(
-        self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
-    ) -> Permit | None:
-        """An async :class:`~quotaflow.permit.Permit` if the lane grants the request at once
-        (see :meth:`admit`), else ``None``."""
-        prio = self.admit(tokens, cost, priority, timeout, deadline)
-        if prio is None:
-            return None
-        amount: int = tokens  # type: ignore[assignment]  # admit() checked it
-        now = self.now()
-        lease = self.take(amount, now)
         if not lease:
             return None
-        return Permit(
+        return kind(
             "",
             self.canonical,
             self.key,
@@ -159,54 +151,21 @@ class LaneGate:
             None,
             self,
             lease,
-            amount,
-        )
-
-    def grant_sync(
-        self, tokens: object, cost: object, priority: object, timeout: object, deadline: object
-    ) -> SyncPermit | None:
-        """:meth:`grant` as a :class:`~quotaflow.permit.SyncPermit`."""
-        prio = self.admit(tokens, cost, priority, timeout, deadline)
-        if prio is None:
-            return None
-        amount: int = tokens  # type: ignore[assignment]  # admit() checked it
-        now = self.now()
-        lease = self.take(amount, now)
-        if not lease:
-            return None
-        return SyncPermit(
-            "",
-            self.canonical,
-            self.key,
-            None,
-            self.limits,
-            now,
-            0.0,
-            prio,
-            self.clock,
-            self.settle_fn,
-            self.release_fn,
-            None,
-            self,
-            lease,
-            amount,
+            tokens,
         )
 
     def settle(self, state: PermitState, input_tokens: int | None) -> bool:
         """Settle a grant of this gate with its real input tokens (``None``: as granted);
         ``False``: this settle takes the general way (which raises or plans it)."""
-        now = self.now()
+        now = self.wall0 + (monotonic() - self.mono0) if self.system else self.clock.now()
         at = state._plan_quick_settle(input_tokens, now)
         if at is None:
             return False
-        if ATOMIC:
+        self.lock_acquire()
+        try:
             done = self.lane.settle(state._lease, None, input_tokens, at, now)
-        else:
-            self.lock_acquire()
-            try:
-                done = self.lane.settle(state._lease, None, input_tokens, at, now)
-            finally:
-                self.unlock()
+        finally:
+            self.unlock()
         if not done:  # the lane closed since: the backend writes it into the buckets
             self.settle_tokens(self.key, state._lease_id(), input_tokens, at, now)
         return True

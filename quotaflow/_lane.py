@@ -24,34 +24,19 @@ that question with a few integer steps instead of asking every bucket:
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["ATOMIC", "FastLane"]
+__all__ = ["FastLane"]
 
 _EPS: Final = 1e-9
 _UNBOUNDED: Final = 1 << 62
 
 
-# Compiled by mypyc and run under a GIL, each method of FastLane is atomic: it is native code
-# that calls no Python code and allocates no object the cyclic GC tracks (so no collection, and
-# no finalizer, can start inside it), so no other thread runs until it returns. The gate then
-# calls take/settle/release without the backend's mutex (the mutex costs ~100 ns of a ~0.7 us
-# acquire+settle). It is safe because every other writer of a lane's fields (the scope, under
-# the mutex) writes them only while the lane is closed, and every one of these methods does
-# nothing on a closed lane: closing (``open = False``) is the handshake. Interpreted (the
-# pure-Python fallback) or free-threaded, the gate takes the mutex around each call.
-ATOMIC: Final = not __file__.endswith(".py") and bool(
-    getattr(sys, "_is_gil_enabled", lambda: True)()
-)
-
-
 class FastLane:
     """Lower bounds of free room per metric, and the grants and settles not yet in the buckets.
 
-    Every method must be called with the backend's mutex held, or atomically (see
-    :data:`ATOMIC`). Other code changes the fields only while the lane is closed.
+    Every method must be called with the backend's mutex held.
     """
 
     __slots__ = (

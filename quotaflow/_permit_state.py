@@ -7,9 +7,10 @@ public read-only properties; the fields here are private.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
+from quotaflow.clock import Clock
 from quotaflow.errors import PermitError
 from quotaflow.limits import Limit, check_cost
 
@@ -19,13 +20,15 @@ if TYPE_CHECKING:
 __all__ = ["PermitPhase", "PermitState"]
 
 PermitPhase = Literal["granted", "sent", "settled", "released"]
+SettleFn = Callable[[str, str, Mapping[str, int] | None, float, float], Any]
+ReleaseFn = Callable[[str, str, float], Any]
+SettleNowaitFn = Callable[[str, str, Mapping[str, int] | None, float, float], bool]
 
 
 class PermitState:
     """The life of a permit: granted -> sent -> settled, or granted -> released. Pure.
 
-    A plain class with its own ``__init__`` (not a dataclass): it is built on the hot path, and
-    compiled with mypyc a written ``__init__`` is native while a dataclass's is not.
+    A plain class with ``__slots__``: one is built per grant, on the hot path.
 
     A grant of a fast lane (``quick``, the gate that granted it) keeps its lane lease number
     and input tokens; its lease id and its cost by metric are spelled out only when asked.
@@ -34,6 +37,7 @@ class PermitState:
     __slots__ = (
         "_actual",
         "_actual_tokens",
+        "_clock",
         "_granted_at",
         "_id",
         "_lease",
@@ -43,9 +47,12 @@ class PermitState:
         "_phase",
         "_priority",
         "_quick",
+        "_release_fn",
         "_response_at",
         "_scope",
         "_sent_at",
+        "_settle_fn",
+        "_settle_nowait",
         "_tokens",
         "_waited",
     )
@@ -60,6 +67,10 @@ class PermitState:
         granted_at: float,
         waited: float,
         priority: int,
+        clock: Clock,
+        settle: SettleFn,
+        release: ReleaseFn,
+        settle_nowait: SettleNowaitFn | None = None,
         quick: LaneGate | None = None,
         lease: int = 0,
         tokens: int = 0,
@@ -72,6 +83,12 @@ class PermitState:
         self._granted_at = granted_at
         self._waited = waited
         self._priority = priority
+        self._clock = clock
+        self._settle_fn = settle  # the backend's calls that end the grant
+        self._release_fn = release
+        # a backend's way to settle without waiting (e.g. queued to ride on its next call);
+        # False: it cannot now, use ``settle``
+        self._settle_nowait = settle_nowait
         self._quick = quick
         self._lease = lease
         self._tokens = tokens

@@ -16,8 +16,9 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 import anyio
 
@@ -33,7 +34,6 @@ from quotaflow._core import (
     scope_flow,
     shares_figures,
 )
-from quotaflow._front import LimiterFront
 from quotaflow._learned import Origin, TimeScale
 from quotaflow._quota_book import Learned
 from quotaflow._shadow import check_mode
@@ -45,7 +45,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
 from quotaflow.permit import Permit
 from quotaflow.pricing import Spend, SpendBook
-from quotaflow.shares import Share
+from quotaflow.shares import Share, agent_name_problem
 from quotaflow.tiers import TierTable
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from quotaflow.agents.handle import AgentHandle
     from quotaflow.agents.policy import Policy
 
-__all__ = ["Limiter", "open_backend"]
+__all__ = ["Acquiring", "Limiter", "open_backend"]
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
@@ -90,6 +90,63 @@ def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | Asyn
 
 _TIMED_OUT: Any = object()
 
+REENTERED = (
+    "this acquire(...) is already in use by a with block: call limiter.acquire(...) again for "
+    "another permit"
+)
+
+
+def not_copyable(obj: object) -> TypeError:
+    """The error of a limiter asked to be copied or pickled."""
+    return TypeError(
+        f"a {type(obj).__name__} cannot be copied or pickled: share the object (it is "
+        "safe across tasks and threads), or build another with the same arguments "
+        "(backend= shares the quota state)"
+    )
+
+
+class _Exits(Protocol):
+    async def _exit(self, failed: bool) -> None: ...
+
+
+_P = TypeVar("_P", bound=_Exits)
+
+
+class Acquiring(Generic[_P]):
+    """What ``acquire`` returns: ``permit = await limiter.acquire(...)``, or ``async with
+    limiter.acquire(...) as permit:``, whose exit settles the permit with its estimate (or
+    releases it if the block failed before the call was sent).
+
+    Awaiting it calls ``fn(*args)`` (a coroutine function that returns the permit); the
+    ``async with`` block keeps that permit for its exit.
+    """
+
+    __slots__ = ("_args", "_fn", "_permit")
+
+    def __init__(self, fn: Callable[..., Awaitable[_P]], args: tuple[Any, ...]) -> None:
+        self._fn = fn
+        self._args = args
+        self._permit: _P | None = None
+
+    def __await__(self) -> Generator[Any, None, _P]:
+        return self._fn(*self._args).__await__()
+
+    async def __aenter__(self) -> _P:
+        if self._permit is not None:
+            raise RuntimeError(REENTERED)
+        self._permit = permit = await self._fn(*self._args)
+        return permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            await permit._exit(exc_type is not None)
+
 
 class _AsyncOps:
     """Awaitable access to a backend, sync (non-blocking) or async."""
@@ -124,7 +181,7 @@ class _AsyncOps:
         return _TIMED_OUT
 
 
-class Limiter(LimiterFront):
+class Limiter:
     """Admits calls to Gemini models within every limit of their quota (async, on anyio).
 
     Args:
@@ -215,7 +272,7 @@ class Limiter(LimiterFront):
             spend=spend,
         )
         self._core.mode = check_mode(mode or "enforce")
-        LimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
+        self._lanes = self._core.lanes  # the fast lanes by model spelling (see _acquire)
         self.backend = open_backend(backend)
         self._ops = _AsyncOps(self.backend)
         self._shares_figures = shares_figures(self.backend)
@@ -276,6 +333,69 @@ class Limiter(LimiterFront):
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
 
+    def __reduce__(self) -> tuple[object, ...]:
+        raise not_copyable(self)
+
+    @overload
+    def acquire(
+        self,
+        model: str,
+        tokens: int,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> Acquiring[Permit]: ...
+    @overload
+    def acquire(
+        self,
+        model: str,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> Acquiring[Permit]: ...
+    def acquire(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> Acquiring[Permit]:
+        """Wait for room on every limit of ``model``'s quota and take it all at once.
+
+        ``async with limiter.acquire(...) as permit:`` or ``permit = await
+        limiter.acquire(...)``.
+
+        Args:
+            model: as you write it (``"gemini-2.5-flash"``, ``"models/gemini-2.5-flash"``).
+            tokens: the input token estimate (counted against TPM/TPD).
+            cost: amounts of other metrics (``{"images": 1}``), or ``{"requests": n}``.
+            priority: a level name or int; defaults to ``quotaflow.priority(...)`` or the
+                limiter's default.
+            timeout: seconds to wait at most; ``deadline``: the same as an absolute time of
+                the limiter's clock. If the computed wait is longer, raises at once.
+            agent: the agent making the call (defaults to ``quotaflow.agent(...)``); its
+                share (ceiling, floor) applies.
+
+        Raises:
+            CannotFitError: the request is larger than a limit.
+            QuotaExhaustedError: a day quota is spent.
+            QuotaTimeoutError: no room before the deadline.
+            ConfigError: an argument of the wrong type or value (named in the message).
+        """
+        return Acquiring(
+            self._acquire, (model, tokens, cost, priority, timeout, deadline, False, agent)
+        )
+
     async def acquire_nowait(
         self,
         model: str,
@@ -288,11 +408,6 @@ class Limiter(LimiterFront):
         """Take room now or raise :class:`~quotaflow.errors.WouldBlockError` (with
         ``retry_after``). Never waits; passes waiters in line only as backfilling allows (when
         no waiter ahead would start later for it)."""
-        gate = self._core.lanes.get(model) if type(model) is str else None
-        if gate is not None:
-            permit = gate.grant(tokens, cost, priority, None, None)
-            if permit is not None:
-                return permit
         return await self._acquire(model, tokens, cost, priority, None, None, True, agent)
 
     try_acquire = acquire_nowait
@@ -308,6 +423,13 @@ class Limiter(LimiterFront):
         nowait: bool,
         agent: str | None = None,
     ) -> Permit:
+        """The acquire: the model's fast lane when it grants at once (nobody waits and every
+        limit has room), else the scope's line, waiting for the grant."""
+        gate = self._lanes.get(model) if type(model) is str else None
+        if gate is not None and (agent is None or agent_name_problem(agent) is None):
+            fast = gate.grant(Permit, tokens, cost, priority, timeout, deadline)
+            if fast is not None:
+                return fast
         while True:
             permit = await self._acquire_once(
                 model, tokens, cost, priority, timeout, deadline, nowait, agent

@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Coroutine, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Final, cast, overload
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from quotaflow._await import shielded
+import anyio
+
 from quotaflow._permit_state import PermitState
-from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
-from quotaflow.limits import Limit
 
 if TYPE_CHECKING:
-    from quotaflow._gate import LaneGate
+    pass
 
 __all__ = ["Permit", "SyncPermit"]
-
-_SettleFn = Callable[[str, str, Mapping[str, int] | None, float, float], Any]
-_ReleaseFn = Callable[[str, str, float], Any]
 
 
 def _on_drop(permit: _PermitBase) -> None:
@@ -58,65 +54,20 @@ def _on_drop(permit: _PermitBase) -> None:
         result.close()
 
 
-def _check_tokens(input_tokens: object) -> int | None:
-    """``input_tokens`` as an amount, or the ConfigError naming it. The settle methods take it as
-    ``object`` (their overloads say ``int | None``): a compiled build would otherwise check and
-    convert it before this runs (a TypeError for ``"5"``, 1 for ``True``)."""
-    if input_tokens is None:
-        return None
-    if type(input_tokens) is not int or not isinstance(input_tokens, int) or input_tokens < 0:
-        raise ConfigError(
-            f"input_tokens={input_tokens!r}: give the real input token count as an int >= 0 "
-            "(usageMetadata.promptTokenCount), or None to keep the estimate"
-        )
-    return input_tokens
+def _bad_tokens(input_tokens: object) -> ConfigError:
+    """The error of a settle given something other than an amount (``"5"``, ``True``, ``-1``
+    are refused, not converted)."""
+    return ConfigError(
+        f"input_tokens={input_tokens!r}: give the real input token count as an int >= 0 "
+        "(usageMetadata.promptTokenCount), or None to keep the estimate"
+    )
 
 
 class _PermitBase(PermitState):
     """The state of one grant (:class:`~quotaflow._permit_state.PermitState`) and the backend
     calls that end it."""
 
-    __slots__ = ("_clock", "_release_fn", "_settle_fn", "_settle_nowait")
-
-    def __init__(
-        self,
-        id: str,
-        model: str,
-        scope: str,
-        metrics: dict[str, int] | None,
-        limits: tuple[Limit, ...],
-        granted_at: float,
-        waited: float,
-        priority: int,
-        clock: Clock,
-        settle: _SettleFn,
-        release: _ReleaseFn,
-        settle_nowait: Callable[[str, str, Mapping[str, int] | None, float, float], bool]
-        | None = None,
-        quick: LaneGate | None = None,
-        lease: int = 0,
-        tokens: int = 0,
-    ) -> None:
-        PermitState.__init__(
-            self,
-            id,
-            model,
-            scope,
-            metrics,
-            limits,
-            granted_at,
-            waited,
-            priority,
-            quick,
-            lease,
-            tokens,
-        )
-        self._clock = clock
-        self._settle_fn = settle
-        self._release_fn = release
-        # a backend's way to settle without waiting (e.g. queued to ride on its next call);
-        # False: it cannot now, use ``settle``
-        self._settle_nowait = settle_nowait
+    __slots__ = ()
 
     def __del__(self) -> None:
         # cheaper than a weakref.finalize per permit on the hot path: a phase check at dealloc
@@ -182,12 +133,6 @@ class _PermitBase(PermitState):
         """The response began now: the server counted the call no later than this moment."""
         self._mark_response_at(self._clock.now())
 
-    def _settled_quickly(self, input_tokens: int | None) -> bool:
-        """Settle a fast-lane grant the quick way (it never blocks); ``False``: this settle
-        takes the general way."""
-        gate = self._quick
-        return gate is not None and gate.settle(self, input_tokens)
-
     def _settle_args(self, input_tokens: int | None, metrics: Mapping[str, int]) -> tuple[Any, ...]:
         actual = dict(metrics)
         if input_tokens is not None:
@@ -198,45 +143,6 @@ class _PermitBase(PermitState):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._describe()}>"
-
-
-class _Done:
-    """A coroutine with nothing left to do, shared by every settle that is done when called.
-
-    ``await`` takes an iterator that is already exhausted (one, shared), so it allocates
-    nothing and never suspends. It is also a :class:`collections.abc.Coroutine` (``send``,
-    ``throw``, ``close``), so ``asyncio.create_task(permit.settle())`` and
-    ``task_group.start_soon(permit.settle)`` take it as they take a coroutine: it finishes at
-    its first step, with ``None``.
-    """
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return _EXHAUSTED
-
-    def send(self, value: object) -> None:
-        raise StopIteration
-
-    def throw(self, typ: object, val: object = None, tb: object = None) -> None:
-        """Raise the exception at once, as a coroutine that has not started would."""
-        if isinstance(typ, BaseException):
-            raise typ
-        if isinstance(val, BaseException):
-            raise val
-        if isinstance(typ, type) and issubclass(typ, BaseException):
-            raise typ() if val is None else typ(val)
-        raise TypeError("throw() expects an exception")
-
-    def close(self) -> None:
-        return None
-
-    def __reduce__(self) -> str:
-        return "DONE"  # the one instance
-
-
-_EXHAUSTED: Final = cast("Generator[Any, None, None]", iter(()))
-DONE: Final = _Done()  # shared: it has no state
 
 
 class Permit(_PermitBase):
@@ -250,47 +156,46 @@ class Permit(_PermitBase):
 
     __slots__ = ()
 
-    @overload
-    def settle(self, input_tokens: int, **metrics: int) -> Coroutine[Any, Any, None]: ...
-    @overload
-    def settle(self, input_tokens: None = None, **metrics: int) -> Coroutine[Any, Any, None]: ...
-    def settle(self, input_tokens: object = None, **metrics: int) -> Coroutine[Any, Any, None]:
+    async def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only.
 
-        ``await permit.settle(...)``. The permit is settled when this is called; what is left
-        to await is the backend's write, if it has one to make (Redis): a settle on the memory
-        backend returns a coroutine with nothing left to do.
+        ``await permit.settle(...)``. A backend across a network (Redis) writes the settle where
+        no cancellation of the caller reaches it: what the server counted is written down.
 
         Args:
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
-        tokens = _check_tokens(input_tokens)
-        if not metrics and self._settled_quickly(tokens):
-            return DONE
-        args = self._settle_args(tokens, metrics)
+        if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+            raise _bad_tokens(input_tokens)
+        if not metrics and self._quick is not None and self._quick.settle(self, input_tokens):
+            return
+        args = self._settle_args(input_tokens, metrics)
         if self._settle_nowait is not None and self._settle_nowait(*args):
-            return DONE
+            return
         result = self._settle_fn(*args)
-        return DONE if result is None else shielded(result)
+        if result is not None:
+            with anyio.CancelScope(shield=True):
+                await result
 
-    def release(self) -> Coroutine[Any, Any, None]:
+    async def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled.
 
-        ``await permit.release()``; as with :meth:`settle`, the permit is released when this is
-        called, and what is left to await is the backend's write, if any."""
+        ``await permit.release()``; as :meth:`settle`, a backend's write is shielded from the
+        caller's cancellation."""
         if self._plan_release():
             result = self._release_fn(self._scope, self._lease_id(), self._clock.now())
             if result is not None:
-                return shielded(result)
-        return DONE
+                with anyio.CancelScope(shield=True):
+                    await result
 
-    def _exit(self, failed: bool) -> Coroutine[Any, Any, None]:
+    async def _exit(self, failed: bool) -> None:
         if self._phase == "settled" or self._phase == "released":
-            return DONE
+            return
         if failed and self._phase == "granted":
-            return self.release()
-        return self.settle()
+            await self.release()
+        else:
+            await self.settle()
 
 
 class SyncPermit(_PermitBase):
@@ -298,16 +203,13 @@ class SyncPermit(_PermitBase):
 
     __slots__ = ()
 
-    @overload
-    def settle(self, input_tokens: int, **metrics: int) -> None: ...
-    @overload
-    def settle(self, input_tokens: None = None, **metrics: int) -> None: ...
-    def settle(self, input_tokens: object = None, **metrics: int) -> None:
+    def settle(self, input_tokens: int | None = None, **metrics: int) -> None:
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
-        tokens = _check_tokens(input_tokens)
-        if not metrics and self._settled_quickly(tokens):
+        if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+            raise _bad_tokens(input_tokens)
+        if not metrics and self._quick is not None and self._quick.settle(self, input_tokens):
             return
-        self._settle_fn(*self._settle_args(tokens, metrics))
+        self._settle_fn(*self._settle_args(input_tokens, metrics))
 
     def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled."""

@@ -18,7 +18,8 @@ import inspect
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, overload
 
 from quotaflow import metrics as _metrics
 from quotaflow._core import (
@@ -32,7 +33,6 @@ from quotaflow._core import (
     scope_flow,
     shares_figures,
 )
-from quotaflow._front import SyncLimiterFront
 from quotaflow._learned import Origin, TimeScale
 from quotaflow._quota_book import Learned
 from quotaflow._shadow import check_mode
@@ -40,17 +40,46 @@ from quotaflow._waiting import SyncWaiter
 from quotaflow.backends.base import Backend, Decision
 from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
-from quotaflow.limiter import Limiter, _check_dimension, open_backend
+from quotaflow.limiter import REENTERED, Limiter, _check_dimension, not_copyable, open_backend
 from quotaflow.limits import Limit
 from quotaflow.permit import SyncPermit
 from quotaflow.pricing import Spend, SpendBook
 from quotaflow.shares import Share, agent_name_problem
 from quotaflow.tiers import TierTable
 
-__all__ = ["SyncLimiter"]
+__all__ = ["SyncAcquire", "SyncLimiter"]
 
 
-class SyncLimiter(SyncLimiterFront):
+class SyncAcquire:
+    """What :meth:`SyncLimiter.acquire` returns: ``with limiter.acquire(...) as permit:``.
+    Leaving the block settles the permit with its estimate, or releases it if the block
+    failed before the call was sent."""
+
+    __slots__ = ("_args", "_limiter", "_permit")
+
+    def __init__(self, limiter: SyncLimiter, args: tuple[Any, ...]) -> None:
+        self._limiter = limiter
+        self._args = args
+        self._permit: SyncPermit | None = None
+
+    def __enter__(self) -> SyncPermit:
+        if self._permit is not None:
+            raise RuntimeError(REENTERED)
+        self._permit = permit = self._limiter._acquire(*self._args)
+        return permit
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            permit._exit(exc_type is not None)
+
+
+class SyncLimiter:
     """Admits calls within every limit of their model's quota, blocking the calling thread.
 
     Takes the same arguments as :class:`~quotaflow.limiter.Limiter`; the backend must offer
@@ -95,7 +124,7 @@ class SyncLimiter(SyncLimiterFront):
         )
         if mode is not None or _core is None:
             self._core.mode = check_mode(mode or "enforce")
-        SyncLimiterFront.__init__(self, self._core.lanes)  # acquire() is the compiled front's
+        self._lanes = self._core.lanes  # the fast lanes by model spelling (see _acquire)
         b: Any = open_backend(backend)
         sync_view = getattr(b, "sync", None)
         if sync_view is not None and inspect.iscoroutinefunction(getattr(b, "submit", None)):
@@ -154,6 +183,48 @@ class SyncLimiter(SyncLimiterFront):
             core.remember_lane(model, key, canonical, limits, self.backend)
         return key, canonical, limits
 
+    def __reduce__(self) -> tuple[object, ...]:
+        raise not_copyable(self)
+
+    @overload
+    def acquire(
+        self,
+        model: str,
+        tokens: int,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> SyncAcquire: ...
+    @overload
+    def acquire(
+        self,
+        model: str,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> SyncAcquire: ...
+    def acquire(
+        self,
+        model: str,
+        tokens: int = 0,
+        *,
+        cost: Mapping[str, int] | None = None,
+        priority: int | str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        agent: str | None = None,
+    ) -> SyncAcquire:
+        """Block until every limit of ``model`` has room, and take it all at once:
+        ``with limiter.acquire(...) as permit:``. The arguments and errors are those of
+        :meth:`quotaflow.Limiter.acquire`."""
+        return SyncAcquire(self, (model, tokens, cost, priority, timeout, deadline, False, agent))
+
     def acquire_nowait(
         self,
         model: str,
@@ -179,6 +250,13 @@ class SyncLimiter(SyncLimiterFront):
         nowait: bool,
         agent: str | None = None,
     ) -> SyncPermit:
+        """The acquire: the model's fast lane when it grants at once (nobody waits and every
+        limit has room), else the scope's line, waiting for the grant."""
+        gate = self._lanes.get(model) if type(model) is str else None
+        if gate is not None and (agent is None or agent_name_problem(agent) is None):
+            fast = gate.grant(SyncPermit, tokens, cost, priority, timeout, deadline)
+            if fast is not None:
+                return fast
         while True:
             permit = self._acquire_once(
                 model, tokens, cost, priority, timeout, deadline, nowait, agent
@@ -200,11 +278,6 @@ class SyncLimiter(SyncLimiterFront):
         agent: str | None = None,
     ) -> SyncPermit:
         core, clock, b = self._core, self.clock, self.backend
-        gate = core.lanes.get(model) if type(model) is str else None
-        if gate is not None and (agent is None or agent_name_problem(agent) is None):
-            fast = gate.grant_sync(tokens, cost, priority, timeout, deadline)
-            if fast is not None:
-                return fast
         key, canonical, limits = self._scope(model)
         req, metrics, prio = core.request(
             canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from quotaflow import context
-from quotaflow._front import Acquire, CallAcquire
 from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._quota_book import QuotaBook
 from quotaflow.agents._local import BudgetExhaustedError
@@ -27,7 +26,7 @@ from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.policy import AgentPolicy, Policy
 from quotaflow.errors import ConfigError, QuotaError
 from quotaflow.gemini._canonical import valid_model
-from quotaflow.limiter import Limiter
+from quotaflow.limiter import Acquiring, Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
 
@@ -284,7 +283,7 @@ class AgentHandle:
         priority: int | str | None = None,
         timeout: float | None = None,
         deadline: float | None = None,
-    ) -> Acquire[AgentPermit]:
+    ) -> Acquiring[AgentPermit]:
         """:meth:`quotaflow.Limiter.acquire` as this agent: its share, its priority (the
         highest it may ask), and its budget first.
 
@@ -292,7 +291,7 @@ class AgentHandle:
             BudgetExhaustedError: the agent's daily budget is spent (at once).
             QuotaError: as :meth:`quotaflow.Limiter.acquire`.
         """
-        return CallAcquire(self._acquire, (model, tokens, cost, priority, timeout, deadline))
+        return Acquiring(self._acquire, (model, tokens, cost, priority, timeout, deadline))
 
     async def _acquire(
         self,
