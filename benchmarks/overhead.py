@@ -1,39 +1,143 @@
-"""Overhead of quotaflow's acquire+settle, against aiolimiter and a bare asyncio token bucket.
+"""What quotaflow costs per call, where users pay it, measured in one run.
 
-Measured in one run, on the same machine and event loop:
+1. **The transport's added cost per call.** ``generateContent`` calls through
+   ``httpx.AsyncClient``, once over a bare in-process server (``httpx.MockTransport`` with a
+   handler that answers like Gemini, ``usageMetadata`` included) and once through an agent's
+   quota transport over the same handler: the policy check, classify, size, acquire, send,
+   settle from ``usageMetadata`` and the audit record. The two kinds of call alternate, so
+   both see the same machine; the added cost is the difference of their percentiles (p50,
+   p99). Target: at most 40 us p50 and 150 us p99.
+2. **The limiter's share of it**: ``acquire`` + ``settle`` alone, with the same model, limits
+   and token count, per call (its p50 over the transport's added p50). Target: at most 10%.
+3. **Uncontended** ``acquire`` + ``settle`` on RPM, TPM and RPD, with a bare asyncio token
+   bucket and aiolimiter measured beside it. Target: not slower than 2.33 us.
+4. **Cost per grant as waiters grow** from 10 to 10,000 (virtual clock). Target: at 10,000
+   within 2x of at 10.
+5. **The Redis backend's cost per call**: ``acquire`` + ``settle`` on a local ``redis-server``
+   against the raw ``EVALSHA`` floor, in 1 x 1, 1 x 32 and 4 x 8 (processes x tasks), with
+   the cells and contenders of ``redis_throughput.py``. Skipped with ``--no-redis``.
 
-1. Uncontended cost: quotaflow acquire+settle on three dimensions (RPM, TPM, RPD) vs aiolimiter's
-   ``acquire`` vs a 15-line bare asyncio token bucket. Target: within 3x of the bare bucket.
-2. Cost per grant as waiters grow from 10 to 10,000: N tasks wait on one scope; capacity is
-   then released in steps, and we time the grants. Target: cost at 10,000 within 2x of at 10.
-
-Run: ``python benchmarks/overhead.py`` (needs the ``bench`` extra). Prints ratios, and which
-build of quotaflow it measured: an editable install is pure Python, while a wheel is compiled
-with mypyc. ``python benchmarks/overhead.py --compiled`` builds the compiled wheel from this
-checkout first (``python -m build``, about a minute) and measures that, as the README does.
+Run: ``python benchmarks/overhead.py`` (needs the ``bench`` and ``redis`` extras and
+``redis-server`` on PATH, or ``REDIS_URL``). Writes ``benchmarks/results/overhead.json``;
+``python benchmarks/docs_tables.py`` puts its table in ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import math
+import datetime
+import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 from aiolimiter import AsyncLimiter
 
-import quotaflow._gate
 from quotaflow import RPD, RPM, TPM, Limit, Limiter, ManualClock
+from quotaflow.agents import AuditLog, Policy
+from quotaflow.agents.audit import AuditRecord, CallbackSink
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redis_throughput
+
+TARGET_ADDED_P50_US = 40.0
+TARGET_ADDED_P99_US = 150.0
+TARGET_LIMITER_SHARE = 0.10
+TARGET_UNCONTENDED_US = 2.33
+TARGET_WAITERS_RATIO = 2.0
+
+MODEL = "gemini-2.5-flash"
+URL = f"https://generativelanguage.googleapis.com/v1beta/models/{MODEL}:generateContent"
+BODY = {"contents": [{"role": "user", "parts": [{"text": "Say hello in one word, please."}]}]}
+BIG = 10**15
 N_UNCONTENDED = 20_000
+
+# ---- 1 and 2: the transport, and the limiter inside it ---------------------------------------
+
+_ANSWER = json.dumps(
+    {
+        "candidates": [
+            {"content": {"role": "model", "parts": [{"text": "Hello"}]}, "finishReason": "STOP"}
+        ],
+        "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 1, "totalTokenCount": 9},
+        "modelVersion": MODEL,
+    }
+).encode()
+
+
+def _server(request: httpx.Request) -> httpx.Response:
+    """The in-process server both paths share: Gemini's answer to ``generateContent``."""
+    return httpx.Response(200, content=_ANSWER, headers={"content-type": "application/json"})
+
+
+def _quotas() -> dict[str, list[Limit]]:
+    return {MODEL: [RPM(BIG), TPM(BIG), RPD(BIG)]}  # far above the load: nothing waits
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+async def bench_transport(calls: int) -> dict[str, Any]:
+    """Per-call seconds of bare and quotaflow calls, alternating, and the audit count."""
+    records: list[AuditRecord] = []
+    audit = AuditLog([CallbackSink(records.append)])
+    policy = Policy.from_dict(
+        {"agents": {"bench": {"grants": {"content": {"access": "write", "models": [MODEL]}}}}}
+    )
+    limiter = Limiter(None, quotas=_quotas(), policy=policy, spend=False)
+    agent = limiter.agent("bench", audit=audit)
+    headers = {"x-goog-api-key": "bench-key-not-secret"}
+    bare = httpx.AsyncClient(transport=httpx.MockTransport(_server), headers=headers)
+    wrapped = httpx.AsyncClient(
+        transport=agent.transport(httpx.MockTransport(_server)), headers=headers
+    )
+    times: dict[str, list[float]] = {"bare": [], "quotaflow": []}
+    clients = (("bare", bare), ("quotaflow", wrapped))
+    perf = time.perf_counter
+    for i in range(calls + 500):  # the first 500 pairs warm up (scope, lane, caches)
+        for name, client in clients if i % 2 else clients[::-1]:
+            t0 = perf()
+            response = await client.post(URL, json=BODY)
+            elapsed = perf() - t0
+            if response.status_code != 200:
+                raise SystemExit(f"{name}: HTTP {response.status_code}: {response.text[:300]}")
+            if i >= 500:
+                times[name].append(elapsed)
+    await bare.aclose()
+    await wrapped.aclose()
+    audit.close()
+    status = await limiter.status(MODEL)
+    if status["rpm"].used < calls or len(records) < calls:
+        raise SystemExit(f"quotaflow counted {status['rpm'].used} calls, audited {len(records)}")
+    return times
+
+
+async def bench_limiter_alone(calls: int) -> list[float]:
+    """Per-call seconds of ``acquire`` + ``settle`` alone, as the transport calls them."""
+    limiter = Limiter(None, quotas=_quotas(), spend=False)
+    perf = time.perf_counter
+    out: list[float] = []
+    for i in range(calls + 500):
+        t0 = perf()
+        permit = await limiter.acquire(MODEL, 8, cost={"requests": 1})
+        permit.mark_sent()
+        permit.mark_response_started()
+        await permit.settle(input_tokens=8)
+        if i >= 500:
+            out.append(perf() - t0)
+    return out
+
+
+# ---- 3 and 4: the limiter uncontended, and with waiters ---------------------------------------
 
 
 class BareBucket:
@@ -54,44 +158,6 @@ class BareBucket:
             await asyncio.sleep((amount - self.tokens) / self.rate)
 
 
-class _EmptyPermit:
-    __slots__ = ("tokens",)
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-    async def settle(self, input_tokens: int | None = None) -> None:
-        self.tokens = input_tokens or 0
-
-
-class _EmptyAcquire:
-    __slots__ = ("tokens",)
-
-    def __init__(self, tokens: int) -> None:
-        self.tokens = tokens
-
-    def __await__(self) -> Generator[None, None, _EmptyPermit]:
-        return _EmptyPermit(self.tokens)
-        yield  # a generator: the awaitable protocol, as cheap as it gets
-
-
-class EmptyLimiter:
-    """quotaflow's API shape with nothing inside: ``await acquire(...)`` then ``await
-    permit.settle(...)``. The floor of any pure-Python limiter offering that API."""
-
-    def acquire(self, model: str, tokens: int = 0) -> _EmptyAcquire:
-        return _EmptyAcquire(tokens)
-
-
-async def bench_empty_shape() -> float:
-    lim = EmptyLimiter()
-    t0 = time.perf_counter()
-    for _ in range(N_UNCONTENDED):
-        permit = await lim.acquire("m", tokens=10)
-        await permit.settle(input_tokens=9)
-    return (time.perf_counter() - t0) / N_UNCONTENDED
-
-
 async def bench_bare() -> float:
     bucket = BareBucket(1e12, 1e12)
     t0 = time.perf_counter()
@@ -109,8 +175,7 @@ async def bench_aiolimiter() -> float:
 
 
 async def bench_quotaflow() -> float:
-    big = 10**15
-    lim = Limiter(None, quotas={"m": [RPM(big), TPM(big), RPD(big)]})
+    lim = Limiter(None, quotas={"m": [RPM(BIG), TPM(BIG), RPD(BIG)]})
     for _ in range(100):  # warm up the scope
         await (await lim.acquire("m", tokens=10)).settle()
     t0 = time.perf_counter()
@@ -153,79 +218,133 @@ async def bench_waiters(n: int, grants: int = 2_000) -> float:
     return elapsed / grants
 
 
-def best(fn: object, repeat: int = 5) -> float:
-    return min(asyncio.run(fn()) for _ in range(repeat))  # type: ignore[operator]
+def best(fn: Callable[[], Awaitable[float]], repeat: int = 5) -> float:
+    return min(asyncio.run(fn()) for _ in range(repeat))  # type: ignore[arg-type]
 
 
-def rerun_compiled() -> int:
-    """Build the compiled wheel of this checkout, unpack it, and run this script against it
-    from a temporary directory (so the checkout's pure-Python sources do not shadow it)."""
-    repo = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory(prefix="quotaflow-bench-") as tmp:
-        env = {k: v for k, v in os.environ.items() if k != "QUOTAFLOW_PURE_PYTHON"}
-        print("building the compiled wheel (python -m build) ...", flush=True)
-        built = subprocess.run(
-            [sys.executable, "-m", "build", "--wheel", "--outdir", f"{tmp}/dist", str(repo)],
-            env={**env, "QUOTAFLOW_REQUIRE_COMPILED": "1"},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if built.returncode:
-            print((built.stdout + built.stderr)[-3000:], file=sys.stderr)
-            print("building the compiled wheel failed (see above)", file=sys.stderr)
-            return built.returncode
-        (wheel,) = Path(tmp, "dist").glob("quotaflow-*.whl")
-        zipfile.ZipFile(wheel).extractall(f"{tmp}/site")
-        path = os.pathsep.join([f"{tmp}/site", env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        script = Path(__file__).resolve()
-        return subprocess.run(
-            [sys.executable, str(script)], cwd=tmp, env={**env, "PYTHONPATH": path}, check=False
-        ).returncode
+# ---- 5: Redis ---------------------------------------------------------------------------------
+
+
+def bench_redis(seconds: float) -> dict[str, list[float]]:
+    """Operations per second of the floor and quotaflow in each of redis_throughput's cells."""
+    server = redis_throughput.Server()
+    rates: dict[str, list[float]] = {}
+    try:
+        for name in ("floor", "quotaflow"):
+            for procs, tasks in redis_throughput.CELLS:
+                rate, _ = redis_throughput.run_cell(name, server.url, procs, tasks, seconds, {})
+                rates.setdefault(name, []).append(rate)
+    finally:
+        server.stop()
+    return rates
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
 
 
 def main() -> None:
-    print(
-        f"quotaflow overhead benchmark, {time.strftime('%Y-%m-%d')}, "
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=5_000, help="calls per transport path")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per Redis cell")
+    ap.add_argument("--no-redis", action="store_true", help="skip the Redis cells")
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / "results" / "overhead.json"),
+        help="results file ('' to skip)",
     )
-    compiled = not (quotaflow._gate.__file__ or "").endswith(".py")
-    print(
-        "quotaflow build: "
-        + (
-            "compiled (mypyc), as a wheel installs it"
-            if compiled
-            else "pure Python (an editable install or QUOTAFLOW_PURE_PYTHON=1; a wheel is "
-            "compiled, see the README)"
-        )
-    )
+    args = ap.parse_args()
+
+    times = asyncio.run(bench_transport(args.calls))
+    alone = asyncio.run(bench_limiter_alone(args.calls))
+    us = 1e6
+    bare50, bare99 = _pct(times["bare"], 0.50) * us, _pct(times["bare"], 0.99) * us
+    qf50, qf99 = _pct(times["quotaflow"], 0.50) * us, _pct(times["quotaflow"], 0.99) * us
+    add50, add99 = qf50 - bare50, qf99 - bare99
+    lim50, lim99 = _pct(alone, 0.50) * us, _pct(alone, 0.99) * us
+    share = lim50 / add50 if add50 > 0 else float("inf")
+
     bare, aio, qf = best(bench_bare), best(bench_aiolimiter), best(bench_quotaflow)
-    empty = best(bench_empty_shape)
-    print("\nUncontended (per call):")
-    print(f"  bare asyncio bucket          {bare * 1e6:8.2f} us")
-    print(f"  aiolimiter.acquire           {aio * 1e6:8.2f} us")
-    print(f"  the API shape, empty         {empty * 1e6:8.2f} us  (acquire+settle doing nothing)")
-    print(f"  quotaflow acquire+settle x3  {qf * 1e6:8.2f} us")
-    print(f"  ratio quotaflow / bare       {qf / bare:8.2f}x  (target <= 3x)")
-    print(f"  ratio empty shape / bare     {empty / bare:8.2f}x  (the floor of that ratio)")
-    print(f"  ratio quotaflow / aiolimiter {qf / aio:8.2f}x")
-    print("\nCost per grant as waiters grow:")
-    costs = {}
-    for n in (10, 100, 1_000, 10_000):
-        costs[n] = statistics.median(asyncio.run(bench_waiters(n)) for _ in range(3))
-        print(
-            f"  {n:6d} waiters  {costs[n] * 1e6:8.2f} us/grant  ({costs[n] / costs[10]:.2f}x of 10)"
-        )
-    ok1 = qf / bare <= 3.0
-    ok2 = costs[10_000] / costs[10] <= 2.0
-    print(
-        f"\ntargets: uncontended {'MET' if ok1 else 'MISSED'}; "
-        f"10k waiters {'MET' if ok2 else 'MISSED'}"
-    )
-    assert math.isfinite(qf)
+    costs = {
+        n: statistics.median(asyncio.run(bench_waiters(n)) for _ in range(3)) for n in (10, 10_000)
+    }
+    waiters_ratio = costs[10_000] / costs[10]
+
+    rows = [
+        "| measure | p50 | p99 | target |",
+        "| --- | ---: | ---: | --- |",
+        f"| bare `httpx.AsyncClient` call, in-process server | {bare50:.1f} us | "
+        f"{bare99:.1f} us | |",
+        f"| the same call through an agent's quota transport | {qf50:.1f} us | {qf99:.1f} us | |",
+        f"| **added by quotaflow** (policy, classify, size, acquire, settle, audit) | "
+        f"**{add50:.1f} us** | **{add99:.1f} us** | <= {TARGET_ADDED_P50_US:.0f} us p50: "
+        f"{_met(add50 <= TARGET_ADDED_P50_US)}; <= {TARGET_ADDED_P99_US:.0f} us p99: "
+        f"{_met(add99 <= TARGET_ADDED_P99_US)} |",
+        f"| the limiter's `acquire` + `settle` alone | {lim50:.2f} us | {lim99:.2f} us | |",
+        f"| the limiter's share of the added cost (p50) | {share:.1%} | | "
+        f"<= {TARGET_LIMITER_SHARE:.0%}: {_met(share <= TARGET_LIMITER_SHARE)} |",
+        "",
+        "| measure | per call | target |",
+        "| --- | ---: | --- |",
+        f"| bare asyncio token bucket, `acquire` | {bare * us:.2f} us | |",
+        f"| aiolimiter `acquire` | {aio * us:.2f} us | |",
+        f"| quotaflow `acquire` + `settle`, uncontended, RPM + TPM + RPD | {qf * us:.2f} us "
+        f"({qf / bare:.1f}x the bare bucket) | <= {TARGET_UNCONTENDED_US} us: "
+        f"{_met(qf * us <= TARGET_UNCONTENDED_US)} |",
+        f"| cost per grant, 10 waiters | {costs[10] * us:.1f} us | |",
+        f"| cost per grant, 10,000 waiters | {costs[10_000] * us:.1f} us "
+        f"({waiters_ratio:.2f}x of 10) | <= {TARGET_WAITERS_RATIO:.0f}x: "
+        f"{_met(waiters_ratio <= TARGET_WAITERS_RATIO)} |",
+    ]
+    result: dict[str, Any] = {
+        "transport_us": {"bare": [bare50, bare99], "quotaflow": [qf50, qf99]},
+        "added_us": [add50, add99],
+        "limiter_us": [lim50, lim99],
+        "limiter_share": share,
+        "uncontended_us": {"bare_bucket": bare * us, "aiolimiter": aio * us, "quotaflow": qf * us},
+        "grant_us_by_waiters": {str(n): c * us for n, c in costs.items()},
+    }
+    if not args.no_redis:
+        rates = bench_redis(args.seconds)
+        head = " | ".join(f"{p} x {t}" for p, t in redis_throughput.CELLS)
+        rows += [
+            "",
+            f"| Redis, per call (aggregate) | {head} |",
+            "| --- |" + " ---: |" * len(redis_throughput.CELLS),
+            "| raw floor (`EVALSHA` of `return 1`) | "
+            + " | ".join(f"{1e6 / r:.0f} us" for r in rates["floor"])
+            + " |",
+            "| quotaflow `acquire` + `settle` | "
+            + " | ".join(f"{1e6 / r:.0f} us" for r in rates["quotaflow"])
+            + " |",
+            "| quotaflow's throughput / the floor's | "
+            + " | ".join(
+                f"{q / f:.0%}" for q, f in zip(rates["quotaflow"], rates["floor"], strict=True)
+            )
+            + " |",
+        ]
+        result["redis_ops_per_s"] = rates
+    table = "\n".join(rows)
+    print(table)
+    if args.out:
+        result = {
+            "benchmark": "benchmarks/overhead.py",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            "settings": {"calls": args.calls, "redis_seconds": args.seconds},
+            **result,
+            "table": table,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    if "--compiled" in sys.argv[1:]:
-        sys.exit(rerun_compiled())
     main()

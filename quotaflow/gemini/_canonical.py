@@ -19,6 +19,7 @@ same, once, before it classifies, checks grants and owners, meters, redacts or a
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -107,13 +108,21 @@ def _segment_problem(decoded: str) -> str | None:
         return "an encoded path separator"
     if "%" in decoded:
         return "a segment encoded twice"
+    if decoded.isascii():  # ASCII has no Cf/Cs/Co/Cn; its controls are not printable
+        if decoded.isprintable() and " " not in decoded:
+            return None
+        return "a control, space or invisible character"
     for ch in decoded:
         if ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
             return "a control, space or invisible character"
     return None
 
 
+@functools.lru_cache(maxsize=512)
 def _path(raw: str) -> tuple[str, str | None]:
+    """The canonical path of a raw (percent-encoded) path, and its problem if any; cached, as
+    a client sends the same few paths again and again (a path holds no secret: a key is sent
+    in a header or the query)."""
     segs = raw.split("/")
     if segs and segs[0] == "":
         segs = segs[1:]
