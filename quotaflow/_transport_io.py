@@ -96,8 +96,14 @@ def redact_http_logs() -> None:
             logger.addFilter(_REDACT)
 
 
+_RAW_PREFIX = HEADER_PREFIX.encode("ascii")
+
+
 def take_directives(headers: Any) -> dict[str, str]:
     """Remove the ``x-quotaflow-*`` headers from ``headers``; returns their values by suffix."""
+    raw = getattr(headers, "raw", None)  # httpx's and httpx2's (name, value) bytes: no decoding
+    if isinstance(raw, list) and not any(k.lower().startswith(_RAW_PREFIX) for k, _ in raw):
+        return {}
     found: dict[str, str] = {}
     for name in [k for k in headers if k.lower().startswith(HEADER_PREFIX)]:
         found[name.lower()[len(HEADER_PREFIX) :]] = headers[name]
@@ -289,9 +295,12 @@ class _DriverBase:
     def _passthrough(self, request: Any) -> bool:
         """Uploads (streamed bodies that create files) skip the flow: nothing to meter, and
         they are never retried."""
-        if needs_body(request.method, str(request.url)):
+        url = str(request.url)
+        if "upload" not in url and "%" not in url:
+            return False  # no path that canonicalizes to an upload route: skip classifying
+        if needs_body(request.method, url):
             return False
-        call = classify(request.method, str(request.url))
+        call = classify(request.method, url)
         return call.action == "upload" and not self._settings.retry_writes
 
     def _count_request(self, request: Any, effect: Count) -> Any:
