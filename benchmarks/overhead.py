@@ -4,7 +4,8 @@
    ``httpx.AsyncClient``, once over a bare in-process server (``httpx.MockTransport`` with a
    handler that answers like Gemini, ``usageMetadata`` included) and once through an agent's
    quota transport over the same handler: the policy check, classify, size, acquire, send,
-   settle from ``usageMetadata`` and the audit record; and through a quota transport without
+   settle from ``usageMetadata`` and the audit record (limits far above the load, spend
+   metered at the shipped prices with no cap); and through a quota transport without
    agents. The kinds of call alternate, so all see the same machine; the added cost is the
    difference of their percentiles (p50, p99), each the median over five rounds. Target: at
    most 40 us p50 and 150 us p99.
@@ -104,14 +105,14 @@ async def bench_transport(calls: int) -> dict[str, Any]:
     policy = Policy.from_dict(
         {"agents": {"bench": {"grants": {"content": {"access": "write", "models": [MODEL]}}}}}
     )
-    limiter = Limiter(None, quotas=_quotas(), policy=policy, spend=False)
+    limiter = Limiter(None, quotas=_quotas(), policy=policy)
     agent = limiter.agent("bench", audit=audit)
     headers = {"x-goog-api-key": "bench-key-not-secret"}
     bare = httpx.AsyncClient(transport=httpx.MockTransport(_server), headers=headers)
     wrapped = httpx.AsyncClient(
         transport=agent.transport(httpx.MockTransport(_server)), headers=headers
     )
-    plain_limiter = Limiter(None, quotas=_quotas(), spend=False)
+    plain_limiter = Limiter(None, quotas=_quotas())
     plain = httpx.AsyncClient(
         transport=QuotaTransport(plain_limiter, httpx.MockTransport(_server)), headers=headers
     )
@@ -139,7 +140,7 @@ async def bench_transport(calls: int) -> dict[str, Any]:
 
 async def bench_limiter_alone(calls: int) -> list[float]:
     """Per-call seconds of ``acquire`` + ``settle`` alone, as the transport calls them."""
-    limiter = Limiter(None, quotas=_quotas(), spend=False)
+    limiter = Limiter(None, quotas=_quotas())
     perf = time.perf_counter
     out: list[float] = []
     for i in range(calls + 500):
@@ -147,7 +148,7 @@ async def bench_limiter_alone(calls: int) -> list[float]:
         permit = await limiter.acquire(MODEL, 8, cost={"requests": 1})
         permit.mark_sent()
         permit.mark_response_started()
-        await permit.settle(input_tokens=8)
+        await permit.settle(input_tokens=8, usd_micros=1)  # the transport settles spend too
         if i >= 500:
             out.append(perf() - t0)
     return out

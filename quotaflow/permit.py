@@ -15,6 +15,7 @@ import anyio
 
 from quotaflow._permit_state import PermitState
 from quotaflow.errors import ConfigError
+from quotaflow.limits import check_cost
 
 if TYPE_CHECKING:
     pass
@@ -133,6 +134,30 @@ class _PermitBase(PermitState):
         """The response began now: the server counted the call no later than this moment."""
         self._mark_response_at(self._clock.now())
 
+    def _settled_in_lane(self, input_tokens: int | None, metrics: Mapping[str, int]) -> bool:
+        """Settle a fast-lane grant in its lane; ``False``: this settle takes the general way.
+
+        Other metrics may come along (a transport's ``usd_micros``) if none of this permit's
+        limits meters them: the buckets end as the general way leaves them, and
+        :attr:`actual` shows them."""
+        gate = self._quick
+        if gate is None:
+            return False
+        if not metrics:
+            return gate.settle(self, input_tokens)
+        if self._phase == "settled" or self._phase == "released":
+            return False  # the general way raises the PermitError
+        for lim in self._limits:
+            if lim.metric in metrics:
+                return False
+        actual = check_cost(metrics)  # a bad amount raises as the general way would
+        if not gate.settle(self, input_tokens):
+            return False
+        if input_tokens is not None:
+            actual["input_tokens"] = input_tokens
+        self._actual = actual
+        return True
+
     def _settle_args(self, input_tokens: int | None, metrics: Mapping[str, int]) -> tuple[Any, ...]:
         actual = dict(metrics)
         if input_tokens is not None:
@@ -168,7 +193,7 @@ class Permit(_PermitBase):
         """
         if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
             raise _bad_tokens(input_tokens)
-        if not metrics and self._quick is not None and self._quick.settle(self, input_tokens):
+        if self._quick is not None and self._settled_in_lane(input_tokens, metrics):
             return
         args = self._settle_args(input_tokens, metrics)
         if self._settle_nowait is not None and self._settle_nowait(*args):
@@ -207,7 +232,7 @@ class SyncPermit(_PermitBase):
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
         if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
             raise _bad_tokens(input_tokens)
-        if not metrics and self._quick is not None and self._quick.settle(self, input_tokens):
+        if self._quick is not None and self._settled_in_lane(input_tokens, metrics):
             return
         self._settle_fn(*self._settle_args(input_tokens, metrics))
 

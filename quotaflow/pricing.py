@@ -120,6 +120,9 @@ class TierPrices(_Strict):
     note: str | None = None
 
 
+_FOUND_MAX = 1024
+
+
 class PriceTable(_Strict):
     """Prices per model, service-tier multipliers and spend caps per usage tier, with sources."""
 
@@ -148,11 +151,23 @@ class PriceTable(_Strict):
 
     def price(self, model: str) -> ModelPrice | None:
         """The price of ``model`` (version suffixes stripped, as tier tables resolve names)."""
+        found = self._found
+        if model in found:
+            return found[model]
         lower = {k.lower(): v for k, v in self.models.items()}
+        price = None
         for name in name_candidates(bare(model).lower()):
             if name in lower:
-                return lower[name]
-        return None
+                price = lower[name]
+                break
+        if len(found) < _FOUND_MAX:
+            found[model] = price
+        return price
+
+    @functools.cached_property
+    def _found(self) -> dict[str, ModelPrice | None]:
+        """Prices by the name asked (a call's model), up to ``_FOUND_MAX`` names."""
+        return {}
 
     def multiplier(self, tier: str | None) -> float:
         """The price multiplier of a service tier (``None``: standard)."""

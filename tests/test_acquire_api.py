@@ -153,3 +153,32 @@ async def test_one_acquire_in_two_blocks_at_once_is_refused() -> None:
         pass
     assert (await lim.status("m"))["rpm"].in_flight == 0
     assert sync.status("m")["rpm"].in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_settle_with_a_metric_no_limit_meters_counts_like_the_full_way() -> None:
+    """A transport settles with ``usd_micros`` beside the tokens; where no limit of the model
+    meters it, the lane grant settles as it would with tokens only, and ``actual`` shows both.
+    A bad amount raises and changes nothing; a second settle raises."""
+    from quotaflow import PermitError
+
+    lim = Limiter(None, quotas={"m": [RPM(100), TPM(1000)]})
+    await (await lim.acquire("m", tokens=1)).settle()  # warm: the fast lane is open
+    permit = await lim.acquire("m", tokens=50)
+    with pytest.raises(ConfigError, match="usd_micros"):
+        await permit.settle(input_tokens=40, usd_micros=-1)
+    assert permit.phase == "granted"
+    await permit.settle(input_tokens=40, usd_micros=7)
+    assert permit.actual == {"usd_micros": 7, "input_tokens": 40}
+    with pytest.raises(PermitError):
+        await permit.settle(input_tokens=40, usd_micros=7)
+    status = await lim.status("m")
+    assert (status["tpm"].used, status["tpm"].in_flight) == (1 + 40, 0)
+    assert status["rpm"].used == 2
+    sync = SyncLimiter(None, quotas={"m": [RPM(100), TPM(1000)]})
+    with sync.acquire("m", tokens=1):
+        pass
+    p = sync.acquire_nowait("m", tokens=50)
+    p.settle(usd_micros=3)  # tokens as estimated
+    assert p.actual == {"usd_micros": 3}
+    assert sync.status("m")["tpm"].used == 1 + 50
