@@ -54,6 +54,7 @@ from quotaflow.gemini import (
 )
 from quotaflow.limiter import Limiter
 from quotaflow.limits import Concurrent, Limit
+from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
 
 __all__ = ["AsyncDriver", "SyncDriver", "async_stream_class", "sync_stream_class"]
@@ -97,6 +98,13 @@ def redact_http_logs() -> None:
 
 
 _RAW_PREFIX = HEADER_PREFIX.encode("ascii")
+
+
+def _drop(left: Any) -> None:
+    """An async backend's write left by a sync driver, which has no event loop to run it:
+    dropped (the lease runs out on the backend by itself)."""
+    if inspect.iscoroutine(left):
+        left.close()
 
 
 def take_directives(headers: Any) -> dict[str, str]:
@@ -457,7 +465,9 @@ class AsyncDriver(_DriverBase):
                 await done
             return None
         if isinstance(effect, Release):
-            await effect.permit.release()
+            done = effect.permit.release()
+            if inspect.isawaitable(done):  # a batch hold may be a sync limiter's permit
+                await done
             return None
         if isinstance(effect, Hold):
             found = self._batch_limiter(Limiter, effect.model)
@@ -624,12 +634,17 @@ class SyncDriver(_DriverBase):
                 metrics.granted(effect.model, permit, effect.agent, limiter=lim)
             return permit
         if isinstance(effect, Settle):
-            done = effect.permit.settle(**(effect.amounts or {}))
-            if inspect.iscoroutine(done):  # a batch hold taken by an async limiter: the
-                done.close()  # settle took effect when called; a Redis write left is dropped
+            amounts = dict(effect.amounts or {})
+            if isinstance(effect.permit, Permit):  # a batch hold taken by an async limiter
+                _drop(effect.permit._settle_now(amounts.pop("input_tokens", None), amounts))
+            else:
+                effect.permit.settle(**amounts)
             return None
         if isinstance(effect, Release):
-            effect.permit.release()
+            if isinstance(effect.permit, Permit):  # a batch hold taken by an async limiter
+                _drop(effect.permit._release_now())
+            else:
+                effect.permit.release()
             return None
         if isinstance(effect, Hold):
             found = self._batch_limiter(SyncLimiter, effect.model)

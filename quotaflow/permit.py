@@ -191,28 +191,38 @@ class Permit(_PermitBase):
             input_tokens: the real input tokens (``usageMetadata.promptTokenCount``).
             **metrics: real amounts of other metrics (e.g. ``images=2``).
         """
-        if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
-            raise _bad_tokens(input_tokens)
-        if self._quick is not None and self._settled_in_lane(input_tokens, metrics):
-            return
-        args = self._settle_args(input_tokens, metrics)
-        if self._settle_nowait is not None and self._settle_nowait(*args):
-            return
-        result = self._settle_fn(*args)
-        if result is not None:
+        left = self._settle_now(input_tokens, metrics)
+        if left is not None:
             with anyio.CancelScope(shield=True):
-                await result
+                await left
 
     async def release(self) -> None:
         """Return everything: the call never reached the server. No-op once settled.
 
         ``await permit.release()``; as :meth:`settle`, a backend's write is shielded from the
         caller's cancellation."""
+        left = self._release_now()
+        if left is not None:
+            with anyio.CancelScope(shield=True):
+                await left
+
+    def _settle_now(self, input_tokens: int | None, metrics: Mapping[str, int]) -> Any:
+        """What :meth:`settle` does at once (checks, plans, the lane or the backend's call);
+        returns the backend's write left to await, or ``None``."""
+        if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
+            raise _bad_tokens(input_tokens)
+        if self._quick is not None and self._settled_in_lane(input_tokens, metrics):
+            return None
+        args = self._settle_args(input_tokens, metrics)
+        if self._settle_nowait is not None and self._settle_nowait(*args):
+            return None
+        return self._settle_fn(*args)
+
+    def _release_now(self) -> Any:
+        """What :meth:`release` does at once; returns the backend's write left, or ``None``."""
         if self._plan_release():
-            result = self._release_fn(self._scope, self._lease_id(), self._clock.now())
-            if result is not None:
-                with anyio.CancelScope(shield=True):
-                    await result
+            return self._release_fn(self._scope, self._lease_id(), self._clock.now())
+        return None
 
     async def _exit(self, failed: bool) -> None:
         if self._phase == "settled" or self._phase == "released":

@@ -92,6 +92,32 @@ async def test_enqueuing_waits_for_room_instead_of_earning_429() -> None:
         assert _rejected(served) == 0
 
 
+@pytest.mark.anyio
+async def test_a_job_held_by_the_async_client_and_ended_by_the_sync_one_gives_its_room_back() -> (
+    None
+):
+    with serve(_config(delay=3600.0)) as served:
+        limiter = _limiter()
+        sync = SyncLimiter.sharing(limiter)
+        options = genai_http_options(limiter, sync_limiter=sync, base_url=served.base_url)
+        client = genai.Client(api_key=KEY, http_options=options)
+        try:
+            first = await client.aio.batches.create(model=FLASH, src=JOB)
+            await client.aio.batches.create(model=FLASH, src=JOB)
+            assert _held(limiter) == ENQUEUED
+            hold = batch_holds(limiter)[first.name or ""]
+            client.batches.cancel(name=first.name or "")  # the sync client sees its end
+            assert first.name not in batch_holds(limiter)
+            assert hold.permit.phase == "settled"  # ended there and then, not left to the GC
+            quick: Any = {"http_options": {"headers": {"x-quotaflow-timeout": "0.5"}}}
+            await client.aio.batches.create(model=FLASH, src=JOB, config=quick)  # room is back
+            assert _held(limiter) == ENQUEUED
+        finally:
+            await client.aio.aclose()
+            client.close()
+        assert _rejected(served) == 0
+
+
 def test_without_the_figure_the_server_refuses() -> None:
     """The same jobs with no batch figure at the client: the emulator's 429 names the limit."""
     with serve(_config(delay=3600.0)) as served:
