@@ -3,6 +3,7 @@ what both settle with once the response has said which tier served it and what i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Generator
 from typing import Any
 
@@ -20,7 +21,7 @@ def priority_cost(requests: int, tokens: int) -> dict[str, int]:
 
 
 class _Both:
-    """Awaits two settles (or releases) in turn."""
+    """Awaits two settles (or releases) in turn; the second runs even if the first raises."""
 
     __slots__ = ("_a", "_b")
 
@@ -28,10 +29,20 @@ class _Both:
         self._a, self._b = a, b
 
     def __await__(self) -> Generator[Any, None, None]:
-        if isinstance(self._a, Awaitable):
-            yield from self._a.__await__()
-        if isinstance(self._b, Awaitable):
-            yield from self._b.__await__()
+        a, b = self._a, self._b
+        try:
+            if isinstance(a, Awaitable):
+                yield from a.__await__()
+        except GeneratorExit:  # closed unfinished: the second is never started
+            if inspect.iscoroutine(b):
+                b.close()
+            raise
+        except BaseException:
+            if isinstance(b, Awaitable):
+                yield from b.__await__()
+            raise
+        if isinstance(b, Awaitable):
+            yield from b.__await__()
 
 
 def _joined(a: Any, b: Any) -> Any:

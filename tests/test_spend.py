@@ -148,3 +148,26 @@ def test_the_examples_of_docs_spend_run(capsys: pytest.CaptureFixture[str]) -> N
     assert ran >= 3
     out = capsys.readouterr().out
     assert "800\n150\n" in out and "10000000 usd_micros / 600s" in out
+
+
+@pytest.mark.anyio
+async def test_a_model_permit_and_its_spend_permit_both_end_even_if_one_refuses() -> None:
+    """The call flow settles (or releases) the model permit and the spend permit as one:
+    when the model permit refuses (settled already; sent, so it cannot be released), the
+    spend permit still ends."""
+    from quotaflow._spend_flow import Paired
+
+    lim = Limiter(None, quotas={"m": [RPM(10)], "quotaflow-spend-test": [RPM(10)]})
+    for end in ("settle", "release"):
+        model = await lim.acquire("m")
+        spend = await lim.acquire("quotaflow-spend-test")
+        model.mark_sent()
+        if end == "settle":
+            await model.settle()
+        with pytest.raises(errors.PermitError):
+            await getattr(Paired(model, spend), end)()
+        assert spend.phase == ("settled" if end == "settle" else "released")
+        if end == "release":
+            await model.settle()
+    status = await lim.status("quotaflow-spend-test")
+    assert (status["rpm"].used, status["rpm"].in_flight) == (1, 0)
