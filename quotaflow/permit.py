@@ -135,16 +135,12 @@ class _PermitBase(PermitState):
         self._mark_response_at(self._clock.now())
 
     def _settled_in_lane(self, input_tokens: int | None, metrics: Mapping[str, int]) -> bool:
-        """Settle a fast-lane grant in its lane; ``False``: this settle takes the general way.
-
-        Other metrics may come along (a transport's ``usd_micros``) if none of this permit's
-        limits meters them: the buckets end as the general way leaves them, and
-        :attr:`actual` shows them."""
+        """Settle a fast-lane grant given other metrics too (a transport's ``usd_micros``) in
+        its lane, if none of this permit's limits meters them: the buckets end as the general
+        way leaves them, and :attr:`actual` shows them. ``False``: take the general way."""
         gate = self._quick
         if gate is None:
             return False
-        if not metrics:
-            return gate.settle(self, input_tokens)
         if self._phase == "settled" or self._phase == "released":
             return False  # the general way raises the PermitError
         for lim in self._limits:
@@ -211,8 +207,13 @@ class Permit(_PermitBase):
         returns the backend's write left to await, or ``None``."""
         if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
             raise _bad_tokens(input_tokens)
-        if self._quick is not None and self._settled_in_lane(input_tokens, metrics):
-            return None
+        gate = self._quick
+        if gate is not None:
+            if not metrics:
+                if gate.settle(self, input_tokens):
+                    return None
+            elif self._settled_in_lane(input_tokens, metrics):
+                return None
         args = self._settle_args(input_tokens, metrics)
         if self._settle_nowait is not None and self._settle_nowait(*args):
             return None
@@ -242,8 +243,13 @@ class SyncPermit(_PermitBase):
         """Replace the estimate with the real usage: less refunds, more charges. Once only."""
         if input_tokens is not None and (type(input_tokens) is not int or input_tokens < 0):
             raise _bad_tokens(input_tokens)
-        if self._quick is not None and self._settled_in_lane(input_tokens, metrics):
-            return
+        gate = self._quick
+        if gate is not None:
+            if not metrics:
+                if gate.settle(self, input_tokens):
+                    return
+            elif self._settled_in_lane(input_tokens, metrics):
+                return
         self._settle_fn(*self._settle_args(input_tokens, metrics))
 
     def release(self) -> None:
