@@ -316,6 +316,19 @@ def table(results: list[dict[str, Any]]) -> str:
         if "skipped" in r:
             rows.append(f"| {r['scenario']} | - | - | - | skipped: {r['skipped']} |")
             continue
+        if r["scenario"] == "spend":  # learn_spend.py's figures: the cap's use per window
+            use = " ".join(f"{u:.0%}" for u in r.get("cap_use_per_window", []))
+            miss = (
+                []
+                if r.get("spend_429s") == 0 and r.get("min_cap_use", 0) >= 0.95
+                else [f"{r.get('spend_429s')} spend 429s, min cap use {r.get('min_cap_use')}"]
+            )
+            rows.append(
+                f"| spend (cap ${r.get('cap_usd')}) | {r.get('spend_429s', 0)} spend, "
+                f"{r.get('other_429s', 0)} other, of {r.get('calls', '-')} calls | "
+                f"{r.get('failed_calls', '-')} | {use} (of the cap) | {'; '.join(miss) or 'none'} |"
+            )
+            continue
         use = " ".join(f"{u:.0%}" for u in r.get("use", []))
         rows.append(
             f"| {r['scenario']} | {r.get('rejected', '-')} of {r.get('received', '-')} | "
