@@ -8,6 +8,7 @@ and hand it what happened; :meth:`AgentCall.record` turns that into an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,24 @@ def _body_model(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _inner_models(body: Mapping[str, Any], limit: int = 100_000) -> list[str]:
+    """The models named by ``model`` keys anywhere inside a body (a batch's requests)."""
+    out: list[str] = []
+    stack: list[Any] = [body]
+    while stack and limit > 0:
+        node = stack.pop()
+        limit -= 1
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if k == "model" and isinstance(v, str) and v:
+                    out.append(v.removeprefix("models/"))
+                elif isinstance(v, (Mapping, list)):
+                    stack.append(v)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
+
+
 def decision_for(
     runtime: AgentRuntime,
     agent: str | None,
@@ -104,6 +123,15 @@ def decision_for(
         )
         if refused is not None:
             decision = refused
+    if decision.allowed and body and call.area == "batch":
+        # the requests inside a batch may name models of their own: each is granted too
+        for inner in _inner_models(body):
+            if inner != model:
+                named = dataclasses.replace(call, model=inner)
+                verdict = decide(runtime.policy, agent, named, owner=owner)
+                if not verdict.allowed:
+                    decision = verdict
+                    break
     return call, model, resource, decision
 
 

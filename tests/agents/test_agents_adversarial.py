@@ -580,3 +580,16 @@ async def test_an_agent_cannot_take_the_projects_spend() -> None:
     lim = limiter({"agents": {"a": {"grants": {"embeddings": "read"}}}})
     with pytest.raises(ConfigError, match="Gemini model only"):
         await lim.agent("a").acquire("quotaflow:spend", cost={"usd_micros": 10_000_000})
+
+
+async def test_a_batch_cannot_carry_a_model_its_grant_excludes(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    policy = {"agents": {"a": {"grants": {"batch": {"access": "write", "models": [FLASH]}}}}}
+    lim = limiter(policy)
+    inner = {"model": f"models/{PRO}", "contents": [{"parts": [{"text": "hi"}]}]}
+    body = {"batch": {"input_config": {"requests": {"requests": [{"request": inner}]}}}}
+    async with _client(lim, "a", served, records) as http:
+        r = await http.post(f"/v1beta/models/{FLASH}:batchGenerateContent", json=body)
+    assert r.status_code == 403 and PRO in r.text
+    assert not any("batchGenerateContent" in line for line in requests_seen.lines)
