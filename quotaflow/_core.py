@@ -628,7 +628,7 @@ def learn_flow(
     names = {lim.name for lim in limits}
     if amount is None and (dimension in names or SEEN in names):
         levels = yield Op("status", (key, core.clock.now()))
-        level = levels.get(dimension) or levels.get(SEEN)
+        level = levels.get(SEEN) or levels.get(dimension)
         # what the server served in the last minute: settled calls (in-flight ones may yet
         # be refused)
         used = max(0, level.used - level.in_flight) if level is not None else None

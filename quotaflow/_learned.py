@@ -212,7 +212,10 @@ def adapt_down(served: int, now: float, quota_id: str, held: Figure | None) -> F
         return Figure(amount, "adaptive", now, quota_id, growing=True)
     bad = held.amount if not held.bad else min(held.bad, held.amount)
     if held.grown and held.good:
-        return replace(held, amount=held.good, at=now, growing=False, grown=False, bad=bad)
+        # back under the failed step: to what the server served in the last minute (it
+        # admits at least that much), never below the last good figure
+        amount = max(held.good, min(served, held.amount - 1))
+        return replace(held, amount=amount, at=now, growing=False, grown=False, bad=bad)
     amount = max(1, math.floor(held.amount * ADAPT_CUT))
     return replace(held, amount=amount, at=now, growing=False, grown=False, good=0, bad=bad)
 

@@ -188,9 +188,10 @@ class QuotaBook:
                     Limit(PROBE, self.probe, self.scale.minute_seconds, "requests", Concurrent())
                 )
                 origins = {**origins, PROBE: Origin("adaptive", source="probe")}
-            if not any(lim.name == "rpm" for lim in raw):
-                # no request figure: count the fleet's requests, so that a 429 naming no
-                # figure sets the adaptive rate from what the server let through
+            rpm = origins.get("rpm")
+            if rpm is None or rpm.kind == "adaptive":
+                # no request figure the server named: count what the fleet was served, so that
+                # a 429 naming no figure sets the adaptive rate from what the server let through
                 extra.append(Limit(SEEN, SEEN_AMOUNT, self.scale.minute_seconds, SERVED))
                 origins = {**origins, SEEN: Origin("adaptive", source="observer")}
             raw = raw + tuple(extra)
