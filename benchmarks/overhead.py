@@ -46,7 +46,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from quotaflow import RPD, RPM, TPM, Limit, Limiter, ManualClock
-from quotaflow.agents import AuditLog, Policy
+from quotaflow.agents import Agents, AuditLog, Policy
 from quotaflow.agents.audit import AuditRecord, CallbackSink
 from quotaflow.transport import QuotaTransport
 
@@ -107,8 +107,8 @@ async def bench_transport(calls: int) -> dict[str, Any]:
     policy = Policy.from_dict(
         {"agents": {"bench": {"grants": {"content": {"access": "write", "models": [MODEL]}}}}}
     )
-    limiter = Limiter(None, quotas=_quotas(), policy=policy)
-    agent = limiter.agent("bench", audit=audit)
+    limiter = Limiter(None, quotas=_quotas())
+    agent = Agents(limiter, policy).agent("bench", audit=audit)
     headers = {"x-goog-api-key": "bench-key-not-secret"}
     bare = httpx.AsyncClient(transport=httpx.MockTransport(_server), headers=headers)
     wrapped = httpx.AsyncClient(

@@ -161,19 +161,35 @@ class LimiterCore:
         # how often a process reads what the fleet learned (backends that share figures)
         self.poll_every = min(1.0, self.scale.minute_seconds / 60.0)
         self.default_priority = context.priority_value(default_priority)
-        self.shares: dict[str, Share] = dict(shares or {})
-        for agent, share in self.shares.items():
-            if not agent or "@" in agent or not isinstance(share, Share):
-                raise ConfigError(
-                    f"shares[{agent!r}]: give agent names (no '@') mapped to Share(...) objects"
-                )
-        self._configured: dict[str, tuple[Limit, ...]] = {}
         # per model spelling: the way into the backend's fast lane (a backend with one, such
         # as memory, and no shares only)
         self.lanes: dict[str, LaneGate] = {}
+        self.shares: dict[str, Share] = {}
+        self.add_shares(shares or {})
+        self._configured: dict[str, tuple[Limit, ...]] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._lock = threading.Lock()
+
+    def add_shares(self, shares: Mapping[str, Share]) -> None:
+        """Join ``shares`` to the limiter's (see :meth:`quotaflow.Limiter.add_shares`)."""
+        if not isinstance(shares, Mapping):
+            raise ConfigError(f"shares={shares!r}: give a mapping of agent name to Share(...)")
+        for agent, share in shares.items():
+            if not isinstance(agent, str) or not agent or "@" in agent:
+                raise ConfigError(
+                    f"shares[{agent!r}]: give agent names (no '@') mapped to Share(...) objects"
+                )
+            if not isinstance(share, Share):
+                raise ConfigError(f"shares[{agent!r}]={share!r}: give a Share(...)")
+            if self.shares.get(agent, share) != share:
+                raise ConfigError(
+                    f"shares[{agent!r}]: given twice, as {self.shares[agent]!r} and {share!r}; "
+                    "give each agent one share"
+                )
+        if shares:
+            self.shares.update(shares)
+            self.lanes.clear()  # the fast lanes serve limiters without shares only
 
     def scope(self, model: str) -> tuple[str, str, tuple[Limit, ...], bool]:
         """``(scope key, canonical model, limits, needs configure)``."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from quotaflow import context, metrics
+from quotaflow._call_policy import CallPolicy, CallTicket
 from quotaflow._held import BATCH_TERMINAL, BatchHold, Held
 from quotaflow._learned import Origin
 from quotaflow._quota_book import SERVED
@@ -173,6 +174,8 @@ class CallInfo:
         service_tier: the tier that served it (``x-gemini-service-tier``, else the requested).
         spend_estimated: micro-dollars reserved before the call (``None``: no price).
         spend: micro-dollars the call cost, from its usage at the tier that served it.
+        sent: whether some attempt may have reached the server.
+        quota_ids: the ``quotaId`` of every quota a 429 named, in order.
         shadow: in shadow mode (``Limiter(mode="shadow")``), what the limiter would have done
             with each permit it could not grant at once (a ``ShadowDecision``: ``wait`` with
             ``would_wait`` seconds, or ``refuse``); empty when every permit was granted at once
@@ -195,6 +198,8 @@ class CallInfo:
     spend_estimated: int | None = None
     spend: int | None = None
     shadow: list[ShadowDecision] = field(default_factory=list)
+    sent: bool = False
+    quota_ids: list[str] = field(default_factory=list)
 
 
 class _Permit(Protocol):
@@ -214,9 +219,10 @@ class _Response(Protocol):
 
 @dataclass(frozen=True)
 class Acquire:
-    """Acquire a permit (``limiter``: ``model`` or ``count``); returns it or raises."""
+    """Acquire a permit (``limiter``: ``model``, ``count`` or the policy's ``budget``);
+    returns it or raises."""
 
-    limiter: Literal["model", "count"]
+    limiter: Literal["model", "count", "budget"]
     model: str
     tokens: int
     cost: Mapping[str, int] | None
@@ -343,6 +349,8 @@ class Outcome:
     permit: Any
     info: CallInfo
     refusal: Refusal | None = None
+    budget: Any = None  # the policy's budget permit, settled with the call's permit
+    ticket: CallTicket | None = None
 
 
 Flow = Generator[Effect, Any, Outcome]
@@ -466,11 +474,15 @@ def call_flow(
     warned: set[tuple[str, str, int]] | None = None,
     held: Held | None = None,
     spend: SpendBook | None = None,
+    policy: CallPolicy | None = None,
+    headers: Mapping[str, str] | None = None,
+    streamed: bool = False,
 ) -> Flow:
     """The life of one request through a quota transport.
 
     Args:
-        method, url, content: the caller's request (``content`` is its body, read).
+        method, url, content: the caller's request (``content`` is its body, read; ``b""``
+            when ``streamed``).
         pairs: the ``x-quotaflow-*`` header values by suffix (already stripped).
         settings: the transport's options.
         cache: countTokens results by content hash.
@@ -480,11 +492,98 @@ def call_flow(
         held: the Files API metadata and batch holds of the limiter (``None``: neither is
             kept).
         spend: the limiter's prices and spend cap (``None``: spend is not metered).
+        policy: the policy stage (grants, budgets, audit; see :mod:`quotaflow._call_policy`).
+        headers: the request's headers (for the classification and the policy).
+        streamed: the body streams through unread (an upload): sent once, never retried.
     """
     body = _parse_body(content)
-    call = classify(method, url, body)
+    call = classify(method, url, body, headers=headers)
     prio, timeout, agent = directives(pairs)
+    ticket: CallTicket | None = None
+    if policy is not None:
+        ticket = policy.admit(call, url, body, content, headers or {}, agent, prio)
+        agent, prio = ticket.agent, ticket.priority
     info = CallInfo(call, agent=agent)
+    if ticket is None:
+        return (
+            yield from _call(
+                call,
+                body,
+                prio,
+                timeout,
+                info,
+                settings,
+                cache,
+                quota,
+                clock,
+                warned,
+                held,
+                spend,
+                None,
+                streamed,
+                method,
+                url,
+            )
+        )
+    if ticket.refusal is not None:
+        return Outcome(None, None, info, ticket.refusal, ticket=ticket)
+    try:
+        outcome = yield from _call(
+            call,
+            body,
+            prio,
+            timeout,
+            info,
+            settings,
+            cache,
+            quota,
+            clock,
+            warned,
+            held,
+            spend,
+            ticket,
+            streamed,
+            method,
+            url,
+        )
+        outcome.ticket = ticket
+        if outcome.response is not None and ticket.responded(outcome.response.status_code):
+            try:
+                raw, outcome.response = yield Read(outcome.response)
+            except BaseException:
+                if outcome.permit is not None:
+                    yield Settle(outcome.permit, None)
+                if outcome.budget is not None:
+                    yield Settle(outcome.budget, ticket.budget_amounts(info))
+                raise
+            ticket.created(raw)
+    except BaseException as exc:
+        ticket.finish(info, error=exc)
+        raise
+    return outcome
+
+
+def _call(
+    call: Call,
+    body: dict[str, Any],
+    prio: int | None,
+    timeout: float | None,
+    info: CallInfo,
+    settings: Settings,
+    cache: CountCache,
+    quota: Callable[[str], Sequence[Limit]],
+    clock: Clock,
+    warned: set[tuple[str, str, int]] | None,
+    held: Held | None,
+    spend: SpendBook | None,
+    ticket: CallTicket | None,
+    streamed: bool,
+    method: str,
+    url: str,
+) -> Flow:
+    """Size, take the budget, then admit and send (with retries): see :func:`call_flow`."""
+    if streamed:
+        return (yield from _send_once(call, info, held))
     deadline = None if timeout is None else clock.now() + timeout
     metered = call.metered or call.counting
     model = call.model or ""
@@ -536,6 +635,81 @@ def call_flow(
             )
             if info.spend_estimated is not None and spend.cap_usd is not None:
                 spend_cost = {USD_MICROS: info.spend_estimated}
+    budget: Any = None
+    if ticket is not None and call.metered:
+        ask = ticket.budget_cost(tokens, info.spend_estimated)
+        if ask is not None:
+            scope, budget_tokens, budget_cost = ask
+            try:
+                budget = yield Acquire(
+                    "budget", scope, budget_tokens, budget_cost, None, None, True
+                )
+            except QuotaError as exc:
+                return Outcome(None, None, info, ticket.budget_refused(exc))
+    try:
+        outcome = yield from _attempts(
+            call,
+            method,
+            url,
+            settings,
+            quota,
+            clock,
+            warned,
+            held,
+            spend,
+            batch,
+            metered,
+            model,
+            tokens,
+            cost,
+            spend_cost,
+            prio,
+            deadline,
+            info,
+        )
+    except BaseException:
+        if budget is not None:
+            yield from _end_budget(budget, ticket, info)
+        raise
+    if budget is not None:
+        if outcome.permit is not None:
+            outcome.budget = budget  # settled with the call's permit, from its usage
+        else:
+            yield from _end_budget(budget, ticket, info)
+    return outcome
+
+
+def _end_budget(budget: Any, ticket: Any, info: CallInfo) -> Generator[Effect, Any, None]:
+    """Settle the budget permit of a call that may have reached the server (it keeps its
+    request), or give it back if no attempt left."""
+    if info.sent:
+        budget.mark_sent()
+        yield Settle(budget, ticket.budget_amounts(info))
+    else:
+        yield Release(budget)
+
+
+def _attempts(
+    call: Call,
+    method: str,
+    url: str,
+    settings: Settings,
+    quota: Callable[[str], Sequence[Limit]],
+    clock: Clock,
+    warned: set[tuple[str, str, int]] | None,
+    held: Held | None,
+    spend: SpendBook | None,
+    batch: bool,
+    metered: bool,
+    model: str,
+    tokens: int,
+    cost: dict[str, int] | None,
+    spend_cost: dict[str, int] | None,
+    prio: int | None,
+    deadline: float | None,
+    info: CallInfo,
+) -> Flow:
+    """Admit, send, feed back and retry, until an answer for the caller."""
     # 408/5xx and connection failures are retried for calls that create nothing (generation,
     # embedding, reads, deletes: see Call.creates) unless retry_writes extends it to creates
     retry_transient = call.idempotent or settings.retry_writes
@@ -557,6 +731,7 @@ def call_flow(
             response: Any = yield Send()
         except BaseException as exc:
             kind = send_failure(exc) if isinstance(exc, Exception) else None
+            info.sent = info.sent or kind != "unsent"
             if permit is not None:
                 if kind == "unsent":
                     yield Release(permit)  # no connection was had: the server counted nothing
@@ -580,6 +755,7 @@ def call_flow(
             n_transient += 1
             yield Sleep(delay)
             continue
+        info.sent = True
         if permit is not None:
             permit.mark_response_started()
         status = int(response.status_code)
@@ -625,12 +801,13 @@ def call_flow(
                 model=call.model,
             )
         if status == 429:
-            if n429 >= settings.max_429_retries:
-                return Outcome(response, None, info)
             raw, fresh = yield Read(response)
             err = parse_error(raw) or ApiError(code=429)
+            info.quota_ids.extend(v.quota_id for v in err.violations if v.quota_id)
             if metrics.ON:
                 metrics.rate_limited(model, [v.quota_id for v in err.violations if v.quota_id])
+            if n429 >= settings.max_429_retries:
+                return Outcome(fresh, None, info)
             if spend is not None and spend.cap_usd is not None and _spend_violations(err):
                 delay = yield from _on_spend_429(err, spend, settings, clock)
             else:
@@ -667,6 +844,28 @@ def call_flow(
             yield Sleep(delay)
             continue
         return Outcome(response, None, info)
+
+
+def _send_once(call: Call, info: CallInfo, held: Held | None) -> Flow:
+    """An upload: its body streams through once, unread and never retried; a finished one's
+    file metadata is kept (its size sizes later calls that name the file)."""
+    info.attempts = 1
+    try:
+        response: Any = yield Send()
+    except BaseException as exc:
+        info.sent = not (isinstance(exc, Exception) and send_failure(exc) == "unsent")
+        raise
+    info.sent = True
+    status = int(response.status_code)
+    info.statuses.append(status)
+    ctype = str(response.headers.get("content-type", ""))
+    if held is not None and status == 200 and "json" in ctype:
+        raw, response = yield Read(response)
+        obj = _parse_body(raw)
+        f = obj.get("file")
+        if isinstance(f, dict) and isinstance(f.get("name"), str):
+            held.files.put(f["name"], FileMeta.from_json(f))
+    return Outcome(response, None, info)
 
 
 def _admit(

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2
 
+from quotaflow._call_policy import CallPolicy
 from quotaflow._transport_io import (
     AsyncDriver,
     SyncDriver,
@@ -30,12 +31,14 @@ class Httpx2QuotaTransport(AsyncDriver, httpx2.AsyncBaseTransport):
         self,
         limiter: Limiter,
         transport: httpx2.AsyncBaseTransport | None = None,
+        *,
+        policy: CallPolicy | None = None,
         **options: Any,
     ) -> None:
         from quotaflow.transport import _Options
 
         self._init_async(
-            limiter, transport or httpx2.AsyncHTTPTransport(), _Options.build(**options)
+            limiter, transport or httpx2.AsyncHTTPTransport(), _Options.build(**options), policy
         )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -58,11 +61,15 @@ class SyncHttpx2QuotaTransport(SyncDriver, httpx2.BaseTransport):
         self,
         limiter: SyncLimiter,
         transport: httpx2.BaseTransport | None = None,
+        *,
+        policy: CallPolicy | None = None,
         **options: Any,
     ) -> None:
         from quotaflow.transport import _Options
 
-        self._init_sync(limiter, transport or httpx2.HTTPTransport(), _Options.build(**options))
+        self._init_sync(
+            limiter, transport or httpx2.HTTPTransport(), _Options.build(**options), policy
+        )
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Admit, send, feed back and retry one request."""

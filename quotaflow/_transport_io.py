@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -18,6 +17,7 @@ from urllib.parse import urlencode
 import anyio
 
 from quotaflow import _shadow, metrics
+from quotaflow._call_policy import CallPolicy
 from quotaflow._held import Held, held_for
 from quotaflow._refusal import answer
 from quotaflow._transport_flow import (
@@ -45,7 +45,6 @@ from quotaflow.errors import ConfigError, QuotaError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
-    FileMeta,
     StreamScanner,
     classify,
     decoder_for,
@@ -58,6 +57,8 @@ from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
 
 __all__ = ["AsyncDriver", "SyncDriver", "async_stream_class", "sync_stream_class"]
+
+log = logging.getLogger("quotaflow.transport")
 
 _DROP_IN_COUNT = frozenset(
     {"content-length", "content-type", "content-encoding", "transfer-encoding", "host"}
@@ -231,16 +232,19 @@ class _DriverBase:
     _limiter: Any  # the async or the sync limiter, set by each driver
     _settings: Settings
     _cache: CountCache
+    _count: Any  # the countTokens limiter (async or sync, as the driver)
+    _budget: Any = None  # the policy's budget limiter (async or sync, as the driver)
 
-    def _setup(self, inner: Any, settings: Settings) -> None:
+    def _setup(self, inner: Any, settings: Settings, policy: CallPolicy | None) -> None:
         redact_http_logs()
         self._settings = settings
+        self._policy = policy
         self._held: Held | None = None
         self._cache = CountCache(settings.count_cache)
         self._warned: set[tuple[str, str, int]] = set()
         self._inner = inner
 
-    def _flow(self, request: Any, content: bytes, pairs: Any) -> Any:
+    def _flow(self, request: Any, content: bytes, pairs: Any, streamed: bool) -> Any:
         """The call's flow (``call_flow``) with this transport's settings and limiter."""
         return call_flow(
             request.method,
@@ -254,7 +258,20 @@ class _DriverBase:
             self._warned,
             self._held,
             self._limiter.spend,
+            self._policy,
+            request.headers,
+            streamed,
         )
+
+    def _pick(self, which: str) -> Any:
+        """The limiter an ``Acquire`` effect names."""
+        if which == "model":
+            return self._limiter
+        if which == "count":
+            return self._count
+        if self._budget is None:
+            raise ConfigError("a budget was asked of a transport whose policy has no budgets")
+        return self._budget
 
     def _batch_limit(self, model: str) -> tuple[str, Limit] | None:
         """The scope and the ``batch_enqueued_tokens`` limit of ``model`` (a ``Concurrent``
@@ -287,18 +304,6 @@ class _DriverBase:
             lim._core.namespace = "batch:"
             self._held.limiters[key] = lim
         return lim, scope
-
-    def _record_upload(self, response: Any, content: bytes) -> None:
-        """Keep the metadata of a finished upload (its response's ``file``)."""
-        if self._held is None or response.status_code != 200 or not content:
-            return
-        try:
-            obj = json.loads(content)
-        except ValueError:
-            return
-        f = obj.get("file") if isinstance(obj, dict) else None
-        if isinstance(f, dict) and isinstance(f.get("name"), str):
-            self._held.files.put(f["name"], FileMeta.from_json(f))
 
     def _passthrough(self, request: Any) -> bool:
         """Uploads (streamed bodies that create files) skip the flow: nothing to meter, and
@@ -348,9 +353,16 @@ class _DriverBase:
         return decoded, fresh
 
     def _answer(self, outcome: Outcome) -> Any:
-        """The local answer of a refused call (see :mod:`quotaflow._refusal`)."""
-        assert outcome.refusal is not None
-        local = answer(outcome.refusal, outcome.info.call.surface)
+        """The local answer of a refused call (see :mod:`quotaflow._refusal`), or its typed
+        error raised (``local_errors="raise"``)."""
+        refusal, ticket = outcome.refusal, outcome.ticket
+        assert refusal is not None
+        raised = self._settings.local_errors == "raise"
+        if ticket is not None:
+            ticket.finish(outcome.info, refusal=refusal, raised=raised)
+        if raised:
+            raise refusal.error
+        local = answer(refusal, outcome.info.call.surface)
         return self._http.Response(
             local.status,
             headers=list(local.headers),
@@ -384,14 +396,17 @@ class AsyncDriver(_DriverBase):
     _count: Limiter
     _stream_cls: type
 
-    def _init_async(self, limiter: Limiter, inner: Any, settings: Settings) -> None:
+    def _init_async(
+        self, limiter: Limiter, inner: Any, settings: Settings, policy: CallPolicy | None
+    ) -> None:
         if not isinstance(limiter, Limiter):
             raise ConfigError(
                 f"{type(self).__name__} needs an async quotaflow.Limiter, got "
                 f"{type(limiter).__name__}; use the Sync* transport with a SyncLimiter"
             )
-        self._setup(inner, settings)
+        self._setup(inner, settings, policy)
         self._limiter = limiter
+        self._budget = policy.budget_limiter if policy is not None else None
         self._held = held_for(limiter)
         self._count = Limiter(
             tier=None,
@@ -404,14 +419,9 @@ class AsyncDriver(_DriverBase):
 
     async def _handle_async(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
-        if self._passthrough(request):
-            response = await self._inner.handle_async_request(request)
-            if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
-                decoded, response = await self._read(response)
-                self._record_upload(response, decoded)
-            return response
-        content = await request.aread()
-        flow = self._flow(request, content, pairs)
+        streamed = self._passthrough(request)
+        content = b"" if streamed else await request.aread()
+        flow = self._flow(request, content, pairs, streamed)
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -431,7 +441,7 @@ class AsyncDriver(_DriverBase):
         if isinstance(effect, Send):
             return await self._inner.handle_async_request(request)
         if isinstance(effect, Acquire):
-            lim = self._limiter if effect.limiter == "model" else self._count
+            lim = self._pick(effect.limiter)
             if lim.mode == "shadow":
                 return await _shadow.acquire_async(lim, effect)
             try:
@@ -521,11 +531,21 @@ class AsyncDriver(_DriverBase):
     async def _finish(self, outcome: Outcome) -> Any:
         if outcome.refusal is not None:
             outcome.response = self._answer(outcome)
-        response, permit, info = outcome.response, outcome.permit, outcome.info
+            self._info(outcome.response, outcome.info)
+            return outcome.response
+        response, permit, info, ticket = (
+            outcome.response,
+            outcome.permit,
+            outcome.info,
+            outcome.ticket,
+        )
         self._info(response, info)
         if permit is None:
+            if ticket is not None:
+                ticket.finish(info)
             return response
         reserve = self._settings.reserve_output
+        budget = outcome.budget
 
         async def settle(scan: _Scan) -> None:
             info.usage = scan.scanner.usage()
@@ -533,7 +553,16 @@ class AsyncDriver(_DriverBase):
             if metrics.ON and info.usage is not None and info.call.model:
                 metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
             amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
-            await permit.settle(**amounts)
+            try:
+                await permit.settle(**amounts)
+                if budget is not None and ticket is not None:
+                    try:
+                        await budget.settle(**ticket.budget_amounts(info))
+                    except Exception as exc:  # the budget's store failed; the call succeeded
+                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
+            finally:
+                if ticket is not None:
+                    ticket.finish(info)
 
         if response.is_closed:  # an inner transport that returned a read response
             scan = _Scan(response, info.call.streaming, settle, decoded=True)
@@ -555,15 +584,18 @@ class SyncDriver(_DriverBase):
     _count: SyncLimiter
     _stream_cls: type
 
-    def _init_sync(self, limiter: SyncLimiter, inner: Any, settings: Settings) -> None:
+    def _init_sync(
+        self, limiter: SyncLimiter, inner: Any, settings: Settings, policy: CallPolicy | None
+    ) -> None:
         if not isinstance(limiter, SyncLimiter):
             raise ConfigError(
                 f"{type(self).__name__} needs a quotaflow.SyncLimiter, got "
                 f"{type(limiter).__name__}; SyncLimiter.sharing(limiter) makes one that "
                 "shares an async limiter's state"
             )
-        self._setup(inner, settings)
+        self._setup(inner, settings, policy)
         self._limiter = limiter
+        self._budget = policy.sync_budget_limiter if policy is not None else None
         self._held = held_for(limiter)
         self._count = SyncLimiter(
             tier=None,
@@ -576,14 +608,9 @@ class SyncDriver(_DriverBase):
 
     def _handle(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
-        if self._passthrough(request):
-            response = self._inner.handle_request(request)
-            if response.status_code == 200 and "json" in response.headers.get("content-type", ""):
-                decoded, response = self._read(response)
-                self._record_upload(response, decoded)
-            return response
-        content = request.read()
-        flow = self._flow(request, content, pairs)
+        streamed = self._passthrough(request)
+        content = b"" if streamed else request.read()
+        flow = self._flow(request, content, pairs, streamed)
         result: Any = None
         error: BaseException | None = None
         while True:
@@ -603,7 +630,7 @@ class SyncDriver(_DriverBase):
         if isinstance(effect, Send):
             return self._inner.handle_request(request)
         if isinstance(effect, Acquire):
-            lim = self._limiter if effect.limiter == "model" else self._count
+            lim = self._pick(effect.limiter)
             if lim.mode == "shadow":
                 return _shadow.acquire_sync(lim, effect)
             try:
@@ -700,18 +727,37 @@ class SyncDriver(_DriverBase):
     def _finish(self, outcome: Outcome) -> Any:
         if outcome.refusal is not None:
             outcome.response = self._answer(outcome)
-        response, permit, info = outcome.response, outcome.permit, outcome.info
+            self._info(outcome.response, outcome.info)
+            return outcome.response
+        response, permit, info, ticket = (
+            outcome.response,
+            outcome.permit,
+            outcome.info,
+            outcome.ticket,
+        )
         self._info(response, info)
         if permit is None:
+            if ticket is not None:
+                ticket.finish(info)
             return response
         reserve = self._settings.reserve_output
+        budget = outcome.budget
 
         def settle(scan: _Scan) -> None:
             info.usage = scan.scanner.usage()
             info.settled = True
             if metrics.ON and info.usage is not None and info.call.model:
                 metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
-            permit.settle(**final_amounts(info, reserve, self._limiter.spend))
+            try:
+                permit.settle(**final_amounts(info, reserve, self._limiter.spend))
+                if budget is not None and ticket is not None:
+                    try:
+                        budget.settle(**ticket.budget_amounts(info))
+                    except Exception as exc:  # the budget's store failed; the call succeeded
+                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
+            finally:
+                if ticket is not None:
+                    ticket.finish(info)
 
         if response.is_closed:  # an inner transport that returned a read response
             scan = _Scan(response, info.call.streaming, settle, decoded=True)

@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import anyio
 
@@ -47,11 +47,6 @@ from quotaflow.permit import Permit
 from quotaflow.pricing import Spend, SpendBook
 from quotaflow.shares import Share, agent_name_problem
 from quotaflow.tiers import TierTable
-
-if TYPE_CHECKING:
-    from quotaflow.agents.audit import AuditLog
-    from quotaflow.agents.handle import AgentHandle
-    from quotaflow.agents.policy import Policy
 
 __all__ = ["Acquiring", "Limiter", "open_backend"]
 
@@ -200,8 +195,6 @@ class Limiter:
         default_priority: priority of calls that name none (``"normal"``).
         shares: per agent, a :class:`~quotaflow.shares.Share` of each model's rolling limits
             (a ceiling, a floor).
-        policy: the agents' grants, shares and budgets (a :class:`~quotaflow.agents.Policy`
-            or a TOML file); its shares join ``shares``. See :meth:`agent`.
         minute_seconds: how long Gemini's "minute" is here: 60 (real) or a compressed one for
             tests against the emulator (its setting of the same name). It applies to the tier
             tables' rpm/tpm, learned per-minute figures and the adaptive rate; ``quotas=``
@@ -232,7 +225,6 @@ class Limiter:
         clock: Clock | None = None,
         default_priority: int | str = "normal",
         shares: Mapping[str, Share] | None = None,
-        policy: Policy | str | os.PathLike[str] | None = None,
         minute_seconds: float = 60.0,
         day_seconds: float | None = None,
         learned_cache: str | os.PathLike[str] | None = None,
@@ -240,22 +232,6 @@ class Limiter:
         spend: Spend | bool | None = None,
         mode: str | None = None,
     ) -> None:
-        self.policy: Policy | None = None
-        self._agents: Any = None
-        if policy is not None:
-            from quotaflow.agents import policy as agents_policy
-
-            if not isinstance(policy, (agents_policy.Policy, str, os.PathLike)):
-                raise ConfigError(
-                    f"policy={policy!r}: give a quotaflow.agents.Policy or the path of a "
-                    "policy TOML file"
-                )
-            self.policy = (
-                policy
-                if isinstance(policy, agents_policy.Policy)
-                else agents_policy.load_policy(policy)
-            )
-            shares = {**self.policy.shares(), **(shares or {})}
         self._core = LimiterCore(
             tier=tier,
             quotas=quotas,
@@ -582,16 +558,11 @@ class Limiter:
         configured, learned, adaptive)."""
         return self._core.book.origins(model)
 
-    def agent(self, name: str | None = None, *, audit: AuditLog | None = None) -> AgentHandle:
-        """The handle of agent ``name``: its transports, google-genai options and ``acquire``,
-        held to the policy's grants, share, priority and budget (needs ``policy=``).
-
-        ``name=None`` gives a handle for clients shared by several agents: each call names its
-        agent with ``quotaflow.agent(name)`` or the ``x-quotaflow-agent`` header.
-        """
-        from quotaflow.agents.handle import AgentHandle
-
-        return AgentHandle(self, name, audit=audit)
+    def add_shares(self, shares: Mapping[str, Share]) -> None:
+        """Give agents their :class:`~quotaflow.shares.Share` of each model's rolling limits,
+        joining the ``shares=`` the limiter was made with (the agents layer passes its
+        policy's). A share given twice must be the same."""
+        self._core.add_shares(shares)
 
     def close(self) -> None:
         """Stop listening to the backend (a shared backend outlives this limiter)."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import httpx
 
 from quotaflow import metrics
+from quotaflow._call_policy import CallPolicy
 from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._held import BatchHold, held_for
 from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
@@ -171,10 +172,12 @@ class QuotaTransport(AsyncDriver, httpx.AsyncBaseTransport):
         self,
         limiter: Limiter,
         transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        policy: CallPolicy | None = None,
         **options: Any,
     ) -> None:
         self._init_async(
-            limiter, transport or httpx.AsyncHTTPTransport(), _Options.build(**options)
+            limiter, transport or httpx.AsyncHTTPTransport(), _Options.build(**options), policy
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -199,9 +202,13 @@ class SyncQuotaTransport(SyncDriver, httpx.BaseTransport):
         self,
         limiter: SyncLimiter,
         transport: httpx.BaseTransport | None = None,
+        *,
+        policy: CallPolicy | None = None,
         **options: Any,
     ) -> None:
-        self._init_sync(limiter, transport or httpx.HTTPTransport(), _Options.build(**options))
+        self._init_sync(
+            limiter, transport or httpx.HTTPTransport(), _Options.build(**options), policy
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Admit, send, feed back and retry one request."""

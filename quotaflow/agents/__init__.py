@@ -3,18 +3,19 @@ agents, and check and log every call.
 
 * :mod:`~quotaflow.agents.policy`: who may call what (pydantic; TOML or Python objects);
 * :mod:`~quotaflow.agents.grants`: the decision for one call (pure);
-* :mod:`~quotaflow.agents.handle`: ``limiter.agent(name)``: transports, google-genai options,
-  ``acquire``;
-* :mod:`~quotaflow.agents.transports`: the httpx/httpx2 transports (local 403 and 429 answers);
+* :mod:`~quotaflow.agents.handle`: :class:`Agents` (the layer of one limiter) and
+  ``agents.agent(name)``: quota transports that make the agent's calls (local 403 and 429
+  answers), google-genai options, ``acquire``;
 * :mod:`~quotaflow.agents.audit`: one record per call; JSON lines, logging, callback sinks.
 
 Example:
     >>> import quotaflow
-    >>> from quotaflow.agents import Policy
+    >>> from quotaflow.agents import Agents, Policy
     >>> policy = Policy.from_dict(
     ...     {"agents": {"researcher": {"grants": {"content": {"access": "write"}}}}}
     ... )
-    >>> handle = quotaflow.Limiter(tier="free", policy=policy).agent("researcher")
+    >>> agents = Agents(quotaflow.Limiter(tier="free"), policy)
+    >>> handle = agents.agent("researcher")
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from quotaflow.agents.audit import (
     key_fingerprint,
 )
 from quotaflow.agents.grants import GrantDecision, decide
-from quotaflow.agents.handle import AgentHandle, AgentPermit
+from quotaflow.agents.handle import AgentGate, AgentHandle, AgentPermit, Agents
 from quotaflow.agents.policy import (
     AREAS,
     METHODS,
@@ -48,9 +49,11 @@ from quotaflow.agents.policy import (
 __all__ = [
     "AREAS",
     "METHODS",
+    "AgentGate",
     "AgentHandle",
     "AgentPermit",
     "AgentPolicy",
+    "Agents",
     "AreaGrant",
     "AuditLog",
     "AuditRecord",

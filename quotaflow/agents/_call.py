@@ -1,9 +1,9 @@
-"""One request through an agent transport: its decisions and its audit record. No I/O.
+"""One request of an agent: its decisions and its audit record. No I/O.
 
-The drivers in :mod:`quotaflow.agents._transport` read the request, ask :class:`AgentCall`
-what to do (answer locally, take budget, send with these headers, read the create response),
-and hand it what happened; :meth:`AgentCall.record` turns that into an
-:class:`~quotaflow.agents.audit.AuditRecord`.
+:class:`AgentCall` is the agents layer's ticket in the call flow
+(:class:`~quotaflow._call_policy.CallTicket`): the flow asks it whether the call is denied,
+what to take from the budget and whether to read a create's answer, and hands it the finished
+call, which :meth:`AgentCall.record` turns into an :class:`~quotaflow.agents.audit.AuditRecord`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quotaflow import context
 from quotaflow._refusal import Refusal
 from quotaflow.agents._local import BudgetExhaustedError, budget_refusal, denied_refusal
 from quotaflow.agents._ownership import created_name
@@ -26,33 +24,17 @@ from quotaflow.agents.grants import (
     decide_references,
     target_resource,
 )
-from quotaflow.errors import BillingError, ConfigError
-from quotaflow.gemini import (
-    Call,
-    classify,
-    estimate_tokens,
-    needs_body,
-    redact_text,
-    requested_tier,
-)
+from quotaflow.errors import BillingError
+from quotaflow.gemini import Call, estimate_tokens, redact_text
 from quotaflow.gemini._canonical import canonical_request
 from quotaflow.pricing import USD_MICROS
 
 if TYPE_CHECKING:
     from quotaflow._transport_flow import CallInfo
-    from quotaflow.agents.handle import AgentRuntime
+    from quotaflow.agents.audit import AuditLog
+    from quotaflow.agents.handle import Agents
 
-__all__ = ["AgentCall", "Tap", "decision_for", "request_key"]
-
-
-@dataclass
-class Tap:
-    """What the inner tap saw of each attempt (statuses, ``quotaId`` of 429s, whether any may
-    have reached the server)."""
-
-    statuses: list[int] = field(default_factory=list)
-    quota_ids: list[str] = field(default_factory=list)
-    sent: bool = False  # some attempt may have reached the server
+__all__ = ["AgentCall", "decision_for", "request_key"]
 
 
 def request_key(headers: Mapping[str, str], url: str) -> str | None:
@@ -100,18 +82,14 @@ def _inner_models(body: Mapping[str, Any], limit: int = 100_000) -> list[str]:
 
 
 def decision_for(
-    runtime: AgentRuntime,
+    runtime: Agents,
     agent: str | None,
-    method: str,
-    url: str,
+    call: Call,
     body: Mapping[str, Any],
-    headers: Mapping[str, str] | None = None,
-) -> tuple[Call, str | None, str | None, GrantDecision]:
-    """The one decision on a request, for the transports and ``check()`` alike:
-    ``(call, model, resource acted on, decision)``. The call is classified in its canonical
-    form; the model a create names in its body and every resource the body names are checked
-    too."""
-    call = classify(method, url, body, headers=headers)
+) -> tuple[str | None, str | None, GrantDecision]:
+    """The one decision on a classified request (its canonical form), for the transports and
+    ``check()`` alike: ``(model, resource acted on, decision)``. The model a create names in
+    its body and every resource the body names are checked too."""
     model = call.model or (_body_model(body) if call.creates else None)
     resource = target_resource(call)
     owners = runtime.ownership
@@ -132,189 +110,176 @@ def decision_for(
                 if not verdict.allowed:
                     decision = verdict
                     break
-    return call, model, resource, decision
+    return model, resource, decision
 
 
 class AgentCall:
-    """The decisions and the record of one request.
+    """The decisions and the record of one request: the agents layer's ticket of the call
+    flow (:class:`~quotaflow._call_policy.CallTicket`).
 
     Args:
-        runtime: the agents layer of the limiter.
-        bound: the handle's agent (``None``: from the header or ``quotaflow.agent()``).
-        method, url: the request line.
-        pairs: ``x-quotaflow-*`` header values by suffix.
-        body: the request body (``b""`` when not read, e.g. an upload).
-        key: the request's credential (only its fingerprint is kept).
+        runtime: the agents layer.
+        bound: the handle's agent (``None``: the request's, from ``x-quotaflow-agent`` or
+            ``quotaflow.agent()``).
+        call: the flow's classification of the request.
+        url: the request URL.
+        body: its parsed JSON body (``{}``: none, or not read).
+        content: its raw body (``b""`` when not read, e.g. an upload).
+        headers: its headers (only the credential's fingerprint is kept).
+        asked_agent, asked_priority: what the request asked.
+        audit: where the record goes.
     """
 
     def __init__(
         self,
-        runtime: AgentRuntime,
+        runtime: Agents,
         bound: str | None,
-        method: str,
+        call: Call,
         url: str,
-        pairs: Mapping[str, str],
-        body: bytes,
-        key: str | None,
-        audit_hash: bool,
-        headers: Mapping[str, str] | None = None,
+        body: Mapping[str, Any],
+        content: bytes,
+        headers: Mapping[str, str],
+        asked_agent: str | None,
+        asked_priority: int | None,
+        audit: AuditLog,
     ) -> None:
         self.runtime = runtime
+        self.audit = audit
         self.started = runtime.clock.now()
-        ctx_prio, _, ctx_agent = context.current()
-        self.agent: str | None = bound or pairs.get("agent") or ctx_agent
-        parsed = _parse(body) if body and (needs_body(method, url) or method != "GET") else {}
-        self.call, self.model, self.resource, self.decision = decision_for(
-            runtime, self.agent, method, url, parsed, headers
-        )
+        self._agent: str | None = bound or asked_agent
+        self.call = call
+        self._body = body
+        self.model, self.resource, self.decision = decision_for(runtime, self._agent, call, body)
         self.path = path_template(url)
-        spec = runtime.policy.for_agent(self.agent)
-        asked = ctx_prio
-        if "priority" in pairs:
-            try:
-                asked = context.priority_value(pairs["priority"])
-            except ConfigError:
-                asked = None
-        self.priority: int | None = None
+        spec = runtime.policy.for_agent(self._agent)
+        self._priority: int | None = None
         if spec is not None:
             own = spec.priority_level
-            self.priority = own if asked is None else min(asked, own)
-        self.estimate = (
-            estimate_tokens(self.call, parsed)
-            if self.call.metered and self.call.input_tokens
-            else 0
-        )
-        self.spend_estimate = self._spend_estimate(parsed)
-        self.key = key_fingerprint(key)
-        self.hash = content_hash(body) if audit_hash else None
+            self._priority = own if asked_priority is None else min(asked_priority, own)
+        self.spend_estimate: int | None = None
+        self.key = key_fingerprint(request_key(headers, url))
+        self.hash = content_hash(content) if audit.content_hash else None
         self.reason: str = self.decision.reason
         self.outcome = "denied"
         self.status: int | None = None
-        self.info: CallInfo | None = None
-        self.tap = Tap()
         self.error: str | None = None
-        self.created: str | None = None
+        self.created_name: str | None = None
+        self._refusal = None if self.decision.allowed else denied_refusal(self.decision)
+        if self._refusal is not None:
+            self.status = self._refusal.status
 
-    def _spend_estimate(self, parsed: Mapping[str, Any]) -> int | None:
-        """Micro-dollars to reserve from a dollar budget (input plus ``maxOutputTokens``)."""
-        spec = self.runtime.policy.for_agent(self.agent)
-        book = getattr(self.runtime.limiter, "spend", None)
-        if spec is None or spec.budget is None or not spec.budget.in_dollars or book is None:
-            return None
-        if not self.call.metered or not self.model:
-            return None
-        from quotaflow._transport_flow import _output_reservation
+    @property
+    def agent(self) -> str | None:
+        """The agent the call is made for."""
+        return self._agent
 
-        output = (
-            0 if self.call.area == "embeddings" else _output_reservation(self.call, parsed, 8192)
-        )
-        micros: int | None = book.cost(
-            self.model, requested_tier(parsed), input_tokens=self.estimate, output_tokens=output
-        )
-        return micros
+    @property
+    def priority(self) -> int | None:
+        """The priority it waits at: the agent's own, or lower if the request asks."""
+        return self._priority
 
-    # ---- before sending -------------------------------------------------------------------
+    @property
+    def refusal(self) -> Refusal | None:
+        """The denial (403, or 400 for a malformed request), if the policy denies it."""
+        return self._refusal
 
-    def denied(self) -> Refusal | None:
-        """The refusal (403, or 400 for a malformed request) when the policy denies the
-        call, else ``None``."""
-        if self.decision.allowed:
-            return None
-        refusal = denied_refusal(self.decision)
-        self.status = refusal.status
-        return refusal
+    # ---- before sending ------------------------------------------------------------------
 
-    def budget_cost(self) -> tuple[str, int, dict[str, int]] | None:
-        """``(agent, tokens, cost)`` to take from the agent's budget, or ``None``."""
+    def _dollar_budget(self) -> bool:
+        spec = self.runtime.policy.for_agent(self._agent)
+        return spec is not None and spec.budget is not None and spec.budget.in_dollars
+
+    def budget_cost(
+        self, tokens: int, spend_micros: int | None
+    ) -> tuple[str, int, dict[str, int]] | None:
+        """``(scope, tokens, cost)`` to take from the agent's budget, or ``None``."""
         if not self.call.metered:
             return None
-        scope = self.runtime.budget_scope(self.agent)
+        scope = self.runtime.budget_scope(self._agent)
         if scope is None:
             return None
         cost = {"requests": self.call.requests}
-        if self.spend_estimate is not None:
-            cost[USD_MICROS] = self.spend_estimate
-        return scope, self.estimate, cost
+        if spend_micros is not None and self._dollar_budget():
+            self.spend_estimate = spend_micros
+            cost[USD_MICROS] = spend_micros
+        return scope, tokens, cost
 
     def budget_refused(self, exc: Exception) -> Refusal:
         """The refusal (429) of a spent budget."""
-        err = BudgetExhaustedError.from_quota(self.agent or "", exc, self.runtime.clock.now())
+        err = BudgetExhaustedError.from_quota(self._agent or "", exc, self.runtime.clock.now())
         self.reason = "budget"
-        self.status = 429
         self.error = f"{type(err).__name__}: {redact_text(str(err))}"
         return budget_refusal(err)
 
-    def refused(self, refusal: Refusal) -> None:
-        """The quota transport refused the call here (a spent quota, a deadline that cannot
-        hold): it was answered locally, with ``refusal``."""
-        self.outcome = "denied"
-        self.status = refusal.status
-        err = refusal.error
-        self.error = f"{type(err).__name__}: {redact_text(str(err))}"[:500]
-
-    def headers(self) -> dict[str, str]:
-        """``x-quotaflow-*`` headers for the quota transport underneath."""
-        out: dict[str, str] = {}
-        if self.agent is not None:
-            out["x-quotaflow-agent"] = self.agent
-        if self.priority is not None:
-            out["x-quotaflow-priority"] = str(self.priority)
-        return out
-
     # ---- after sending --------------------------------------------------------------------
 
-    def responded(self, status: int, info: Any) -> None:
-        """The quota transport answered ``status``; ``info`` is its ``CallInfo`` (or None)."""
+    def responded(self, status: int) -> bool:
+        """The final status; returns whether the body must be read (a create's answer names
+        the new resource, recorded under the agent)."""
         self.outcome = "ok" if status < 400 else "http_error"
         self.status = status
-        self.info = info
         if status < 300 and self.call.action == "delete" and self.resource:
             self.runtime.ownership.forget(self.resource)
-
-    def wants_body(self) -> bool:
-        """Whether the response must be read to learn the name of a created resource."""
         return (
-            self.agent is not None
-            and self.status is not None
-            and self.status < 300
+            self._agent is not None
+            and status < 300
             and (self.call.creates or self.call.action == "upload")
         )
 
-    def body(self, decoded: bytes) -> None:
+    def created(self, decoded: bytes) -> None:
         """The create response's body: record the new resource under the agent."""
         name = created_name(_parse(decoded))
-        if name and self.agent is not None:
-            self.created = name
-            self.runtime.ownership.record(name, self.agent)
+        if name and self._agent is not None:
+            self.created_name = name
+            self.runtime.ownership.record(name, self._agent)
 
-    def failed(self, exc: BaseException) -> None:
-        """The call raised ``exc`` (a quota error, a network error, a cancellation)."""
-        self.outcome = "error"
-        self.error = f"{type(exc).__name__}: {redact_text(str(exc))}"[:500]
-        if isinstance(exc, BillingError):
-            self.reason = "billing"
-            self.status = exc.status
-
-    def settle_amounts(self) -> dict[str, int]:
+    def budget_amounts(self, info: CallInfo) -> dict[str, int]:
         """What to settle the budget permit with (the usage, else the estimate)."""
-        usage = getattr(self.info, "usage", None)
+        usage = info.usage
         out: dict[str, int] = {}
         if usage is not None and (usage.input_tokens or usage.total_tokens):
             out["input_tokens"] = int(usage.input_tokens)
-        spent = getattr(self.info, "spend", None)
-        if self.spend_estimate is not None and isinstance(spent, int):
-            out[USD_MICROS] = spent
+        if self.spend_estimate is not None and isinstance(info.spend, int):
+            out[USD_MICROS] = info.spend
         return out
 
-    def record(self) -> AuditRecord:
+    def finish(
+        self,
+        info: CallInfo,
+        *,
+        refusal: Refusal | None = None,
+        error: BaseException | None = None,
+        raised: bool = False,
+    ) -> None:
+        """The call is over: write its audit record."""
+        if refusal is not None:
+            self.outcome = "denied"
+            self.status = None if raised else refusal.status
+            if refusal is not self._refusal and self.reason != "budget":
+                err = refusal.error
+                self.error = f"{type(err).__name__}: {redact_text(str(err))}"[:500]
+        elif error is not None:
+            self.outcome = "error"
+            self.error = f"{type(error).__name__}: {redact_text(str(error))}"[:500]
+            if isinstance(error, BillingError):
+                self.reason = "billing"
+                self.status = error.status
+        elif info.statuses and self.status is None:
+            self.responded(info.statuses[-1])
+        self.audit.emit(self.record(info))
+
+    def record(self, info: CallInfo | None = None) -> AuditRecord:
         """The audit record of the call as it stands."""
-        info = self.info
-        usage = getattr(info, "usage", None)
-        attempts = max(getattr(info, "attempts", 0), len(self.tap.statuses))
-        waited_at: int | None = getattr(info, "priority", None)
+        usage = info.usage if info is not None else None
+        attempts = info.attempts if info is not None else 0
+        waited_at = info.priority if info is not None else None
+        estimated = info.estimated if info is not None else 0
+        quota_ids = info.quota_ids if info is not None else []
+        if not estimated and self.call.metered and self.call.input_tokens:
+            estimated = estimate_tokens(self.call, self._body)  # a call denied before sizing
         return AuditRecord(
             time=self.started,
-            agent=self.agent,
+            agent=self._agent,
             method=self.call.action,
             http_method=self.call.method,
             path=self.path,
@@ -325,21 +290,21 @@ class AgentCall:
             reason=self.reason,
             outcome=self.outcome,
             status=self.status,
-            wait=round(float(getattr(info, "waited", 0.0)), 6),
-            tokens_estimated=int(getattr(info, "estimated", 0) or self.estimate),
+            wait=round(float(info.waited if info is not None else 0.0), 6),
+            tokens_estimated=int(estimated or 0),
             tokens_actual=usage.input_tokens if usage is not None else None,
             output_tokens=(usage.output_tokens + usage.thoughts_tokens) if usage else None,
             retries=max(0, attempts - 1),
-            quota_id=self.tap.quota_ids[-1] if self.tap.quota_ids else None,
-            priority=self.priority if waited_at is None else waited_at,
+            quota_id=quota_ids[-1] if quota_ids else None,
+            priority=self._priority if waited_at is None else waited_at,
             duration=round(max(0.0, self.runtime.clock.now() - self.started), 6),
             key=self.key,
             content_hash=self.hash,
-            resource=self.created or self.resource,
+            resource=self.created_name or self.resource,
             error=self.error,
-            service_tier=getattr(info, "service_tier", None),
-            spend_micros=getattr(info, "spend", None),
-            **shadow_fields(getattr(info, "shadow", ())),
+            service_tier=info.service_tier if info is not None else None,
+            spend_micros=info.spend if info is not None else None,
+            **shadow_fields(info.shadow if info is not None else ()),
         )
 
 

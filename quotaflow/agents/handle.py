@@ -4,14 +4,15 @@ Example:
     >>> import quotaflow
     >>> from quotaflow.agents import Policy
     >>> policy = Policy.from_dict({"agents": {"indexer": {"grants": {"embeddings": "write"}}}})
-    >>> limiter = quotaflow.Limiter(tier="tier1", policy=policy)
-    >>> indexer = limiter.agent("indexer")
+    >>> from quotaflow.agents import Agents
+    >>> indexer = Agents(quotaflow.Limiter(tier="tier1"), policy).agent("indexer")
     >>> options = indexer.http_options()  # genai.Client(api_key=..., http_options=options)
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -19,43 +20,69 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from quotaflow import context
 from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._quota_book import QuotaBook
+from quotaflow.agents._call import AgentCall, decision_for
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
 from quotaflow.agents.grants import GrantDecision
-from quotaflow.agents.policy import AgentPolicy, Policy
+from quotaflow.agents.policy import AgentPolicy, Policy, load_policy
 from quotaflow.errors import ConfigError, QuotaError
+from quotaflow.gemini import Call, classify
 from quotaflow.gemini._canonical import valid_model
 from quotaflow.limiter import Acquiring, Limiter
 from quotaflow.permit import Permit
 from quotaflow.sync import SyncLimiter
+from quotaflow.transport import QuotaTransport, SyncQuotaTransport
 
 if TYPE_CHECKING:
     from google.genai import types as genai_types
 
-    from quotaflow.agents.transports import AgentTransport, SyncAgentTransport
+    from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
 
-__all__ = ["AgentHandle", "AgentPermit", "AgentRuntime", "runtime_for"]
+__all__ = ["AgentGate", "AgentHandle", "AgentPermit", "Agents"]
 
 _LOCK = threading.Lock()
 
 
-class AgentRuntime:
-    """The agents layer of one limiter: policy, resource owners, budgets, default audit log.
+class Agents:
+    """The agents layer of one limiter: the policy, resource owners, budgets, the default
+    audit log, and a handle per agent (:meth:`agent`).
 
     Budgets are limits of a scope per agent in the limiter's backend, so they hold across
     processes that share a Redis backend. Their scopes live in a key space of their own
     (``budget:<project>/<agent>``) that no model name reaches. An agent the policy covers with
-    ``[default]`` gets the default's budget as its own. Resource owners are kept in memory.
+    ``[default]`` gets the default's budget as its own. The policy's shares join the
+    limiter's (:meth:`quotaflow.Limiter.add_shares`). Resource owners are kept in memory.
+
+    Args:
+        limiter: the limiter whose quotas the agents share.
+        policy: a :class:`~quotaflow.agents.Policy` or the path of a policy TOML file.
+
+    Example:
+        >>> import quotaflow
+        >>> from quotaflow.agents import Agents, Policy
+        >>> policy = Policy.from_dict({"agents": {"indexer": {"grants": {"embeddings": "write"}}}})
+        >>> agents = Agents(quotaflow.Limiter(tier="tier1"), policy)
+        >>> indexer = agents.agent("indexer")
     """
 
-    def __init__(self, limiter: Limiter, policy: Policy) -> None:
+    def __init__(self, limiter: Limiter, policy: Policy | str | os.PathLike[str]) -> None:
+        if not isinstance(limiter, Limiter):
+            raise ConfigError(
+                f"limiter={limiter!r}: give the quotaflow.Limiter whose quotas the agents share"
+            )
+        if not isinstance(policy, (Policy, str, os.PathLike)):
+            raise ConfigError(
+                f"policy={policy!r}: give a quotaflow.agents.Policy or the path of a policy "
+                "TOML file"
+            )
+        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        limiter.add_shares(self.policy.shares())
         self.limiter = limiter
-        self.policy = policy
         self.clock = limiter.clock
         self.ownership = Ownership()
-        self.budgets = policy.budgets()
-        default = policy.default.budget if policy.default is not None else None
+        self.budgets = self.policy.budgets()
+        default = self.policy.default.budget if self.policy.default is not None else None
         self.default_budget = default.limits() if default is not None else ()
         self.budget = Limiter(
             tier=None,
@@ -73,6 +100,15 @@ class AgentRuntime:
         self.sync_limiter = SyncLimiter.sharing(limiter)
         self.sync_budget = SyncLimiter.sharing(self.budget)
         self._audit: AuditLog | None = None
+
+    def agent(self, name: str | None = None, *, audit: AuditLog | None = None) -> AgentHandle:
+        """The handle of agent ``name``: its transports, google-genai options and ``acquire``,
+        held to the policy's grants, share, priority and budget.
+
+        ``name=None`` gives a handle for clients shared by several agents: each call names its
+        agent with ``quotaflow.agent(name)`` or the ``x-quotaflow-agent`` header.
+        """
+        return AgentHandle(self, name, audit=audit)
 
     def budget_scope(self, agent: str | None) -> str | None:
         """The scope of ``agent``'s budget, or ``None`` when it has none (a named agent's own
@@ -99,21 +135,62 @@ class AgentRuntime:
                 atexit.register(self._audit.close)
             return self._audit
 
+    def flush(self) -> None:
+        """Write out the default audit log's queued records (if it was made)."""
+        if self._audit is not None:
+            self._audit.flush()
 
-def runtime_for(limiter: Limiter) -> AgentRuntime:
-    """The agents layer of ``limiter`` (made on first use from ``Limiter(policy=...)``)."""
-    with _LOCK:
-        rt: AgentRuntime | None = getattr(limiter, "_agents", None)
-        if rt is None:
-            policy = getattr(limiter, "policy", None)
-            if policy is None:
-                raise ConfigError(
-                    "limiter.agent(...) needs a policy: Limiter(..., policy=Policy(...) or "
-                    "'policy.toml'); without one every call would be denied"
-                )
-            rt = AgentRuntime(limiter, policy)
-            limiter._agents = rt
-        return rt
+    def __repr__(self) -> str:
+        return f"Agents(agents={sorted(self.policy.agents)}, limiter={self.limiter!r})"
+
+
+class AgentGate:
+    """The policy stage of one handle's transports (a
+    :class:`~quotaflow._call_policy.CallPolicy`): each call's :class:`AgentCall` ticket."""
+
+    __slots__ = ("_audit", "_bound", "_runtime")
+
+    def __init__(self, runtime: Agents, bound: str | None, audit: AuditLog) -> None:
+        self._runtime = runtime
+        self._bound = bound
+        self._audit = audit
+
+    @property
+    def budget_limiter(self) -> Limiter | None:
+        """The agents' budgets (async)."""
+        return self._runtime.budget
+
+    @property
+    def sync_budget_limiter(self) -> SyncLimiter | None:
+        """The agents' budgets (sync)."""
+        return self._runtime.sync_budget
+
+    def admit(
+        self,
+        call: Call,
+        url: str,
+        body: Mapping[str, Any],
+        content: bytes,
+        headers: Mapping[str, str],
+        agent: str | None,
+        priority: int | None,
+    ) -> AgentCall:
+        """The ticket of one call."""
+        return AgentCall(
+            self._runtime,
+            self._bound,
+            call,
+            url,
+            body,
+            content,
+            headers,
+            agent,
+            priority,
+            self._audit,
+        )
+
+    def __repr__(self) -> str:
+        return f"AgentGate(agent={self._bound!r})"
 
 
 class AgentPermit:
@@ -167,22 +244,22 @@ class AgentPermit:
 class AgentHandle:
     """One agent's way to Gemini: transports, google-genai options, ``acquire``.
 
-    Get one with ``limiter.agent("researcher")``. A handle without a name
-    (``limiter.agent()``) serves agent loops that share one client: each call's agent comes
+    Get one with ``agents.agent("researcher")`` (:class:`Agents`). A handle without a name
+    (``agents.agent()``) serves agent loops that share one client: each call's agent comes
     from ``quotaflow.agent(name)`` or the ``x-quotaflow-agent`` header.
 
     Args:
-        limiter: a limiter made with ``policy=...``.
+        agents: the agents layer.
         name: the agent (``None``: per call).
         audit: the audit log (default: the one the policy's ``[audit]`` table describes).
     """
 
     def __init__(
-        self, limiter: Limiter, name: str | None = None, *, audit: AuditLog | None = None
+        self, agents: Agents, name: str | None = None, *, audit: AuditLog | None = None
     ) -> None:
-        if name is not None and (not name or "@" in name):
+        if name is not None and (not isinstance(name, str) or not name or "@" in name):
             raise ConfigError(f"agent name {name!r}: give a non-empty name without '@'")
-        self.runtime = runtime_for(limiter)
+        self.runtime = agents
         self.name = name
         self.audit = audit if audit is not None else self.runtime.audit
 
@@ -201,36 +278,41 @@ class AgentHandle:
         """The policy's answer for a request, without sending it: the same decision the
         transports make (the canonical request, the model a create names in its body, the
         resources the body names)."""
-        from quotaflow.agents._call import decision_for
-
         agent = self.name or context.current()[2]
-        return decision_for(self.runtime, agent, method, url, dict(body or {}), headers)[3]
+        call = classify(method, url, body, headers=headers)
+        return decision_for(self.runtime, agent, call, dict(body or {}))[2]
 
     # ---- transports ------------------------------------------------------------------------
 
-    def transport(self, transport: Any = None, **options: Any) -> AgentTransport:
-        """An async httpx transport (``httpx.AsyncClient(transport=...)``)."""
-        from quotaflow.agents.transports import AgentTransport
+    def _gate(self) -> AgentGate:
+        return AgentGate(self.runtime, self.name, self.audit)
 
-        return AgentTransport(self, transport, **options)
+    def transport(self, transport: Any = None, **options: Any) -> QuotaTransport:
+        """An async httpx transport (``httpx.AsyncClient(transport=...)``): a
+        :class:`~quotaflow.QuotaTransport` whose calls this agent makes."""
+        return QuotaTransport(self.runtime.limiter, transport, policy=self._gate(), **options)
 
-    def sync_transport(self, transport: Any = None, **options: Any) -> SyncAgentTransport:
+    def sync_transport(self, transport: Any = None, **options: Any) -> SyncQuotaTransport:
         """A sync httpx transport (``httpx.Client(transport=...)``)."""
-        from quotaflow.agents.transports import SyncAgentTransport
+        return SyncQuotaTransport(
+            self.runtime.sync_limiter, transport, policy=self._gate(), **options
+        )
 
-        return SyncAgentTransport(self, transport, **options)
-
-    def httpx2_transport(self, transport: Any = None, **options: Any) -> Any:
+    def httpx2_transport(self, transport: Any = None, **options: Any) -> Httpx2QuotaTransport:
         """An async ``httpx2`` transport."""
-        from quotaflow.agents._httpx2 import Httpx2AgentTransport
+        from quotaflow._transport_httpx2 import Httpx2QuotaTransport
 
-        return Httpx2AgentTransport(self, transport, **options)
+        return Httpx2QuotaTransport(self.runtime.limiter, transport, policy=self._gate(), **options)
 
-    def sync_httpx2_transport(self, transport: Any = None, **options: Any) -> Any:
+    def sync_httpx2_transport(
+        self, transport: Any = None, **options: Any
+    ) -> SyncHttpx2QuotaTransport:
         """A sync ``httpx2`` transport."""
-        from quotaflow.agents._httpx2 import SyncHttpx2AgentTransport
+        from quotaflow._transport_httpx2 import SyncHttpx2QuotaTransport
 
-        return SyncHttpx2AgentTransport(self, transport, **options)
+        return SyncHttpx2QuotaTransport(
+            self.runtime.sync_limiter, transport, policy=self._gate(), **options
+        )
 
     def http_options(
         self,

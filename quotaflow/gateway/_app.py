@@ -9,7 +9,7 @@ Each request:
    nothing is sent upstream.
 2. Every credential is removed (headers and secret query parameters in every spelling), the
    real key is added as ``x-goog-api-key``, and the request (its raw path, as the agent spelled
-   it) goes to ``limiter.agent(name).transport(upstream)``: policy, canonical request, sizing,
+   it) goes to ``agents.agent(name).transport(upstream)``: policy, canonical request, sizing,
    scheduling, settlement, 429 feedback and audit are the library's own.
 3. The response streams back chunk by chunk (SSE too); an upload's body streams up the same way.
 """
@@ -33,11 +33,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
-from quotaflow.agents.transports import AgentTransport
+from quotaflow.agents import Agents
 from quotaflow.errors import BackendError, QuotaError
 from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
 from quotaflow.limiter import Limiter
+from quotaflow.transport import QuotaTransport
 
 __all__ = ["Gateway"]
 
@@ -157,7 +158,8 @@ class Gateway:
     Args:
         config: the validated configuration (:func:`~quotaflow.gateway.load_gateway_config`).
         key: the real key (default: read from ``config.key_file`` or ``config.key_env``).
-        limiter: the limiter (default: ``Limiter(policy=config.policy, **config.limiter)``).
+        limiter: the limiter (default: ``Limiter(**config.limiter)``); the config's policy
+            governs its agents (:class:`~quotaflow.agents.Agents`).
         upstream: the transport that really sends (default: ``httpx.AsyncHTTPTransport``).
         clock: seconds for access-log durations (default: ``time.perf_counter``).
     """
@@ -178,12 +180,13 @@ class Gateway:
             b"quotaflow-gateway-upload\0" + self._key.value.encode()
         ).digest()
         self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
-        self.limiter = limiter or Limiter(policy=config.policy, **dict(config.limiter))
+        self.limiter = limiter or Limiter(**dict(config.limiter))
+        self.agents = Agents(self.limiter, config.policy)
         self._upstream = upstream or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         )
         self._shared = _Shared(self._upstream)
-        self._agents: dict[str, AgentTransport] = {}
+        self._agents: dict[str, QuotaTransport] = {}
         self._clock = clock or time.perf_counter
         self._timeout = {
             "connect": config.connect_timeout,
@@ -223,18 +226,16 @@ class Gateway:
         self._agents.clear()
         with contextlib.suppress(Exception):
             await self._upstream.aclose()
-        runtime = getattr(self.limiter, "_agents", None)
-        if runtime is not None and runtime._audit is not None:
-            runtime._audit.flush()
+        self.agents.flush()
         backend: Any = self.limiter.backend
         if hasattr(backend, "aclose"):
             with contextlib.suppress(Exception):
                 await backend.aclose()
 
-    def _transport(self, agent: str) -> AgentTransport:
+    def _transport(self, agent: str) -> QuotaTransport:
         t = self._agents.get(agent)
         if t is None:
-            t = self._agents[agent] = self.limiter.agent(agent).transport(
+            t = self._agents[agent] = self.agents.agent(agent).transport(
                 self._shared, **dict(self.config.transport)
             )
         return t

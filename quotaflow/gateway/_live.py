@@ -147,7 +147,7 @@ class LiveProxy:
         gw = self.gateway
         permit: Any = None
         try:
-            permit = await gw.limiter.agent(agent).acquire(model)
+            permit = await gw.agents.agent(agent).acquire(model)
         except QuotaflowError as exc:
             if type(exc).__name__ != "UnknownModelError":  # a Live-only model: count sessions
                 self._audit(record, "denied", "budget", "denied", 429)
@@ -211,7 +211,7 @@ class LiveProxy:
         status: int,
         error: str | None = None,
     ) -> None:
-        runtime = self.gateway.limiter.agent(record["agent"]).audit
+        runtime = self.gateway.agents.audit
         fields = {**record, "decision": decision, "reason": reason, "outcome": outcome}
         fields["status"] = status
         fields["duration"] = time.time() - record["time"]

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from quotaflow import RPD, RPM, TPM, Limit, Limiter
-from quotaflow.agents import AuditLog, AuditRecord, CallbackSink, Policy
+from quotaflow.agents import Agents, AuditLog, AuditRecord, CallbackSink, Policy
 from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig
 
 KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"  # shaped like a real key; searched for
@@ -40,9 +40,10 @@ def quotas(rpm: int = 600) -> dict[str, list[Limit]]:
     return {FLASH: q, PRO: q, EMBED: q}
 
 
-def limiter(policy: Policy | dict[str, Any], rpm: int = 600, **kw: Any) -> Limiter:
+def limiter(policy: Policy | dict[str, Any], rpm: int = 600, **kw: Any) -> Agents:
+    """The agents layer of a limiter on :func:`quotas` (``.limiter`` is the limiter)."""
     p = policy if isinstance(policy, Policy) else Policy.from_dict(policy)
-    return Limiter(None, quotas=quotas(rpm), policy=p, **kw)
+    return Agents(Limiter(None, quotas=quotas(rpm), **kw), p)
 
 
 class Records:

@@ -13,7 +13,7 @@ import pytest
 from agents_helpers import FLASH, KEY, PRO, EmulatorRequests, Records, emulator_config, limiter
 
 from quotaflow import RPD, RPM, TPM, Limiter
-from quotaflow.agents import Policy
+from quotaflow.agents import Agents, Policy
 from quotaflow.emulator import FaultConfig, ServedEmulator, serve
 from quotaflow.errors import ConfigError
 
@@ -65,8 +65,8 @@ async def test_a_model_named_like_a_budget_neither_raises_it_nor_reaches_the_ser
     assert _generates(requests_seen) == 1
     assert not any("budget" in line for line in requests_seen.lines)
     with pytest.raises(ConfigError, match="not a Gemini model name"):
-        await lim.acquire("budget@researcher")
-    status = await lim._agents.budget.status("researcher")
+        await lim.limiter.acquire("budget@researcher")
+    status = await lim.budget.status("researcher")
     assert status["rpd"].limit == 2
 
 
@@ -91,7 +91,7 @@ async def test_client_timeouts_do_not_give_the_budget_back(records: Records) -> 
                         await http.post(_generate(FLASH), json=GEN)
                 r = await http.post(_generate(FLASH), json=GEN)
             assert r.status_code == 429, "a fourth call went out on a budget of 3"
-            status = await lim._agents.budget.status("a")
+            status = await lim.budget.status("a")
     assert status["rpd"].used == 3
     last = records.flushed()[-1]
     assert (last.decision, last.reason) == ("denied", "budget")
@@ -125,13 +125,13 @@ async def test_default_share_holds_for_the_agents_it_covers() -> None:
     taken = 0
     for i in range(10):  # unnamed agents share the default's half of the limit
         try:
-            await (await lim.acquire_nowait(FLASH, agent=f"anon-{i % 3}")).settle()
+            await (await lim.limiter.acquire_nowait(FLASH, agent=f"anon-{i % 3}")).settle()
             taken += 1
         except QuotaError:
             pass
     assert taken == 5
     for _ in range(5):  # a named agent without a share is not held to the default's
-        await (await lim.acquire_nowait(FLASH, agent="named")).settle()
+        await (await lim.limiter.acquire_nowait(FLASH, agent="named")).settle()
 
 
 # ---- 2. the key never shows, in any spelling of its parameter --------------------------------
@@ -457,7 +457,7 @@ def test_check_gives_the_transports_decision_for_a_model_in_a_create_body() -> N
 def test_a_grant_and_its_alias_together_are_an_error(
     grants: dict[str, Any], first: str, second: str
 ) -> None:
-    from quotaflow.agents import PolicyError
+    from quotaflow.agents import Agents, PolicyError
 
     with pytest.raises(PolicyError) as err:
         Policy.from_dict({"agents": {"a": {"grants": grants}}})
@@ -481,7 +481,7 @@ def test_a_grant_and_its_alias_together_are_an_error(
     ],
 )
 def test_bad_policies_raise_a_policy_error_naming_the_field(data: Any, field: str) -> None:
-    from quotaflow.agents import PolicyError
+    from quotaflow.agents import Agents, PolicyError
 
     with pytest.raises(PolicyError, match=field):
         Policy.from_dict(data)
@@ -499,7 +499,7 @@ def test_bad_limiter_arguments_raise_config_errors_naming_them(
         (lambda: Limiter(tier=5), "tier"),
         (lambda: Limiter(None, quotas={"m": RPM(5)}), "quotas"),
         (lambda: Limiter(backend=5), "backend"),
-        (lambda: Limiter(policy=5), "policy"),
+        (lambda: Agents(Limiter(), 5), "policy"),  # type: ignore[arg-type]
         (lambda: Limit("rpm", 5, True), "period"),
         (lambda: Limit("rpm", 5, math.inf), "period"),
     ]

@@ -1,5 +1,5 @@
 """Agent handles: bound and shared (``quotaflow.agent()``, ``x-quotaflow-agent``), priority,
-the sync and httpx transports, the OpenAI surface, and ``Limiter(policy=...)``."""
+the sync and httpx transports, the OpenAI surface, and ``Agents(limiter, policy)``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from google.genai import errors
 
 import quotaflow
 from quotaflow import ConfigError, Limiter
+from quotaflow.agents import Agents, Policy
 from quotaflow.emulator import ServedEmulator
 
 POLICY = {
@@ -135,13 +136,16 @@ def test_limiter_policy_from_a_file_sets_shares(tmp_path: Path) -> None:
         "[agents.indexer]\nshare = { ceiling = 0.5 }\n"
         '[agents.indexer.grants]\nembeddings = "write"\n'
     )
-    lim = Limiter(None, quotas={EMBED: [quotaflow.RPM(10)]}, policy=path)
-    assert lim.policy is not None and lim._core.shares["indexer"].ceiling == 0.5
+    base = Limiter(None, quotas={EMBED: [quotaflow.RPM(10)]})
+    lim = Agents(base, path)
+    assert lim.policy is not None and base._core.shares["indexer"].ceiling == 0.5
     handle = lim.agent("indexer")
     assert handle.check("POST", f"/v1beta/models/{EMBED}:embedContent").allowed
     assert not handle.check("DELETE", "/v1beta/files/x").allowed
     assert repr(handle) == "AgentHandle('indexer', policy=True)"
-    with pytest.raises(ConfigError, match="needs a policy"):
-        Limiter(None, quotas={EMBED: [quotaflow.RPM(10)]}).agent("indexer")
+    with pytest.raises(ConfigError, match="policy"):
+        Agents(Limiter(None, quotas={EMBED: [quotaflow.RPM(10)]}), None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="given twice"):
+        Agents(base, Policy.from_dict({"agents": {"indexer": {"share": {"ceiling": 0.25}}}}))
     with pytest.raises(ConfigError, match="without '@'"):
         lim.agent("a@b")

@@ -11,7 +11,7 @@ from google import genai
 from google.genai import errors
 
 from quotaflow import BillingError, Limiter
-from quotaflow.agents import Policy
+from quotaflow.agents import Agents, Policy
 from quotaflow.emulator import serve
 from quotaflow.pricing import Spend, load_prices
 
@@ -33,9 +33,9 @@ def _emulator(**kw: Any) -> Any:
     return serve(cfg.model_copy(update={"models": models}))
 
 
-def _limiter() -> Limiter:
-    return Limiter(
-        None, quotas=quotas(), policy=Policy.from_dict(POLICY), spend=Spend(cap_usd=None)
+def _limiter() -> Agents:
+    return Agents(
+        Limiter(None, quotas=quotas(), spend=Spend(cap_usd=None)), Policy.from_dict(POLICY)
     )
 
 

@@ -27,7 +27,7 @@ from quotaflow import (
     QuotaTimeoutError,
     SyncLimiter,
 )
-from quotaflow.agents import BudgetExhaustedError, Policy, PolicyDeniedError
+from quotaflow.agents import Agents, BudgetExhaustedError, Policy, PolicyDeniedError
 from quotaflow.emulator import ServedEmulator
 from quotaflow.transport import QuotaTransport, SyncQuotaTransport, genai_http_options
 
@@ -72,13 +72,13 @@ EXPECTED = {
 }  # fmt: skip
 
 
-def _limiter(kind: str) -> Limiter:
+def _limiter(kind: str) -> Agents:
     """A limiter on which the second call of ``kind`` is refused here (the first passes)."""
     day = RPD(1) if kind == "quota" else RPD(100_000)
     minute = RPM(1, 60.0) if kind == "deadline" else RPM(600, PERIOD)
     quotas = {m: [minute, TPM(1_000_000, PERIOD), day] for m in (FLASH, EMBED)}
-    policy = Policy.from_dict(POLICY) if kind in ("budget", "policy") else None
-    return Limiter(None, quotas=quotas, policy=policy)
+    policy = Policy.from_dict(POLICY if kind in ("budget", "policy") else {})
+    return Agents(Limiter(None, quotas=quotas), policy)
 
 
 def _agent(kind: str) -> str | None:
@@ -125,7 +125,7 @@ def _genai(
     http = (
         lim.agent(agent, audit=audit).http_options(base_url=base_url, **options)
         if agent is not None
-        else genai_http_options(lim, base_url=base_url, **options)
+        else genai_http_options(lim.limiter, base_url=base_url, **options)
     )
     return genai.Client(api_key=KEY, http_options=http)
 
@@ -211,8 +211,8 @@ def _openai_transport(kind: str, sync: bool, **options: Any) -> Any:
         handle = lim.agent(agent)
         return handle.sync_transport(**options) if sync else handle.transport(**options)
     if sync:
-        return SyncQuotaTransport(SyncLimiter.sharing(lim), **options)
-    return QuotaTransport(lim, **options)
+        return SyncQuotaTransport(SyncLimiter.sharing(lim.limiter), **options)
+    return QuotaTransport(lim.limiter, **options)
 
 
 def _openai_call(kind: str, create: Callable[..., Any], embed: Callable[..., Any]) -> Any:
@@ -290,7 +290,7 @@ async def test_a_quota_refusal_under_an_agent_gives_its_budget_back(
     # by the budget, and leaves the budget's request for a call on another model
     policy = {"agents": {"a": {"grants": {"content": "write"}, "budget": {"requests_per_day": 2}}}}
     quotas = {FLASH: [RPM(600, PERIOD), RPD(1)], PRO: [RPM(600, PERIOD), RPD(100)]}
-    lim = Limiter(None, quotas=quotas, policy=Policy.from_dict(policy))
+    lim = Agents(Limiter(None, quotas=quotas), Policy.from_dict(policy))
     handle = lim.agent("a", audit=records.log)
     client = genai.Client(api_key=KEY, http_options=handle.http_options(base_url=served.base_url))
     try:

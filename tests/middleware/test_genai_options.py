@@ -18,7 +18,7 @@ from google.genai import types
 
 from quotaflow import RPM, ConfigError, Limiter
 from quotaflow._genai_http import genai_http_package
-from quotaflow.agents import Policy
+from quotaflow.agents import Agents, Policy
 from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, ServedEmulator, serve
 from quotaflow.transport import QuotaTransport, genai_http_options
 
@@ -27,9 +27,13 @@ KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"
 GENAI_2 = "google-genai==2.34.0"  # the last 2.x line (the last release for Python 3.10)
 
 
-def _limiter() -> Limiter:
+def _agents() -> Agents:
     policy = Policy.from_dict({"agents": {"a": {"grants": {"content": "write"}}}})
-    return Limiter(None, quotas={FLASH: [RPM(600, 1.0)]}, policy=policy)
+    return Agents(Limiter(None, quotas={FLASH: [RPM(600, 1.0)]}), policy)
+
+
+def _limiter() -> Limiter:
+    return _agents().limiter
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +45,15 @@ def served() -> Any:
 
 @pytest.mark.parametrize("maker", ["genai_http_options", "handle"])
 def test_the_sdk_retries_are_refused_with_what_to_set_instead(maker: str) -> None:
-    lim = _limiter()
+    agents = _agents()
+    lim = agents.limiter
     make: Any = genai_http_options if maker == "genai_http_options" else None
     retry = types.HttpRetryOptions(attempts=3)
     with pytest.raises(ConfigError) as caught:
         if make is not None:
             make(lim, retry_options=retry)
         else:
-            lim.agent("a").http_options(retry_options=retry)
+            agents.agent("a").http_options(retry_options=retry)
     message = str(caught.value)
     assert "retry_options=" in message and "max_429_retries=" in message
     assert "_Options" not in message and "build()" not in message
@@ -83,7 +88,8 @@ async def test_the_sdk_options_are_merged_and_calls_still_go_through_the_transpo
     async def hook(request: httpx.Request) -> None:
         seen.append(request)
 
-    lim = _limiter()
+    agents = _agents()
+    lim = agents.limiter
     for make in ("genai_http_options", "handle"):
         seen.clear()
         options: dict[str, Any] = {
@@ -96,7 +102,7 @@ async def test_the_sdk_options_are_merged_and_calls_still_go_through_the_transpo
         http = (
             genai_http_options(lim, **options)
             if make == "genai_http_options"
-            else lim.agent("a").http_options(**options)
+            else agents.agent("a").http_options(**options)
         )
         client = genai.Client(api_key=KEY, http_options=http)
         try:
@@ -121,7 +127,8 @@ def test_google_genai_3_picks_from_the_variable_then_the_transports(
         monkeypatch.delenv("GOOGLE_GENAI_HTTP_CLIENT", raising=False)
     else:
         monkeypatch.setenv("GOOGLE_GENAI_HTTP_CLIENT", variable)
-    lim = _limiter()
+    agents = _agents()
+    lim = agents.limiter
     own = genai_http_package()
     assert own == (variable or "httpx2")  # 3.x prefers httpx2 when installed
     # with options, 3.x looks at the transports they hold, unless the variable says otherwise
@@ -130,11 +137,11 @@ def test_google_genai_3_picks_from_the_variable_then_the_transports(
             with pytest.raises(ConfigError, match=f"GOOGLE_GENAI_HTTP_CLIENT='{variable}'"):
                 genai_http_options(lim, backend=flavor)  # type: ignore[arg-type]
             with pytest.raises(ConfigError, match=f"backend='{variable}'"):
-                lim.agent("a").http_options(backend=flavor)  # type: ignore[arg-type]
+                agents.agent("a").http_options(backend=flavor)  # type: ignore[arg-type]
             continue
         http = genai_http_options(lim, backend=flavor)  # type: ignore[arg-type]
         assert genai_http_package(http) == flavor
-        assert genai_http_package(lim.agent("a").http_options(backend=flavor)) == flavor  # type: ignore[arg-type]
+        assert genai_http_package(agents.agent("a").http_options(backend=flavor)) == flavor  # type: ignore[arg-type]
 
 
 _GENAI_2_SCRIPT = r"""
@@ -142,15 +149,16 @@ import json, os, sys
 import google.genai
 from quotaflow import RPM, ConfigError, Limiter
 from quotaflow._genai_http import genai_http_package
-from quotaflow.agents import Policy
+from quotaflow.agents import Agents, Policy
 from quotaflow.transport import genai_http_options
 
 policy = Policy.from_dict({"agents": {"a": {"grants": {"content": "write"}}}})
-lim = Limiter(None, quotas={"gemini-2.5-flash": [RPM(60)]}, policy=policy)
+agents = Agents(Limiter(None, quotas={"gemini-2.5-flash": [RPM(60)]}), policy)
+lim = agents.limiter
 out = {"version": google.genai.__version__, "own": genai_http_package()}
 for flavor in ("httpx", "httpx2"):
     for name, make in (("options", lambda f: genai_http_options(lim, backend=f)),
-                       ("handle", lambda f: lim.agent("a").http_options(backend=f))):
+                       ("handle", lambda f: agents.agent("a").http_options(backend=f))):
         try:
             http = make(flavor)
             out[f"{name}:{flavor}"] = type(http.client_args["transport"]).__name__
@@ -158,7 +166,7 @@ for flavor in ("httpx", "httpx2"):
             out[f"{name}:{flavor}"] = "ConfigError: " + str(exc)
 auto = genai_http_options(lim)
 out["auto"] = type(auto.client_args["transport"]).__name__
-out["auto_handle"] = type(lim.agent("a").http_options().client_args["transport"]).__name__
+out["auto_handle"] = type(agents.agent("a").http_options().client_args["transport"]).__name__
 print(json.dumps(out))
 """
 
@@ -213,13 +221,7 @@ def test_google_genai_2_picks_from_the_variable_only(
     other = "httpx2" if picked == "httpx" else "httpx"
     built = {"httpx": "SyncQuotaTransport", "httpx2": "SyncHttpx2QuotaTransport"}
     assert out[f"options:{picked}"] == built[picked]
-    assert (
-        out[f"handle:{picked}"]
-        == {
-            "httpx": "SyncAgentTransport",
-            "httpx2": "SyncHttpx2AgentTransport",
-        }[picked]
-    )
+    assert out[f"handle:{picked}"] == built[picked]  # an agent's transport is a quota transport
     # the other package's transports could not be driven: both makers refuse them at once
     for name in ("options", "handle"):
         assert out[f"{name}:{other}"].startswith("ConfigError: google-genai will use " + picked)

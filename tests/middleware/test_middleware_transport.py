@@ -319,7 +319,14 @@ async def test_unmetered_calls_pass_through_classified() -> None:
         up = await client.post("https://h/upload/v1beta/files", content=b"x" * 10)
     info = r.extensions["quotaflow"]
     assert (info.call.area, info.call.access, info.priority) == ("files", "read", None)
-    assert up.status_code == 200 and "quotaflow" not in up.extensions
+    assert up.status_code == 200
+    sent = up.extensions["quotaflow"]  # an upload streams through once, unmetered, unretried
+    assert (sent.call.action, sent.attempts, sent.priority, sent.estimated) == (
+        "upload",
+        1,
+        None,
+        0,
+    )
 
 
 @pytest.mark.anyio

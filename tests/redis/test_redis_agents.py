@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from quotaflow import RPM, Limiter, WouldBlockError
-from quotaflow.agents import BudgetExhaustedError, Policy
+from quotaflow.agents import Agents, BudgetExhaustedError, Policy
 from quotaflow.backends.redis import RedisBackend
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
@@ -25,35 +25,37 @@ def _policy(bot: dict[str, Any]) -> Policy:
 @pytest.fixture
 async def pair(
     redis_url: str, namespace: str, request: pytest.FixtureRequest
-) -> AsyncIterator[tuple[Limiter, Limiter]]:
+) -> AsyncIterator[tuple[Agents, Agents]]:
     policy = _policy(request.param)
-    limiters = [
-        Limiter(
-            None,
-            quotas={"m": [RPM(4, 60.0)]},
-            backend=RedisBackend(redis_url, namespace=namespace),
-            policy=policy,
+    layers = [
+        Agents(
+            Limiter(
+                None,
+                quotas={"m": [RPM(4, 60.0)]},
+                backend=RedisBackend(redis_url, namespace=namespace),
+            ),
+            policy,
         )
         for _ in range(2)
     ]
-    yield limiters[0], limiters[1]
-    for lim in limiters:
-        await lim.backend.aclose()  # type: ignore[union-attr]
+    yield layers[0], layers[1]
+    for lim in layers:
+        await lim.limiter.backend.aclose()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("pair", [{"share": {"ceiling": 0.5}}], indirect=True)
-async def test_ceiling_is_fleet_wide(pair: tuple[Limiter, Limiter]) -> None:
+async def test_ceiling_is_fleet_wide(pair: tuple[Agents, Agents]) -> None:
     a, b = pair
-    await (await a.acquire_nowait("m", agent="bot")).settle()
-    await (await b.acquire_nowait("m", agent="bot")).settle()
+    await (await a.limiter.acquire_nowait("m", agent="bot")).settle()
+    await (await b.limiter.acquire_nowait("m", agent="bot")).settle()
     with pytest.raises(WouldBlockError) as info:
-        await a.acquire_nowait("m", agent="bot")
+        await a.limiter.acquire_nowait("m", agent="bot")
     assert info.value.dimension == "rpm@bot"
-    await (await b.acquire_nowait("m", agent="other")).settle()  # others are not capped
+    await (await b.limiter.acquire_nowait("m", agent="other")).settle()  # others are not capped
 
 
 @pytest.mark.parametrize("pair", [{"budget": {"requests_per_day": 3}}], indirect=True)
-async def test_budget_is_fleet_wide(pair: tuple[Limiter, Limiter]) -> None:
+async def test_budget_is_fleet_wide(pair: tuple[Agents, Agents]) -> None:
     a, b = pair
     for lim in (a, b, a):
         await (await lim.agent("bot").acquire("m")).settle()
