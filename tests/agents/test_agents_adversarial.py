@@ -457,7 +457,7 @@ def test_check_gives_the_transports_decision_for_a_model_in_a_create_body() -> N
 def test_a_grant_and_its_alias_together_are_an_error(
     grants: dict[str, Any], first: str, second: str
 ) -> None:
-    from quotaflow.agents import Agents, PolicyError
+    from quotaflow.agents import PolicyError
 
     with pytest.raises(PolicyError) as err:
         Policy.from_dict({"agents": {"a": {"grants": grants}}})
@@ -481,7 +481,7 @@ def test_a_grant_and_its_alias_together_are_an_error(
     ],
 )
 def test_bad_policies_raise_a_policy_error_naming_the_field(data: Any, field: str) -> None:
-    from quotaflow.agents import Agents, PolicyError
+    from quotaflow.agents import PolicyError
 
     with pytest.raises(PolicyError, match=field):
         Policy.from_dict(data)
