@@ -66,7 +66,7 @@ def openai_http_client(
         if flavor == "httpx2":
             import httpx2
 
-            from quotaflow._transport_httpx2 import Httpx2QuotaTransport
+            from quotaflow._httpx2_async import Httpx2QuotaTransport
 
             return httpx2.AsyncClient(transport=Httpx2QuotaTransport(limiter, **opts))
         import httpx
@@ -78,7 +78,7 @@ def openai_http_client(
         if flavor == "httpx2":
             import httpx2
 
-            from quotaflow._transport_httpx2 import SyncHttpx2QuotaTransport
+            from quotaflow._httpx2_sync import SyncHttpx2QuotaTransport
 
             return httpx2.Client(transport=SyncHttpx2QuotaTransport(limiter, **opts))
         import httpx

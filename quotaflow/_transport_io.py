@@ -1,7 +1,9 @@
-"""The drivers of :func:`~quotaflow._transport_flow.call_flow`: async and sync, for any
-httpx-compatible package (``httpx`` or its fork ``httpx2``, given as ``_http``).
+"""What the async and the sync driver of :func:`~quotaflow._transport_flow.call_flow` share:
+the state of a transport, the requests it derives, the usage scan of a response, and the few
+primitives that differ by face (``settle_async``/``settle_sync``, ...), written by hand.
 
-They only carry out effects; every decision is in the flow.
+The drivers themselves are :mod:`quotaflow._driver_async` (the source) and
+:mod:`quotaflow._driver_sync` (generated from it by ``scripts/unasync.py``).
 """
 
 from __future__ import annotations
@@ -9,39 +11,24 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-import anyio
-
-from quotaflow import _shadow, metrics
+from quotaflow import metrics
 from quotaflow._call_policy import CallPolicy
-from quotaflow._held import Held, held_for
+from quotaflow._held import Held
 from quotaflow._refusal import answer
 from quotaflow._transport_flow import (
-    COUNT_MODEL,
     HEADER_PREFIX,
-    Acquire,
     CallInfo,
     Count,
-    Effect,
-    Exhaust,
-    Hold,
     Lookup,
     Outcome,
-    Pause,
-    Read,
-    Release,
-    Send,
     Settings,
-    Settle,
-    Sleep,
     call_flow,
-    final_amounts,
 )
-from quotaflow.errors import ConfigError, QuotaError, QuotaflowError
+from quotaflow.errors import ConfigError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
@@ -51,14 +38,25 @@ from quotaflow.gemini import (
     needs_body,
     redact_url,
 )
-from quotaflow.limiter import Limiter
 from quotaflow.limits import Concurrent, Limit
 from quotaflow.permit import Permit
-from quotaflow.sync import SyncLimiter
 
-__all__ = ["AsyncDriver", "SyncDriver", "async_stream_class", "sync_stream_class"]
+__all__ = [
+    "DriverBase",
+    "Scan",
+    "release_async",
+    "release_sync",
+    "settle_async",
+    "settle_sync",
+    "take_directives",
+]
 
 log = logging.getLogger("quotaflow.transport")
+
+LIMITER_HELP = (
+    "the async transports take a quotaflow.Limiter, the Sync* ones a quotaflow.SyncLimiter "
+    "(SyncLimiter.sharing(limiter) makes one that shares an async limiter's state)"
+)
 
 _DROP_IN_COUNT = frozenset(
     {"content-length", "content-type", "content-encoding", "transfer-encoding", "host"}
@@ -120,24 +118,17 @@ def take_directives(headers: Any) -> dict[str, str]:
     return found
 
 
-class _Scan:
+class Scan:
     """Usage scanning of a response body as it passes (decoded for the scanner only)."""
 
-    __slots__ = ("decode", "done", "on_end", "scanner")
+    __slots__ = ("decode", "done", "scanner")
 
-    def __init__(
-        self,
-        response: Any,
-        streaming: bool,
-        on_end: Callable[[_Scan], Any],
-        decoded: bool = False,
-    ) -> None:
+    def __init__(self, response: Any, streaming: bool, decoded: bool = False) -> None:
         ctype = str(response.headers.get("content-type", "")).lower()
         self.scanner: StreamScanner | BodyScanner = (
             StreamScanner() if streaming or "event-stream" in ctype else BodyScanner()
         )
         self.decode = decoder_for("" if decoded else response.headers.get("content-encoding", ""))
-        self.on_end = on_end
         self.done = False
 
     def feed(self, chunk: bytes) -> None:
@@ -147,84 +138,49 @@ class _Scan:
             except Exception:  # a corrupt body: stop reading usage, keep passing bytes
                 self.decode = None
 
-    def end(self) -> Any:
+    def end(self) -> bool:
+        """Finish scanning; ``True`` the first time only (the permit settles then)."""
         if self.done:
-            return None
+            return False
         self.done = True
         if isinstance(self.scanner, StreamScanner):
             self.scanner.finish()
-        return self.on_end(self)
+        return True
 
 
-def async_stream_class(base: type) -> type:
-    """An async byte stream (subclass of ``base``) that settles the permit when it ends."""
-
-    class _AsyncSettlingStream(base):  # type: ignore[misc]
-        def __init__(self, inner: Any, scan: _Scan) -> None:
-            self._inner = inner
-            self._scan = scan
-            self._it: Any = None
-
-        def __aiter__(self) -> AsyncIterator[bytes]:
-            # an iterator object, not an async generator: an early close leaves nothing for
-            # the event loop to finalize
-            self._it = self._inner.__aiter__()
-            return self
-
-        async def __anext__(self) -> bytes:
-            try:
-                chunk: bytes = await self._it.__anext__()
-            except StopAsyncIteration:
-                pending = self._scan.end()  # the last chunk has passed: settle now
-                if pending is not None:
-                    await pending
-                raise
-            self._scan.feed(chunk)
-            return chunk
-
-        async def aclose(self) -> None:
-            try:
-                pending = self._scan.end()
-                if pending is not None:
-                    await pending
-            finally:
-                await self._inner.aclose()
-
-    return _AsyncSettlingStream
+async def settle_async(permit: Any, amounts: Mapping[str, int] | None) -> None:
+    """Settle a permit of either face (a batch hold may be a sync limiter's)."""
+    done = permit.settle(**(amounts or {}))
+    if inspect.isawaitable(done):
+        await done
 
 
-def sync_stream_class(base: type) -> type:
-    """A sync byte stream (subclass of ``base``) that settles the permit when it ends."""
-
-    class _SyncSettlingStream(base):  # type: ignore[misc]
-        def __init__(self, inner: Any, scan: _Scan) -> None:
-            self._inner = inner
-            self._scan = scan
-            self._it: Any = None
-
-        def __iter__(self) -> Iterator[bytes]:
-            self._it = iter(self._inner)
-            return self
-
-        def __next__(self) -> bytes:
-            try:
-                chunk: bytes = next(self._it)
-            except StopIteration:
-                self._scan.end()
-                raise
-            self._scan.feed(chunk)
-            return chunk
-
-        def close(self) -> None:
-            try:
-                self._scan.end()
-            finally:
-                self._inner.close()
-
-    return _SyncSettlingStream
+def settle_sync(permit: Any, amounts: Mapping[str, int] | None) -> None:
+    """Settle a permit of either face from a thread (a batch hold may be an async limiter's:
+    its backend write, which needs an event loop, is dropped and its lease runs out)."""
+    left = dict(amounts or {})
+    if isinstance(permit, Permit):
+        _drop(permit._settle_now(left.pop("input_tokens", None), left))
+    else:
+        permit.settle(**left)
 
 
-class _DriverBase:
+async def release_async(permit: Any) -> None:
+    """Release a permit of either face."""
+    done = permit.release()
+    if inspect.isawaitable(done):
+        await done
+
+
+def release_sync(permit: Any) -> None:
+    """Release a permit of either face from a thread (see :func:`settle_sync`)."""
+    if isinstance(permit, Permit):
+        _drop(permit._release_now())
+    else:
+        permit.release()
+
+
+class DriverBase:
     """State shared by the async and sync drivers."""
 
     _http: Any  # the httpx-compatible module
@@ -387,383 +343,3 @@ class _DriverBase:
             f"{type(self).__name__}(limiter={self._limiter!r}, "
             f"inner={type(self._inner).__name__}, sizing={sizing!r})"
         )
-
-
-class AsyncDriver(_DriverBase):
-    """Runs the flow with awaits (anyio: asyncio or trio)."""
-
-    _limiter: Limiter
-    _count: Limiter
-    _stream_cls: type
-
-    def _init_async(
-        self, limiter: Limiter, inner: Any, settings: Settings, policy: CallPolicy | None
-    ) -> None:
-        if not isinstance(limiter, Limiter):
-            raise ConfigError(
-                f"{type(self).__name__} needs an async quotaflow.Limiter, got "
-                f"{type(limiter).__name__}; use the Sync* transport with a SyncLimiter"
-            )
-        self._setup(inner, settings, policy)
-        self._limiter = limiter
-        self._budget = policy.budget_limiter if policy is not None else None
-        self._held = held_for(limiter)
-        self._count = Limiter(
-            tier=None,
-            quotas={COUNT_MODEL: settings.count_quota},
-            backend=limiter.backend,
-            clock=limiter.clock,
-            project=limiter.project,
-            mode=limiter.mode,
-        )
-
-    async def _handle_async(self, request: Any) -> Any:
-        pairs = take_directives(request.headers)
-        streamed = self._passthrough(request)
-        content = b"" if streamed else await request.aread()
-        flow = self._flow(request, content, pairs, streamed)
-        result: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(result)
-            except StopIteration as stop:
-                outcome: Outcome = stop.value
-                break
-            error = None
-            try:
-                result = await self._do(effect, request)
-            except BaseException as exc:  # handed to the flow, which settles and re-raises
-                result, error = None, exc
-        return await self._finish(outcome)
-
-    async def _do(self, effect: Effect, request: Any) -> Any:
-        if isinstance(effect, Send):
-            return await self._inner.handle_async_request(request)
-        if isinstance(effect, Acquire):
-            lim = self._pick(effect.limiter)
-            if lim.mode == "shadow":
-                return await _shadow.acquire_async(lim, effect)
-            try:
-                if effect.nowait:
-                    permit = await lim.acquire_nowait(
-                        effect.model,
-                        effect.tokens,
-                        cost=effect.cost,
-                        priority=effect.priority,
-                        agent=effect.agent,
-                    )
-                else:
-                    permit = await lim.acquire(
-                        effect.model,
-                        effect.tokens,
-                        cost=effect.cost,
-                        priority=effect.priority,
-                        deadline=effect.deadline,
-                        agent=effect.agent,
-                    )
-            except QuotaError as exc:
-                if metrics.ON:
-                    metrics.refused(effect.model, _shadow.refusal_reason(exc), effect.agent)
-                raise
-            if metrics.ON:
-                metrics.granted(effect.model, permit, effect.agent, limiter=lim)
-            return permit
-        if isinstance(effect, Settle):
-            done = effect.permit.settle(**(effect.amounts or {}))
-            if inspect.isawaitable(done):  # a batch hold may be a sync limiter's permit
-                await done
-            return None
-        if isinstance(effect, Release):
-            done = effect.permit.release()
-            if inspect.isawaitable(done):  # a batch hold may be a sync limiter's permit
-                await done
-            return None
-        if isinstance(effect, Hold):
-            found = self._batch_limiter(Limiter, effect.model)
-            if found is None:
-                return None
-            lim, scope = found
-            return await lim.acquire(
-                scope,
-                0,
-                cost={"requests": 0, "batch_tokens": effect.tokens},
-                priority=effect.priority,
-                deadline=effect.deadline,
-                agent=effect.agent,
-            )
-        if isinstance(effect, Read):
-            return await self._read(effect.response)
-        if isinstance(effect, Count):
-            try:
-                resp = await self._inner.handle_async_request(self._count_request(request, effect))
-                return resp.status_code, (await self._read(resp))[0]
-            except Exception:
-                return None
-        if isinstance(effect, Lookup):
-            try:
-                resp = await self._inner.handle_async_request(self._lookup_request(request, effect))
-                return resp.status_code, (await self._read(resp))[0]
-            except Exception:
-                return None
-        if isinstance(effect, Sleep):
-            await anyio.sleep(effect.seconds)
-            return None
-        if isinstance(effect, Pause):
-            if metrics.ON:
-                metrics.paused(effect.model, effect.dimension)
-            return await self._limiter.pause(effect.model, effect.dimension, effect.until)
-        if isinstance(effect, Exhaust):
-            return await self._limiter.exhaust(effect.model, effect.dimension)
-        return await self._limiter.learn(
-            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
-        )
-
-    async def _read(self, response: Any) -> tuple[bytes, Any]:
-        if response.is_stream_consumed:  # already read by the inner transport
-            return response.content, response
-        try:
-            raw = b"".join([chunk async for chunk in response.aiter_raw()])
-        finally:
-            await response.aclose()
-        return self._fresh(response, raw)
-
-    async def _finish(self, outcome: Outcome) -> Any:
-        if outcome.refusal is not None:
-            outcome.response = self._answer(outcome)
-            self._info(outcome.response, outcome.info)
-            return outcome.response
-        response, permit, info, ticket = (
-            outcome.response,
-            outcome.permit,
-            outcome.info,
-            outcome.ticket,
-        )
-        self._info(response, info)
-        if permit is None:
-            if ticket is not None:
-                ticket.finish(info)
-            return response
-        reserve = self._settings.reserve_output
-        budget = outcome.budget
-
-        async def settle(scan: _Scan) -> None:
-            info.usage = scan.scanner.usage()
-            info.settled = True
-            if metrics.ON and info.usage is not None and info.call.model:
-                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
-            amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
-            try:
-                await permit.settle(**amounts)
-                if budget is not None and ticket is not None:
-                    try:
-                        await budget.settle(**ticket.budget_amounts(info))
-                    except Exception as exc:  # the budget's store failed; the call succeeded
-                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
-            finally:
-                if ticket is not None:
-                    ticket.finish(info)
-
-        if response.is_closed:  # an inner transport that returned a read response
-            scan = _Scan(response, info.call.streaming, settle, decoded=True)
-            scan.feed(response.content)
-            await scan.end()
-            return response
-        scan = _Scan(response, info.call.streaming, settle)
-        response.stream = self._stream_cls(response.stream, scan)
-        return response
-
-    async def _aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class SyncDriver(_DriverBase):
-    """Runs the flow in the calling thread."""
-
-    _limiter: SyncLimiter
-    _count: SyncLimiter
-    _stream_cls: type
-
-    def _init_sync(
-        self, limiter: SyncLimiter, inner: Any, settings: Settings, policy: CallPolicy | None
-    ) -> None:
-        if not isinstance(limiter, SyncLimiter):
-            raise ConfigError(
-                f"{type(self).__name__} needs a quotaflow.SyncLimiter, got "
-                f"{type(limiter).__name__}; SyncLimiter.sharing(limiter) makes one that "
-                "shares an async limiter's state"
-            )
-        self._setup(inner, settings, policy)
-        self._limiter = limiter
-        self._budget = policy.sync_budget_limiter if policy is not None else None
-        self._held = held_for(limiter)
-        self._count = SyncLimiter(
-            tier=None,
-            quotas={COUNT_MODEL: settings.count_quota},
-            backend=limiter.backend,
-            clock=limiter.clock,
-            project=limiter._core.project,
-            mode=limiter.mode,
-        )
-
-    def _handle(self, request: Any) -> Any:
-        pairs = take_directives(request.headers)
-        streamed = self._passthrough(request)
-        content = b"" if streamed else request.read()
-        flow = self._flow(request, content, pairs, streamed)
-        result: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(result)
-            except StopIteration as stop:
-                outcome: Outcome = stop.value
-                break
-            error = None
-            try:
-                result = self._do(effect, request)
-            except BaseException as exc:
-                result, error = None, exc
-        return self._finish(outcome)
-
-    def _do(self, effect: Effect, request: Any) -> Any:
-        if isinstance(effect, Send):
-            return self._inner.handle_request(request)
-        if isinstance(effect, Acquire):
-            lim = self._pick(effect.limiter)
-            if lim.mode == "shadow":
-                return _shadow.acquire_sync(lim, effect)
-            try:
-                if effect.nowait:
-                    permit = lim.acquire_nowait(
-                        effect.model,
-                        effect.tokens,
-                        cost=effect.cost,
-                        priority=effect.priority,
-                        agent=effect.agent,
-                    )
-                else:
-                    permit = lim._acquire(
-                        effect.model,
-                        effect.tokens,
-                        effect.cost,
-                        effect.priority,
-                        None,
-                        effect.deadline,
-                        False,
-                        effect.agent,
-                    )
-            except QuotaError as exc:
-                if metrics.ON:
-                    metrics.refused(effect.model, _shadow.refusal_reason(exc), effect.agent)
-                raise
-            if metrics.ON:
-                metrics.granted(effect.model, permit, effect.agent, limiter=lim)
-            return permit
-        if isinstance(effect, Settle):
-            amounts = dict(effect.amounts or {})
-            if isinstance(effect.permit, Permit):  # a batch hold taken by an async limiter
-                _drop(effect.permit._settle_now(amounts.pop("input_tokens", None), amounts))
-            else:
-                effect.permit.settle(**amounts)
-            return None
-        if isinstance(effect, Release):
-            if isinstance(effect.permit, Permit):  # a batch hold taken by an async limiter
-                _drop(effect.permit._release_now())
-            else:
-                effect.permit.release()
-            return None
-        if isinstance(effect, Hold):
-            found = self._batch_limiter(SyncLimiter, effect.model)
-            if found is None:
-                return None
-            lim, scope = found
-            return lim._acquire(
-                scope,
-                0,
-                {"requests": 0, "batch_tokens": effect.tokens},
-                effect.priority,
-                None,
-                effect.deadline,
-                False,
-                effect.agent,
-            )
-        if isinstance(effect, Read):
-            return self._read(effect.response)
-        if isinstance(effect, Count):
-            try:
-                resp = self._inner.handle_request(self._count_request(request, effect))
-                return resp.status_code, self._read(resp)[0]
-            except Exception:
-                return None
-        if isinstance(effect, Lookup):
-            try:
-                resp = self._inner.handle_request(self._lookup_request(request, effect))
-                return resp.status_code, self._read(resp)[0]
-            except Exception:
-                return None
-        if isinstance(effect, Sleep):
-            time.sleep(effect.seconds)
-            return None
-        if isinstance(effect, Pause):
-            if metrics.ON:
-                metrics.paused(effect.model, effect.dimension)
-            return self._limiter.pause(effect.model, effect.dimension, effect.until)
-        if isinstance(effect, Exhaust):
-            return self._limiter.exhaust(effect.model, effect.dimension)
-        return self._limiter.learn(
-            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
-        )
-
-    def _read(self, response: Any) -> tuple[bytes, Any]:
-        if response.is_stream_consumed:  # already read by the inner transport
-            return response.content, response
-        try:
-            raw = b"".join(list(response.iter_raw()))
-        finally:
-            response.close()
-        return self._fresh(response, raw)
-
-    def _finish(self, outcome: Outcome) -> Any:
-        if outcome.refusal is not None:
-            outcome.response = self._answer(outcome)
-            self._info(outcome.response, outcome.info)
-            return outcome.response
-        response, permit, info, ticket = (
-            outcome.response,
-            outcome.permit,
-            outcome.info,
-            outcome.ticket,
-        )
-        self._info(response, info)
-        if permit is None:
-            if ticket is not None:
-                ticket.finish(info)
-            return response
-        reserve = self._settings.reserve_output
-        budget = outcome.budget
-
-        def settle(scan: _Scan) -> None:
-            info.usage = scan.scanner.usage()
-            info.settled = True
-            if metrics.ON and info.usage is not None and info.call.model:
-                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
-            try:
-                permit.settle(**final_amounts(info, reserve, self._limiter.spend))
-                if budget is not None and ticket is not None:
-                    try:
-                        budget.settle(**ticket.budget_amounts(info))
-                    except Exception as exc:  # the budget's store failed; the call succeeded
-                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
-            finally:
-                if ticket is not None:
-                    ticket.finish(info)
-
-        if response.is_closed:  # an inner transport that returned a read response
-            scan = _Scan(response, info.call.streaming, settle, decoded=True)
-            scan.feed(response.content)
-            scan.end()
-            return response
-        scan = _Scan(response, info.call.streaming, settle)
-        response.stream = self._stream_cls(response.stream, scan)
-        return response

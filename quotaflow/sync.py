@@ -153,6 +153,11 @@ class SyncLimiter:
         return getattr(self._core, "mode", "enforce")
 
     @property
+    def project(self) -> str:
+        """The Google Cloud project the quotas belong to."""
+        return self._core.project
+
+    @property
     def spend(self) -> SpendBook | None:
         """The prices and spend cap the transports meter with (``None``: spend not metered)."""
         return self._core.spend

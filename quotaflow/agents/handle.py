@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from quotaflow import context
 from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._quota_book import QuotaBook
+from quotaflow._transport_options import Options
 from quotaflow.agents._call import AgentCall, decision_for
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
@@ -37,7 +38,8 @@ from quotaflow.transport import QuotaTransport, SyncQuotaTransport
 if TYPE_CHECKING:
     from google.genai import types as genai_types
 
-    from quotaflow._transport_httpx2 import Httpx2QuotaTransport, SyncHttpx2QuotaTransport
+    from quotaflow._httpx2_async import Httpx2QuotaTransport
+    from quotaflow._httpx2_sync import SyncHttpx2QuotaTransport
 
 __all__ = ["AgentGate", "AgentHandle", "AgentPermit", "Agents"]
 
@@ -300,7 +302,7 @@ class AgentHandle:
 
     def httpx2_transport(self, transport: Any = None, **options: Any) -> Httpx2QuotaTransport:
         """An async ``httpx2`` transport."""
-        from quotaflow._transport_httpx2 import Httpx2QuotaTransport
+        from quotaflow._httpx2_async import Httpx2QuotaTransport
 
         return Httpx2QuotaTransport(self.runtime.limiter, transport, policy=self._gate(), **options)
 
@@ -308,7 +310,7 @@ class AgentHandle:
         self, transport: Any = None, **options: Any
     ) -> SyncHttpx2QuotaTransport:
         """A sync ``httpx2`` transport."""
-        from quotaflow._transport_httpx2 import SyncHttpx2QuotaTransport
+        from quotaflow._httpx2_sync import SyncHttpx2QuotaTransport
 
         return SyncHttpx2QuotaTransport(
             self.runtime.sync_limiter, transport, policy=self._gate(), **options
@@ -335,9 +337,7 @@ class AgentHandle:
         Raises:
             ConfigError: as :func:`quotaflow.genai_http_options`.
         """
-        from quotaflow.transport import _Options
-
-        sdk = split_options(options, _Options.names())
+        sdk = split_options(options, Options.names())
         for name, value in (
             ("base_url", base_url),
             ("api_version", api_version),
