@@ -20,8 +20,8 @@ from . import _h_jobs as jobs
 from . import _h_openai as openai
 from . import _h_resources as resources
 from ._config import EmulatorConfig
-from ._engine import ClockLike, Engine, as_clock
-from ._errors import ApiError, invalid_argument, not_found
+from ._engine import ClockLike, EmulatorState, as_clock
+from ._errors import ErrorReply, invalid_argument, not_found
 from ._faults import Injection
 from ._http import Ctx, json_response
 
@@ -111,7 +111,7 @@ class Emulator:
     def __init__(
         self, config: EmulatorConfig | None = None, *, clock: ClockLike = time.time
     ) -> None:
-        self._engine = Engine(config or EmulatorConfig(), as_clock(clock))
+        self._engine = EmulatorState(config or EmulatorConfig(), as_clock(clock))
         self.app = Starlette(
             routes=[
                 Route("/_emulator/stats", self._stats_route, methods=["GET"]),
@@ -260,7 +260,7 @@ class Emulator:
     ) -> Response:
         try:
             response = await handler()
-        except ApiError as exc:
+        except ErrorReply as exc:
             body: Any = exc.body
             if openai:
                 if not self._engine.config.openai_error_details:

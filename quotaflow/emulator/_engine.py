@@ -13,7 +13,7 @@ from typing import Protocol, cast
 
 from ._config import EmulatorConfig, ModelConfig
 from ._errors import (
-    ApiError,
+    ErrorReply,
     api_key_invalid,
     not_found,
     permission_denied,
@@ -26,7 +26,7 @@ from ._spend import SPEND_QUOTA_ID, SPEND_QUOTA_METRIC, SpendLedger
 from ._stats import Admission, StatsRecorder
 from ._store import Store
 
-__all__ = ["Clock", "ClockLike", "Engine", "Ticket", "as_clock", "methods_of"]
+__all__ = ["Clock", "ClockLike", "EmulatorState", "Ticket", "as_clock", "methods_of"]
 
 Clock = Callable[[], float]
 
@@ -72,11 +72,11 @@ class Ticket:
     """
 
     latency: float
-    error: ApiError | None = None
+    error: ErrorReply | None = None
     served: str | None = None
 
 
-class Engine:
+class EmulatorState:
     """Shared emulator state.
 
     Args:
@@ -108,7 +108,7 @@ class Engine:
         """Return the project of ``key``.
 
         Raises:
-            ApiError: 400 API_KEY_INVALID for a missing or unknown key, 403 if blocked.
+            ErrorReply: 400 API_KEY_INVALID for a missing or unknown key, 403 if blocked.
         """
         entry = self._keys.get(key or "")
         if entry is None:
@@ -125,7 +125,7 @@ class Engine:
         """The config of ``model_id`` if it supports ``method``.
 
         Raises:
-            ApiError: 404 NOT_FOUND as Gemini words it.
+            ErrorReply: 404 NOT_FOUND as Gemini words it.
         """
         model = self.config.model(model_id)
         if model is None or _ALIASES.get(method, method) not in methods_of(model):
@@ -161,7 +161,7 @@ class Engine:
             A ticket; its ``error`` is an injected server error to send.
 
         Raises:
-            ApiError: 429 RESOURCE_EXHAUSTED (real or injected, or the spend cap), 402 when
+            ErrorReply: 429 RESOURCE_EXHAUSTED (real or injected, or the spend cap), 402 when
                 the project's prepaid balance is spent.
         """
         in_micros, out_micros = _micros(model, tokens, output_tokens)
@@ -200,7 +200,7 @@ class Engine:
         """Charge a countTokens request against the model's ``count_rpm``.
 
         Raises:
-            ApiError: 429 RESOURCE_EXHAUSTED.
+            ErrorReply: 429 RESOURCE_EXHAUSTED.
         """
         with self.lock:
             self.stats.received(model.name, count=True)
@@ -210,7 +210,7 @@ class Engine:
                 raise self._real_429(violations, model)
             self.stats.count_admitted(model.name)
 
-    def _spend_429(self, over: tuple[float, int, int]) -> ApiError:
+    def _spend_429(self, over: tuple[float, int, int]) -> ErrorReply:
         retry, _used, cap = over
         usd = cap / 1_000_000
         value = int(usd) if usd == int(usd) else usd
@@ -218,7 +218,7 @@ class Engine:
         violation = Violation("spend", value, metric, qid, retry)
         return resource_exhausted([violation], "*", retry, self.config.retry_delay_format)
 
-    def _real_429(self, violations: list[Violation], model: ModelConfig) -> ApiError:
+    def _real_429(self, violations: list[Violation], model: ModelConfig) -> ErrorReply:
         delay = max(v.retry_after for v in violations)
         return resource_exhausted(
             violations,
@@ -253,9 +253,9 @@ class Engine:
             self.config = self.config.model_copy(update={"models": models})
             return new
 
-    def _injected_429(self, forced: Injection, model: ModelConfig) -> ApiError:
+    def _injected_429(self, forced: Injection, model: ModelConfig) -> ErrorReply:
         if forced.body is not None:
-            return ApiError(429, forced.body)
+            return ErrorReply(429, forced.body)
         limits = {"rpm": model.rpm, "tpm": model.tpm, "rpd": model.rpd, "tpd": model.tpd}
         delay = self.config.minute_seconds if forced.retry_delay is None else forced.retry_delay
         violations = []

@@ -1,6 +1,6 @@
 """Gemini error bodies, verbatim where known (gemini-facts §2). Pure, no I/O.
 
-Handlers raise :class:`ApiError`; the app turns it into a JSON response (on the
+Handlers raise :class:`ErrorReply`; the app turns it into a JSON response (on the
 OpenAI-compatible surface, a JSON list holding the one error object).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from ._quota import Violation
 
 __all__ = [
-    "ApiError",
+    "ErrorReply",
     "api_key_invalid",
     "deadline_exceeded",
     "failed_precondition",
@@ -36,7 +36,7 @@ _QUOTA_MESSAGE = (
 )
 
 
-class ApiError(Exception):
+class ErrorReply(Exception):
     """An error response the emulator sends; raised by handlers, caught by the app.
 
     Attributes:
@@ -50,14 +50,14 @@ class ApiError(Exception):
         self.body = body
 
 
-def _error(code: int, status: str, message: str, details: list[JSON] | None = None) -> ApiError:
+def _error(code: int, status: str, message: str, details: list[JSON] | None = None) -> ErrorReply:
     err: JSON = {"code": code, "message": message, "status": status}
     if details is not None:
         err["details"] = details
-    return ApiError(code, {"error": err})
+    return ErrorReply(code, {"error": err})
 
 
-def api_key_invalid() -> ApiError:
+def api_key_invalid() -> ErrorReply:
     """400 for a wrong or missing API key, as Gemini sends it."""
     return _error(
         400,
@@ -79,27 +79,27 @@ def api_key_invalid() -> ApiError:
     )
 
 
-def invalid_argument(message: str) -> ApiError:
+def invalid_argument(message: str) -> ErrorReply:
     """400 INVALID_ARGUMENT with ``message``."""
     return _error(400, "INVALID_ARGUMENT", message)
 
 
-def failed_precondition(message: str) -> ApiError:
+def failed_precondition(message: str) -> ErrorReply:
     """400 FAILED_PRECONDITION with ``message``."""
     return _error(400, "FAILED_PRECONDITION", message)
 
 
-def permission_denied(message: str) -> ApiError:
+def permission_denied(message: str) -> ErrorReply:
     """403 PERMISSION_DENIED with ``message``."""
     return _error(403, "PERMISSION_DENIED", message)
 
 
-def not_found(message: str) -> ApiError:
+def not_found(message: str) -> ErrorReply:
     """404 NOT_FOUND with ``message``."""
     return _error(404, "NOT_FOUND", message)
 
 
-def internal() -> ApiError:
+def internal() -> ErrorReply:
     """500 INTERNAL (2025 message text)."""
     return _error(
         500,
@@ -109,7 +109,7 @@ def internal() -> ApiError:
     )
 
 
-def unavailable() -> ApiError:
+def unavailable() -> ErrorReply:
     """503 UNAVAILABLE (2026 message text)."""
     return _error(
         503,
@@ -119,7 +119,7 @@ def unavailable() -> ApiError:
     )
 
 
-def deadline_exceeded() -> ApiError:
+def deadline_exceeded() -> ErrorReply:
     """504 DEADLINE_EXCEEDED; the message text is UNCONFIRMED (taken from the docs)."""
     return _error(
         504,
@@ -128,7 +128,7 @@ def deadline_exceeded() -> ApiError:
     )
 
 
-def server_error(code: int) -> ApiError:
+def server_error(code: int) -> ErrorReply:
     """The injected 5xx error for ``code`` (500, 503 or 504)."""
     return {500: internal, 503: unavailable, 504: deadline_exceeded}[code]()
 
@@ -154,7 +154,7 @@ def resource_exhausted(
     retry_after: float,
     fmt: str,
     detail: str = "full",
-) -> ApiError:
+) -> ErrorReply:
     """429 RESOURCE_EXHAUSTED in the 2026 form (Help, QuotaFailure, RetryInfo).
 
     Args:

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._config import ModelConfig
-from ._engine import Engine
-from ._errors import ApiError, invalid_argument, permission_denied
+from ._engine import EmulatorState
+from ._errors import JSON, ErrorReply, invalid_argument, permission_denied
 from ._tokens import TokenCount, count_request, count_text, prompt_text, reply_text
 
 __all__ = ["Prompt", "check_input_limit", "prepare", "response_json", "stream_json"]
 
-JSON = dict[str, Any]
 
 _FIELDS = frozenset(
     {
@@ -70,7 +69,7 @@ class Prompt:
         return json.dumps({"text": text}) if self.json_mode else text
 
 
-def _check_files(engine: Engine, project: str, contents: Any, now: float) -> None:
+def _check_files(engine: EmulatorState, project: str, contents: Any, now: float) -> None:
     for uri in re.findall(r'"fileUri":\s*"([^"]*)"', json.dumps(contents)):
         match = _FILE_REF.search(uri)
         record = engine.store.files.get(f"files/{match.group(1)}") if match else None
@@ -82,7 +81,7 @@ def _check_files(engine: Engine, project: str, contents: Any, now: float) -> Non
 
 
 def prepare(
-    engine: Engine, project: str, model: ModelConfig, body: Any, *, model_version: str = ""
+    engine: EmulatorState, project: str, model: ModelConfig, body: Any, *, model_version: str = ""
 ) -> Prompt:
     """Validate a GenerateContentRequest and count its prompt.
 
@@ -94,7 +93,7 @@ def prepare(
         model_version: Name reported back (default: the model name).
 
     Raises:
-        ApiError: 400 INVALID_ARGUMENT, or 403 for an unknown file or cache.
+        ErrorReply: 400 INVALID_ARGUMENT, or 403 for an unknown file or cache.
     """
     if not isinstance(body, dict):
         raise invalid_argument("Invalid JSON payload received. Expected an object.")
@@ -148,7 +147,7 @@ def check_input_limit(prompt: Prompt) -> None:
     """Raise the 400 Gemini sends for a prompt over the model's input limit."""
     limit = prompt.model.input_token_limit
     if prompt.tokens.total > limit:
-        raise ApiError(
+        raise ErrorReply(
             400,
             {
                 "error": {

@@ -11,7 +11,7 @@ from quotaflow.gemini._service_tier import SERVED_TIER_HEADER, requested_tier
 
 from ._config import ModelConfig
 from ._engine import methods_of
-from ._errors import invalid_argument, not_found
+from ._errors import JSON, invalid_argument, not_found
 from ._generate import check_input_limit, prepare, response_json, stream_json
 from ._http import Ctx, json_response, settle, stream_response
 from ._store import paginate
@@ -28,7 +28,6 @@ __all__ = [
     "model_json",
 ]
 
-JSON = dict[str, Any]
 MAX_EMBED_BATCH = 100
 
 

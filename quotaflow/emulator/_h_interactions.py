@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ._errors import invalid_argument, not_found
+from ._errors import JSON, invalid_argument, not_found
 from ._generate import check_input_limit, prepare
 from ._http import Ctx, json_response, settle, stream_response
 from ._store import InteractionRecord, timestamp
@@ -23,7 +23,6 @@ from ._tokens import count_text
 
 __all__ = ["cancel_interaction", "create_interaction", "delete_interaction", "get_interaction"]
 
-JSON = dict[str, Any]
 _MEDIA = {"image", "audio", "video", "document"}
 
 

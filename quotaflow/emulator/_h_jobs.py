@@ -17,9 +17,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ._engine import Engine
+from ._engine import EmulatorState
 from ._errors import (
-    ApiError,
+    JSON,
+    ErrorReply,
     failed_precondition,
     invalid_argument,
     not_found,
@@ -44,7 +45,6 @@ __all__ = [
     "tuned_generate",
 ]
 
-JSON = dict[str, Any]
 _TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main."
 
 
@@ -124,7 +124,9 @@ ENQUEUED_QUOTA_ID = "EnqueuedTokensPerModelPerProject"
 """The emulator's quotaId for ``batch_enqueued_tokens`` (UNCONFIRMED: no real 429 body seen)."""
 
 
-def _check_enqueued(engine: Engine, project: str, model: str, tokens: int, now: float) -> None:
+def _check_enqueued(
+    engine: EmulatorState, project: str, model: str, tokens: int, now: float
+) -> None:
     """Raise the 429 for a job that would take the project's active jobs of ``model`` past
     ``batch_enqueued_tokens`` (caller holds the lock)."""
     config = engine.config.model(model)
@@ -199,7 +201,7 @@ def _batch_json(ctx: Ctx, record: BatchRecord) -> JSON:
     return out
 
 
-def _materialize(engine: Engine, record: BatchRecord) -> None:
+def _materialize(engine: EmulatorState, record: BatchRecord) -> None:
     name = record.output_file or ""
     if name not in engine.store.files:
         data = "".join(json.dumps(r) + "\n" for r in record.results).encode()
@@ -301,7 +303,7 @@ async def create_tuned(ctx: Ctx) -> Response:
         now = engine.clock()
         name = f"tunedModels/{ctx.query('tunedModelId') or engine.store.new_id('tuned')}"
         if name in engine.store.tuned:
-            raise ApiError(
+            raise ErrorReply(
                 409,
                 {
                     "error": {

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ._errors import invalid_argument, not_found
+from ._errors import JSON, invalid_argument, not_found
 from ._generate import Prompt, check_input_limit, prepare, response_json, stream_json
 from ._h_content import MAX_EMBED_BATCH
 from ._http import Ctx, json_response, settle, stream_response
@@ -22,7 +22,6 @@ from ._tokens import count_text, embedding
 
 __all__ = ["chat_completions", "embeddings", "get_model", "list_models"]
 
-JSON = dict[str, Any]
 _ROLES = {"user": "user", "assistant": "model", "tool": "user", "function": "user"}
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ._engine import Engine
-from ._errors import ApiError, invalid_argument, permission_denied
+from ._engine import EmulatorState
+from ._errors import JSON, ErrorReply, invalid_argument, permission_denied
 from ._http import Ctx, json_response
 from ._store import (
     CacheRecord,
@@ -36,7 +36,6 @@ __all__ = [
     "upload",
 ]
 
-JSON = dict[str, Any]
 _CHUNK_GRANULARITY = "8388608"
 
 
@@ -90,7 +89,7 @@ async def upload(ctx: Ctx, upload_id: str | None) -> Response:
     with engine.lock:
         session = engine.store.uploads.get(upload_id)
         if session is None:
-            raise ApiError(
+            raise ErrorReply(
                 404,
                 {
                     "error": {
@@ -114,7 +113,7 @@ async def upload(ctx: Ctx, upload_id: str | None) -> Response:
         now = engine.clock()
         name = session.meta.get("name") or f"files/{engine.store.new_id('file')}"
         if name in engine.store.files:
-            raise ApiError(
+            raise ErrorReply(
                 409,
                 {
                     "error": {
@@ -140,7 +139,7 @@ async def upload(ctx: Ctx, upload_id: str | None) -> Response:
     )
 
 
-def _live_files(engine: Engine, project: str) -> list[FileRecord]:
+def _live_files(engine: EmulatorState, project: str) -> list[FileRecord]:
     now = engine.clock()
     for name in [n for n, f in engine.store.files.items() if f.expire_time <= now]:
         del engine.store.files[name]
@@ -194,7 +193,7 @@ def _expiry(body: JSON, now: float) -> float | None:
     return None
 
 
-def _live_caches(engine: Engine, project: str) -> list[CacheRecord]:
+def _live_caches(engine: EmulatorState, project: str) -> list[CacheRecord]:
     now = engine.clock()
     for name in [n for n, c in engine.store.caches.items() if c.expire_time <= now]:
         del engine.store.caches[name]

@@ -12,7 +12,7 @@ import anyio.lowlevel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ._engine import Engine, Ticket
+from ._engine import EmulatorState, Ticket
 from ._errors import invalid_argument
 
 __all__ = ["Ctx", "json_response", "settle", "stream_response"]
@@ -30,7 +30,7 @@ class Ctx:
         ident: Resource id from the path (model id, file id, ...), if any.
     """
 
-    engine: Engine
+    engine: EmulatorState
     request: Request
     project: str
     version: str

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from quotaflow.emulator._config import EmulatorConfig, ModelConfig
-from quotaflow.emulator._errors import ApiError
+from quotaflow.emulator._errors import ErrorReply
 from quotaflow.emulator._windows import RollingWindow
 
 __all__ = ["SPEND_QUOTA_ID", "SPEND_QUOTA_METRIC", "SpendLedger", "billing_error"]
@@ -21,9 +21,9 @@ _DEPLETED = (
 )
 
 
-def billing_error() -> ApiError:
+def billing_error() -> ErrorReply:
     """402 with the message users report (dyad-sh/dyad#3626); the ``status`` is a guess."""
-    return ApiError(
+    return ErrorReply(
         402, {"error": {"code": 402, "message": _DEPLETED, "status": "FAILED_PRECONDITION"}}
     )
 
@@ -63,7 +63,7 @@ class SpendLedger:
         """``None`` if the request may spend, else ``(retry_after, used, cap)`` of the cap.
 
         Raises:
-            ApiError: 402 when the project's prepaid balance is spent.
+            ErrorReply: 402 when the project's prepaid balance is spent.
         """
         balance = self.balances.get(project)
         if balance is not None and balance <= 0:

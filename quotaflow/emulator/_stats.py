@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+
+from ._errors import JSON
 
 __all__ = ["Admission", "StatsRecorder", "max_in_window"]
-
-JSON = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from ._errors import JSON
 
 __all__ = [
     "BatchRecord",
@@ -26,7 +28,6 @@ __all__ = [
     "timestamp",
 ]
 
-JSON = dict[str, Any]
 T = TypeVar("T")
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from quotaflow.gemini._media import measure
 
+from ._errors import JSON
+
 __all__ = [
     "TokenCount",
     "count_contents",
@@ -29,7 +31,6 @@ __all__ = [
     "reply_text",
 ]
 
-JSON = dict[str, Any]
 _JSON_PARTS = ("functionCall", "functionResponse", "executableCode", "codeExecutionResult")
 
 
