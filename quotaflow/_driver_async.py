@@ -1,4 +1,4 @@
-"""The driver of :func:`~quotaflow._transport_flow.call_flow` for the async transports (on
+"""The driver of :func:`~quotaflow.flow.call_flow` for the async transports (on
 asyncio or trio), for any httpx-compatible package (``httpx`` or its fork ``httpx2``, given as
 ``_http``). It only carries out effects; every decision is in the flow.
 
@@ -13,9 +13,17 @@ from typing import Any
 import anyio
 
 from quotaflow import _shadow, metrics
-from quotaflow._call_policy import CallPolicy
-from quotaflow._held import held_for
-from quotaflow._transport_flow import (
+from quotaflow._transport_io import (
+    LIMITER_HELP,
+    DriverBase,
+    Scan,
+    log,
+    release_async,
+    settle_async,
+    take_directives,
+)
+from quotaflow.errors import ConfigError
+from quotaflow.flow import (
     COUNT_MODEL,
     Acquire,
     Count,
@@ -33,16 +41,8 @@ from quotaflow._transport_flow import (
     Sleep,
     final_amounts,
 )
-from quotaflow._transport_io import (
-    LIMITER_HELP,
-    DriverBase,
-    Scan,
-    log,
-    release_async,
-    settle_async,
-    take_directives,
-)
-from quotaflow.errors import ConfigError
+from quotaflow.flow.held import held_for
+from quotaflow.flow.policy import CallPolicy
 from quotaflow.limiter import Limiter
 
 __all__ = ["AsyncDriver", "async_stream_class"]

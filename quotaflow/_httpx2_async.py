@@ -11,9 +11,9 @@ from typing import Any
 import httpx2
 
 from quotaflow import metrics
-from quotaflow._call_policy import CallPolicy
 from quotaflow._driver_async import AsyncDriver, async_stream_class
-from quotaflow._transport_options import DOC_ARGS, Options
+from quotaflow.flow import DOC_ARGS, Options
+from quotaflow.flow.policy import CallPolicy
 from quotaflow.limiter import Limiter
 
 __all__ = ["Httpx2QuotaTransport"]

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from quotaflow import metrics
-from quotaflow._call_policy import CallPolicy
 from quotaflow._driver_sync import SyncDriver, sync_stream_class
-from quotaflow._transport_options import DOC_ARGS, Options
+from quotaflow.flow import DOC_ARGS, Options
+from quotaflow.flow.policy import CallPolicy
 from quotaflow.sync import SyncLimiter
 
 __all__ = ["SyncQuotaTransport"]

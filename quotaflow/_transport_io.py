@@ -1,4 +1,4 @@
-"""What the async and the sync driver of :func:`~quotaflow._transport_flow.call_flow` share:
+"""What the async and the sync driver of :func:`~quotaflow.flow.call_flow` share:
 the state of a transport, the requests it derives, the usage scan of a response, and the few
 primitives that differ by face (``settle_async``/``settle_sync``, ...), written by hand.
 
@@ -16,10 +16,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from quotaflow import metrics
-from quotaflow._call_policy import CallPolicy
-from quotaflow._held import Held
-from quotaflow._refusal import answer
-from quotaflow._transport_flow import (
+from quotaflow.errors import ConfigError, QuotaflowError
+from quotaflow.flow import (
     HEADER_PREFIX,
     CallInfo,
     Count,
@@ -28,7 +26,9 @@ from quotaflow._transport_flow import (
     Settings,
     call_flow,
 )
-from quotaflow.errors import ConfigError, QuotaflowError
+from quotaflow.flow.held import Held
+from quotaflow.flow.policy import CallPolicy
+from quotaflow.flow.refusal import answer
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
@@ -309,7 +309,7 @@ class DriverBase:
         return decoded, fresh
 
     def _answer(self, outcome: Outcome) -> Any:
-        """The local answer of a refused call (see :mod:`quotaflow._refusal`), or its typed
+        """The local answer of a refused call (see :mod:`quotaflow.flow.refusal`), or its typed
         error raised (``local_errors="raise"``)."""
         refusal, ticket = outcome.refusal, outcome.ticket
         assert refusal is not None

@@ -22,12 +22,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from quotaflow._genai_http import genai_http_package, make_http_options, split_options
-from quotaflow._held import BatchHold, held_for
 from quotaflow._httpx_async import QuotaTransport
 from quotaflow._httpx_sync import SyncQuotaTransport
 from quotaflow._openai_sdk import GEMINI_OPENAI_URL, openai_client, openai_http_client
-from quotaflow._transport_flow import CallInfo, Sizer
-from quotaflow._transport_options import Options
+from quotaflow.flow import CallInfo, Options, Sizer
+from quotaflow.flow.held import BatchHold, held_for
 from quotaflow.limiter import Limiter
 from quotaflow.sync import SyncLimiter
 

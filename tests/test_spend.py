@@ -155,7 +155,7 @@ async def test_a_model_permit_and_its_spend_permit_both_end_even_if_one_refuses(
     """The call flow settles (or releases) the model permit and the spend permit as one:
     when the model permit refuses (settled already; sent, so it cannot be released), the
     spend permit still ends."""
-    from quotaflow._spend_flow import Paired
+    from quotaflow.flow.spend import Paired
 
     lim = Limiter(None, quotas={"m": [RPM(10)], "quotaflow-spend-test": [RPM(10)]})
     for end in ("settle", "release"):

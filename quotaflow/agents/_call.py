@@ -1,7 +1,7 @@
 """One request of an agent: its decisions and its audit record. No I/O.
 
 :class:`AgentCall` is the agents layer's ticket in the call flow
-(:class:`~quotaflow._call_policy.CallTicket`): the flow asks it whether the call is denied,
+(:class:`~quotaflow.flow.policy.CallTicket`): the flow asks it whether the call is denied,
 what to take from the budget and whether to read a create's answer, and hands it the finished
 call, which :meth:`AgentCall.record` turns into an :class:`~quotaflow.agents.audit.AuditRecord`.
 """
@@ -13,7 +13,6 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from quotaflow._refusal import Refusal
 from quotaflow.agents._local import BudgetExhaustedError, budget_refusal, denied_refusal
 from quotaflow.agents._ownership import created_name
 from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, path_template
@@ -25,14 +24,15 @@ from quotaflow.agents.grants import (
     target_resource,
 )
 from quotaflow.errors import BillingError
+from quotaflow.flow.refusal import Refusal
 from quotaflow.gemini import Call, estimate_tokens, redact_text
 from quotaflow.gemini._canonical import canonical_request
 from quotaflow.pricing import USD_MICROS
 
 if TYPE_CHECKING:
-    from quotaflow._transport_flow import CallInfo
     from quotaflow.agents.audit import AuditLog
     from quotaflow.agents.handle import Agents
+    from quotaflow.flow import CallInfo
 
 __all__ = ["AgentCall", "decision_for", "request_key"]
 
@@ -115,7 +115,7 @@ def decision_for(
 
 class AgentCall:
     """The decisions and the record of one request: the agents layer's ticket of the call
-    flow (:class:`~quotaflow._call_policy.CallTicket`).
+    flow (:class:`~quotaflow.flow.policy.CallTicket`).
 
     Args:
         runtime: the agents layer.

@@ -1,5 +1,5 @@
 """The agents' refusals (a policy denial, a spent budget) and their typed errors; their
-answers follow the one rule of :mod:`quotaflow._refusal`."""
+answers follow the one rule of :mod:`quotaflow.flow.refusal`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from quotaflow._refusal import Refusal
 from quotaflow.agents.grants import GrantDecision
 from quotaflow.errors import QuotaExhaustedError, QuotaflowError
+from quotaflow.flow.refusal import Refusal
 from quotaflow.limits import PACIFIC
 
 __all__ = ["BudgetExhaustedError", "PolicyDeniedError", "budget_refusal", "denied_refusal"]

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from quotaflow import context
 from quotaflow._genai_http import genai_http_package, make_http_options, split_options
 from quotaflow._quota_book import QuotaBook
-from quotaflow._transport_options import Options
 from quotaflow.agents._call import AgentCall, decision_for
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
@@ -28,6 +27,7 @@ from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
 from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.policy import AgentPolicy, Policy, load_policy
 from quotaflow.errors import ConfigError, QuotaError
+from quotaflow.flow import Options
 from quotaflow.gemini import Call, classify
 from quotaflow.gemini._canonical import valid_model
 from quotaflow.limiter import Acquiring, Limiter
@@ -148,7 +148,7 @@ class Agents:
 
 class AgentGate:
     """The policy stage of one handle's transports (a
-    :class:`~quotaflow._call_policy.CallPolicy`): each call's :class:`AgentCall` ticket."""
+    :class:`~quotaflow.flow.policy.CallPolicy`): each call's :class:`AgentCall` ticket."""
 
     __slots__ = ("_audit", "_bound", "_runtime")
 

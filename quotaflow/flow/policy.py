@@ -2,7 +2,7 @@
 
 The core defines this protocol and knows nothing of who implements it; the agents layer
 (:mod:`quotaflow.agents`) does, with grants, budgets, ownership and the audit log. A transport
-made with ``policy=`` runs :func:`~quotaflow._transport_flow.call_flow` with it: the flow
+made with ``policy=`` runs :func:`~quotaflow.flow.call_flow` with it: the flow
 classifies the request once, asks :meth:`CallPolicy.admit`, and then, for the ticket it gets,
 answers a denial locally, takes the budget as one more acquire, reads what a create made, and
 hands the finished call back (:meth:`CallTicket.finish`) for its audit record.
@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from quotaflow._refusal import Refusal
+from quotaflow.flow.refusal import Refusal
 from quotaflow.gemini import Call
 
 if TYPE_CHECKING:
-    from quotaflow._transport_flow import CallInfo
+    from quotaflow.flow import CallInfo
     from quotaflow.limiter import Limiter
     from quotaflow.sync import SyncLimiter
 
