@@ -27,6 +27,7 @@ __all__ = [
     "BillingError",
     "CannotFitError",
     "ConfigError",
+    "MalformedRequestError",
     "PermitError",
     "QuotaError",
     "QuotaExhaustedError",
@@ -145,6 +146,21 @@ class WouldBlockError(QuotaError):
 
     ``retry_after`` says when to try again (``None`` when only a release can make room).
     """
+
+
+class MalformedRequestError(QuotaflowError, ValueError):
+    """Raised by a transport made with ``local_errors="raise"`` for a request whose path or
+    method no well-formed client sends (a dot segment, an escaped slash, a method override
+    that names another method, a model name that is not one); by default the transports answer
+    a Gemini-shaped 400 ``INVALID_ARGUMENT`` instead, and nothing is sent.
+
+    Attributes:
+        problem: what is wrong with the request.
+    """
+
+    def __init__(self, message: str, *, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 class BillingError(QuotaflowError):

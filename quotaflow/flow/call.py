@@ -29,6 +29,7 @@ from quotaflow.flow.effects import (
 )
 from quotaflow.flow.held import Held
 from quotaflow.flow.policy import CallPolicy, CallTicket
+from quotaflow.flow.refusal import malformed_refusal
 from quotaflow.flow.settings import Settings, log
 from quotaflow.flow.sizing import end_budget, output_reservation, parse_body, size_input
 from quotaflow.flow.spend import priority_cost
@@ -109,6 +110,8 @@ def call_flow(
         ticket = policy.admit(call, url, body, content, headers or {}, agent, prio)
         agent, prio = ticket.agent, ticket.priority
     info = CallInfo(call, agent=agent)
+    if ticket is None and call.problem is not None:
+        return Outcome(None, None, info, malformed_refusal(call))  # the policy answers its own
     if ticket is None:
         return (
             yield from _call(

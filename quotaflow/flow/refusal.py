@@ -30,10 +30,12 @@ from typing import Any, Literal
 
 from quotaflow.errors import (
     CannotFitError,
+    MalformedRequestError,
     QuotaError,
     QuotaExhaustedError,
     QuotaTimeoutError,
 )
+from quotaflow.gemini import Call, redact_url
 
 __all__ = ["LOCAL_ERRORS", "LocalAnswer", "LocalErrors", "Refusal", "answer", "quota_refusal"]
 
@@ -163,4 +165,23 @@ def quota_refusal(exc: QuotaError, model: str = "") -> Refusal:
         retry_after=exc.retry_after,
         resets_at=exc.resets_at,
         metadata=(("model", name),) if name else (),
+    )
+
+
+def malformed_refusal(call: Call) -> Refusal:
+    """The refusal of a malformed request (:attr:`~quotaflow.gemini.Call.problem`): a 400
+    ``INVALID_ARGUMENT``; such a request is never sent, since the server might route it where
+    no quota of this process meters it."""
+    problem = call.problem or "malformed"
+    message = (
+        f"quotaflow: {call.method} {redact_url(call.path)} is malformed ({problem}); send the "
+        "request in its plain form (no dot segments, escaped slashes or method overrides)"
+    )
+    return Refusal(
+        status=400,
+        code="QUOTAFLOW_INVALID_REQUEST",
+        reason="malformed",
+        message=message,
+        error=MalformedRequestError(message, problem=problem),
+        metadata=(("method", call.action),),
     )

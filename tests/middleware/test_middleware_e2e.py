@@ -375,3 +375,50 @@ async def test_saturating_load_no_429_and_full_use() -> None:
     toks = sum(a["tokens"] for a in log if a["time"] < horizon) / (tpm * periods)
     assert max(reqs, toks) >= 0.95, (reqs, toks)
     assert min(reqs, toks) > 0.5  # both dimensions were under pressure
+
+
+class _Counting(httpx.AsyncHTTPTransport):
+    """The real transport, counting the requests that leave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request.url.path)
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("local_errors", ["response", "raise"])
+async def test_a_malformed_path_is_answered_here_and_never_sent(
+    served: ServedEmulator, local_errors: str
+) -> None:
+    from quotaflow import MalformedRequestError
+
+    limiter = _limiter()
+    inner = _Counting()
+    transport = QuotaTransport(limiter, inner, local_errors=local_errors)
+    hostile = [
+        f"/v1beta/models/x/%2e%2e/{FLASH}:generateContent",  # a dot segment onto the model
+        f"/v1beta/models/{FLASH}%2F..%2Fy:generateContent",  # an escaped slash
+    ]
+    async with httpx.AsyncClient(base_url=served.base_url, transport=transport) as http:
+        for path in hostile:
+            if local_errors == "raise":
+                with pytest.raises(MalformedRequestError) as caught:
+                    await http.post(f"{path}?key={KEY}", json={"contents": []})
+                assert caught.value.problem and KEY not in str(caught.value)
+                continue
+            r = await http.post(f"{path}?key={KEY}", json={"contents": []})
+            detail = r.json()["error"]
+            assert (r.status_code, detail["status"]) == (400, "INVALID_ARGUMENT")
+            assert detail["details"][0]["reason"] == "QUOTAFLOW_INVALID_REQUEST"
+            assert KEY not in r.text
+        ok = await http.post(
+            f"/v1beta/models/{FLASH}:generateContent?key={KEY}",
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+        )
+    assert ok.status_code == 200
+    assert inner.sent == [f"/v1beta/models/{FLASH}:generateContent"]  # the hostile ones: none
+    assert (await limiter.status(FLASH))["rpm"].used == 1
