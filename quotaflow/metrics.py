@@ -305,6 +305,7 @@ def _observe(field: str) -> Iterator[Any]:
 
     for limiter, models in list(_watched.items()):
         backend = limiter.backend
+        backend = getattr(backend, "_owner", backend)  # a SyncLimiter's Redis: its async twin
         local = getattr(backend, "nonblocking", False) and callable(
             getattr(backend, "status", None)
         )

@@ -13,11 +13,11 @@ import httpx
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from quotaflow import RPM, TPM, Limiter, metrics
+from quotaflow import RPM, TPM, Limiter, SyncLimiter, metrics
 from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
 from quotaflow.transport import QuotaTransport
 
-pytestmark = [pytest.mark.redis, pytest.mark.anyio]
+pytestmark = pytest.mark.redis
 
 MODEL = "gemini-2.5-flash"
 URL = f"/v1beta/models/{MODEL}:generateContent"
@@ -67,6 +67,7 @@ def _state(redis_url: str, namespace: str) -> dict[str, Any]:
         client.close()
 
 
+@pytest.mark.anyio
 async def test_gauges_report_the_fleets_use_and_in_flight_from_redis(
     reader: InMemoryMetricReader, redis_url: str, namespace: str
 ) -> None:
@@ -115,6 +116,7 @@ async def test_gauges_report_the_fleets_use_and_in_flight_from_redis(
             await lim.backend.aclose()  # type: ignore[union-attr]
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_gauges_skip_a_redis_that_is_gone(
     reader: InMemoryMetricReader, own_redis: Any
@@ -135,3 +137,21 @@ async def test_gauges_skip_a_redis_that_is_gone(
     finally:
         limiter.close()
         await limiter.backend.aclose()  # type: ignore[union-attr]
+
+
+def test_gauges_of_a_sync_limiter_on_redis(
+    reader: InMemoryMetricReader, redis_url: str, namespace: str
+) -> None:
+    limiter = SyncLimiter(
+        None, quotas={MODEL: [RPM(20, 60.0)]}, backend=f"{redis_url}?namespace={namespace}"
+    )
+    try:
+        held = [limiter.acquire_nowait(MODEL, 10) for _ in range(3)]
+        metrics.seen(limiter, MODEL)
+        gauges = _gauges(reader)
+        assert gauges["quotaflow.in_flight"][(MODEL, "rpm")] == 3
+        assert gauges["quotaflow.usage"][(MODEL, "rpm")] == 3
+        for permit in held:
+            permit.release()
+    finally:
+        limiter.close()
