@@ -38,6 +38,14 @@ Run: ``python benchmarks/fleet_faults.py --scenario all`` (``--period 2`` for a 
 ``--help`` for the knobs). The figures go to ``benchmarks/results/fleet_faults.json``
 (merged per scenario; ``--out ''`` to skip) and a markdown table is printed; exit 1 if a
 target was missed. ``tests/redis/test_fleet_faults.py`` imports :func:`run_scenario`.
+
+To watch a run live, give it a Redis of your own and point ``quotaflow status`` at it::
+
+    python benchmarks/fleet_faults.py --redis redis://localhost:6379/0 --scenario none \\
+        --procs 2 --tasks 4 --period 1 --periods 10 --out ''
+    quotaflow status --redis redis://localhost:6379/0 --watch --interval 0.5
+
+(``tests/redis/test_status_watch_fleet.py`` does this under a pseudo-terminal.)
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ MODEL = "gemini-2.5-flash"
 SERVICE = "fleet"  # the Sentinel service name
 SCENARIOS = ("none", "sigkill", "restart", "pause", "client-kill", "script-flush", "failover")
 STATE_LOSS = ("restart", "failover")
+GIVEN_OK = ("none", "sigkill", "client-kill", "script-flush")  # those that leave Redis running
 RESULTS = Path(__file__).parent / "results" / "fleet_faults.json"
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_SENTINEL = shutil.which("redis-sentinel")
@@ -199,6 +208,36 @@ class RedisProc:
         self.start()
 
 
+class GivenRedis:
+    """A Redis this run does not own (``--redis URL``): the workers use it as it is; it is never
+    killed, paused or restarted (so only the scenarios in :data:`GIVEN_OK` run on it). Called
+    like :class:`RedisProc` (``server(*args)``), it returns itself."""
+
+    def __init__(self, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or parts.port is None:
+            raise ValueError(f"--redis {url!r}: give redis://host:port/db")
+        self._url = url
+        self.port = parts.port
+        self.dir = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __call__(self, *args: str, port: int | None = None) -> GivenRedis:
+        return self
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def start(self) -> GivenRedis:
+        return self
+
+    def kill(self) -> None:
+        pass  # not ours
+
+
 class Sentinel:
     """A ``redis-sentinel`` (or ``redis-server --sentinel``) watching one primary."""
 
@@ -320,9 +359,9 @@ class Topology:
         """A redis-py client of the current primary."""
         import redis
 
-        port = self.primary.port
-        if self.sentinels:
-            port = next((p for s in self.sentinels if (p := s.master_port())), port)
+        if not self.sentinels:
+            return redis.Redis.from_url(self.primary.url, socket_timeout=5.0)
+        port = next((p for s in self.sentinels if (p := s.master_port())), self.primary.port)
         return redis.Redis(port=port, socket_timeout=5.0)
 
     def stop(self) -> None:
@@ -595,7 +634,7 @@ def _inject(scenario: str, topo: Topology, workers: list[Worker], s: Settings) -
         os.kill(topo.primary.proc.pid, signal.SIGCONT)
         info["paused_seconds"] = round(time.time() - info["at"], 3)
     elif scenario in ("client-kill", "script-flush"):
-        c = redis.Redis(port=topo.primary.port, socket_timeout=5.0)
+        c = redis.Redis.from_url(topo.primary.url, socket_timeout=5.0)
         try:
             if scenario == "client-kill":
                 info["killed_normal"] = c.execute_command("CLIENT", "KILL", "TYPE", "normal")
@@ -993,6 +1032,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     parser.add_argument("--out", default=str(RESULTS), help="results file ('' to skip)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="run on this Redis instead of a private one (namespace 'quotaflow'; scenarios "
+        f"{', '.join(GIVEN_OK)}), e.g. to watch it with quotaflow status --watch",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
@@ -1000,13 +1045,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     names = SCENARIOS if args.scenario == "all" else tuple(args.scenario.split(","))
+    if args.redis and args.scenario == "all":
+        names = GIVEN_OK
     for name in names:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
+        if args.redis and name not in GIVEN_OK:
+            parser.error(f"--redis: {name!r} kills or pauses Redis; choose {', '.join(GIVEN_OK)}")
+    server: Callable[..., Any] = RedisProc
+    if args.redis:
+        try:
+            server = GivenRedis(args.redis)
+        except ValueError as exc:
+            parser.error(str(exc))
     results = []
     for name in names:
         print(f"# {name} ...", file=sys.stderr, flush=True)
-        r = run_scenario(name, s)
+        r = run_scenario(name, s, server)
         results.append(r)
         print(
             f"#   use per window {r['windows']['use']}, fault in window {r['fault_window']} "

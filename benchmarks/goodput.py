@@ -25,12 +25,16 @@ bound: their p95 wait over small ones' grows with the length of the run (1.00x o
 1.5x over 10, 1.9x over 20) whatever the order of service, so the ratio measures the overload,
 not the scheduler. ``--large-share 0.3`` reproduces it.
 
-Run: ``python benchmarks/goodput.py`` (``--help`` for the knobs).
+Run: ``python benchmarks/goodput.py`` (``--help`` for the knobs). The figures go to
+``benchmarks/results/goodput.json`` (``--out ''`` to skip; ``--sizing`` and ``--json`` write
+none), with ``goodput-windows.png`` beside it (the ``bench`` extra), and the table is printed;
+exit 1 if quotaflow misses its targets.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import random
 import statistics
@@ -38,12 +42,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 MODEL = "gemini-2.5-flash"
+RESULTS = Path(__file__).resolve().parent / "results" / "goodput.json"
 
 
 @dataclass
@@ -78,6 +84,9 @@ class Result:
     ok: int = 0
     by_size: dict[str, list[float]] = field(default_factory=dict)
     waits: dict[str, list[float]] = field(default_factory=dict)
+    shares: dict[str, float] = field(default_factory=dict)
+    # what the server admitted per window of one period from its first admission
+    windows: dict[str, list[int]] = field(default_factory=dict)
     shares: dict[str, float] = field(default_factory=dict)
 
 
@@ -182,6 +191,13 @@ def _score(load: Load, stats: dict[str, Any], result: Result) -> None:
     horizon = t0 + load.periods * load.period
     reqs = sum(a["requests"] for a in log if a["time"] < horizon)
     toks = sum(a["tokens"] for a in log if a["time"] < horizon)
+    per_req, per_tok = [0] * load.periods, [0] * load.periods
+    for a in log:
+        k = int((a["time"] - t0) // load.period)
+        if 0 <= k < load.periods:
+            per_req[k] += a["requests"]
+            per_tok[k] += a["tokens"]
+    result.windows = {"requests": per_req, "tokens": per_tok}
     r_share = reqs / (load.rpm * load.periods)
     t_share = toks / (load.tpm * load.periods)
     result.shares = {"rpm": r_share, "tpm": t_share}
@@ -397,6 +413,48 @@ async def measure_sizing(load: Load, calls: int = 200) -> str:
     return head + "\n\n" + "\n".join(rows)
 
 
+def write(results: list[Result], load: Load, path: Path) -> None:
+    """The results file (and its plot, when it is benchmarks/results/goodput.json)."""
+    from fleet_faults import machine  # benchmarks/, beside this script
+
+    clients = []
+    for r in results:
+        p95 = {k: _p95(v) for k, v in r.by_size.items() if v}
+        wait95 = {k: _p95(v) for k, v in r.waits.items() if v}
+        clients.append(
+            {
+                "name": r.name,
+                "rejected": r.rejected,
+                "share": r.share,
+                "binding": r.binding,
+                "shares": r.shares,
+                "p50_s": r.p50,
+                "p95_s": r.p95,
+                "ok": r.ok,
+                "failed": r.failed,
+                "p95_latency_by_size_s": p95,
+                "p95_wait_by_size_s": wait95,
+                "wait_large_over_small": fairness(r.waits),
+                "windows": r.windows,
+            }
+        )
+    data = {
+        "benchmark": "benchmarks/goodput.py",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": asdict(load),
+        "clients": clients,
+        "table": _table(results, load),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    import plots  # benchmarks/plots.py
+
+    if path.resolve().parent == plots.RESULTS:
+        for png in plots.plot("goodput"):
+            print(f"# wrote {png.name}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every client and print the table; exit 1 if quotaflow misses its targets."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -405,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     parser.add_argument("--clients", default="sdk-retry,retry-delay,aiolimiter,quotaflow")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--out", default=str(RESULTS), help="results file ('' to skip)")
     parser.add_argument(
         "--sizing", action="store_true", help="measure countTokens sizing against the estimate"
     )
@@ -418,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([r.__dict__ | {"by_size": None} for r in results], indent=2))
     else:
         print(_table(results, load))
+    if args.out and not args.json:
+        write(results, load, Path(args.out))
     ours = [r for r in results if r.name == "quotaflow"]
     ratio = fairness(ours[0].waits) if ours else None
     if ours and (ours[0].rejected or ours[0].share < 0.97 or (ratio or 0.0) > 1.5):

@@ -371,6 +371,7 @@ def main() -> None:
             f"4 x 8 | {_met(ok)} | | |"
         )
         result["redis_ops_per_s"] = rates
+        result["redis_cells"] = [f"{p} x {t}" for p, t in redis_throughput.CELLS]
     table = "\n".join(rows)
     print(table)
     if args.out:
@@ -392,6 +393,11 @@ def main() -> None:
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        import plots  # benchmarks/plots.py: the PNGs beside the results file
+
+        if Path(args.out).resolve().parent == plots.RESULTS:
+            for png in plots.plot("overhead"):
+                print(f"# wrote {png.name}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,13 @@ next to it as ``<name>-<what>.png`` and ``docs/benchmarks.md`` shows them:
 * ``fleet_faults-windows.png``: requests admitted per window against the limit, per scenario;
 * ``fleet_faults-timeline.png``: use over time around the fault, per scenario;
 * ``learn-windows.png``: use and 429s per window, per scenario;
-* ``priority_waits-waits.png``: the distribution of waits per priority.
+* ``priority_waits-waits.png``: the distribution of waits per priority;
+* ``goodput-windows.png``: requests and input tokens the server admitted per window against
+  the limits, per client;
+* ``redis_accuracy-windows.png``: grants per window across the processes against the limit,
+  and the most in any rolling window, per limiter;
+* ``overhead-transport.png``: p50/p99 of a bare call and of the same call through quotaflow;
+* ``overhead-redis.png``: quotaflow's cost per call on Redis against the raw floor, per cell.
 
 Run: ``python benchmarks/plots.py [NAME ...]`` re-draws from the results files (all by default).
 """
@@ -31,8 +37,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _grid(plt: Any, n: int, width: float = 4.0, height: float = 2.6) -> tuple[Any, list[Any]]:
-    cols = min(n, 3)
+def _grid(
+    plt: Any, n: int, width: float = 4.0, height: float = 2.6, cols: int = 3
+) -> tuple[Any, list[Any]]:
+    cols = min(n, cols)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     flat = [ax for row in axes for ax in row]
@@ -127,10 +135,144 @@ def _priority_waits(data: dict[str, Any], out: Path) -> list[Path]:
     return [path]
 
 
+def _goodput(data: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    clients = [c for c in data["clients"] if c.get("windows", {}).get("requests")]
+    if not clients:
+        return []
+    load = data["settings"]
+    fig, axes = _grid(plt, len(clients), width=5.0, height=3.0, cols=2)
+    for ax, c in zip(axes, clients, strict=True):
+        reqs = c["windows"]["requests"]
+        toks = c["windows"]["tokens"]
+        xs = range(1, len(reqs) + 1)
+        ax.bar(xs, reqs, color="#4c72b0", label="requests admitted")
+        ax.axhline(load["rpm"], color="#c44e52", linestyle="--", label=f"RPM {load['rpm']}")
+        ax.set_ylim(0, load["rpm"] * 1.3)
+        ax.set_xlabel("window")
+        ax.set_ylabel("requests")
+        twin = ax.twinx()
+        twin.plot(xs, toks, "o-", color="#55a868", markersize=3, label="input tokens")
+        twin.axhline(load["tpm"], color="#55a868", linestyle=":", label=f"TPM {load['tpm']}")
+        twin.set_ylim(0, load["tpm"] * 1.3)
+        twin.set_ylabel("input tokens", color="#55a868")
+        ax.set_title(f"{c['name']}: {c['rejected']} 429s", fontsize=10)
+        if ax is axes[0]:
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = twin.get_legend_handles_labels()
+            fig.legend(h1 + h2, l1 + l2, loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle("Goodput: what the server admitted per window against the limits")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path = out / "goodput-windows.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [path]
+
+
+def _redis_accuracy(data: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    rows = [r for r in data["limiters"] if r.get("per_window")]
+    if not rows:
+        return []
+    limit = data["settings"]["limit"]
+    top = max([limit, *(max(r["rolling_max_per_window"]) for r in rows)]) * 1.15
+    fig, axes = _grid(plt, len(rows), width=4.2, height=3.0)
+    for ax, r in zip(axes, rows, strict=True):
+        xs = range(1, len(r["per_window"]) + 1)
+        ax.bar(xs, r["per_window"], color="#4c72b0", label="grants per window")
+        ax.plot(
+            xs,
+            r["rolling_max_per_window"],
+            "o-",
+            color="#dd8452",
+            markersize=3,
+            label="most in a rolling window",
+        )
+        ax.axhline(limit, color="#c44e52", linestyle="--", label=f"limit {limit}")
+        ax.set_ylim(0, top)
+        ax.set_xlabel("window")
+        ax.set_ylabel("grants (all processes)")
+        ax.set_title(f"{r['label']}: max {r['max_over_limit']:.2f} x L", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    s = data["settings"]
+    fig.suptitle(
+        f"Redis accuracy: {s['procs']} processes x {s['tasks']} tasks, "
+        f"L = {limit} per {s['period']:g} s"
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path = out / "redis_accuracy-windows.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [path]
+
+
+def _overhead(data: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    written = []
+    t = data["transport_us"]
+    paths = [("bare httpx call", t["bare"]), ("through quotaflow", t["quotaflow"])]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.38
+    for i, (label, color) in enumerate((("p50", "#4c72b0"), ("p99", "#dd8452"))):
+        xs = [k + (i - 0.5) * width for k in range(len(paths))]
+        vals = [v[i] for _, v in paths]
+        bars = ax.bar(xs, vals, width, color=color, label=label)
+        ax.bar_label(bars, fmt="%.0f us", fontsize=7)
+    ax.set_xticks(range(len(paths)), [p for p, _ in paths])
+    ax.set_ylabel("microseconds per call")
+    added = data["added_us"]
+    ax.set_title(
+        f"One generateContent call: quotaflow adds {added[0]:.0f} us p50, {added[1]:.0f} us p99",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    path = out / "overhead-transport.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(path)
+
+    rates = data.get("redis_ops_per_s")
+    if rates:
+        cells = data.get("redis_cells") or [f"cell {k + 1}" for k in range(len(rates["floor"]))]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for i, (name, color) in enumerate((("floor", "#8c8c8c"), ("quotaflow", "#4c72b0"))):
+            xs = [k + (i - 0.5) * width for k in range(len(cells))]
+            vals = [1e6 / r for r in rates[name]]
+            label = "raw floor (EVALSHA of return 1)" if name == "floor" else "quotaflow"
+            bars = ax.bar(xs, vals, width, color=color, label=label)
+            ax.bar_label(bars, fmt="%.0f us", fontsize=7)
+        for k, (q, f) in enumerate(zip(rates["quotaflow"], rates["floor"], strict=True)):
+            ax.annotate(
+                f"{q / f:.0%} of the floor's rate",
+                (k, 0),
+                xytext=(0, -28),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
+        ax.set_xticks(range(len(cells)), [f"{c} (processes x tasks)" for c in cells], fontsize=8)
+        ax.set_ylabel("microseconds per call (aggregate)")
+        ax.set_title("Redis: acquire + settle against the raw floor", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.margins(y=0.15)
+        fig.tight_layout()
+        path = out / "overhead-redis.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], list[Path]]] = {
     "fleet_faults": _fleet_faults,
     "learn": _learn,
     "priority_waits": _priority_waits,
+    "goodput": _goodput,
+    "redis_accuracy": _redis_accuracy,
+    "overhead": _overhead,
 }
 
 

@@ -20,7 +20,8 @@ name                                kind         attributes
 ``quotaflow.retries``               counter      model, reason (429, 5xx, connection)
 ``quotaflow.estimate.error``        histogram    model (reserved minus settled input tokens)
 ``quotaflow.pauses``                counter      model, dimension
-``quotaflow.usage``                 gauge        model, dimension (amount used in its window)
+``quotaflow.usage``                 gauge        model, dimension (amount used in its window;
+                                                 a Redis fleet's, read from Redis)
 ``quotaflow.in_flight``             gauge        model, dimension (amount granted, unanswered)
 ==================================  ===========  =============================================
 
@@ -257,25 +258,71 @@ def seen(limiter: Any, model: str) -> None:
         models.add(model)
 
 
+_READ_EVERY = 0.5  # seconds: the two gauges of one collection share one read of Redis
+_reads: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, Mapping[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_readers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _redis_levels(limiter: Any, backend: Any, model: str) -> Mapping[str, Any] | None:
+    """The fleet's levels of ``model`` from Redis, read as ``quotaflow status`` reads them
+    (:func:`quotaflow.status.read_levels`: the scope script's ``status`` op with its writes
+    off). ``None`` when the backend is down or no process configured the scope. One read per
+    model serves both gauges of a collection."""
+    import time
+
+    from quotaflow.backends import _redis_script as rs
+    from quotaflow.status import read_levels
+
+    engine = backend._engine
+    if not engine.up:  # the backend knows Redis is away: no stalled collection
+        return None
+    now = time.monotonic()
+    cache = _reads.get(limiter)
+    if cache is None:
+        cache = _reads[limiter] = {}
+    hit = cache.get(model)
+    if hit is not None and now - hit[0] < _READ_EVERY:
+        return hit[1]
+    codec = _readers.get(backend)
+    if codec is None:
+        import uuid
+
+        owner = f"metrics-{uuid.uuid4().hex[:8]}"
+        codec = _readers[backend] = rs.Codec(engine.codec.namespace, owner, engine.codec.ttl)
+    key, _canonical, limits, _ = limiter._core.scope(model)
+    got = read_levels(backend._client, codec, key, limits)
+    levels: Mapping[str, Any] | None = None if got is None else got[0]
+    cache[model] = (now, levels or {})
+    return levels
+
+
 def _observe(field: str) -> Iterator[Any]:
-    """Observations of the gauges: every watched limiter's models on a non-blocking backend
-    (memory); a Redis fleet is read with ``quotaflow status`` instead."""
+    """Observations of the gauges: every watched limiter's models, on a memory backend from
+    the process, on Redis from the fleet's shared state (one read per model a collection)."""
     from opentelemetry.metrics import Observation
 
     for limiter, models in list(_watched.items()):
         backend = limiter.backend
-        if not getattr(backend, "nonblocking", False) or not callable(
+        backend = getattr(backend, "_owner", backend)  # a SyncLimiter's Redis: its async twin
+        local = getattr(backend, "nonblocking", False) and callable(
             getattr(backend, "status", None)
-        ):
+        )
+        remote = not local and hasattr(backend, "_engine") and hasattr(backend, "_client")
+        if not (local or remote):
             continue
         core = limiter._core
         for model in list(models):
             try:
-                key, _canonical, _limits, _ = core.scope(model)
-                levels: Mapping[str, Any] = backend.status(key, core.clock.now())
-            except Exception:  # a model gone from the book: nothing to report
+                if local:
+                    key, _canonical, _limits, _ = core.scope(model)
+                    levels: Mapping[str, Any] | None = backend.status(key, core.clock.now())
+                else:
+                    levels = _redis_levels(limiter, backend, model)
+            except Exception:  # a model gone from the book, Redis unreachable: nothing now
                 continue
-            for dim, level in levels.items():
+            for dim, level in (levels or {}).items():
                 yield Observation(getattr(level, field), {"model": model, "dimension": dim})
 
 

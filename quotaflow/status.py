@@ -9,8 +9,9 @@ A snapshot is plain data (JSON-ready)::
      "budgets": [{"scope", "project", "agent", "dimensions": [...]}]}
 
 From Redis (:class:`RedisReader`) the fleet's state is read with the scope script's ``status``
-op, which makes no grant, changes no figure and configures nothing (a scope no process has
-configured yet is skipped), and the waiting lines with a read-only script. From a running
+op run with its writes turned off (:func:`read_levels`: nothing is written, so no grant, no
+lease moved, no figure changed; a scope no process has configured yet is skipped), and the
+waiting lines with a read-only script. From a running
 process, :func:`snapshot` reads a :class:`~quotaflow.Limiter`.
 """
 
@@ -31,7 +32,7 @@ from quotaflow.errors import BackendError, ConfigError
 if TYPE_CHECKING:
     from quotaflow.limiter import Limiter
 
-__all__ = ["RedisReader", "render_text", "snapshot", "watch"]
+__all__ = ["RedisReader", "read_levels", "render_text", "snapshot", "watch"]
 
 _NAMES = {v: k for k, v in PRIORITIES.items()}
 
@@ -72,6 +73,107 @@ for _, name in ipairs(st.names) do
 end
 return out
 """
+
+
+# Read-only runs of the scope script: its ``status`` op computes each limit's level as every
+# op does (expiries applied in memory), but every write command is a no-op here and Redis runs
+# the script as ``no-writes`` (Redis 7; a write slipping through is refused, not made). The
+# fleet's keys stay as they are: no purge saved, no lease moved, no waiter granted.
+_WRITES = [
+    "DEL",
+    "HDEL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HMSET",
+    "HSET",
+    "HSETNX",
+    "PERSIST",
+    "PEXPIRE",
+    "PEXPIREAT",
+    "EXPIRE",
+    "EXPIREAT",
+    "PUBLISH",
+    "SPUBLISH",
+    "SET",
+    "SETEX",
+    "PSETEX",
+    "UNLINK",
+    "ZADD",
+    "ZINCRBY",
+    "ZREM",
+    "ZREMRANGEBYLEX",
+    "ZREMRANGEBYRANK",
+    "ZREMRANGEBYSCORE",
+]
+_READ_ONLY_HEAD = (
+    "local redis = setmetatable({}, {__index = redis})\n"
+    "do\n"
+    "  local call, pcall_ = redis.call, redis.pcall\n"
+    "  local writes = {" + ", ".join(f"{w}=true" for w in _WRITES) + "}\n"
+    "  redis.call = function(cmd, ...)\n"
+    "    if writes[string.upper(cmd)] then return 0 end\n"
+    "    return call(cmd, ...)\n"
+    "  end\n"
+    "  redis.pcall = function(cmd, ...)\n"
+    "    if writes[string.upper(cmd)] then return 0 end\n"
+    "    return pcall_(cmd, ...)\n"
+    "  end\n"
+    "end\n"
+)
+
+
+class _ReadOnlyScript:
+    """The scope script with its writes turned off (see ``_READ_ONLY_HEAD``)."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        from quotaflow.backends import _redis_script as rs
+
+        plain = _READ_ONLY_HEAD + rs.SCRIPT
+        self._bodies = ["#!lua flags=no-writes\n" + plain, plain]  # the flag needs Redis 7
+        self._shas = [hashlib.sha1(b.encode()).hexdigest() for b in self._bodies]
+        self._pick = 0
+
+    def __call__(self, client: Any, keys: Sequence[str], argv: Sequence[str]) -> Any:
+        import redis
+
+        while True:
+            body, sha = self._bodies[self._pick], self._shas[self._pick]
+            try:
+                try:
+                    return client.evalsha(sha, len(keys), *keys, *argv)
+                except redis.exceptions.NoScriptError:
+                    return client.eval(body, len(keys), *keys, *argv)
+            except redis.exceptions.ResponseError as exc:
+                text = str(exc).lower()
+                if self._pick == 0 and ("shebang" in text or "near '#'" in text):
+                    self._pick = 1  # a Redis before 7: the writes stay off all the same
+                    continue
+                raise
+
+
+_read_only: _ReadOnlyScript | None = None
+
+
+def read_levels(
+    client: Any, codec: Any, scope: str, limits: Sequence[Any]
+) -> tuple[dict[str, Level], float] | None:
+    """Each limit's level of ``scope`` (Redis times) and Redis's time, read without writing
+    anything; ``None`` when no process has configured the scope (or its calendar windows are
+    not the ones given). ``codec``: a :class:`~quotaflow.backends._redis_script.Codec` of the
+    fleet's namespace."""
+    global _read_only
+    from quotaflow.backends import _redis_script as rs
+
+    if _read_only is None:
+        _read_only = _ReadOnlyScript()
+    argv = codec.argv("status", scope, [], limits, None, time.time())
+    reply = rs.decode_reply(_read_only(client, codec.keys(scope), argv))
+    if reply.status != "ok":
+        return None
+    rows = rs.decode_levels(reply.result)
+    return {k: rs.shift_level(v, 0.0) for k, v in rows.items()}, reply.now
 
 
 def _calendar(param: str) -> Any:
@@ -342,25 +444,8 @@ class RedisReader:
                 out.append(Limit(n, 1, 86_400.0, reset=cal))
         return out
 
-    def _script(self, keys: list[str], argv: list[str]) -> Any:
-        import redis
-
-        rs = self._rs
-        try:
-            return self._client.evalsha(rs.SCRIPT_SHA, len(keys), *keys, *argv)
-        except redis.exceptions.NoScriptError:
-            return self._client.eval(rs.SCRIPT, len(keys), *keys, *argv)
-
     def _levels(self, scope: str, limits: Sequence[Any]) -> tuple[dict[str, Level], float] | None:
-        rs = self._rs
-        argv = self._codec.argv("status", scope, [], limits, None, time.time())
-        keys = self._codec.keys(scope)
-        raw = self._call(self._script, keys, argv)
-        reply = rs.decode_reply(raw)
-        if reply.status != "ok":
-            return None  # not configured (expired), or days this reader does not know
-        rows = rs.decode_levels(reply.result)
-        return {k: rs.shift_level(v, 0.0) for k, v in rows.items()}, reply.now
+        return self._call(read_levels, self._client, self._codec, scope, limits)  # type: ignore[no-any-return]
 
     def snapshot(self) -> dict[str, Any]:
         """The fleet's state now (see :mod:`quotaflow.status`)."""
