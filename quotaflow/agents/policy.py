@@ -33,10 +33,11 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from quotaflow.agents.areas import AREA_ALIASES, AREAS, METHODS, GrantArea, GrantLevel
 from quotaflow.context import priority_value
 from quotaflow.errors import ConfigError
 from quotaflow.limits import RPD, TPD, Limit, pacific_days, pacific_months
@@ -63,84 +64,6 @@ __all__ = [
     "load_policy",
     "name_problem",
 ]
-
-GrantArea = Literal[
-    "content", "embeddings", "counting", "files", "caching", "batch", "tuning", "live"
-]
-"""An area of the API that can be granted."""
-
-GrantLevel = Literal["none", "read", "write"]
-"""``none`` < ``read`` < ``write`` (write includes read)."""
-
-METHODS: dict[str, dict[str, Literal["read", "write"]]] = {
-    "content": {
-        "generateContent": "write",
-        "streamGenerateContent": "write",
-        "predict": "write",
-        "predictLongRunning": "write",
-        "chat.completions": "write",
-        "images": "write",
-        "interactions.create": "write",
-        "interactions.cancel": "write",
-        "interactions.delete": "write",
-        "interactions.list": "read",
-        "interactions.get": "read",
-        "list": "read",
-        "get": "read",
-    },
-    "embeddings": {"embedContent": "write", "batchEmbedContents": "write", "embeddings": "write"},
-    "counting": {"countTokens": "read"},
-    "files": {
-        "upload": "write",
-        "register": "write",
-        "delete": "write",
-        "list": "read",
-        "get": "read",
-        "download": "read",
-    },
-    "caching": {
-        "create": "write",
-        "update": "write",
-        "delete": "write",
-        "list": "read",
-        "get": "read",
-    },
-    "batch": {
-        "batchGenerateContent": "write",
-        "asyncBatchEmbedContent": "write",
-        "cancel": "write",
-        "delete": "write",
-        "list": "read",
-        "get": "read",
-    },
-    "tuning": {
-        "create": "write",
-        "generateContent": "write",
-        "streamGenerateContent": "write",
-        "delete": "write",
-        "list": "read",
-        "get": "read",
-    },
-    # the Live API's WebSocket sessions, which only the gateway proxies
-    "live": {"BidiGenerateContent": "write"},
-}
-"""Per area, each method (as :func:`quotaflow.gemini.classify` names its ``action``) and the
-access it needs, after the API reference (a generate spends quota: write; a list: read; a
-delete: an irreversible write)."""
-
-AREAS: tuple[str, ...] = tuple(METHODS)
-"""The grantable areas, in the reference's order."""
-
-_AREA_ALIASES = {
-    "models": "content",
-    "tokens": "counting",
-    "count_tokens": "counting",
-    "cached_contents": "caching",
-    "caches": "caching",
-    "batches": "batch",
-    "tuned_models": "tuning",
-    "tunings": "tuning",
-}
 
 
 class PolicyError(ConfigError):
@@ -275,7 +198,7 @@ def _normalize_grants(value: Any) -> Any:
     out: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for area, grant in value.items():
-        name = _AREA_ALIASES.get(str(area), str(area))
+        name = AREA_ALIASES.get(str(area), str(area))
         if name in spelled:
             raise ValueError(
                 f"grants.{area} and grants.{spelled[name]} both grant {name!r}: keep one"
