@@ -37,6 +37,7 @@ from quotaflow.agents.transports import AgentTransport
 from quotaflow.errors import BackendError, QuotaError
 from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
+from quotaflow.gateway._upstream import Upstream
 from quotaflow.limiter import Limiter
 
 __all__ = ["Gateway"]
@@ -158,7 +159,8 @@ class Gateway:
         config: the validated configuration (:func:`~quotaflow.gateway.load_gateway_config`).
         key: the real key (default: read from ``config.key_file`` or ``config.key_env``).
         limiter: the limiter (default: ``Limiter(policy=config.policy, **config.limiter)``).
-        upstream: the transport that really sends (default: ``httpx.AsyncHTTPTransport``).
+        upstream: the transport that really sends (default: the gateway's keep-alive pool,
+            an httpx transport).
         clock: seconds for access-log durations (default: ``time.perf_counter``).
     """
 
@@ -179,9 +181,7 @@ class Gateway:
         ).digest()
         self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
         self.limiter = limiter or Limiter(policy=config.policy, **dict(config.limiter))
-        self._upstream = upstream or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        )
+        self._upstream = upstream or Upstream(max_connections=1000, max_keepalive=200)
         self._shared = _Shared(self._upstream)
         self._agents: dict[str, AgentTransport] = {}
         self._clock = clock or time.perf_counter
