@@ -67,6 +67,8 @@ _DROP_BACK = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
 )
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_PROXIED = frozenset([*_METHODS, "HEAD"])  # as Starlette's route (GET brings HEAD)
+_OWN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class _Key:
@@ -207,6 +209,17 @@ class Gateway:
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # the proxy's calls go straight to it (Starlette's routing and middleware cost a
+        # good share of a call); health, the Live socket and the lifespan go through the app
+        if scope["type"] == "http" and scope["path"] not in _OWN_PATHS:
+            if scope["method"] in _PROXIED:
+                response = await self._proxy(Request(scope, receive))
+            else:
+                response = Response(
+                    b"Method Not Allowed", 405, {"allow": ", ".join(sorted(_PROXIED))}, "text/plain"
+                )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
     @contextlib.asynccontextmanager
