@@ -35,6 +35,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from quotaflow.agents.transports import AgentTransport
 from quotaflow.errors import BackendError, QuotaError
+from quotaflow.gateway import _agents
 from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
 from quotaflow.gateway._upstream import Upstream
@@ -182,7 +183,7 @@ class Gateway:
             b"quotaflow-gateway-upload\0" + self._key.value.encode()
         ).digest()
         self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
-        self.limiter = limiter or Limiter(policy=config.policy, **dict(config.limiter))
+        self.limiter = limiter or _agents.make_limiter(config.policy, config.limiter)
         self._upstream = upstream or Upstream(max_connections=1000, max_keepalive=200)
         self._shared = _Shared(self._upstream)
         self._agents: dict[str, AgentTransport] = {}
@@ -236,9 +237,7 @@ class Gateway:
         self._agents.clear()
         with contextlib.suppress(Exception):
             await self._upstream.aclose()
-        runtime = getattr(self.limiter, "_agents", None)
-        if runtime is not None and runtime._audit is not None:
-            runtime._audit.flush()
+        _agents.flush_audit(self.limiter)
         backend: Any = self.limiter.backend
         if hasattr(backend, "aclose"):
             with contextlib.suppress(Exception):
@@ -247,8 +246,8 @@ class Gateway:
     def _transport(self, agent: str) -> AgentTransport:
         t = self._agents.get(agent)
         if t is None:
-            t = self._agents[agent] = self.limiter.agent(agent).transport(
-                self._shared, **dict(self.config.transport)
+            t = self._agents[agent] = _agents.agent_transport(
+                self.limiter, agent, self._shared, self.config.transport
             )
         return t
 

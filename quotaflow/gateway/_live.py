@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from quotaflow.agents.audit import AuditRecord
 from quotaflow.agents.grants import _match
 from quotaflow.errors import QuotaflowError
+from quotaflow.gateway import _agents
 from quotaflow.limiter import Limiter
 from quotaflow.limits import Concurrent, Limit
 
@@ -206,7 +207,7 @@ class LiveProxy:
         gw = self.gateway
         permit: Any = None
         try:
-            permit = await gw.limiter.agent(agent).acquire(model)
+            permit = await _agents.agent(gw.limiter, agent).acquire(model)
         except QuotaflowError as exc:
             if type(exc).__name__ != "UnknownModelError":  # a Live-only model: count sessions
                 self._audit(record, "denied", "budget", "denied", 429)
@@ -270,7 +271,7 @@ class LiveProxy:
         status: int,
         error: str | None = None,
     ) -> None:
-        runtime = self.gateway.limiter.agent(record["agent"]).audit
+        runtime = _agents.agent(self.gateway.limiter, record["agent"]).audit
         fields = {**record, "decision": decision, "reason": reason, "outcome": outcome}
         fields["status"] = status
         fields["duration"] = time.time() - record["time"]
