@@ -10,7 +10,9 @@ asyncio, one client per target, ``generateContent`` with a short prompt).
    through 1 gateway on the memory backend, 1 and 2 replicas on Redis (with an agent token;
    2 replicas take turns), at
    concurrency 1 and 8, with limits far above the load. Added latency is the gateway's
-   percentile minus the direct one; throughput is calls per second at that concurrency.
+   percentile minus the direct one; throughput is calls per second at that concurrency; the
+   gateways' CPU per call (user + system, from ``/proc``), which depends little on what else
+   runs on the machine.
 2. Saturation: the emulator and the gateways' limiter both allow ``--limit`` requests per 1 s
    window; 32 concurrent loops through 2 replicas for ``--seconds``. Reported: the emulator's
    429s (upstream) and the share of the limit admitted in each full 1 s window after the first.
@@ -198,16 +200,35 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def measure(urls: list[str], key: str, concurrency: int, calls: int) -> dict[str, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes ``pids`` used so far (Linux; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measure(
+    urls: list[str], key: str, concurrency: int, calls: int, pids: list[int] | None = None
+) -> dict[str, float]:
     asyncio.run(load(urls, key, concurrency, 40, None))  # warm up connections and caches
+    before = cpu_seconds(pids or [])
     lat, elapsed, bad = asyncio.run(load(urls, key, concurrency, calls, None))
+    used = cpu_seconds(pids or []) - before
     if bad:
         raise SystemExit(f"{bad} calls failed at concurrency {concurrency} on {urls}")
-    return {
+    out = {
         "p50_ms": pct(lat, 0.50) * 1000,
         "p99_ms": pct(lat, 0.99) * 1000,
         "per_s": len(lat) / elapsed,
     }
+    if pids:
+        out["gateway_cpu_ms"] = used * 1000 / len(lat)  # the gateways' CPU per call
+    return out
 
 
 def window_use(log: list[dict[str, Any]], limit: int) -> list[float]:
@@ -251,7 +272,8 @@ def main() -> None:
             ):
                 procs, urls, token = start_gateways(n, emu_url, backend, 10**7, tmp)
                 try:
-                    rows[name] = {c: measure(urls, token, c, args.calls) for c in (1, 8)}
+                    pids = [p.pid for p in procs]
+                    rows[name] = {c: measure(urls, token, c, args.calls, pids) for c in (1, 8)}
                 finally:
                     stop(procs)
         finally:
@@ -276,8 +298,8 @@ def main() -> None:
     )
     out = [
         "| path | concurrency | p50 ms | p99 ms | added p50 ms | added p99 ms | calls/s "
-        "| of direct | targets (<= 2 / 5 ms, >= 80%) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| of direct | gateway CPU ms per call | targets (<= 2 / 5 ms, >= 80%) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in rows.items():
         for c, r in cells.items():
@@ -302,7 +324,9 @@ def main() -> None:
             )
             out.append(
                 f"| {name} | {c} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added[0]} | "
-                f"{added[1]} | {r['per_s']:.0f} | {r['per_s'] / d['per_s']:.0%} | {verdict} |"
+                f"{added[1]} | {r['per_s']:.0f} | {r['per_s'] / d['per_s']:.0%} | "
+                f"{f'{cpu:.2f}' if (cpu := r.get('gateway_cpu_ms')) is not None else '-'} | "
+                f"{verdict} |"
             )
     sat = (
         f"Saturation through 2 replicas ({args.limit} requests per 1 s window, 32 loops, "

@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -37,6 +37,7 @@ from quotaflow.agents import Agents
 from quotaflow.errors import BackendError, QuotaError
 from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
+from quotaflow.gateway._upstream import Upstream
 from quotaflow.limiter import Limiter
 from quotaflow.transport import QuotaTransport
 
@@ -67,6 +68,8 @@ _DROP_BACK = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
 )
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_PROXIED = frozenset([*_METHODS, "HEAD"])  # as Starlette's route (GET brings HEAD)
+_OWN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class _Key:
@@ -160,7 +163,8 @@ class Gateway:
         key: the real key (default: read from ``config.key_file`` or ``config.key_env``).
         limiter: the limiter (default: ``Limiter(**config.limiter)``); the config's policy
             governs its agents (:class:`~quotaflow.agents.Agents`).
-        upstream: the transport that really sends (default: ``httpx.AsyncHTTPTransport``).
+        upstream: the transport that really sends (default: the gateway's keep-alive pool,
+            an httpx transport).
         clock: seconds for access-log durations (default: ``time.perf_counter``).
     """
 
@@ -182,9 +186,7 @@ class Gateway:
         self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
         self.limiter = limiter or Limiter(**dict(config.limiter))
         self.agents = Agents(self.limiter, config.policy)
-        self._upstream = upstream or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        )
+        self._upstream = upstream or Upstream(max_connections=1000, max_keepalive=200)
         self._shared = _Shared(self._upstream)
         self._agents: dict[str, QuotaTransport] = {}
         self._clock = clock or time.perf_counter
@@ -210,6 +212,17 @@ class Gateway:
         )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # the proxy's calls go straight to it (Starlette's routing and middleware cost a
+        # good share of a call); health, the Live socket and the lifespan go through the app
+        if scope["type"] == "http" and scope["path"] not in _OWN_PATHS:
+            if scope["method"] in _PROXIED:
+                response = await self._proxy(Request(scope, receive))
+            else:
+                response = Response(
+                    b"Method Not Allowed", 405, {"allow": ", ".join(sorted(_PROXIED))}, "text/plain"
+                )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
     @contextlib.asynccontextmanager
@@ -453,28 +466,45 @@ class Gateway:
         out = [(k, self._rewrite(request, entry, v)) if k.lower() in
                ("x-goog-upload-url", "x-goog-upload-control-url") else (k, v)
                for k, v in out]  # fmt: skip
-        if "content-length" in response.headers or "content-length" in {k.lower() for k, _ in out}:
-            # a whole answer (not a stream): relayed in one piece, the fast path
-            sent = b""
+        declared_back = response.headers.get("content-length", "")
+        if declared_back.isdigit():
+            # a whole answer (not a stream): relayed in one piece, the fast path. The answer
+            # goes back as soon as its declared length is in; the end of the upstream stream
+            # (settlement, the audit record) runs right after it is sent, within the request
+            rest: AsyncIterator[bytes] | None = None
             try:
                 try:
                     sent = response.content  # answered here (a denial): read
                 except httpx.ResponseNotRead:
-                    sent = b"".join([c async for c in response.aiter_raw()])
+                    sent, rest = await _head_of(response.aiter_raw(), int(declared_back))
             except httpx.TransportError as exc:
                 with anyio.CancelScope(shield=True):
                     await response.aclose()
                 return self._failed(request, entry, start, openai, 502, "UNAVAILABLE",
                                     f"the upstream answer broke off ({type(exc).__name__})",
                                     "GATEWAY_UPSTREAM")  # fmt: skip
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
             self._log(request, entry, response.status_code, start, len(sent))
-            whole = Response(sent, response.status_code)
+            if rest is None:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                whole = Response(sent, response.status_code)
+            else:
+                self.in_flight += 1  # until the upstream answer is closed and settled
+                whole = _Whole(sent, response.status_code, self._close(response, rest))
             whole.raw_headers = _raw(out)
             return whole
         self.in_flight += 1  # until the stream is relayed
         return _Relay(self._relay(request, entry, response, start), response.status_code, out)
+
+    async def _close(self, response: httpx.Response, rest: AsyncIterator[bytes]) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(httpx.TransportError):
+                    async for _ in rest:  # nothing more is declared: its end settles the call
+                        pass
+                await response.aclose()
+        finally:
+            self.in_flight -= 1
 
     def _failed(self, request: Request, entry: TokenEntry, start: float, openai: bool,
                 status: int, code: str, message: str, reason: str) -> Response:  # fmt: skip
@@ -532,6 +562,20 @@ class Gateway:
         return f"Gateway(upstream={self.config.upstream!r}, agents={sorted(self._agents)})"
 
 
+class _Whole(Response):
+    """A whole answer, and the end of its upstream answer to run once it is sent (or not)."""
+
+    def __init__(self, body: bytes, status: int, after: Coroutine[Any, Any, None]) -> None:
+        super().__init__(body, status)
+        self._after = after
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._after
+
+
 class _Relay(StreamingResponse):
     """A streamed response whose headers are kept as the upstream sent them."""
 
@@ -540,6 +584,23 @@ class _Relay(StreamingResponse):
     ) -> None:
         super().__init__(content, status)
         self.raw_headers = _raw(headers)
+
+
+async def _head_of(
+    chunks: AsyncIterator[bytes], length: int
+) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """The first ``length`` bytes of ``chunks`` and the unread rest (``None``: it ended)."""
+    got: list[bytes] = []
+    seen = 0
+    it = chunks.__aiter__()
+    while seen < length:
+        try:
+            chunk = await it.__anext__()
+        except StopAsyncIteration:
+            return b"".join(got), None
+        got.append(chunk)
+        seen += len(chunk)
+    return b"".join(got), it
 
 
 def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -118,7 +118,7 @@ class GatewayConfig:
         access_log: write one JSON line per request to the ``quotaflow.gateway.access`` logger.
         server: ``"uvicorn"`` (the one server supported).
         live_max_per_agent, live_max_per_model: concurrent Live API sessions allowed per agent
-            and per model, in each replica.
+            and per model, across the replicas on one backend.
         limiter: keyword arguments of :class:`quotaflow.Limiter` (``tier``, ``backend``, ...).
         transport: quota transport options (``max_429_retries``, ...).
         policy: the agents' policy.

@@ -2,7 +2,8 @@
 
 A session is judged when its first message (``setup``, naming the model) arrives: the agent
 needs ``write`` in the ``live`` area with the model matching its globs, and a free slot under
-the concurrent-session limits (per agent and per model, in this replica). The session then
+the concurrent-session limits (per agent and per model, across the replicas on one
+backend). The session then
 takes one request of the model's quota (the agent's share and budget included; a model the
 limiter has no limits for is only counted), is relayed both ways with the real key upstream,
 is settled at its end with the sum of ``promptTokenCount`` over the server's ``usageMetadata``
@@ -15,6 +16,7 @@ token or a grant, 1013 (try again later) for the session limits.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -28,6 +30,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from quotaflow.agents.audit import AuditRecord
 from quotaflow.agents.grants import _match
 from quotaflow.errors import QuotaflowError
+from quotaflow.limiter import Limiter
+from quotaflow.limits import Concurrent, Limit
 
 if TYPE_CHECKING:
     from quotaflow.gateway._app import Gateway
@@ -60,13 +64,71 @@ def _input_tokens(message: bytes | str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# a replica that dies without closing its sessions gives their slots back within this
+SESSION_HOLD = 3600.0
+
+
+def _scope(kind: str, name: str) -> str:
+    # agent and model names hold characters a scope name may not: a digest names the scope
+    return f"live-{kind}-{hashlib.sha256(name.encode()).hexdigest()[:20]}"
+
+
+class LiveSessions:
+    """The concurrent-session limits, held in the limiter's backend (so on a Redis backend
+    they hold across replicas): a ``Concurrent`` limit per agent and per model, each in a scope
+    of its own (namespace ``live:``, which no model name reaches)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._limiters: dict[str, Limiter] = {}
+
+    def _limiter(self, scope: str, amount: int) -> Limiter:
+        lim = self._limiters.get(scope)
+        if lim is None:
+            base = self.gateway.limiter
+            limit = Limit("sessions", amount, SESSION_HOLD, "requests", Concurrent())
+            lim = Limiter(
+                tier=None,
+                quotas={scope: [limit]},
+                backend=base.backend,
+                clock=base.clock,
+                project=base._core.project,
+                spend=False,
+            )
+            lim._core.namespace = "live:"
+            self._limiters[scope] = lim
+        return lim
+
+    async def take(self, agent: str, model: str) -> list[Any] | None:
+        """A slot under both limits (``None``: one of them is full, or the backend failed)."""
+        cfg = self.gateway.config
+        held: list[Any] = []
+        for scope, amount in (
+            (_scope("agent", agent), cfg.live_max_per_agent),
+            (_scope("model", model), cfg.live_max_per_model),
+        ):
+            try:
+                held.append(await self._limiter(scope, amount).acquire_nowait(scope))
+            except QuotaflowError:
+                await self.give_back(held)
+                return None
+        return held
+
+    @staticmethod
+    async def give_back(held: list[Any]) -> None:
+        for permit in held:
+            with contextlib.suppress(Exception):
+                await permit.release()
+
+
 class LiveProxy:
     """The WebSocket endpoint (mounted by :class:`~quotaflow.gateway.Gateway`)."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.sessions = LiveSessions(gateway)
+        # this replica's open sessions, per agent (the limits are the backend's)
         self.per_agent: Counter[str] = Counter()
-        self.per_model: Counter[str] = Counter()
 
     def _token(self, ws: WebSocket) -> str | None:
         h = ws.headers.get("x-goog-api-key")
@@ -122,22 +184,19 @@ class LiveProxy:
             await ws.close(code=1008, reason=f"quotaflow policy: {reason}")
             return
         assert model is not None
-        cfg = gw.config
-        if (
-            self.per_agent[entry.agent] >= cfg.live_max_per_agent
-            or self.per_model[model] >= cfg.live_max_per_model
-        ):
+        slots = await self.sessions.take(entry.agent, model)
+        if slots is None:
             self._audit(record, "denied", "live_sessions", "denied", 429)
             gw._access_ws(ws, entry, 429, "live_sessions")
             await ws.close(code=1013, reason="too many concurrent Live sessions; retry later")
             return
         self.per_agent[entry.agent] += 1
-        self.per_model[model] += 1
         try:
             await self._session(ws, entry.agent, model, first, record)
         finally:
+            with anyio.CancelScope(shield=True):
+                await self.sessions.give_back(slots)
             self.per_agent[entry.agent] -= 1
-            self.per_model[model] -= 1
 
     async def _session(
         self, ws: WebSocket, agent: str, model: str, first: str, record: dict[str, Any]

@@ -11,12 +11,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
-import queue
 import sys
+import threading
 from dataclasses import replace
-from logging.handlers import QueueHandler, QueueListener
 
 from quotaflow.errors import QuotaflowError
 
@@ -105,20 +105,61 @@ def _serve(argv: list[str]) -> int:
             return _fail(f"--port {args.port}: give a port in 0..65535 (0: any free one)", 2)
         config = replace(config, port=args.port)
     gateway = Gateway(config)
-    # log lines are written by a thread of their own: the event loop never waits for stderr
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    # log lines are formatted and written by a thread of their own: the event loop never
+    # waits for stderr
     out = logging.StreamHandler(sys.stderr)
     out.setFormatter(logging.Formatter("%(message)s"))
-    listener = QueueListener(lines, out)
+    writer = _Batched(out)
     root = logging.getLogger()
-    root.addHandler(QueueHandler(lines))
+    root.addHandler(writer)
     root.setLevel(logging.INFO)
-    listener.start()
     try:
         run(gateway)
     finally:
-        listener.stop()
+        writer.close()
+        root.removeHandler(writer)
     return 0
+
+
+class _Batched(logging.Handler):
+    """Keeps each record (a list append: no formatting, no thread wake-up in the event loop)
+    for a writer thread that formats and writes what came every ``interval`` seconds."""
+
+    def __init__(self, target: logging.Handler, interval: float = 0.05) -> None:
+        super().__init__()
+        self._target = target
+        self._pending: collections.deque[logging.LogRecord] = collections.deque()
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name="quotaflow-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._pending.append(record)
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no lock: deque appends are atomic
+        if self.filter(record):
+            self._pending.append(record)
+            return True
+        return False
+
+    def _drain(self) -> None:
+        pending = self._pending
+        while pending:
+            self._target.handle(pending.popleft())
+        self._target.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self._pending:
+                self._drain()
+        self._drain()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        super().close()
 
 
 def run_cli(argv: list[str]) -> int:

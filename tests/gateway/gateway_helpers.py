@@ -19,6 +19,7 @@ from quotaflow.gateway import (
     gateway_config_from_dict,
     new_token,
 )
+from quotaflow.gateway._upstream import Upstream
 
 KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"  # shaped like a real key; searched for
 FLASH = "gemini-2.5-flash"
@@ -62,10 +63,10 @@ class Seen:
 
 
 class Recording(httpx.AsyncBaseTransport):
-    """httpx's own transport, recording each request it really sends."""
+    """The gateway's own upstream transport, recording each request it really sends."""
 
     def __init__(self, seen: Seen) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
+        self._inner = Upstream()
         self._seen = seen
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

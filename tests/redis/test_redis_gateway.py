@@ -5,10 +5,14 @@ upstream."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +22,7 @@ from redis_helpers import free_port
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "gateway"))
 
-from gateway_helpers import FLASH, KEY, running
+from gateway_helpers import FLASH, KEY, ServedApp, running
 
 from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, serve
 
@@ -99,3 +103,66 @@ def test_readiness_fails_while_the_backend_is_unreachable(tmp_path: Path) -> Non
         assert r.status_code == 503
         assert r.json()["error"]["status"] == "UNAVAILABLE"
     assert em.emulator.stats()["models"].get(FLASH, {}).get("received", 0) == 0
+
+
+LIVE = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+
+
+def _live_upstream() -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def live(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.receive_text()
+        await ws.send_text(json.dumps({"setupComplete": {}}))
+        with contextlib.suppress(Exception):
+            while True:
+                await ws.receive_text()
+
+    return Starlette(routes=[WebSocketRoute(LIVE, live)])
+
+
+@contextlib.contextmanager
+def _open_live(base_url: str, token: str) -> Iterator[Any]:
+    """A Live session through a gateway: admitted (the upstream's ``setupComplete`` comes
+    back) or refused (the gateway closes it, raising ``ConnectionClosed``)."""
+    from websockets.sync.client import connect
+
+    url = base_url.replace("http://", "ws://") + LIVE
+    with connect(url, additional_headers={"x-goog-api-key": token}) as ws:
+        ws.send(json.dumps({"setup": {"model": f"models/{FLASH}"}}))
+        assert "setupComplete" in json.loads(ws.recv(timeout=10))
+        yield ws
+
+
+def test_live_session_limits_hold_across_replicas(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    policy = {"agents": {"talker": {"grants": {"live": {"access": "write"}}}}}
+    limiter = {"backend": f"{redis_url}?namespace={namespace}"}
+    with ServedApp(_live_upstream()) as up:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with (
+            running(up.base_url, tmp_path / "a", ("talker",), policy=policy, limiter=limiter,
+                    gateway={"live_max_per_agent": 1}) as a,
+            running(up.base_url, tmp_path / "b", ("talker",), policy=policy, limiter=limiter,
+                    gateway={"live_max_per_agent": 1}) as b,
+        ):  # fmt: skip
+            with _open_live(a.base_url, a.tokens["talker"]):
+                with (
+                    pytest.raises(ConnectionClosed) as refused,  # the other replica: over
+                    _open_live(b.base_url, b.tokens["talker"]),
+                ):
+                    pass
+                assert refused.value.rcvd is not None and refused.value.rcvd.code == 1013
+            for _ in range(1000):  # replica a (another thread) gives the slot back
+                if not a.gateway.live.per_agent["talker"]:
+                    break
+                time.sleep(0.01)
+            with _open_live(b.base_url, b.tokens["talker"]):  # free again, on either
+                pass
