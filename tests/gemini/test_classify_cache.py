@@ -78,8 +78,23 @@ _PATHS = st.lists(_SEGMENT, min_size=0, max_size=6).map("/".join)
     ),
     path=_PATHS,
     action=st.sampled_from(["", ":generateContent", ":batchEmbedContents", ":countTokens"]),
-    query=st.sampled_from(["", "?alt=sse", "?key=k", "?$httpMethod=GET", "#frag"]),
-    host=st.sampled_from([BASE, "", "https://user@host"]),
+    query=st.sampled_from(
+        [
+            "",
+            "?",
+            "?alt=sse",
+            "?key=k",
+            "?$httpMethod=GET",
+            "?%24httpMethod=delete&alt=sse",
+            "#frag",
+            "?alt=s\tse",
+            "?k=a@b",
+            "?a=1#f?alt=sse",
+            "?alt=sse?alt=json",
+            "?%ZZ=%FF&=x&&y",
+        ]
+    ),
+    host=st.sampled_from([BASE, "", "https://user@host", " \x01https://h", "https://h\t"]),
     body=st.sampled_from([None, {}, {"model": "m", "requests": [{}, {}]}, {"stream": True}]),
     override=st.sampled_from([None, {}, {"X-HTTP-Method-Override": "DELETE"}]),
 )
@@ -99,3 +114,5 @@ def test_cached_classification_equals_a_fresh_one(
     assert classify(method, url, body, headers=override) == fresh
     assert classify(method, url, body, headers=override) == fresh
     assert canonical_request(method, url, override) == canonical_request(method, url, override)
+    # the same as a request split by urllib each time
+    assert canonical_request(method, url) == _canonical._canonical(method, url)
