@@ -149,7 +149,11 @@ def _query(raw: str) -> tuple[tuple[str, str], ...]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        pairs.append((param_name(name), unquote_plus(value)))
+        if "%" in part or "+" in part:
+            pairs.append((param_name(name), unquote_plus(value)))
+        else:  # nothing to decode
+            name = name.casefold()
+            pairs.append((name[1:] if name.startswith("$") else name, value))
     return tuple(pairs)
 
 
@@ -169,7 +173,9 @@ def canonical_request(
         >>> canonical_request("GET", "/v1beta/files/x/%2e%2e/y").problem
         'a dot segment'
     """
-    canon = _split(method, url)
+    # a URL without a query or user info holds no secret: its form is cached (a client sends
+    # the same few URLs again and again); the rest is worked out each time
+    canon = _canonical(method, url) if "?" in url or "@" in url else _cached(method, url)
     if headers is None or canon.problem is not None:
         return canon
     override = None
@@ -184,42 +190,19 @@ def canonical_request(
     return CanonicalRequest(canon.method, canon.path, canon.query, problem)
 
 
-def _split(method: str, url: str) -> CanonicalRequest:
-    """The canonical form of a request without its headers. The part before the query holds no
-    secret (a user info, the only place it could, is never cached): its form is cached, as a
-    client sends the same few URLs again and again; the query is read each time."""
-    if "#" in url:
-        return _canonical(method, url)
-    base, mark, raw_query = url.partition("?")
-    if "@" in base or (mark and ("\t" in raw_query or "\r" in raw_query or "\n" in raw_query)):
-        return _canonical(method, url)  # urlsplit drops tabs and newlines: leave them to it
-    canon = _cached(method, base)
-    if not raw_query:
-        return canon
-    query = _query(raw_query)
-    return CanonicalRequest(
-        canon.method, canon.path, query, canon.problem or _override(canon.method, query)
-    )
-
-
-def _override(method: str, query: tuple[tuple[str, str], ...]) -> str | None:
-    """The problem of a ``$httpMethod`` override in the query to another method, if any."""
-    override = None
-    for k, v in query:
-        if k == _OVERRIDE_PARAM:
-            override = v
-    if override is not None and override.strip().upper() != method:
-        return f"a method override to {override.strip()[:16]!r}"
-    return None
-
-
 def _canonical(method: str, url: str) -> CanonicalRequest:
     """The canonical form of a request without its headers."""
     method = method.upper()
     parts = urlsplit(url)
     query = _query(parts.query) if parts.query else ()
     path, problem = _path(parts.path or "/")
-    return CanonicalRequest(method, path, query, problem or _override(method, query))
+    override = None
+    for k, v in query:
+        if k == _OVERRIDE_PARAM:
+            override = v
+    if problem is None and override is not None and override.strip().upper() != method:
+        problem = f"a method override to {override.strip()[:16]!r}"
+    return CanonicalRequest(method, path, query, problem)
 
 
 _cached = functools.lru_cache(maxsize=512)(_canonical)
