@@ -121,6 +121,7 @@ class TierPrices(_Strict):
 
 
 _FOUND_MAX = 1024
+_Rates = tuple[float, float, float, float, float]
 
 
 class PriceTable(_Strict):
@@ -185,19 +186,39 @@ class PriceTable(_Strict):
     ) -> int | None:
         """What a call costs in micro-dollars (rounded up), or ``None`` if ``model`` has no
         price. ``cached_tokens`` is the cached part of ``input_tokens``."""
-        p = self.price(model)
-        if p is None:
+        try:
+            rates = self._rates[(model, tier)]
+        except KeyError:
+            rates = self._rates_of(model, tier)
+        if rates is None:
             return None
+        p_input, p_cache, p_output, p_think, mult = rates
         cached = min(cached_tokens, input_tokens)
-        think = p.output if p.thinking is None else p.thinking
-        cache = p.input if p.cached_input is None else p.cached_input
         usd = (
-            (input_tokens - cached) * p.input
-            + cached * cache
-            + output_tokens * p.output
-            + thoughts_tokens * think
+            (input_tokens - cached) * p_input
+            + cached * p_cache
+            + output_tokens * p_output
+            + thoughts_tokens * p_think
         )
-        return math.ceil(usd * self.multiplier(tier) - 1e-9)
+        return math.ceil(usd * mult - 1e-9)
+
+    def _rates_of(self, model: str, tier: str | None) -> _Rates | None:
+        """The per-token prices (input, cached input, output, thinking) of ``model`` and the
+        multiplier of ``tier``, kept by ``(model, tier)`` (up to ``_FOUND_MAX`` pairs)."""
+        p = self.price(model)
+        rates: _Rates | None = None
+        if p is not None:
+            think = p.output if p.thinking is None else p.thinking
+            cache = p.input if p.cached_input is None else p.cached_input
+            rates = (p.input, cache, p.output, think, self.multiplier(tier))
+        if len(self._rates) < _FOUND_MAX:
+            self._rates[(model, tier)] = rates
+        return rates
+
+    @functools.cached_property
+    def _rates(self) -> dict[tuple[str, str | None], _Rates | None]:
+        """:meth:`_rates_of` by ``(model, tier)``."""
+        return {}
 
     def with_overrides(self, models: Mapping[str, Mapping[str, Any]]) -> PriceTable:
         """This table with some models' prices replaced or added: ``{"m": {"input": 0.1,
@@ -330,9 +351,25 @@ class SpendBook:
             return None
         return Limit("spend", math.floor(self.cap_usd * 1_000_000), self.period, USD_MICROS)
 
-    def cost(self, model: str, tier: str | None = None, **tokens: int) -> int | None:
+    def cost(
+        self,
+        model: str,
+        tier: str | None = None,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        thoughts_tokens: int = 0,
+        cached_tokens: int = 0,
+    ) -> int | None:
         """:meth:`PriceTable.cost_micros`, saying once per model when it has no price."""
-        micros = self.prices.cost_micros(model, tier=tier, **tokens)
+        micros = self.prices.cost_micros(
+            model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            thoughts_tokens=thoughts_tokens,
+            cached_tokens=cached_tokens,
+            tier=tier,
+        )
         if micros is None and model not in self._unpriced:
             self._unpriced.add(model)
             log.warning(

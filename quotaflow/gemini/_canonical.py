@@ -149,7 +149,11 @@ def _query(raw: str) -> tuple[tuple[str, str], ...]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        pairs.append((param_name(name), unquote_plus(value)))
+        if "%" in part or "+" in part:
+            pairs.append((param_name(name), unquote_plus(value)))
+        else:  # nothing to decode
+            name = name.casefold()
+            pairs.append((name[1:] if name.startswith("$") else name, value))
     return tuple(pairs)
 
 
@@ -169,18 +173,36 @@ def canonical_request(
         >>> canonical_request("GET", "/v1beta/files/x/%2e%2e/y").problem
         'a dot segment'
     """
+    # a URL without a query or user info holds no secret: its form is cached (a client sends
+    # the same few URLs again and again); the rest is worked out each time
+    canon = _canonical(method, url) if "?" in url or "@" in url else _cached(method, url)
+    if headers is None or canon.problem is not None:
+        return canon
+    override = None
+    for k, v in headers.items():
+        if k.lower() == _OVERRIDE_HEADER:
+            override = v
+    if override is None or any(k == _OVERRIDE_PARAM for k, _ in canon.query):
+        return canon  # no header override, or the query's own (already judged) wins
+    if override.strip().upper() == canon.method:
+        return canon
+    problem = f"a method override to {override.strip()[:16]!r}"
+    return CanonicalRequest(canon.method, canon.path, canon.query, problem)
+
+
+def _canonical(method: str, url: str) -> CanonicalRequest:
+    """The canonical form of a request without its headers."""
     method = method.upper()
     parts = urlsplit(url)
-    query = _query(parts.query)
+    query = _query(parts.query) if parts.query else ()
     path, problem = _path(parts.path or "/")
     override = None
-    if headers is not None:
-        for k, v in headers.items():
-            if k.lower() == _OVERRIDE_HEADER:
-                override = v
     for k, v in query:
         if k == _OVERRIDE_PARAM:
             override = v
     if problem is None and override is not None and override.strip().upper() != method:
         problem = f"a method override to {override.strip()[:16]!r}"
     return CanonicalRequest(method, path, query, problem)
+
+
+_cached = functools.lru_cache(maxsize=512)(_canonical)

@@ -7,12 +7,13 @@ its area, whether it reads or writes, its model, and what it spends of the model
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from quotaflow.gemini._canonical import CanonicalRequest, canonical_request, valid_model
+from quotaflow.gemini._canonical import canonical_request, valid_model
 
 __all__ = ["Access", "Area", "Call", "classify", "needs_body"]
 
@@ -149,23 +150,69 @@ def classify(
         ('content', 'write', 'gemini-2.5-flash', 1, True)
     """
     canon = canonical_request(method, url, headers)
-    call = _route(canon, body or {})
-    if call.problem is None and call.model is not None and not valid_model(call.model):
-        return _malformed(canon, f"a model name that is not one ({call.model[:40]!r})")
+    sse = canon.sse
+    call = _static(canon.method, canon.path, canon.problem, sse)
+    if call is None:  # the body says part of it
+        call = _checked(canon.method, canon.path, canon.problem, sse, body or {})
     return call
 
 
-def _malformed(canon: CanonicalRequest, problem: str) -> Call:
-    method = canon.method
+class _Probe(Mapping[str, Any]):
+    """An empty body that notes whether it was read."""
+
+    __slots__ = ("read",)
+
+    def __init__(self) -> None:
+        self.read = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.read = True
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read = True
+        return iter(())
+
+    def __len__(self) -> int:
+        self.read = True
+        return 0
+
+    def __contains__(self, key: object) -> bool:
+        self.read = True
+        return False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read = True
+        return default
+
+
+@functools.lru_cache(maxsize=1024)
+def _static(method: str, path: str, problem: str | None, sse: bool) -> Call | None:
+    """The call of a route whose class the body does not change (``None`` for the routes it
+    does): cached by the canonical method and path (a path holds no secret)."""
+    probe = _Probe()
+    call = _checked(method, path, problem, sse, probe)
+    return None if probe.read else call
+
+
+def _checked(
+    method: str, path: str, problem: str | None, sse: bool, body: Mapping[str, Any]
+) -> Call:
+    call = _route(method, path, problem, sse, body)
+    if call.problem is None and call.model is not None and not valid_model(call.model):
+        return _malformed(method, path, f"a model name that is not one ({call.model[:40]!r})")
+    return call
+
+
+def _malformed(method: str, path: str, problem: str) -> Call:
     return Call(
-        method, canon.path, "unknown", None, "malformed", "other", _access(method), problem=problem
+        method, path, "unknown", None, "malformed", "other", _access(method), problem=problem
     )
 
 
-def _route(canon: CanonicalRequest, body: Mapping[str, Any]) -> Call:
-    method, path = canon.method, canon.path
-    if canon.problem is not None:
-        return _malformed(canon, canon.problem)
+def _route(method: str, path: str, problem: str | None, sse: bool, body: Mapping[str, Any]) -> Call:
+    if problem is not None:
+        return _malformed(method, path, problem)
     m = _VERSION.search(path)
     if m is None:
         return Call(method, path, "unknown", None, _verb(method, True), "other", _access(method))
@@ -176,7 +223,7 @@ def _route(canon: CanonicalRequest, body: Mapping[str, Any]) -> Call:
         return Call(method, path, "gemini", version, "upload", "files", "write", creates=True)
     if rest == "interactions" or rest.startswith("interactions/"):
         return _interactions(method, path, version, rest, body)
-    return _native(method, path, version, rest, body, canon.sse)
+    return _native(method, path, version, rest, body, sse)
 
 
 def _access(method: str) -> Access:

@@ -40,7 +40,8 @@ _FILE_NAME = re.compile(r"(files/[A-Za-z0-9_-]+)")
 
 
 def _text(s: str) -> int:
-    return math.ceil(len(s.encode("utf-8")) / 4)
+    n = len(s) if s.isascii() else len(s.encode("utf-8"))
+    return (n + 3) // 4  # ceil(bytes / 4)
 
 
 def _compact(value: Any) -> str:
@@ -73,34 +74,54 @@ def _blob_tokens(blob: dict[str, Any], inline: bool, files: Files, resolution: s
     )
 
 
+_PART_KEYS = {
+    "text": 0,
+    "inlineData": 1,
+    "inline_data": 1,
+    "fileData": 2,
+    "file_data": 2,
+    "functionCall": 3,
+    "functionResponse": 3,
+    "executableCode": 3,
+    "codeExecutionResult": 3,
+}
+"""What each key of a part is: text, inline data, file data, or JSON counted as text."""
+
+
 def _parts(parts: Any, files: Files, resolution: str | None) -> int:
     total = 0
+    kinds = _PART_KEYS.get
     for part in parts if isinstance(parts, list) else ():
         if not isinstance(part, dict):
             continue
-        text = part.get("text")
-        if isinstance(text, str):
-            total += _text(text)
-        own = _resolution(part.get("mediaResolution", part.get("media_resolution"))) or resolution
-        for key, inline in (
-            ("inlineData", True),
-            ("inline_data", True),
-            ("fileData", False),
-            ("file_data", False),
-        ):
-            blob = part.get(key)
-            if isinstance(blob, dict):
-                total += _blob_tokens(blob, inline, files, own)
-        for key in ("functionCall", "functionResponse", "executableCode", "codeExecutionResult"):
-            if key in part:
-                total += _text(_compact(part[key]))
+        own: Any = _UNSET  # the part's media resolution, read when it has media
+        for key, value in part.items():
+            kind = kinds(key)
+            if kind is None:
+                continue
+            if kind == 0:
+                if isinstance(value, str):
+                    total += _text(value)
+            elif kind == 3:
+                total += _text(_compact(value))
+            elif isinstance(value, dict):
+                if own is _UNSET:
+                    own = (
+                        _resolution(part.get("mediaResolution", part.get("media_resolution")))
+                        or resolution
+                    )
+                total += _blob_tokens(value, kind == 1, files, own)
     return total
 
 
+_UNSET = object()
+
+
 def _contents(contents: Any, files: Files | None = None, resolution: str | None = None) -> int:
-    items = [contents] if isinstance(contents, dict) else contents
+    if isinstance(contents, dict):
+        return _parts(contents.get("parts"), files or {}, resolution)
     total = 0
-    for c in items if isinstance(items, list) else ():
+    for c in contents if isinstance(contents, list) else ():
         if isinstance(c, dict):
             total += _parts(c.get("parts"), files or {}, resolution)
         elif isinstance(c, str):

@@ -37,8 +37,29 @@ class Usage:
     total_tokens: int = 0
 
 
+_new = object.__new__
+
+
+def _usage(
+    input_tokens: int, output_tokens: int, cached: int, thoughts: int, tool_use: int, total: int
+) -> Usage:
+    """``Usage(...)`` without the frozen dataclass's per-field ``__setattr__`` (equal to it)."""
+    u: Usage = _new(Usage)
+    u.__dict__.update(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached,
+        thoughts_tokens=thoughts,
+        tool_use_tokens=tool_use,
+        total_tokens=total,
+    )
+    return u
+
+
 def _int(value: Any) -> int:
-    if isinstance(value, bool):
+    if type(value) is int:
+        return value if value > 0 else 0
+    if value is None or isinstance(value, bool):
         return 0
     if isinstance(value, int):
         return max(0, value)
@@ -48,13 +69,14 @@ def _int(value: Any) -> int:
 
 
 def _from_metadata(meta: dict[str, Any]) -> Usage:
-    return Usage(
-        input_tokens=_int(meta.get("promptTokenCount")),
-        output_tokens=_int(meta.get("candidatesTokenCount")),
-        cached_tokens=_int(meta.get("cachedContentTokenCount")),
-        thoughts_tokens=_int(meta.get("thoughtsTokenCount")),
-        tool_use_tokens=_int(meta.get("toolUsePromptTokenCount")),
-        total_tokens=_int(meta.get("totalTokenCount")),
+    get = meta.get
+    return _usage(
+        _int(get("promptTokenCount")),
+        _int(get("candidatesTokenCount")),
+        _int(get("cachedContentTokenCount")),
+        _int(get("thoughtsTokenCount")),
+        _int(get("toolUsePromptTokenCount")),
+        _int(get("totalTokenCount")),
     )
 
 
@@ -118,6 +140,17 @@ def usage_from_json(obj: Any) -> Usage | None:
     return None
 
 
+_decoder = json.JSONDecoder()
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads(data)``: a body that opens as UTF-8 JSON (``{`` or ``[`` and no NUL after
+    it, so no BOM, UTF-16 or UTF-32) is decoded here, skipping ``json.detect_encoding``."""
+    if data[:1] in (b"{", b"[") and data[1:2] != b"\x00":
+        return _decoder.decode(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
+
+
 class BodyScanner:
     """Collects a JSON body chunk by chunk (up to ``limit`` bytes) and reads its usage."""
 
@@ -136,10 +169,12 @@ class BodyScanner:
 
     def usage(self) -> Usage | None:
         """The usage of the body so far (``None`` if none or the body was too large)."""
-        if self._size > self._limit or not self._chunks:
+        chunks = self._chunks
+        if self._size > self._limit or not chunks:
             return None
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            return usage_from_json(json.loads(b"".join(self._chunks)))
+            return usage_from_json(_loads(data))
         except ValueError:
             return None
 
@@ -201,7 +236,7 @@ class StreamScanner:
         if payload.strip() == b"[DONE]":
             return
         try:
-            found = usage_from_json(json.loads(payload))
+            found = usage_from_json(_loads(payload))
         except ValueError:
             return
         if found is not None:
