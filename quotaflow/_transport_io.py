@@ -41,7 +41,7 @@ from quotaflow._transport_flow import (
     call_flow,
     final_amounts,
 )
-from quotaflow.errors import ConfigError, QuotaError, QuotaflowError
+from quotaflow.errors import ConfigError, QuotaflowError
 from quotaflow.gemini import (
     BodyScanner,
     CountCache,
@@ -434,30 +434,23 @@ class AsyncDriver(_DriverBase):
             lim = self._limiter if effect.limiter == "model" else self._count
             if lim.mode == "shadow":
                 return await _shadow.acquire_async(lim, effect)
-            try:
-                if effect.nowait:
-                    permit = await lim.acquire_nowait(
-                        effect.model,
-                        effect.tokens,
-                        cost=effect.cost,
-                        priority=effect.priority,
-                        agent=effect.agent,
-                    )
-                else:
-                    permit = await lim.acquire(
-                        effect.model,
-                        effect.tokens,
-                        cost=effect.cost,
-                        priority=effect.priority,
-                        deadline=effect.deadline,
-                        agent=effect.agent,
-                    )
-            except QuotaError as exc:
-                if metrics.ON:
-                    metrics.refused(effect.model, _shadow.refusal_reason(exc), effect.agent)
-                raise
-            if metrics.ON:
-                metrics.granted(effect.model, permit, effect.agent, limiter=lim)
+            if effect.nowait:
+                permit = await lim.acquire_nowait(
+                    effect.model,
+                    effect.tokens,
+                    cost=effect.cost,
+                    priority=effect.priority,
+                    agent=effect.agent,
+                )
+            else:
+                permit = await lim.acquire(
+                    effect.model,
+                    effect.tokens,
+                    cost=effect.cost,
+                    priority=effect.priority,
+                    deadline=effect.deadline,
+                    agent=effect.agent,
+                )
             return permit
         if isinstance(effect, Settle):
             done = effect.permit.settle(**(effect.amounts or {}))
@@ -606,32 +599,25 @@ class SyncDriver(_DriverBase):
             lim = self._limiter if effect.limiter == "model" else self._count
             if lim.mode == "shadow":
                 return _shadow.acquire_sync(lim, effect)
-            try:
-                if effect.nowait:
-                    permit = lim.acquire_nowait(
-                        effect.model,
-                        effect.tokens,
-                        cost=effect.cost,
-                        priority=effect.priority,
-                        agent=effect.agent,
-                    )
-                else:
-                    permit = lim._acquire(
-                        effect.model,
-                        effect.tokens,
-                        effect.cost,
-                        effect.priority,
-                        None,
-                        effect.deadline,
-                        False,
-                        effect.agent,
-                    )
-            except QuotaError as exc:
-                if metrics.ON:
-                    metrics.refused(effect.model, _shadow.refusal_reason(exc), effect.agent)
-                raise
-            if metrics.ON:
-                metrics.granted(effect.model, permit, effect.agent, limiter=lim)
+            if effect.nowait:
+                permit = lim.acquire_nowait(
+                    effect.model,
+                    effect.tokens,
+                    cost=effect.cost,
+                    priority=effect.priority,
+                    agent=effect.agent,
+                )
+            else:
+                permit = lim._acquire(
+                    effect.model,
+                    effect.tokens,
+                    effect.cost,
+                    effect.priority,
+                    None,
+                    effect.deadline,
+                    False,
+                    effect.agent,
+                )
             return permit
         if isinstance(effect, Settle):
             amounts = dict(effect.amounts or {})
