@@ -93,7 +93,10 @@ def measure_grant(limiter: Any, model: str, permit: Any, agent: str | None) -> N
     if limiter._core.mode == "enforce":
         if agent is None:
             agent = context._agent.get()
-        _metrics.granted(model, permit, agent, limiter=limiter)
+        if model not in limiter._measured:  # the gauges watch (limiter, model) from here on
+            limiter._measured.add(model)
+            _metrics.seen(limiter, model)
+        _metrics.granted(model, permit, agent)
 
 
 def measure_refusal(limiter: Any, model: str, exc: BaseException, agent: str | None) -> None:

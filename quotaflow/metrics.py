@@ -181,19 +181,34 @@ def _attrs(model: str, agent: str | None, mode: str, **more: Any) -> dict[str, A
     return out
 
 
+# the attributes of a kind of grant (model, agent, mode, priority, dimension), never changed
+# once built
+_GRANT_ATTRS: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
 # --- hooks the transports call (each a no-op when ON is false) -------------------------------
 def granted(
     model: str, permit: Any, agent: str | None, mode: str = "enforce", limiter: Any = None
 ) -> None:
     """A call was admitted after ``permit.waited`` seconds."""
-    inst = _get()
-    prio = _prio(getattr(permit, "priority", None))
+    inst = _inst or _get()
+    p = getattr(permit, "priority", None)
     waited = float(getattr(permit, "waited", 0.0) or 0.0)
     dim = _WAITED_ON.pop(str(getattr(permit, "id", "")), "") if waited > 0 else ""
     if limiter is not None:
         seen(limiter, model)
-    inst.grants.add(1, _attrs(model, agent, mode, priority=prio))
-    inst.wait.record(waited, _attrs(model, agent, mode, priority=prio, dimension=dim))
+    key = (model, agent, mode, p, dim)
+    attrs = _GRANT_ATTRS.get(key)
+    if attrs is None:  # built once per kind of grant: a grant on the hot path only looks up
+        if len(_GRANT_ATTRS) >= 4096:
+            _GRANT_ATTRS.clear()
+        prio = _prio(p)
+        attrs = _GRANT_ATTRS[key] = (
+            _attrs(model, agent, mode, priority=prio),
+            _attrs(model, agent, mode, priority=prio, dimension=dim),
+        )
+    inst.grants.add(1, attrs[0])
+    inst.wait.record(waited, attrs[1])
 
 
 def would_wait(

@@ -185,6 +185,7 @@ class SyncLimiter:
         self._early: dict[str, Decision] = {}
         self._early_lock = threading.Lock()
         self._listening = Subscriptions(self.backend, self._deliver)
+        self._measured: set[str] = set()  # the models whose grants the metrics have seen
 
     @classmethod
     def sharing(cls, limiter: SharesCore) -> SyncLimiter:
