@@ -227,8 +227,9 @@ class Limiter:
 
     @classmethod
     def sharing(cls, limiter: SharesCore) -> Limiter:
-        """A limiter on the same backend, tables and clock as ``limiter`` (an async or a sync
-        one): ``SyncLimiter.sharing(limiter)`` for the threads of an async application."""
+        """A limiter on the same backend, tables and clock as ``limiter``:
+        ``SyncLimiter.sharing(limiter)`` gives the threads of an async application the same
+        quota state (through the sync twin of a backend with one, such as Redis)."""
         return cls(backend=limiter.backend, _core=limiter._core)
 
     @property
