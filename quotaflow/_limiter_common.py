@@ -91,12 +91,15 @@ def measure_grant(limiter: Any, model: str, permit: Any, agent: str | None) -> N
     """Record a grant (``quotaflow.grants``, ``quotaflow.wait.duration``); call only when
     ``metrics.ON``. In shadow mode the transports record what they decided instead."""
     if limiter._core.mode == "enforce":
-        if agent is None:
-            agent = context._agent.get()
         if model not in limiter._measured:  # the gauges watch (limiter, model) from here on
             limiter._measured.add(model)
             _metrics.seen(limiter, model)
-        _metrics.granted(model, permit, agent)
+        if _metrics.reaching():
+            if agent is None:
+                agent = context._agent.get()
+            _metrics.granted(model, permit, agent)
+        elif permit._waited > 0:  # what made it wait is recorded for nobody
+            _metrics._WAITED_ON.pop(permit.id, None)
 
 
 def measure_refusal(limiter: Any, model: str, exc: BaseException, agent: str | None) -> None:

@@ -32,6 +32,7 @@ Spans (``quotaflow.call`` around each call through a transport) are off by defau
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -50,6 +51,14 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 ON: bool = _otel_metrics is not None
 """Whether metrics are recorded (the ``otel`` extra is installed and not turned off)."""
+
+try:  # where the API keeps the global provider: None until an application sets one
+    from opentelemetry.metrics import _internal as _otel_global
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _otel_global = None  # type: ignore[assignment]
+if not hasattr(_otel_global, "_METER_PROVIDER"):  # pragma: no cover - another API version
+    _otel_global = None  # type: ignore[assignment]
+_OWN_PROVIDER = False  # configure(meter_provider=...) was given one
 
 SPANS = False
 _tracer_provider: Any = None
@@ -140,7 +149,7 @@ def configure(
         tracer_provider: make the spans with this provider instead of the global one.
         enabled: ``False`` to record nothing (``True``: record again, if the extra is there).
     """
-    global _inst, SPANS, ON, _tracer_provider
+    global _inst, SPANS, ON, _tracer_provider, _OWN_PROVIDER
     if tracer_provider is not None:
         _tracer_provider = tracer_provider
     if enabled is not None:
@@ -150,9 +159,19 @@ def configure(
     if meter_provider is not None and _otel_metrics is not None:
         with _LOCK:
             _inst = _Instruments(meter_provider)
+            _OWN_PROVIDER = True
 
 
 _WAITED_ON: dict[str, str] = {}  # request id -> the dimension that made it wait
+
+
+def reaching() -> bool:
+    """Whether a record reaches a provider: one given to :func:`configure`, the global one an
+    application set, or one ``OTEL_PYTHON_METER_PROVIDER`` names. Before any, the API's proxy
+    instruments drop every record: the limiter's hot path skips building them."""
+    if _OWN_PROVIDER or _otel_global is None or _otel_global._METER_PROVIDER is not None:
+        return True
+    return "OTEL_PYTHON_METER_PROVIDER" in os.environ
 
 
 def waiting_on(request_id: str, dimension: str) -> None:
@@ -164,9 +183,10 @@ def waiting_on(request_id: str, dimension: str) -> None:
 def reset() -> None:
     """Record through the global ``MeterProvider`` again (after
     ``configure(meter_provider=...)``), with spans off."""
-    global _inst, SPANS, _tracer_provider
+    global _inst, SPANS, _tracer_provider, _OWN_PROVIDER
     with _LOCK:
         _inst = None
+        _OWN_PROVIDER = False
     SPANS = False
     _tracer_provider = None
 

@@ -89,3 +89,37 @@ def test_metrics_turned_off_record_nothing(reader: InMemoryMetricReader) -> None
         assert _counts(reader) == (0, {}, 0)
     finally:
         metrics.configure(enabled=True)
+
+
+_GLOBAL_PROVIDER = """
+from opentelemetry import metrics as otel
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from quotaflow import RPM, SyncLimiter
+
+limiter = SyncLimiter(None, quotas={"m": [RPM(5)]})
+limiter.acquire_nowait("m").settle()  # before any provider: the API drops it
+reader = InMemoryMetricReader()
+otel.set_meter_provider(MeterProvider(metric_readers=[reader]))
+limiter.acquire_nowait("m").settle()
+limiter.acquire_nowait("m").settle()
+data = reader.get_metrics_data()
+print(sum(
+    p.value
+    for rm in data.resource_metrics
+    for sm in rm.scope_metrics
+    for m in sm.metrics
+    if m.name == "quotaflow.grants"
+    for p in m.data.data_points
+))
+"""
+
+
+def test_grants_reach_a_global_provider_set_after_the_limiter() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "2", done.stderr
