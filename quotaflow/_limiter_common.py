@@ -90,16 +90,13 @@ class SharesCore(Protocol):
 def measure_grant(limiter: Any, model: str, permit: Any, agent: str | None) -> None:
     """Record a grant (``quotaflow.grants``, ``quotaflow.wait.duration``); call only when
     ``metrics.ON``. In shadow mode the transports record what they decided instead."""
-    if limiter._core.mode == "enforce":
-        if model not in limiter._measured:  # the gauges watch (limiter, model) from here on
-            limiter._measured.add(model)
-            _metrics.seen(limiter, model)
-        if _metrics.reaching():
-            if agent is None:
-                agent = context._agent.get()
-            _metrics.granted(model, permit, agent)
-        elif permit._waited > 0:  # what made it wait is recorded for nobody
+    if not _metrics.reaching():
+        if permit._waited > 0:  # what made it wait is recorded for nobody
             _metrics._WAITED_ON.pop(permit.id, None)
+    elif limiter._core.mode == "enforce":
+        if agent is None:
+            agent = context._agent.get()
+        _metrics.granted(model, permit, agent)
 
 
 def measure_refusal(limiter: Any, model: str, exc: BaseException, agent: str | None) -> None:

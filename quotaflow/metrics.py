@@ -59,6 +59,8 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 if not hasattr(_otel_global, "_METER_PROVIDER"):  # pragma: no cover - another API version
     _otel_global = None  # type: ignore[assignment]
 _OWN_PROVIDER = False  # configure(meter_provider=...) was given one
+# a provider the API loads on first use (read once: os.environ is slow on a hot path)
+_ENV_PROVIDER = "OTEL_PYTHON_METER_PROVIDER" in os.environ
 
 SPANS = False
 _tracer_provider: Any = None
@@ -171,7 +173,7 @@ def reaching() -> bool:
     instruments drop every record: the limiter's hot path skips building them."""
     if _OWN_PROVIDER or _otel_global is None or _otel_global._METER_PROVIDER is not None:
         return True
-    return "OTEL_PYTHON_METER_PROVIDER" in os.environ
+    return _ENV_PROVIDER
 
 
 def waiting_on(request_id: str, dimension: str) -> None:

@@ -185,7 +185,6 @@ class SyncLimiter:
         self._early: dict[str, Decision] = {}
         self._early_lock = threading.Lock()
         self._listening = Subscriptions(self.backend, self._deliver)
-        self._measured: set[str] = set()  # the models whose grants the metrics have seen
 
     @classmethod
     def sharing(cls, limiter: SharesCore) -> SyncLimiter:
@@ -244,6 +243,8 @@ class SyncLimiter:
         self._listening.ensure(key)
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
+        if _metrics.ON:  # the gauges watch (limiter, model) from here on
+            _metrics.seen(self, model)
         return key, canonical, limits
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -342,7 +343,7 @@ class SyncLimiter:
         if gate is not None and (agent is None or agent_name_problem(agent) is None):
             fast = gate.grant(SyncPermit, tokens, cost, priority, timeout, deadline)
             if fast is not None:
-                if _metrics.ON:
+                if _metrics.ON and _metrics.reaching():
                     measure_grant(self, model, fast, agent)
                 return fast
         try:
