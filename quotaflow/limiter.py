@@ -541,6 +541,9 @@ class Limiter:
 
         ``name=None`` gives a handle for clients shared by several agents: each call names its
         agent with ``quotaflow.agent(name)`` or the ``x-quotaflow-agent`` header.
+
+        The limiter's ``policy=`` holds the agents' grants, shares and budgets (a
+        :class:`~quotaflow.agents.Policy` or a TOML file); its shares join ``shares``.
         """
         from quotaflow.agents.handle import AgentHandle
 
