@@ -1,5 +1,7 @@
 """The public async limiter: ties tier tables, a backend and the waiting together.
 
+``scripts/unasync.py`` generates the sync limiter (``quotaflow/sync.py``) from this module.
+
 Example:
     >>> import anyio, quotaflow
     >>> async def main() -> None:
@@ -13,14 +15,11 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, overload
-
-import anyio
 
 from quotaflow import metrics as _metrics
 from quotaflow._core import (
@@ -35,69 +34,35 @@ from quotaflow._core import (
     shares_figures,
 )
 from quotaflow._learned import Origin, TimeScale
+from quotaflow._limiter_common import (
+    REENTERED,
+    SharesCore,
+    check_dimension,
+    measure_grant,
+    measure_refusal,
+    not_copyable,
+    open_backend,
+)
 from quotaflow._quota_book import Learned
 from quotaflow._shadow import check_mode
+from quotaflow._synchronization import TIMED_OUT, AsyncOps, async_shield, async_sleep
 from quotaflow._waiting import AsyncWaiter
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
-from quotaflow.backends.memory import MemoryBackend
 from quotaflow.clock import Clock
-from quotaflow.errors import ConfigError
+from quotaflow.errors import QuotaError
 from quotaflow.limits import Limit
 from quotaflow.permit import Permit
 from quotaflow.pricing import Spend, SpendBook
 from quotaflow.shares import Share, agent_name_problem
 from quotaflow.tiers import TierTable
 
-__all__ = ["Acquiring", "Limiter", "open_backend"]
-
-
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
-
-
-def open_backend(backend: Backend | AsyncBackend | str | None) -> Backend | AsyncBackend:
-    """A backend object from an object, ``None`` (memory) or a URL."""
-    if backend is None:
-        return MemoryBackend()
-    if isinstance(backend, str):
-        if backend in ("memory", "memory://"):
-            return MemoryBackend()
-        if backend.split("://", 1)[0] in (
-            "redis",
-            "rediss",
-            "unix",
-            "redis+sentinel",
-            "redis+cluster",
-        ):
-            # without the extra, its ImportError says so and names the missing module
-            from quotaflow.backends.redis import RedisBackend
-
-            return RedisBackend.from_url(backend)
-        raise ConfigError(
-            f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object"
-        )
-    if not all(callable(getattr(backend, n, None)) for n in ("configure", "submit", "cancel")):
-        raise ConfigError(
-            f"backend={backend!r}: use 'memory://', a redis:// URL, or a backend object "
-            "(quotaflow.backends.MemoryBackend, RedisBackend)"
-        )
-    return backend
-
-
-_TIMED_OUT: Any = object()
-
-REENTERED = (
-    "this acquire(...) is already in use by a with block: call limiter.acquire(...) again for "
-    "another permit"
-)
-
-
-def not_copyable(obj: object) -> TypeError:
-    """The error of a limiter asked to be copied or pickled."""
-    return TypeError(
-        f"a {type(obj).__name__} cannot be copied or pickled: share the object (it is "
-        "safe across tasks and threads), or build another with the same arguments "
-        "(backend= shares the quota state)"
-    )
+__all__ = [
+    "Acquiring",
+    "Limiter",
+    # unasync: async-only
+    "open_backend",
+    # unasync: end
+]
 
 
 class _Exits(Protocol):
@@ -108,12 +73,12 @@ _P = TypeVar("_P", bound=_Exits)
 
 
 class Acquiring(Generic[_P]):
-    """What ``acquire`` returns: ``permit = await limiter.acquire(...)``, or ``async with
-    limiter.acquire(...) as permit:``, whose exit settles the permit with its estimate (or
-    releases it if the block failed before the call was sent).
+    """What ``acquire`` returns: ``async with limiter.acquire(...) as permit:``, whose exit
+    settles the permit with its estimate (or releases it if the block failed before the call
+    was sent).
 
-    Awaiting it calls ``fn(*args)`` (a coroutine function that returns the permit); the
-    ``async with`` block keeps that permit for its exit.
+    Entering the block calls ``fn(*args)``, which returns the permit; the block keeps it for
+    its exit.
     """
 
     __slots__ = ("_args", "_fn", "_permit")
@@ -123,8 +88,13 @@ class Acquiring(Generic[_P]):
         self._args = args
         self._permit: _P | None = None
 
+    # unasync: async-only
     def __await__(self) -> Generator[Any, None, _P]:
+        """``permit = await limiter.acquire(...)``: the permit, without a block (settle or
+        release it yourself)."""
         return self._fn(*self._args).__await__()
+
+    # unasync: end
 
     async def __aenter__(self) -> _P:
         if self._permit is not None:
@@ -141,39 +111,6 @@ class Acquiring(Generic[_P]):
         permit, self._permit = self._permit, None
         if permit is not None:
             await permit._exit(exc_type is not None)
-
-
-class _AsyncOps:
-    """Awaitable access to a backend, sync (non-blocking) or async."""
-
-    __slots__ = ("_b", "is_async", "may_stall")
-
-    def __init__(self, backend: Backend | AsyncBackend) -> None:
-        self._b: Any = backend
-        self.is_async = inspect.iscoroutinefunction(backend.submit)
-        # a backend across a network (Redis) can stall (a paused server, a dead link): the
-        # calls of a request with a deadline are bounded by it
-        self.may_stall = bool(getattr(backend, "may_stall", False))
-        if not self.is_async and not getattr(backend, "nonblocking", False):
-            raise ConfigError(
-                f"{type(backend).__name__} has blocking methods: the async Limiter needs an "
-                "async backend (or one marked nonblocking=True)"
-            )
-
-    async def call(self, name: str, *args: Any) -> Any:
-        result = getattr(self._b, name)(*args)
-        if self.is_async:
-            return await result
-        return result
-
-    async def within(self, deadline: float | None, clock: Clock, name: str, *args: Any) -> Any:
-        """:meth:`call`, given up at ``deadline`` (of ``clock``) if the backend may stall:
-        then ``_TIMED_OUT``."""
-        if deadline is None or not self.may_stall:
-            return await self.call(name, *args)
-        with anyio.move_on_after(max(0.05, deadline - clock.now())):
-            return await self.call(name, *args)
-        return _TIMED_OUT
 
 
 class Limiter:
@@ -231,8 +168,9 @@ class Limiter:
         probe: int | None = 8,
         spend: Spend | bool | None = None,
         mode: str | None = None,
+        _core: LimiterCore | None = None,
     ) -> None:
-        self._core = LimiterCore(
+        self._core = _core or LimiterCore(
             tier=tier,
             quotas=quotas,
             overrides=overrides,
@@ -247,15 +185,23 @@ class Limiter:
             probe=probe,
             spend=spend,
         )
-        self._core.mode = check_mode(mode or "enforce")
+        if mode is not None or _core is None:
+            self._core.mode = check_mode(mode or "enforce")
         self._lanes = self._core.lanes  # the fast lanes by model spelling (see _acquire)
-        self.backend = open_backend(backend)
-        self._ops = _AsyncOps(self.backend)
+        self._ops = ops = AsyncOps(open_backend(backend))
+        self.backend = ops.backend
         self._shares_figures = shares_figures(self.backend)
         self._waiters: dict[str, AsyncWaiter | None] = {}
         self._early: dict[str, Decision] = {}
         self._early_lock = threading.Lock()
         self._listening = Subscriptions(self.backend, self._deliver)
+
+    @classmethod
+    def sharing(cls, limiter: SharesCore) -> Limiter:
+        """A limiter on the same backend, tables and clock as ``limiter``:
+        ``SyncLimiter.sharing(limiter)`` gives the threads of an async application the same
+        quota state (through the sync twin of a backend with one, such as Redis)."""
+        return cls(backend=limiter.backend, _core=limiter._core)
 
     @property
     def clock(self) -> Clock:
@@ -307,6 +253,8 @@ class Limiter:
         self._listening.ensure(key)
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
+        if _metrics.ON:  # the gauges watch (limiter, model) from here on
+            _metrics.seen(self, model)
         return key, canonical, limits
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -348,8 +296,8 @@ class Limiter:
     ) -> Acquiring[Permit]:
         """Wait for room on every limit of ``model``'s quota and take it all at once.
 
-        ``async with limiter.acquire(...) as permit:`` or ``permit = await
-        limiter.acquire(...)``.
+        ``async with limiter.acquire(...) as permit:``; leaving the block settles the permit
+        (see :class:`Acquiring`).
 
         Args:
             model: as you write it (``"gemini-2.5-flash"``, ``"models/gemini-2.5-flash"``).
@@ -405,16 +353,26 @@ class Limiter:
         if gate is not None and (agent is None or agent_name_problem(agent) is None):
             fast = gate.grant(Permit, tokens, cost, priority, timeout, deadline)
             if fast is not None:
+                if _metrics.ON and _metrics.reaching():
+                    measure_grant(self, model, fast, agent)
                 return fast
-        while True:
-            permit = await self._acquire_once(
-                model, tokens, cost, priority, timeout, deadline, nowait, agent
-            )
-            if not self._core.stale(model, permit._limits):
-                return permit
-            # the model's limits changed while it waited (a figure learned meanwhile): a grant
-            # under the old ones may not fit the new ones, so it asks again
-            await permit.release()
+        try:
+            while True:
+                permit = await self._acquire_once(
+                    model, tokens, cost, priority, timeout, deadline, nowait, agent
+                )
+                if not self._core.stale(model, permit._limits):
+                    break
+                # the model's limits changed while it waited (a figure learned meanwhile): a
+                # grant under the old ones may not fit the new ones, so it asks again
+                await permit.release()
+        except QuotaError as exc:
+            if _metrics.ON:
+                measure_refusal(self, model, exc, agent)
+            raise
+        if _metrics.ON:
+            measure_grant(self, model, permit, agent)
+        return permit
 
     async def _acquire_once(
         self,
@@ -438,7 +396,7 @@ class Limiter:
         done = False
         try:
             first: Decision = await ops.within(req.deadline, clock, "submit", key, req, started)
-            if first is _TIMED_OUT:  # the backend did not answer in time (it may have queued
+            if first is TIMED_OUT:  # the backend did not answer in time (it may have queued
                 # the request: the cancel below takes it back)
                 raise core.error(Decision(req.id, "refused", None, "", "timeout"), canonical)
             flow = acquire_flow(req, clock, first)
@@ -463,10 +421,10 @@ class Limiter:
                     await waiter.wait(clock, effect.until)
                     result = waiter.take()
                 elif effect.op == "yield":
-                    await anyio.sleep(0.001)
+                    await async_sleep(0.001)
                     result = None
                 elif effect.op == "cancel":
-                    with anyio.CancelScope(shield=True):
+                    with async_shield():
                         result = await ops.call("cancel", key, req.id, clock.now())
                 else:  # dispatch
                     await ops.within(req.deadline, clock, "dispatch", key, clock.now())
@@ -478,22 +436,12 @@ class Limiter:
             waiters.pop(req.id, None)
             self._early.pop(req.id, None)
             if not done:
-                with anyio.CancelScope(shield=True):
+                with async_shield():
                     won = await ops.call("cancel", key, req.id, clock.now())
                     if won is not None:
                         await ops.call("release", key, req.id, clock.now())
         fields = core.grant_fields(req, canonical, key, metrics, limits, started, prio)
-        if ops.is_async:
-            quick = getattr(self.backend, "settle_nowait", None)
-            return Permit(*fields, clock, self._settle, self._release, quick)
-        b: Any = self.backend  # non-blocking: no need to await or shield
-        return Permit(*fields, clock, b.settle, b.release)
-
-    async def _settle(self, scope: str, lease: str, actual: Any, at: float, now: float) -> None:
-        await self._ops.call("settle", scope, lease, actual, at, now)
-
-    async def _release(self, scope: str, lease: str, now: float) -> None:
-        await self._ops.call("release", scope, lease, now)
+        return Permit(*fields, clock, *ops.ends)
 
     async def status(self, model: str) -> dict[str, DimensionStatus]:
         """Per dimension: limit, used, free, in flight, and when capacity returns."""
@@ -509,13 +457,13 @@ class Limiter:
     async def pause(self, model: str, dimension: str, until: float) -> None:
         """Admit nothing on ``dimension`` of ``model`` before ``until`` (e.g. from a 429)."""
         key, _, limits = await self._scope(model)
-        _check_dimension(model, dimension, limits)
+        check_dimension(model, dimension, limits)
         await self._ops.call("pause", key, dimension, until, self.clock.now())
 
     async def exhaust(self, model: str, dimension: str) -> float | None:
         """Mark a day quota of ``model`` spent until its reset (e.g. from a per-day 429)."""
         key, _, limits = await self._scope(model)
-        _check_dimension(model, dimension, limits)
+        check_dimension(model, dimension, limits)
         resets: float | None = await self._ops.call("exhaust", key, dimension, self.clock.now())
         return resets
 
@@ -570,12 +518,6 @@ class Limiter:
 
     def __repr__(self) -> str:
         return (
-            f"Limiter(project={self.project!r}, backend={self.backend!r}, "
+            f"{type(self).__name__}(project={self.project!r}, backend={self.backend!r}, "
             f"waiting={len(self._waiters)})"
         )
-
-
-def _check_dimension(model: str, dimension: str, limits: tuple[Limit, ...]) -> None:
-    names = [lim.name for lim in limits]
-    if dimension not in names:
-        raise ConfigError(f"{model} has no dimension {dimension!r}; it has {', '.join(names)}")

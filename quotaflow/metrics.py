@@ -33,6 +33,7 @@ Spans (``quotaflow.call`` around each call through a transport) are off by defau
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,16 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 ON: bool = _otel_metrics is not None
 """Whether metrics are recorded (the ``otel`` extra is installed and not turned off)."""
+
+try:  # where the API keeps the global provider: None until an application sets one
+    from opentelemetry.metrics import _internal as _otel_global
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _otel_global = None  # type: ignore[assignment]
+if not hasattr(_otel_global, "_METER_PROVIDER"):  # pragma: no cover - another API version
+    _otel_global = None  # type: ignore[assignment]
+_OWN_PROVIDER = False  # configure(meter_provider=...) was given one
+# a provider the API loads on first use (read once: os.environ is slow on a hot path)
+_ENV_PROVIDER = "OTEL_PYTHON_METER_PROVIDER" in os.environ
 
 SPANS = False
 _tracer_provider: Any = None
@@ -141,7 +152,7 @@ def configure(
         tracer_provider: make the spans with this provider instead of the global one.
         enabled: ``False`` to record nothing (``True``: record again, if the extra is there).
     """
-    global _inst, SPANS, ON, _tracer_provider
+    global _inst, SPANS, ON, _tracer_provider, _OWN_PROVIDER
     if tracer_provider is not None:
         _tracer_provider = tracer_provider
     if enabled is not None:
@@ -151,9 +162,19 @@ def configure(
     if meter_provider is not None and _otel_metrics is not None:
         with _LOCK:
             _inst = _Instruments(meter_provider)
+            _OWN_PROVIDER = True
 
 
 _WAITED_ON: dict[str, str] = {}  # request id -> the dimension that made it wait
+
+
+def reaching() -> bool:
+    """Whether a record reaches a provider: one given to :func:`configure`, the global one an
+    application set, or one ``OTEL_PYTHON_METER_PROVIDER`` names. Before any, the API's proxy
+    instruments drop every record: the limiter's hot path skips building them."""
+    if _OWN_PROVIDER or _otel_global is None or _otel_global._METER_PROVIDER is not None:
+        return True
+    return _ENV_PROVIDER
 
 
 def waiting_on(request_id: str, dimension: str) -> None:
@@ -165,9 +186,10 @@ def waiting_on(request_id: str, dimension: str) -> None:
 def reset() -> None:
     """Record through the global ``MeterProvider`` again (after
     ``configure(meter_provider=...)``), with spans off."""
-    global _inst, SPANS, _tracer_provider
+    global _inst, SPANS, _tracer_provider, _OWN_PROVIDER
     with _LOCK:
         _inst = None
+        _OWN_PROVIDER = False
     SPANS = False
     _tracer_provider = None
 
@@ -182,19 +204,34 @@ def _attrs(model: str, agent: str | None, mode: str, **more: Any) -> dict[str, A
     return out
 
 
+# the attributes of a kind of grant (model, agent, mode, priority, dimension), never changed
+# once built
+_GRANT_ATTRS: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
 # --- hooks the transports call (each a no-op when ON is false) -------------------------------
 def granted(
     model: str, permit: Any, agent: str | None, mode: str = "enforce", limiter: Any = None
 ) -> None:
     """A call was admitted after ``permit.waited`` seconds."""
-    inst = _get()
-    prio = _prio(getattr(permit, "priority", None))
+    inst = _inst or _get()
+    p = getattr(permit, "priority", None)
     waited = float(getattr(permit, "waited", 0.0) or 0.0)
     dim = _WAITED_ON.pop(str(getattr(permit, "id", "")), "") if waited > 0 else ""
     if limiter is not None:
         seen(limiter, model)
-    inst.grants.add(1, _attrs(model, agent, mode, priority=prio))
-    inst.wait.record(waited, _attrs(model, agent, mode, priority=prio, dimension=dim))
+    key = (model, agent, mode, p, dim)
+    attrs = _GRANT_ATTRS.get(key)
+    if attrs is None:  # built once per kind of grant: a grant on the hot path only looks up
+        if len(_GRANT_ATTRS) >= 4096:
+            _GRANT_ATTRS.clear()
+        prio = _prio(p)
+        attrs = _GRANT_ATTRS[key] = (
+            _attrs(model, agent, mode, priority=prio),
+            _attrs(model, agent, mode, priority=prio, dimension=dim),
+        )
+    inst.grants.add(1, attrs[0])
+    inst.wait.record(waited, attrs[1])
 
 
 def would_wait(

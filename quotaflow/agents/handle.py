@@ -93,12 +93,15 @@ class Agents:
             backend=limiter.backend,
             clock=limiter.clock,
             project=limiter.project,
+            probe=None,  # budgets are figures of the policy: nothing to learn or probe
+            spend=False,
         )
         core = self.budget._core
         core.namespace = "budget:"
         # scopes named by agent (checked by the policy), which QUOTAFLOW_LIMITS never changes
         core.book = QuotaBook(None, self.budgets, None, self.default_budget or None, 0.0, False)
         core.book.check_names = False
+        core.book.probe = None
         self.sync_limiter = SyncLimiter.sharing(limiter)
         self.sync_budget = SyncLimiter.sharing(self.budget)
         self._audit: AuditLog | None = None
