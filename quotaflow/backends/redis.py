@@ -220,6 +220,10 @@ class RedisBackend:
                 await self._flush(scope)
             lean = self._conns.pop(id(loop), None)
             client = self._aclients.pop(id(loop), None)
+            if lean is not None and lean.loop is loop:
+                for task in list(lean.tasks):  # queued calls being written, releases
+                    with contextlib.suppress(Exception):
+                        await task
             if lean is not None and lean.timer is not None:
                 lean.timer.cancel()
             if lean is not None and client is not None and lean.loop is loop:
@@ -270,18 +274,18 @@ class RedisBackend:
 
     @staticmethod
     async def _call_packed(lean: _Lean, packed: bytes) -> Any:
-        """Send one encoded command and read its reply, on a connection taken from the pool
-        and kept for the next lean call (the command is encoded already; the reply is read by
-        redis-py's parser; errors take the general flow, which retries). A connection that
-        fails mid-call is disconnected (the next use reconnects it); an error reply leaves it
-        clean. The whole call, taking the connection included, is bounded (see :class:`_Lean`)."""
+        """Send one encoded command and read its reply (see :func:`._redis_lean._send_packed`:
+        on a kept connection, or queued and written with others; the reply is read by
+        redis-py's parser; errors take the general flow, which retries). The whole call,
+        taking the connection or waiting in the queue included, is bounded (see
+        :class:`_Lean`)."""
         if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
-            return await _send_packed(lean.pool, lean.free, packed)
+            return await _send_packed(lean, packed)
         task: Any = asyncio.current_task()
         cancelling = task.cancelling()
         lean.watch(task)
         try:
-            return await _send_packed(lean.pool, lean.free, packed)
+            return await _send_packed(lean, packed)
         except asyncio.CancelledError:
             # cancelled by the watchdog (and by nobody else): the call timed out
             if lean.expired.pop(task, False) and task.uncancel() <= cancelling:
