@@ -8,9 +8,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-import sniffio
-
 import redis.exceptions as rexc
+import sniffio
 
 from quotaflow.backends._redis_clients import _GET_ARGS, _timeout
 
@@ -133,14 +132,27 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
         try:
             return await fut
         except BaseException:
-            if not fut.done() and fut in lane.futs:  # not written yet: never send it
-                i = lane.futs.index(fut)
-                del lane.futs[i], lane.cmds[i]
+            futs = lane.futs  # still there: not written yet, so never send it
+            for i in range(len(futs)):
+                if futs[i] is fut:
+                    del futs[i], lane.cmds[i]
+                    break
             raise
     free = lean.free
-    conn = free.pop() if free else await lean.pool.get_connection(*_GET_ARGS)
-    lane = _Lane(conn)
-    busy.append(lane)
+    lane = _Lane(free.pop() if free else None)
+    busy.append(lane)  # before taking a connection: calls meanwhile queue behind this one
+    if lane.conn is None:
+        try:
+            lane.conn = await lean.pool.get_connection(*_GET_ARGS)
+        except BaseException as exc:
+            busy.remove(lane)
+            error = ConnectionError(f"no Redis connection: {exc!r}")
+            for fut in lane.futs:
+                if not fut.done():
+                    fut.set_exception(error)
+                    fut.exception()  # retrieved: a caller that gave up logs nothing
+            raise
+    conn = lane.conn
     ok = False
     try:
         await conn.send_packed_command(packed, False)
