@@ -7,7 +7,8 @@ waits: this measures the cost of one uncontended acquire.
 What is counted: for quotaflow, one operation is what a user does per call, ``acquire`` then
 ``permit.settle`` (``Limiter`` on the Redis backend, one RPM limit). Its settle costs no round
 trip of its own while nobody waits: it is queued in the process and applied by the scope's next
-script call (here the next acquire), or sent alone after 2 ms if no call comes. Round trips per
+script call (here the next acquire), or sent alone after 2 ms if no call comes. Calls of one
+process that find its two connections in flight are queued and written together. Round trips per
 operation are counted from ``INFO commandstats`` (EVALSHA + EVAL calls, all processes, the
 flushes included) and the ratio to the floor is operations per second over the floor's, not
 per script call. The peers' operation is one ``hit``/``try_acquire`` (they have no settle).
