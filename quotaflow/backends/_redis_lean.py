@@ -14,7 +14,7 @@ import sniffio
 from quotaflow.backends._redis_clients import _GET_ARGS, _timeout
 
 _REPLY_ERRORS = (rexc.ResponseError,)
-"""Error replies (NOSCRIPT, a script's error): the connection stays clean."""
+"""Error replies (NOSCRIPT, READONLY, a script's error): the replies behind one are still read."""
 
 
 def _on_asyncio() -> bool:
@@ -121,8 +121,9 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
     lane; when that call has its reply, one task writes every command queued there in one
     write and hands each reply to its caller (auto-pipelining: one system call on each side
     for a whole batch). A queued call whose caller gives up before it is written is taken out
-    of the queue: it is never sent. A call on a connection that fails is disconnected (the
-    next use reconnects it) and fails; an error reply fails only its own call."""
+    of the queue: it is never sent. A connection that fails, or answers with an error, is
+    disconnected (the next use reconnects it); an error reply fails only its own call, a
+    failed connection the calls written on it."""
     busy = lean.busy
     if len(busy) >= LANES:
         lane = busy[0] if len(busy[0].cmds) <= len(busy[-1].cmds) else busy[-1]
@@ -153,18 +154,14 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
                     fut.exception()  # retrieved: a caller that gave up logs nothing
             raise
     conn = lane.conn
-    ok = False
     try:
         await conn.send_packed_command(packed, False)
         reply = await conn.read_response()
-        ok = True
-    except BaseException as exc:
-        # a reply may be half read: never use the connection as it is (it reconnects);
-        # an error reply leaves it clean
-        ok = isinstance(exc, _REPLY_ERRORS)
-        if not ok:
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
+    except BaseException:
+        # a reply may be half read, or the server may have become a replica (READONLY after
+        # a failover): never use the connection as it is (the next use reconnects)
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
         raise
     finally:
         if lane.cmds:  # calls queued behind this one: written by a task of their own
@@ -201,15 +198,20 @@ async def _drain(lean: _Lean, lane: _Lane) -> None:
             i = 0
             try:
                 await conn.send_packed_command(b"".join(cmds), False)
+                refused = False
                 for i, fut in enumerate(futs):  # noqa: B007 - i names the failed one
                     try:
                         reply = await conn.read_response()
-                    except _REPLY_ERRORS as exc:
+                    except _REPLY_ERRORS as exc:  # this call's own error: read on
+                        refused = True
                         if not fut.done():
                             fut.set_exception(exc)
                         continue
                     if not fut.done():
                         fut.set_result(reply)
+                if refused:  # READONLY after a failover...: the next use reconnects
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
