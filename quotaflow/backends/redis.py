@@ -388,8 +388,27 @@ class RedisBackend:
             self._arm(loop, max(0.0, nxt - time.monotonic()))
 
     async def _flush(self, scope: str) -> None:
+        """Send the scope's deferred settles: the lean call on asyncio (queued with the loop's
+        other calls), the general flow if it fails or elsewhere."""
+        e = self._engine
+        now = e.lnow()
+        first = None
+        if _on_asyncio():
+            lean = self._lean()
+            if lean.pool is not None:
+                first = e.start_flush(scope, now)
+        if first is not None:
+            try:
+                first.raw = await self._call_packed(lean, first.packed)
+            except Exception:  # NOSCRIPT, a dropped connection...: the flow sends them
+                e.unstart(scope, first)
+                first = None
+                now = e.lnow()
+            except BaseException:  # cancelled: whether it ran is unknown; they stay queued
+                e.unstart(scope, first)
+                raise
         with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
-            await self._arun(self._engine.flush(scope, self._engine.lnow()))
+            await self._arun(e.flush(scope, now, first=first))
 
     async def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server (bounded like :meth:`cancel`)."""
