@@ -7,10 +7,15 @@ waits: this measures the cost of one uncontended acquire.
 What is counted: for quotaflow, one operation is what a user does per call, ``acquire`` then
 ``permit.settle`` (``Limiter`` on the Redis backend, one RPM limit). Its settle costs no round
 trip of its own while nobody waits: it is queued in the process and applied by the scope's next
-script call (here the next acquire), or sent alone after 2 ms if no call comes. Round trips per
+script call (here the next acquire), or sent alone after 2 ms if no call comes. Calls of one
+process that find its two connections in flight are queued and written together. Round trips per
 operation are counted from ``INFO commandstats`` (EVALSHA + EVAL calls, all processes, the
 flushes included) and the ratio to the floor is operations per second over the floor's, not
 per script call. The peers' operation is one ``hit``/``try_acquire`` (they have no settle).
+
+Each cell runs every contender ``--rounds`` times, interleaved (floor, quotaflow, limits,
+pyrate, floor, ...), so that the floor and the contenders see the same load of the machine;
+each figure is the median of its runs.
 
 Contenders are ``make(url, ns, params) -> (acquire, close)``; ``acquire()`` returns ``False``
 when refused, else ``True``, or a ``(Redis time, amount)`` pair when ``params["record"]`` asks
@@ -83,14 +88,24 @@ class Server:
             self.proc.wait()
 
 
-def script_calls(url: str) -> int:
-    """EVALSHA + EVAL calls so far (the round trips of script-based limiters)."""
+def script_stats(url: str) -> tuple[int, int]:
+    """EVALSHA + EVAL calls so far (the round trips of script-based limiters), and the
+    microseconds Redis spent in them."""
     import redis
 
     c = redis.Redis.from_url(url)
     stats = c.info("commandstats")
     c.close()
-    return sum(int(stats.get(k, {}).get("calls", 0)) for k in ("cmdstat_evalsha", "cmdstat_eval"))
+    names = ("cmdstat_evalsha", "cmdstat_eval")
+    return (
+        sum(int(stats.get(k, {}).get("calls", 0)) for k in names),
+        sum(int(stats.get(k, {}).get("usec", 0)) for k in names),
+    )
+
+
+def script_calls(url: str) -> int:
+    """EVALSHA + EVAL calls so far."""
+    return script_stats(url)[0]
 
 
 async def _worker_main(
@@ -110,6 +125,7 @@ async def _worker_main(
     stop = time.monotonic() + seconds
     counts = [0] * tasks
     events: list[tuple[float, int]] = []
+    cpu0 = time.process_time()
 
     async def loop(i: int) -> None:
         while time.monotonic() < stop:
@@ -120,8 +136,9 @@ async def _worker_main(
                     events.append(got)
 
     await asyncio.gather(*(loop(i) for i in range(tasks)))
+    cpu = time.process_time() - cpu0
     await close()
-    out.put((sum(counts), events))
+    out.put((sum(counts), events, cpu))
 
 
 def _worker(*args: Any) -> None:
@@ -129,9 +146,16 @@ def _worker(*args: Any) -> None:
 
 
 def run_cell(
-    name: str, url: str, procs: int, tasks: int, seconds: float, params: dict[str, Any]
+    name: str,
+    url: str,
+    procs: int,
+    tasks: int,
+    seconds: float,
+    params: dict[str, Any],
+    stats: dict[str, float] | None = None,
 ) -> tuple[float, list[tuple[float, int]]]:
-    """Operations per second of ``procs`` x ``tasks``, and recorded events if asked."""
+    """Operations per second of ``procs`` x ``tasks``, and recorded events if asked;
+    ``stats`` gets ``client_cpu_us``: the workers' CPU time per operation."""
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     out = ctx.Queue()
@@ -151,6 +175,8 @@ def run_cell(
         p.join(10)
     total = sum(r[0] for r in results)
     events = [e for r in results for e in r[1]]
+    if stats is not None:
+        stats["client_cpu_us"] = 1e6 * sum(r[2] for r in results) / max(total, 1)
     return total / min(elapsed, seconds + 0.05), events
 
 
@@ -298,17 +324,33 @@ def main() -> None:
         default=os.path.join(os.path.dirname(__file__), "results", "redis_throughput.json"),
         help="results file ('' to skip); benchmarks/docs_tables.py puts its table in the docs",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs of every contender per cell, interleaved; each figure is the median",
+    )
     args = ap.parse_args()
     server = Server()
     try:
-        rows: dict[str, list[tuple[float, float]]] = {}
-        for name in CONTENDERS:
-            for procs, tasks in CELLS:
-                before = script_calls(server.url)
-                rate, _ = run_cell(name, server.url, procs, tasks, args.seconds, {})
-                calls = script_calls(server.url) - before
-                ops = rate * args.seconds
-                rows.setdefault(name, []).append((rate, calls / max(ops, 1)))
+        rows: dict[str, list[tuple[float, float]]] = {name: [] for name in CONTENDERS}
+        costs: dict[str, list[tuple[float, float]]] = {name: [] for name in CONTENDERS}
+        for procs, tasks in CELLS:
+            runs: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in CONTENDERS}
+            for _ in range(args.rounds):
+                for name in CONTENDERS:
+                    calls0, usec0 = script_stats(server.url)
+                    st: dict[str, float] = {}
+                    rate, _ = run_cell(name, server.url, procs, tasks, args.seconds, {}, st)
+                    calls1, usec1 = script_stats(server.url)
+                    ops = max(rate * args.seconds, 1)
+                    runs[name].append(
+                        (rate, (calls1 - calls0) / ops, (usec1 - usec0) / ops, st["client_cpu_us"])
+                    )
+            for name in CONTENDERS:
+                rate, rts, script_us, cpu_us = sorted(runs[name])[len(runs[name]) // 2]
+                rows[name].append((rate, rts))
+                costs[name].append((script_us, cpu_us))
     finally:
         server.stop()
     title = (
@@ -327,6 +369,11 @@ def main() -> None:
         ratios = " | ".join(f"{r / f:.0%}" for (r, _), f in zip(rows[name], floor, strict=True))
         rts = "/".join(f"{rt:.2f}" for _, rt in rows[name])
         out.append(f"| {LABELS[name]} | {ratios} | {rts} |")
+    out += ["", f"| microseconds per operation: Redis script / client CPU | {head} |"]
+    out.append("|---" * (len(CELLS) + 1) + "|")
+    for name in CONTENDERS:
+        cells = " | ".join(f"{s:.1f} / {c:.0f}" for s, c in costs[name])
+        out.append(f"| {LABELS[name]} | {cells} |")
     table = "\n".join(out)
     print(f"# {title}\n\n{table}")
     if args.out:
@@ -338,8 +385,9 @@ def main() -> None:
                 "python": platform.python_version(),
             },
             "benchmark": "benchmarks/redis_throughput.py",
-            "settings": {"seconds": args.seconds, "cells": CELLS},
+            "settings": {"seconds": args.seconds, "rounds": args.rounds, "cells": CELLS},
             "rows": {name: rows[name] for name in CONTENDERS},
+            "costs_us": {name: costs[name] for name in CONTENDERS},
             "table": f"{title}\n\n{table}",
         }
         os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -468,13 +468,34 @@ class Engine:
                     nxt = since + age
         return out, nxt
 
-    def flush(self, scope: str, now: float) -> Flow:
-        """Send the scope's deferred settles (a call of their own)."""
-        if scope not in self.pending:
+    def flush(self, scope: str, now: float, first: Started | None = None) -> Flow:
+        """Send the scope's deferred settles (a call of their own); ``first``: that call,
+        made already (see :meth:`start_flush`)."""
+        if first is None and scope not in self.pending:
             return None
         with contextlib.suppress(Unavailable):  # op() moved them to the outbox
-            yield from self.op("flush", scope, lambda cur: [], now, False)
+            yield from self.op("flush", scope, lambda cur: [], now, False, first=first)
         return None
+
+    def start_flush(self, scope: str, now: float) -> Started | None:
+        """The async face's lean flush: the scope's deferred settles as one encoded call to
+        send now (its reply goes to :meth:`flush` as ``first``), or None (nothing deferred,
+        or the general flow must send it)."""
+        limits = self.limits.get(scope)
+        if limits is None or self.exact or not self.up:
+            return None
+        with self.lock:
+            taken = self.pending.pop(scope, [])
+            self.pending_since.pop(scope, None)
+        if not taken:
+            return None
+        t0 = time.monotonic()
+        self.skew = now - t0
+        argv = self.codec.argv(
+            "flush", scope, (), limits, None, now + self.roff, rs.settle_args(taken, now, False)
+        )
+        keys = self.codec.keys_bytes(scope)
+        return Started(keys, argv, t0, taken, rs.packed_command(rs.SCRIPT_SHA, keys, argv))
 
     def _configure_args(
         self, scope: str, grace: float | None = None

@@ -8,9 +8,13 @@ import asyncio
 import contextlib
 from typing import Any
 
+import redis.exceptions as rexc
 import sniffio
 
 from quotaflow.backends._redis_clients import _GET_ARGS, _timeout
+
+_REPLY_ERRORS = (rexc.ResponseError,)
+"""Error replies (NOSCRIPT, READONLY, a script's error): the replies behind one are still read."""
 
 
 def _on_asyncio() -> bool:
@@ -38,7 +42,18 @@ class _Lean:
     ``limit`` and ``1.25 * limit`` after it began.
     """
 
-    __slots__ = ("calls", "client", "expired", "free", "limit", "loop", "pool", "timer")
+    __slots__ = (
+        "busy",
+        "calls",
+        "client",
+        "expired",
+        "free",
+        "limit",
+        "loop",
+        "pool",
+        "tasks",
+        "timer",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: Any, limit: float | None) -> None:
         self.loop = loop
@@ -53,7 +68,9 @@ class _Lean:
             limit = getattr(self.pool, "connection_kwargs", {}).get("socket_timeout") or None
         # the bound of each call (None: none of ours, redis-py's own, if any, applies)
         self.limit: float | None = limit
-        self.free: list[Any] = []  # connections kept out of the pool
+        self.free: list[Any] = []  # idle connections kept out of the pool
+        self.busy: list[_Lane] = []  # connections in flight (at most LANES)
+        self.tasks: set[asyncio.Task[Any]] = set()  # drains of queued calls, releases
         self.calls: dict[Any, float] = {}  # task -> deadline (loop time) of its call
         self.expired: dict[Any, bool] = {}  # tasks the watchdog cancelled
         self.timer: asyncio.TimerHandle | None = None
@@ -77,23 +94,142 @@ class _Lean:
             self.timer = self.loop.call_later(self.limit / 4, self._check)
 
 
-async def _send_packed(pool: Any, free: list[Any], packed: bytes) -> Any:
-    """Send one encoded command on a pooled connection and read its reply, through the
-    connection's public calls (``send_packed_command``, ``read_response``: redis-py's own
-    parser, hiredis when installed)."""
-    conn = free.pop() if free else await pool.get_connection(*_GET_ARGS)
+LANES = 2
+"""Connections one event loop's lean calls keep in flight at once; a call that finds them all
+busy is queued on one and written with the others queued there, in one write, as soon as the
+call in flight on it has its reply (see :func:`_send_packed`)."""
+
+
+class _Lane:
+    """A connection in flight, and the calls queued behind its call."""
+
+    __slots__ = ("cmds", "conn", "futs")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.cmds: list[bytes] = []  # queued, not yet written
+        self.futs: list[asyncio.Future[Any]] = []  # their replies, in order
+
+
+async def _send_packed(lean: _Lean, packed: bytes) -> Any:
+    """Send one encoded command and read its reply, through the connection's public calls
+    (``send_packed_command``, ``read_response``: redis-py's own parser, hiredis when
+    installed).
+
+    With fewer than :data:`LANES` connections in flight, the call takes a kept connection (or
+    one from the pool) and runs at once. Otherwise it is queued behind the call in flight on a
+    lane; when that call has its reply, one task writes every command queued there in one
+    write and hands each reply to its caller (auto-pipelining: one system call on each side
+    for a whole batch). A queued call whose caller gives up before it is written is taken out
+    of the queue: it is never sent. A connection that fails, or answers with an error, is
+    disconnected (the next use reconnects it); an error reply fails only its own call, a
+    failed connection the calls written on it."""
+    busy = lean.busy
+    if len(busy) >= LANES:
+        lane = busy[0] if len(busy[0].cmds) <= len(busy[-1].cmds) else busy[-1]
+        fut = lean.loop.create_future()
+        lane.cmds.append(packed)
+        lane.futs.append(fut)
+        try:
+            return await fut
+        except BaseException:
+            futs = lane.futs  # still there: not written yet, so never send it
+            for i in range(len(futs)):
+                if futs[i] is fut:
+                    del futs[i], lane.cmds[i]
+                    break
+            raise
+    free = lean.free
+    lane = _Lane(free.pop() if free else None)
+    busy.append(lane)  # before taking a connection: calls meanwhile queue behind this one
+    if lane.conn is None:
+        try:
+            lane.conn = await lean.pool.get_connection(*_GET_ARGS)
+        except BaseException as exc:
+            busy.remove(lane)
+            error = ConnectionError(f"no Redis connection: {exc!r}")
+            for fut in lane.futs:
+                if not fut.done():
+                    fut.set_exception(error)
+                    fut.exception()  # retrieved: a caller that gave up logs nothing
+            raise
+    conn = lane.conn
     try:
         await conn.send_packed_command(packed, False)
         reply = await conn.read_response()
     except BaseException:
-        # a reply may be half read: never use the connection as it is (it reconnects)
+        # a reply may be half read, or the server may have become a replica (READONLY after
+        # a failover): never use the connection as it is (the next use reconnects)
         with contextlib.suppress(Exception):
             await conn.disconnect(nowait=True)
-        free.append(conn)  # trimmed by a later call
         raise
-    # keep at most half the pool: the general path (and other clients) need the rest
-    if len(free) < getattr(pool, "max_connections", 0) // 2:
-        free.append(conn)
-    else:
-        await pool.release(conn)
+    finally:
+        if lane.cmds:  # calls queued behind this one: written by a task of their own
+            task = lean.loop.create_task(_drain(lean, lane))
+            lean.tasks.add(task)
+            task.add_done_callback(lean.tasks.discard)
+        else:
+            _done(lean, lane)
     return reply
+
+
+def _done(lean: _Lean, lane: _Lane) -> None:
+    """The lane is idle: its connection is kept for the next call (at most half the pool;
+    the general path and other clients need the rest) or goes back to the pool."""
+    lean.busy.remove(lane)
+    if len(lean.free) < getattr(lean.pool, "max_connections", 0) // 2:
+        lean.free.append(lane.conn)
+    else:
+        lean.tasks.add(lean.loop.create_task(lean.pool.release(lane.conn)))
+
+
+async def _drain(lean: _Lean, lane: _Lane) -> None:
+    """Write what is queued on ``lane`` in one write, hand out the replies; again until
+    nothing is queued. Bounded like a call (the watchdog); a failure fails the calls of the
+    batch (their callers take the general flow, which retries)."""
+    conn = lane.conn
+    task: Any = asyncio.current_task()
+    try:
+        while lane.cmds:
+            cmds, futs = lane.cmds, lane.futs
+            lane.cmds, lane.futs = [], []
+            if lean.limit is not None:
+                lean.watch(task)
+            i = 0
+            try:
+                await conn.send_packed_command(b"".join(cmds), False)
+                refused = False
+                for i, fut in enumerate(futs):  # noqa: B007 - i names the failed one
+                    try:
+                        reply = await conn.read_response()
+                    except _REPLY_ERRORS as exc:  # this call's own error: read on
+                        refused = True
+                        if not fut.done():
+                            fut.set_exception(exc)
+                        continue
+                    if not fut.done():
+                        fut.set_result(reply)
+                if refused:  # READONLY after a failover...: the next use reconnects
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                error = ConnectionError(f"the Redis connection failed: {exc!r}")
+                for fut in futs[i:]:
+                    if not fut.done():
+                        fut.set_exception(error)
+                        fut.exception()  # retrieved: a caller that gave up logs nothing
+                if not isinstance(exc, Exception):
+                    # cancelled (the watchdog: Redis did not answer in time): what is queued
+                    # now fails too, else it would wait behind a dead call
+                    for fut in lane.futs:
+                        if not fut.done():
+                            fut.set_exception(error)
+                            fut.exception()
+                    lane.cmds, lane.futs = [], []
+            finally:
+                lean.calls.pop(task, None)
+                lean.expired.pop(task, None)
+    finally:
+        _done(lean, lane)

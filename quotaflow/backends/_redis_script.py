@@ -45,6 +45,15 @@ def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(b), b)
 
 
+def packed_command(sha: str, keys: Sequence[bytes], argv: Sequence[str]) -> bytes:
+    """``EVALSHA sha len(keys) *keys *argv`` in the Redis protocol (RESP)."""
+    parts = [b"*%d\r\n" % (3 + len(keys) + len(argv)), _bulk(b"EVALSHA"), _bulk(sha.encode())]
+    parts.append(_bulk(b"%d" % len(keys)))
+    parts += [_bulk(k) for k in keys]
+    parts += [_bulk(a.encode()) for a in argv]
+    return b"".join(parts)
+
+
 def f17(x: float) -> str:
     """A float as text that reads back bit for bit (``repr`` does; Lua reads it too)."""
     return repr(float(x))

@@ -220,6 +220,10 @@ class RedisBackend:
                 await self._flush(scope)
             lean = self._conns.pop(id(loop), None)
             client = self._aclients.pop(id(loop), None)
+            if lean is not None and lean.loop is loop:
+                for task in list(lean.tasks):  # queued calls being written, releases
+                    with contextlib.suppress(Exception):
+                        await task
             if lean is not None and lean.timer is not None:
                 lean.timer.cancel()
             if lean is not None and client is not None and lean.loop is loop:
@@ -270,18 +274,18 @@ class RedisBackend:
 
     @staticmethod
     async def _call_packed(lean: _Lean, packed: bytes) -> Any:
-        """Send one encoded command and read its reply, on a connection taken from the pool
-        and kept for the next lean call (the command is encoded already; the reply is read by
-        redis-py's parser; errors take the general flow, which retries). A connection that
-        fails mid-call is disconnected (the next use reconnects it); an error reply leaves it
-        clean. The whole call, taking the connection included, is bounded (see :class:`_Lean`)."""
+        """Send one encoded command and read its reply (see :func:`._redis_lean._send_packed`:
+        on a kept connection, or queued and written with others; the reply is read by
+        redis-py's parser; errors take the general flow, which retries). The whole call,
+        taking the connection or waiting in the queue included, is bounded (see
+        :class:`_Lean`)."""
         if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
-            return await _send_packed(lean.pool, lean.free, packed)
+            return await _send_packed(lean, packed)
         task: Any = asyncio.current_task()
         cancelling = task.cancelling()
         lean.watch(task)
         try:
-            return await _send_packed(lean.pool, lean.free, packed)
+            return await _send_packed(lean, packed)
         except asyncio.CancelledError:
             # cancelled by the watchdog (and by nobody else): the call timed out
             if lean.expired.pop(task, False) and task.uncancel() <= cancelling:
@@ -384,8 +388,27 @@ class RedisBackend:
             self._arm(loop, max(0.0, nxt - time.monotonic()))
 
     async def _flush(self, scope: str) -> None:
+        """Send the scope's deferred settles: the lean call on asyncio (queued with the loop's
+        other calls), the general flow if it fails or elsewhere."""
+        e = self._engine
+        now = e.lnow()
+        first = None
+        if _on_asyncio():
+            lean = self._lean()
+            if lean.pool is not None:
+                first = e.start_flush(scope, now)
+        if first is not None:
+            try:
+                first.raw = await self._call_packed(lean, first.packed)
+            except Exception:  # NOSCRIPT, a dropped connection...: the flow sends them
+                e.unstart(scope, first)
+                first = None
+                now = e.lnow()
+            except BaseException:  # cancelled: whether it ran is unknown; they stay queued
+                e.unstart(scope, first)
+                raise
         with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
-            await self._arun(self._engine.flush(scope, self._engine.lnow()))
+            await self._arun(e.flush(scope, now, first=first))
 
     async def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server (bounded like :meth:`cancel`)."""

@@ -112,7 +112,8 @@ end
 -- lookup on every use)
 local function fast()
   local KS, call, match, num = KEYS[1], redis.call, string.match, tonumber
-  local op, ov, ttl = match(ARGV[1], '^(%l+)\31([^\31]*)\31([^\31]*)')
+  -- the op, the clock override, the ttl and (the last field) the caller's generation
+  local op, ov, ttl, cg = match(ARGV[1], '^(%l+)\31([^\31]*)\31([^\31]*)\31.*\31([^\31]*)$')
   local submit = op == 'submit'
   if not submit and op ~= 'flush' then return nil end
   -- one HMGET reads what the call needs: the header, the records of the limits the request
@@ -121,12 +122,22 @@ local function fast()
   local id, cost, req, nr
   if submit then
     id, cost, req, nr = match(ARGV[2], '^[^\31]*'), ARGV[3] or '', {}, 0
-    for name, amount in string.gmatch(cost, '([^\31]*)\31([^\31]*)\31') do
-      amount = num(amount)
-      if amount > 0 then  -- the client sends none other; a zero amount is no part of a cost
-        req[nr + 1], req[nr + 2], nr = name, amount, nr + 2
-        nf = nf + 1
-        fields[nf] = 'b:' .. name
+    local name1, amount1 = match(cost, '^([^\31]*)\31([^\31]*)\31$')  -- the usual: one
+    if name1 then
+      amount1 = num(amount1)
+      if amount1 > 0 then
+        req[1], req[2], nr = name1, amount1, 2
+        nf = 2
+        fields[2] = 'b:' .. name1
+      end
+    else
+      for name, amount in string.gmatch(cost, '([^\31]*)\31([^\31]*)\31') do
+        amount = num(amount)
+        if amount > 0 then  -- the client sends none other; a zero amount is no part of a cost
+          req[nr + 1], req[nr + 2], nr = name, amount, nr + 2
+          nf = nf + 1
+          fields[nf] = 'b:' .. name
+        end
       end
     end
     nf = nf + 1
@@ -154,7 +165,6 @@ local function fast()
   local nq, emin, tdue, kttl, nl, gen = struct.unpack('<dddddd', hdr)
   -- the state's generation, as the caller last saw it ("" = not known yet): another one means
   -- the state was lost and made anew; the full path tells the caller, who writes back
-  local cg = match(ARGV[1], '\31([^\31]*)$')
   if cg ~= '' and num(cg) ~= gen then return nil end
   local t
   if ov ~= '' then
@@ -181,12 +191,11 @@ local function fast()
       if string.byte(raw) ~= 1 then return nil end  -- an older layout: the full path moves it
       goneh = goneh or {}
       goneh[#goneh + 1] = fields[f]
-      local text = string.sub(raw, 10)
-      if text == cost then
+      if submit and #raw == 9 + #cost and string.find(raw, cost, 10, true) == 10 then
         c = req  -- the usual shape: settled as it is asked again, already parsed
       else
         c = {}
-        for name, amount in string.gmatch(text, '([^\31]*)\31([^\31]*)\31') do
+        for name, amount in string.gmatch(string.sub(raw, 10), '([^\31]*)\31([^\31]*)\31') do
           amount = num(amount)
           if amount > 0 then
             c[#c + 1] = name
