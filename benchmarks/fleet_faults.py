@@ -436,7 +436,7 @@ async def _worker(cfg: dict[str, Any]) -> None:
     from google import genai
 
     from quotaflow import RPM, TPM, Limiter
-    from quotaflow.transport import genai_http_options
+    from quotaflow.transports import genai_http_options
 
     s = Settings(**cfg["settings"])
     limiter = Limiter(

@@ -6,7 +6,7 @@ One run, four clients, each against a fresh emulator served over real HTTP on lo
   exponential backoff from 1 s; it ignores ``retryDelay``);
 * ``retry-delay``: no limiter, retry each 429 after its ``RetryInfo.retryDelay``;
 * ``aiolimiter``: ``AsyncLimiter`` at the RPM limit, then retry 429s after ``retryDelay``;
-* ``quotaflow``: google-genai through :func:`quotaflow.transport.genai_http_options`.
+* ``quotaflow``: google-genai through :func:`quotaflow.transports.genai_http_options`.
 
 Every client runs the same load: ``--tasks`` coroutines calling ``generate_content`` in a loop
 for ``--periods`` quota periods (of ``--period`` seconds), prompts of mixed sizes (75% small,
@@ -239,7 +239,7 @@ async def run_client(name: str, load: Load) -> Result:
 
     from quotaflow import RPM, TPM, Limiter, MemoryBackend
     from quotaflow.emulator import EmulatorConfig, FaultConfig, ModelConfig, serve
-    from quotaflow.transport import genai_http_options
+    from quotaflow.transports import genai_http_options
 
     config = EmulatorConfig(
         minute_seconds=load.period,
@@ -353,7 +353,7 @@ async def measure_sizing(load: Load, calls: int = 200) -> str:
 
     from quotaflow import RPM, TPM, Limiter
     from quotaflow.emulator import EmulatorConfig, FaultConfig, ModelConfig, serve
-    from quotaflow.transport import QuotaTransport
+    from quotaflow.transports import QuotaTransport
 
     rng = random.Random(load.seed)
     shapes: list[dict[str, Any]] = []

@@ -67,7 +67,7 @@ async def _worker(cfg: dict[str, Any]) -> None:
     from google import genai
 
     from quotaflow import Limiter
-    from quotaflow.transport import genai_http_options
+    from quotaflow.transports import genai_http_options
 
     s = Settings(**cfg["settings"])
     limiter = Limiter("tier1", minute_seconds=s.period, backend=cfg["url"])

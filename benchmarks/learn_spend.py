@@ -1,5 +1,5 @@
 """A spend cap that binds before RPM and TPM: the real google-genai SDK through
-:func:`quotaflow.transport.genai_http_options` against the emulator, both capping spend per
+:func:`quotaflow.transports.genai_http_options` against the emulator, both capping spend per
 rolling window at the same figure.
 
 The emulator bills ``gemini-2.5-flash`` at the shipped prices and answers 429 (a spend quotaId)
@@ -61,7 +61,7 @@ async def run_spend(
 
     from quotaflow import RPD, RPM, TPM, Limiter
     from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
-    from quotaflow.pricing import Spend, load_prices
+    from quotaflow.quotas.pricing import Spend, load_prices
 
     window = 10 * minute_seconds
     seconds = 4 * window if seconds is None else seconds
@@ -149,7 +149,7 @@ async def run_spend(
 
 def genai_options(limiter: Any, base_url: str) -> Any:
     """google-genai's ``HttpOptions`` through quotaflow's transports."""
-    from quotaflow.transport import genai_http_options
+    from quotaflow.transports import genai_http_options
 
     return genai_http_options(limiter, base_url=base_url, api_version="v1beta")
 

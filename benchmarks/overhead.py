@@ -48,7 +48,7 @@ from aiolimiter import AsyncLimiter
 from quotaflow import RPD, RPM, TPM, Limit, Limiter, ManualClock
 from quotaflow.agents import Agents, AuditLog, Policy
 from quotaflow.agents.audit import AuditRecord, CallbackSink
-from quotaflow.transport import QuotaTransport
+from quotaflow.transports import QuotaTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import redis_throughput

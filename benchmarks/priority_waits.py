@@ -1,7 +1,7 @@
 """Waits per priority under overload: three priorities share one model's quota.
 
 Tasks at ``high``, ``normal`` and ``low`` priority (``--tasks`` each) call ``generateContent``
-through :class:`quotaflow.transport.QuotaTransport` against the emulator (real HTTP on
+through :class:`quotaflow.transports.QuotaTransport` against the emulator (real HTTP on
 loopback), for ``--periods`` windows of ``--period`` seconds with ``--rpm`` requests per window:
 together they ask for about ``--overload`` times the limit. Recorded per priority: calls,
 the wait for the permit (``CallInfo.waited``: p50, p95) and the server's 429s (target 0). The
@@ -35,7 +35,7 @@ import plots
 
 from quotaflow import RPM, Limiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
-from quotaflow.transport import QuotaTransport
+from quotaflow.transports import QuotaTransport
 
 MODEL = "gemini-2.5-flash"
 LEVELS = ("high", "normal", "low")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from quotaflow._core import DimensionStatus
 from quotaflow.backends.base import AsyncBackend, Backend
 from quotaflow.backends.memory import MemoryBackend
 from quotaflow.clock import Clock, ManualClock, SystemClock
@@ -42,10 +41,11 @@ from quotaflow.limits import (
     pacific_days,
 )
 from quotaflow.permit import Permit, SyncPermit
-from quotaflow.pricing import PriceTable, Spend, load_prices
-from quotaflow.shares import Share
+from quotaflow.quotas.pricing import PriceTable, Spend, load_prices
+from quotaflow.quotas.shares import Share
+from quotaflow.quotas.tiers import ModelLimits, TierTable, load_table, load_tier
+from quotaflow.scheduler.core import DimensionStatus
 from quotaflow.sync import SyncLimiter
-from quotaflow.tiers import ModelLimits, TierTable, load_table, load_tier
 
 try:
     __version__ = version("quotaflow")

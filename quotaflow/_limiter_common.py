@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from quotaflow import context
-from quotaflow import metrics as _metrics
-from quotaflow._core import LimiterCore
-from quotaflow._shadow import refusal_reason
 from quotaflow.backends.base import AsyncBackend, Backend
 from quotaflow.backends.memory import MemoryBackend
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
+from quotaflow.observe import metrics as _metrics
+from quotaflow.observe.shadow import refusal_reason
+from quotaflow.scheduler.core import LimiterCore
 
 __all__ = [
     "REENTERED",

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quotaflow._permit_state import _PermitBase as _PermitBase  # the base, for _gate.py
-from quotaflow._permit_state import bad_tokens
-from quotaflow._synchronization import sync_complete
+from quotaflow.scheduler.permit_state import _PermitBase as _PermitBase  # the base, for _gate.py
+from quotaflow.scheduler.permit_state import bad_tokens
+from quotaflow.scheduler.synchronization import sync_complete
 
 __all__ = [
     "SyncPermit",

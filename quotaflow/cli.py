@@ -61,8 +61,8 @@ def _tiers(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime, timezone
 
-    from quotaflow._learned import GEMINI_DIMENSIONS, LearnedCache
-    from quotaflow.tiers import load_tier
+    from quotaflow.quotas.learned import GEMINI_DIMENSIONS, LearnedCache
+    from quotaflow.quotas.tiers import load_tier
 
     table = load_tier(args.tier)
     now = time.time()
@@ -178,7 +178,7 @@ def _gateway(args: argparse.Namespace, rest: Sequence[str] = ()) -> int:
 
 # --- status ----------------------------------------------------------------------------------
 def _status(args: argparse.Namespace) -> int:
-    from quotaflow.status import RedisReader, render_text, watch
+    from quotaflow.observe.status import RedisReader, render_text, watch
 
     reader = RedisReader(
         args.redis,
@@ -203,7 +203,7 @@ def _status(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``quotaflow`` argument parser (one subparser per command)."""
-    from quotaflow.tiers import SHIPPED_TIERS
+    from quotaflow.quotas.tiers import SHIPPED_TIERS
 
     parser = argparse.ArgumentParser(
         prog="quotaflow",

@@ -7,7 +7,7 @@ America/Los_Angeles) and rolling windows share one time base.
 Tests use :class:`ManualClock`, whose time moves only when the test says so. Sleeping is done by
 the drivers with :func:`sleep_time`, which turns an absolute time of this clock into seconds to
 sleep on the real event loop; with a manual clock the drivers instead wait for
-:meth:`ManualClock.advance` (see ``quotaflow._waiting``).
+:meth:`ManualClock.advance` (see ``quotaflow.scheduler.waiting``).
 """
 
 from __future__ import annotations

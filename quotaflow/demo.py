@@ -2,7 +2,7 @@
 
 Everything runs on this machine: quotaflow's Gemini emulator is served on a free loopback port
 (real HTTP), with a compressed "minute" so the demo takes seconds. Agents at three priorities
-call ``generate_content`` through :func:`quotaflow.transport.genai_http_options`; on a
+call ``generate_content`` through :func:`quotaflow.transports.genai_http_options`; on a
 terminal a live view (rich) shows each priority's progress in place, otherwise a plain line a
 second; the summary shows waits per priority and the emulator's verdict: 429s seen
 by the server and the share of the binding limit used.
@@ -56,7 +56,7 @@ async def run_demo(
         from google.genai import types
 
         from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
-        from quotaflow.transport import genai_http_options
+        from quotaflow.transports import genai_http_options
     except ImportError as exc:
         raise SystemExit(
             f"the demo needs the 'demo' extra ({exc.name} is missing): "

@@ -21,8 +21,28 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, overload
 
-from quotaflow import metrics as _metrics
-from quotaflow._core import (
+from quotaflow._limiter_common import (
+    REENTERED,
+    SharesCore,
+    check_dimension,
+    measure_grant,
+    measure_refusal,
+    not_copyable,
+    open_backend,
+)
+from quotaflow.backends.base import AsyncBackend, Backend, Decision
+from quotaflow.clock import Clock
+from quotaflow.errors import QuotaError
+from quotaflow.limits import Limit
+from quotaflow.observe import metrics as _metrics
+from quotaflow.observe.shadow import check_mode
+from quotaflow.permit import Permit
+from quotaflow.quotas.book import Learned
+from quotaflow.quotas.learned import Origin, TimeScale
+from quotaflow.quotas.pricing import Spend, SpendBook
+from quotaflow.quotas.shares import Share, agent_name_problem
+from quotaflow.quotas.tiers import TierTable
+from quotaflow.scheduler.core import (
     DimensionStatus,
     Effect,
     LimiterCore,
@@ -33,28 +53,8 @@ from quotaflow._core import (
     scope_flow,
     shares_figures,
 )
-from quotaflow._learned import Origin, TimeScale
-from quotaflow._limiter_common import (
-    REENTERED,
-    SharesCore,
-    check_dimension,
-    measure_grant,
-    measure_refusal,
-    not_copyable,
-    open_backend,
-)
-from quotaflow._quota_book import Learned
-from quotaflow._shadow import check_mode
-from quotaflow._synchronization import TIMED_OUT, AsyncOps, async_shield, async_sleep
-from quotaflow._waiting import AsyncWaiter
-from quotaflow.backends.base import AsyncBackend, Backend, Decision
-from quotaflow.clock import Clock
-from quotaflow.errors import QuotaError
-from quotaflow.limits import Limit
-from quotaflow.permit import Permit
-from quotaflow.pricing import Spend, SpendBook
-from quotaflow.shares import Share, agent_name_problem
-from quotaflow.tiers import TierTable
+from quotaflow.scheduler.synchronization import TIMED_OUT, AsyncOps, async_shield, async_sleep
+from quotaflow.scheduler.waiting import AsyncWaiter
 
 __all__ = [
     "Acquiring",
@@ -118,7 +118,7 @@ class Limiter:
 
     Args:
         tier: a usage tier shipped in ``tier_tables/`` (``"free"``, ``"tier1"``, ``"tier2"``,
-            ``"tier3"``), your own :class:`~quotaflow.tiers.TierTable`, or ``None`` to use
+            ``"tier3"``), your own :class:`~quotaflow.quotas.tiers.TierTable`, or ``None`` to use
             only ``quotas``.
         quotas: limits per model, replacing the tier table's for those models; any dimension
             (``Limit("ipm", 10, 60, metric="images")``) and any period.
@@ -130,7 +130,7 @@ class Limiter:
         backend: ``None`` or ``"memory://"`` (this process), a ``redis://`` URL, or an object.
         clock: a :class:`~quotaflow.clock.Clock`; tests pass a ``ManualClock``.
         default_priority: priority of calls that name none (``"normal"``).
-        shares: per agent, a :class:`~quotaflow.shares.Share` of each model's rolling limits
+        shares: per agent, a :class:`~quotaflow.quotas.shares.Share` of each model's rolling limits
             (a ceiling, a floor).
         minute_seconds: how long Gemini's "minute" is here: 60 (real) or a compressed one for
             tests against the emulator (its setting of the same name). It applies to the tier
@@ -141,7 +141,8 @@ class Limiter:
         probe: calls in flight allowed per model with no figure at all (in the whole fleet,
             with a shared backend), until the server names one or a quiet minute passes;
             ``None``: no cap. It keeps the first 429s, which teach the figures, few.
-        spend: prices and the rolling spend cap (a :class:`~quotaflow.pricing.Spend`); default:
+        spend: prices and the rolling spend cap (a :class:`~quotaflow.quotas.pricing.Spend`);
+        default:
             the shipped prices and the tier's cap; ``False``: spend is not metered.
         mode: ``"enforce"`` (default) or ``"shadow"``: the transports decide every call as
             usual and record what they would have done (waits, refusals) in metrics, the audit
@@ -507,7 +508,7 @@ class Limiter:
         return self._core.book.origins(model)
 
     def add_shares(self, shares: Mapping[str, Share]) -> None:
-        """Give agents their :class:`~quotaflow.shares.Share` of each model's rolling limits,
+        """Give agents their :class:`~quotaflow.quotas.shares.Share` of each model's rolling limits,
         joining the ``shares=`` the limiter was made with (the agents layer passes its
         policy's). A share given twice must be the same."""
         self._core.add_shares(shares)

@@ -2,7 +2,8 @@
 
 The async :class:`Permit` and the sync :class:`SyncPermit` (generated from this module by
 ``scripts/unasync.py`` into ``quotaflow/_sync_permit.py``) are subclasses of one
-:class:`~quotaflow._permit_state.PermitState` (the pure life cycle); they add the backend I/O.
+:class:`~quotaflow.scheduler.permit_state.PermitState` (the pure life cycle); they add the backend
+I/O.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quotaflow._permit_state import _PermitBase as _PermitBase  # the base, for _gate.py
-from quotaflow._permit_state import bad_tokens
-from quotaflow._synchronization import async_complete
+from quotaflow.scheduler.permit_state import _PermitBase as _PermitBase  # the base, for _gate.py
+from quotaflow.scheduler.permit_state import bad_tokens
+from quotaflow.scheduler.synchronization import async_complete
 
 __all__ = [
     "Permit",

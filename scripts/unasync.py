@@ -8,8 +8,9 @@ row's own (``Limiter`` -> ``SyncLimiter``). A replacement matches whole words on
 ``LimiterCore``; all replacements apply in one pass, so a replaced word is not replaced again.
 
 What renaming cannot express goes into small hand-written pairs the source uses
-(``quotaflow/_synchronization.py``: ``AsyncOps``/``SyncOps``, ``async_shield``/``sync_shield``),
-or, sparingly, between two comment lines of the source, dropped from the generated file::
+(``quotaflow/scheduler/synchronization.py``: ``AsyncOps``/``SyncOps``,
+``async_shield``/``sync_shield``), or, sparingly, between two comment lines of the source,
+dropped from the generated file::
 
     # unasync: async-only
     ...
@@ -58,7 +59,7 @@ ASYNC_TO_SYNC: Rules = (
     ("AsyncGenerator", "Generator"),
     ("aclose", "close"),
     ("anyio.sleep", "time.sleep"),
-    # the hand-written pairs of quotaflow/_synchronization.py and quotaflow/_waiting.py
+    # the hand-written pairs of quotaflow/scheduler/synchronization.py and waiting.py
     ("AsyncOps", "SyncOps"),
     ("AsyncWaiter", "SyncWaiter"),
     ("async_shield", "sync_shield"),
@@ -101,8 +102,8 @@ TRANSPORT_RULES: Rules = (
     ("AsyncDriver", "SyncDriver"),
     ("Limiter", "SyncLimiter"),
     ("quotaflow.limiter", "quotaflow.sync"),
-    ("_driver_async", "_driver_sync"),
-    ("_httpx_async", "_httpx_sync"),
+    ("driver_async", "driver_sync"),
+    ("httpx_async", "httpx_sync"),
     ("_handle_async", "_handle"),
     ("handle_async_request", "handle_request"),
     ("aiter_raw", "iter_raw"),
@@ -137,27 +138,27 @@ def _shell_doc(client: str) -> str:
 
 PAIRS: tuple[Pair, ...] = (
     Pair(
-        "quotaflow/_driver_async.py",
-        "quotaflow/_driver_sync.py",
+        "quotaflow/transports/driver_async.py",
+        "quotaflow/transports/driver_sync.py",
         TRANSPORT_RULES,
         docstring=_DRIVER_DOC,
     ),
     Pair(
-        "quotaflow/_httpx_async.py",
-        "quotaflow/_httpx_sync.py",
+        "quotaflow/transports/httpx_async.py",
+        "quotaflow/transports/httpx_sync.py",
         (*TRANSPORT_RULES, ("QuotaTransport", "SyncQuotaTransport")),
         docstring=_shell_doc("httpx.Client"),
     ),
     Pair(
-        "quotaflow/_httpx_async.py",
-        "quotaflow/_httpx2_async.py",
+        "quotaflow/transports/httpx_async.py",
+        "quotaflow/transports/httpx2_async.py",
         (*HTTPX2_RULES, ("QuotaTransport", "Httpx2QuotaTransport")),
         base=(),
         docstring=_shell_doc("httpx2.AsyncClient"),
     ),
     Pair(
-        "quotaflow/_httpx_async.py",
-        "quotaflow/_httpx2_sync.py",
+        "quotaflow/transports/httpx_async.py",
+        "quotaflow/transports/httpx2_sync.py",
         (*TRANSPORT_RULES, *HTTPX2_RULES, ("QuotaTransport", "SyncHttpx2QuotaTransport")),
         docstring=_shell_doc("httpx2.Client"),
     ),
@@ -168,7 +169,7 @@ PAIRS: tuple[Pair, ...] = (
         docstring='''"""The sync limiter, for threaded code: :class:`SyncLimiter`.
 
 It is :class:`~quotaflow.limiter.Limiter` with the waiting done by blocking the thread: the
-same :func:`~quotaflow._core.acquire_flow` and the same backend rules. A sync and an async
+same :func:`~quotaflow.scheduler.core.acquire_flow` and the same backend rules. A sync and an async
 limiter can share one backend object in one process (``SyncLimiter.sharing(limiter)``); with a
 backend that has an async face and a sync twin (Redis) it uses the twin.
 

@@ -13,9 +13,9 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from quotaflow._scope import ScopeState
 from quotaflow.backends.base import Decision, Request
 from quotaflow.limits import Limit
+from quotaflow.scheduler.scope import ScopeState
 
 
 @dataclass

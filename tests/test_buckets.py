@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from quotaflow.buckets import CalendarBucket, ConcurrencyBucket, GcraBucket, WindowBucket
 from quotaflow.errors import ConfigError
 from quotaflow.limits import RPD, Limit, TokenBucket, fixed_windows, pacific_days
+from quotaflow.scheduler.buckets import CalendarBucket, ConcurrencyBucket, GcraBucket, WindowBucket
 
 LA = ZoneInfo("America/Los_Angeles")
 

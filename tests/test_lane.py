@@ -17,11 +17,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from quotaflow import Limiter, ManualClock, SyncLimiter, WouldBlockError
-from quotaflow._lane import FastLane
-from quotaflow._scope import ScopeState
 from quotaflow.backends.base import Request
 from quotaflow.backends.memory import MemoryBackend
 from quotaflow.limits import RPM, TPM, Concurrent, Limit, fixed_windows
+from quotaflow.scheduler.lane import FastLane
+from quotaflow.scheduler.scope import ScopeState
 
 PERIOD = 1.0
 
@@ -62,7 +62,8 @@ op = st.one_of(
 
 
 def _take(backend: MemoryBackend, lane: FastLane, tokens: int, now: float) -> str | None:
-    """A grant through the lane, as :class:`~quotaflow._gate.LaneGate` makes it: its lease id."""
+    """A grant through the lane, as :class:`~quotaflow.scheduler.gate.LaneGate` makes it: its lease
+    id."""
     with backend.lock:
         lease = lane.take(tokens, now, lane.version)
     return lane.lease_id(lease) if lease else None

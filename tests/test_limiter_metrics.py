@@ -12,8 +12,9 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from quotaflow import RPM, Limiter, ManualClock, SyncLimiter, metrics
+from quotaflow import RPM, Limiter, ManualClock, SyncLimiter
 from quotaflow.errors import WouldBlockError
+from quotaflow.observe import metrics
 
 
 @pytest.fixture

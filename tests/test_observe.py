@@ -14,10 +14,11 @@ from google.genai import types
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from quotaflow import RPM, TPM, Limiter, metrics
+from quotaflow import RPM, TPM, Limiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
 from quotaflow.errors import ConfigError
-from quotaflow.transport import genai_http_options
+from quotaflow.observe import metrics
+from quotaflow.transports import genai_http_options
 
 MODEL = "gemini-2.5-flash"
 PERIOD = 1.0
@@ -135,7 +136,7 @@ async def test_shadow_mode_lets_a_burst_through_and_records_the_waits(
 async def test_shadow_decisions_are_on_the_response() -> None:
     import httpx
 
-    from quotaflow.transport import QuotaTransport
+    from quotaflow.transports import QuotaTransport
 
     config = EmulatorConfig(
         minute_seconds=60.0, models=[ModelConfig(name=MODEL, rpm=100, tpm=100_000, rpd=None)]
@@ -164,7 +165,7 @@ def test_a_bad_mode_names_the_choices() -> None:
 
 @pytest.mark.anyio
 async def test_a_snapshot_of_a_running_process() -> None:
-    from quotaflow.status import render_text, snapshot
+    from quotaflow.observe.status import render_text, snapshot
 
     limiter = Limiter(None, quotas={MODEL: [RPM(2, 60.0), TPM(1_000, 60.0)]})
     held = [await limiter.acquire_nowait(MODEL, 100) for _ in range(2)]
@@ -200,7 +201,7 @@ async def test_spans_are_off_by_default_and_wrap_each_call_when_on() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from quotaflow.transport import QuotaTransport
+    from quotaflow.transports import QuotaTransport
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 
-from quotaflow.pricing import SERVICE_TIERS, PriceTable, load_prices
+from quotaflow.quotas.pricing import SERVICE_TIERS, PriceTable, load_prices
 
 
 def _expected(

@@ -39,7 +39,7 @@ def test_the_prometheus_example_serves_the_instruments() -> None:
         from google import genai
         from quotaflow import RPM, Limiter
         from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
-        from quotaflow.transport import genai_http_options
+        from quotaflow.transports import genai_http_options
 
         MODEL = "gemini-2.5-flash"
         config = EmulatorConfig(minute_seconds=1.0, models=[ModelConfig(name=MODEL, rpm=2)])

@@ -11,7 +11,14 @@ import quotaflow
 
 ROOT = pathlib.Path(quotaflow.__file__).parent
 
-PURE = ["limits.py", "buckets.py", "_queue.py", "_scope.py", "tiers.py", "errors.py"]
+PURE = [
+    "limits.py",
+    "scheduler/buckets.py",
+    "scheduler/queue.py",
+    "scheduler/scope.py",
+    "quotas/tiers.py",
+    "errors.py",
+]
 
 
 def test_all_is_sorted_and_complete() -> None:

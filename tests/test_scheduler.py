@@ -19,7 +19,7 @@ from quotaflow import (
     SyncLimiter,
     WouldBlockError,
 )
-from quotaflow._queue import WaitQueue
+from quotaflow.scheduler.queue import WaitQueue
 from tests._sim import Arrival, simulate
 
 P = 10.0

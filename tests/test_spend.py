@@ -10,7 +10,7 @@ import pytest
 from quotaflow import Limiter, errors
 from quotaflow.clock import ManualClock
 from quotaflow.limits import RPM, TPM
-from quotaflow.pricing import (
+from quotaflow.quotas.pricing import (
     SPEND_SCOPE,
     USD_MICROS,
     Spend,

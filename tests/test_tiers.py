@@ -1,4 +1,4 @@
-"""Tests for the tier tables (data) and their loader, quotaflow.tiers."""
+"""Tests for the tier tables (data) and their loader, quotaflow.quotas.tiers."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotaflow import tiers
 from quotaflow.errors import ConfigError, QuotaflowError, TierTableError, UnknownModelError
-from quotaflow.tiers import (
+from quotaflow.quotas import tiers
+from quotaflow.quotas.tiers import (
     DIMENSIONS,
     ENV_VAR,
     SHIPPED_TIERS,
@@ -733,7 +733,7 @@ def test_load_tier_from_a_wheel_layout(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_loader_modules_are_pure() -> None:
-    for module in ("tiers.py", "_tier_schema.py"):
+    for module in ("quotas/tiers.py", "quotas/schema.py"):
         tree = ast.parse((REPO / "quotaflow" / module).read_text(encoding="utf-8"))
         imported = {
             alias.name.split(".")[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from quotaflow.tiers import SHIPPED_TIERS
+from quotaflow.quotas.tiers import SHIPPED_TIERS
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_wheel_contains_tier_tables_and_py_typed(wheel: Path) -> None:
         assert f"quotaflow/_tier_tables/{tier}.toml" in names
     assert "quotaflow/_tier_tables/prices/gemini.toml" in names
     assert "quotaflow/py.typed" in names
-    assert "quotaflow/tiers.py" in names
+    assert "quotaflow/quotas/tiers.py" in names
     assert not any(n.startswith("tier_tables/") for n in names)
 
 
@@ -68,7 +68,7 @@ def test_installed_wheel_loads_its_own_tables(wheel: Path, tmp_path: Path) -> No
     zipfile.ZipFile(wheel).extractall(site)  # a pure-Python wheel: unpacking installs it
     script = textwrap.dedent(
         """
-        import quotaflow.tiers as tiers
+        import quotaflow.quotas.tiers as tiers
         print(tiers.__file__)
         print(tiers._shipped_dir())
         for tier in tiers.SHIPPED_TIERS:

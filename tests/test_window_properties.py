@@ -12,8 +12,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quotaflow.buckets import WindowBucket
 from quotaflow.limits import RPM, TPM, Limit, Rolling
+from quotaflow.scheduler.buckets import WindowBucket
 from tests._sim import Arrival, max_window, simulate
 
 PERIOD = 1.0

@@ -10,7 +10,7 @@ from _common import check, emulator, installed, main
 from google import genai
 
 import quotaflow
-from quotaflow.transport import genai_http_options
+from quotaflow.transports import genai_http_options
 
 MODEL = "gemini-2.5-flash"
 

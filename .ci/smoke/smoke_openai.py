@@ -10,7 +10,7 @@ import openai
 from _common import check, emulator, installed, main
 
 import quotaflow
-from quotaflow import transport
+from quotaflow import transports as transport
 
 MODEL = "gemini-2.5-flash"
 CHAT = [{"role": "user", "content": "hi"}]

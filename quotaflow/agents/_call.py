@@ -27,7 +27,7 @@ from quotaflow.errors import BillingError
 from quotaflow.flow.refusal import Refusal
 from quotaflow.gemini import Call, estimate_tokens, redact_text
 from quotaflow.gemini._canonical import canonical_request
-from quotaflow.pricing import USD_MICROS
+from quotaflow.quotas.pricing import USD_MICROS
 
 if TYPE_CHECKING:
     from quotaflow.agents.audit import AuditLog

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from quotaflow import metrics
 from quotaflow.gemini._canonical import SECRET_PARAMS, canonical_request
+from quotaflow.observe import metrics
 
 __all__ = [
     "AuditLog",

@@ -25,7 +25,7 @@ from typing import Literal
 
 from quotaflow.agents.policy import METHODS, AgentPolicy, Policy
 from quotaflow.gemini import Call
-from quotaflow.shares import agent_name_problem
+from quotaflow.quotas.shares import agent_name_problem
 
 __all__ = [
     "GrantDecision",

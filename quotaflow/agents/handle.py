@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from quotaflow import context
-from quotaflow._genai_http import genai_http_package, make_http_options, split_options
-from quotaflow._quota_book import QuotaBook
 from quotaflow.agents._call import AgentCall, decision_for
 from quotaflow.agents._local import BudgetExhaustedError
 from quotaflow.agents._ownership import Ownership
@@ -32,14 +30,16 @@ from quotaflow.gemini import Call, classify
 from quotaflow.gemini._canonical import valid_model
 from quotaflow.limiter import Acquiring, Limiter
 from quotaflow.permit import Permit
+from quotaflow.quotas.book import QuotaBook
 from quotaflow.sync import SyncLimiter
-from quotaflow.transport import QuotaTransport, SyncQuotaTransport
+from quotaflow.transports import QuotaTransport, SyncQuotaTransport
+from quotaflow.transports.genai_sdk import genai_http_package, make_http_options, split_options
 
 if TYPE_CHECKING:
     from google.genai import types as genai_types
 
-    from quotaflow._httpx2_async import Httpx2QuotaTransport
-    from quotaflow._httpx2_sync import SyncHttpx2QuotaTransport
+    from quotaflow.transports.httpx2_async import Httpx2QuotaTransport
+    from quotaflow.transports.httpx2_sync import SyncHttpx2QuotaTransport
 
 __all__ = ["AgentGate", "AgentHandle", "AgentPermit", "Agents"]
 
@@ -305,7 +305,7 @@ class AgentHandle:
 
     def httpx2_transport(self, transport: Any = None, **options: Any) -> Httpx2QuotaTransport:
         """An async ``httpx2`` transport."""
-        from quotaflow._httpx2_async import Httpx2QuotaTransport
+        from quotaflow.transports.httpx2_async import Httpx2QuotaTransport
 
         return Httpx2QuotaTransport(self.runtime.limiter, transport, policy=self._gate(), **options)
 
@@ -313,7 +313,7 @@ class AgentHandle:
         self, transport: Any = None, **options: Any
     ) -> SyncHttpx2QuotaTransport:
         """A sync ``httpx2`` transport."""
-        from quotaflow._httpx2_sync import SyncHttpx2QuotaTransport
+        from quotaflow.transports.httpx2_sync import SyncHttpx2QuotaTransport
 
         return SyncHttpx2QuotaTransport(
             self.runtime.sync_limiter, transport, policy=self._gate(), **options

@@ -41,8 +41,8 @@ from quotaflow.agents.areas import AREA_ALIASES, AREAS, METHODS, GrantArea, Gran
 from quotaflow.context import priority_value
 from quotaflow.errors import ConfigError
 from quotaflow.limits import RPD, TPD, Limit, pacific_days, pacific_months
-from quotaflow.pricing import USD_MICROS
-from quotaflow.shares import DEFAULT_SHARE, Share, agent_name_problem
+from quotaflow.quotas.pricing import USD_MICROS
+from quotaflow.quotas.shares import DEFAULT_SHARE, Share, agent_name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,7 +154,8 @@ class Budget(_Strict):
     """Budgets of an agent across every model: per day (reset at midnight Pacific time, as
     Gemini's RPD) and, in dollars, per month (reset at the start of the Pacific month).
 
-    Dollars are what the calls cost at the limiter's prices (:mod:`quotaflow.pricing`), reserved
+    Dollars are what the calls cost at the limiter's prices (:mod:`quotaflow.quotas.pricing`),
+    reserved
     from the estimate and settled from the usage; a model without a price is not charged.
 
     Attributes:
@@ -314,7 +315,7 @@ class Policy(_Strict):
 
     def shares(self) -> dict[str, Share]:
         """The core shares of every agent that has one (for ``Limiter(shares=...)``); the
-        ``[default]`` share is under :data:`~quotaflow.shares.DEFAULT_SHARE`, for every agent
+        ``[default]`` share is under :data:`~quotaflow.quotas.shares.DEFAULT_SHARE`, for every agent
         the policy does not name, together."""
         out = {n: a.share.share() for n, a in self.agents.items() if a.share is not None}
         if self.default is not None and self.default.share is not None:

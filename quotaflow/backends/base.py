@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from quotaflow.buckets import Level
 from quotaflow.limits import Limit
+from quotaflow.scheduler.buckets import Level
 
 __all__ = [
     "AsyncBackend",
@@ -43,7 +43,7 @@ class Request:
         nowait: do not queue; refuse at once if it cannot be granted now.
         floors: ``{limit name: amount}``: while every named limit's use plus this request
             stays within the amount, the request is served before the line (an agent below its
-            floor goes first; see ``quotaflow.shares``).
+            floor goes first; see ``quotaflow.quotas.shares``).
     """
 
     id: str
@@ -89,8 +89,8 @@ class Backend(Protocol):
 
     Optional, found by the limiters with ``hasattr``: a fast lane for uncontended calls
     (``lane(scope)``, ``lock`` with ``take``/``give``, ``settle_tokens``; see
-    :class:`~quotaflow.backends.memory.MemoryBackend`, :mod:`quotaflow._lane` and
-    :mod:`quotaflow._gate`).
+    :class:`~quotaflow.backends.memory.MemoryBackend`, :mod:`quotaflow.scheduler.lane` and
+    :mod:`quotaflow.scheduler.gate`).
     """
 
     def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:

@@ -12,12 +12,12 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from quotaflow._lane import FastLane
-from quotaflow._scope import ScopeState
 from quotaflow.backends.base import Decision, Listener, Request
-from quotaflow.buckets import Level
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
+from quotaflow.scheduler.buckets import Level
+from quotaflow.scheduler.lane import FastLane
+from quotaflow.scheduler.scope import ScopeState
 
 __all__ = ["MemoryBackend", "Mutex"]
 
@@ -30,7 +30,7 @@ class Mutex:
     ``with mutex:`` as with ``threading.Lock``. Work that must not wait for it (a finalizer,
     see :meth:`MemoryBackend.drop`) goes into :attr:`deferred`; whoever gives the mutex back
     (:meth:`unlock`, which ``with`` calls) then calls :attr:`drain` if anything is there. The
-    fast lane (:mod:`quotaflow._gate`), when it is not atomic, calls :attr:`take` and
+    fast lane (:mod:`quotaflow.scheduler.gate`), when it is not atomic, calls :attr:`take` and
     :meth:`unlock` directly: ``take`` is ``SimpleQueue.get``, a C call that parses no keyword
     arguments and reads no clock (``Lock.acquire`` reads the monotonic clock even when
     uncontended). Not reentrant; only its holder gives it back.
@@ -132,7 +132,8 @@ class MemoryBackend:
         self._notify(scope, out)
 
     def lane(self, scope: str) -> FastLane:
-        """The scope's fast lane (see :mod:`quotaflow._lane`); use it under :attr:`lock`."""
+        """The scope's fast lane (see :mod:`quotaflow.scheduler.lane`); use it under
+        :attr:`lock`."""
         return self._scope(scope).lane
 
     def submit(self, scope: str, request: Request, now: float) -> Decision:
@@ -304,7 +305,7 @@ class MemoryBackend:
 
     def line(self, scope: str) -> list[tuple[int, str]]:
         """The scope's waiters in service order: each one's priority and the agents its cost
-        names (comma-separated; ``quotaflow.status`` counts them)."""
+        names (comma-separated; ``quotaflow.observe.status`` counts them)."""
         with self.lock:
             st = self._scopes.get(scope)
             if st is None:

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from quotaflow import metrics
-from quotaflow._quota_book import SERVED
 from quotaflow.clock import Clock
 from quotaflow.errors import (
     BillingError,
@@ -42,7 +40,9 @@ from quotaflow.gemini import (
     served_tier,
 )
 from quotaflow.limits import Limit
-from quotaflow.pricing import USD_MICROS, SpendBook
+from quotaflow.observe import metrics
+from quotaflow.quotas.book import SERVED
+from quotaflow.quotas.pricing import USD_MICROS, SpendBook
 
 
 def send_failure(exc: BaseException) -> Literal["unsent", "sent"] | None:

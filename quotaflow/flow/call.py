@@ -42,7 +42,7 @@ from quotaflow.gemini import (
 )
 from quotaflow.gemini._sizing import batch_tokens
 from quotaflow.limits import Limit
-from quotaflow.pricing import USD_MICROS, SpendBook
+from quotaflow.quotas.pricing import USD_MICROS, SpendBook
 
 
 def directives(pairs: Mapping[str, str]) -> tuple[int | None, float | None, str | None]:

@@ -7,14 +7,14 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from quotaflow._learned import Origin
-from quotaflow._shadow import ShadowDecision
 from quotaflow.flow.policy import CallTicket
 from quotaflow.flow.refusal import Refusal
 from quotaflow.gemini import (
     Call,
     Usage,
 )
+from quotaflow.observe.shadow import ShadowDecision
+from quotaflow.quotas.learned import Origin
 
 
 @dataclass

@@ -19,7 +19,7 @@ from quotaflow.gemini import (
     QuotaViolation,
 )
 from quotaflow.limits import Limit, pacific_days
-from quotaflow.pricing import SPEND_SCOPE, SpendBook
+from quotaflow.quotas.pricing import SPEND_SCOPE, SpendBook
 
 
 def _plain(name: str) -> str:

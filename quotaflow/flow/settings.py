@@ -19,7 +19,7 @@ from quotaflow.gemini import (
 )
 from quotaflow.limits import RPM, Limit
 
-log = logging.getLogger("quotaflow.transport")
+log = logging.getLogger("quotaflow.transports")
 
 RANDOM = random.Random()  # our own generator: never disturb a user's seeded global one
 
@@ -51,7 +51,7 @@ Sizer = Literal["estimate", "count"] | Callable[[Call, Mapping[str, Any]], int]
 
 @dataclass(frozen=True)
 class Settings:
-    """The options of a transport (see :class:`~quotaflow.transport.QuotaTransport`)."""
+    """The options of a transport (see :class:`~quotaflow.transports.QuotaTransport`)."""
 
     sizing: Sizer | Mapping[str, Sizer] = "estimate"
     count_quota: Sequence[Limit] = (RPM(3000),)

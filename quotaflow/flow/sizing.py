@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Literal
 
-from quotaflow._shadow import decisions_of
 from quotaflow.errors import (
     ConfigError,
     QuotaError,
@@ -27,7 +26,8 @@ from quotaflow.gemini import (
     read_count,
 )
 from quotaflow.limits import Limit
-from quotaflow.pricing import SPEND_SCOPE, USD_MICROS, SpendBook
+from quotaflow.observe.shadow import decisions_of
+from quotaflow.quotas.pricing import SPEND_SCOPE, USD_MICROS, SpendBook
 
 
 def settle_amounts(usage: Usage | None, reserve_output: bool) -> dict[str, int] | None:

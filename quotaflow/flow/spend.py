@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Generator
 from typing import Any
 
 from quotaflow.gemini import Usage
-from quotaflow.pricing import USD_MICROS, SpendBook
+from quotaflow.quotas.pricing import USD_MICROS, SpendBook
 
 __all__ = ["PRIORITY_METRICS", "Paired", "priority_cost", "settle_spend"]
 

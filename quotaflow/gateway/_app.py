@@ -39,7 +39,7 @@ from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
 from quotaflow.gateway._upstream import Upstream
 from quotaflow.limiter import Limiter
-from quotaflow.transport import QuotaTransport
+from quotaflow.transports import QuotaTransport
 
 __all__ = ["Gateway"]
 

@@ -1,7 +1,7 @@
 """Gemini wire knowledge, pure and sans-I/O: classify requests, size prompts, read usage,
 parse 429 bodies, redact keys.
 
-Nothing here imports httpx or anyio; :mod:`quotaflow.transport` drives it.
+Nothing here imports httpx or anyio; :mod:`quotaflow.transports` drives it.
 
 Example:
     >>> from quotaflow.gemini import classify

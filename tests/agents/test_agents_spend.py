@@ -13,7 +13,7 @@ from google.genai import errors
 from quotaflow import BillingError, Limiter
 from quotaflow.agents import Agents, Policy
 from quotaflow.emulator import serve
-from quotaflow.pricing import Spend, load_prices
+from quotaflow.quotas.pricing import Spend, load_prices
 
 PRICE = load_prices().price(FLASH)
 assert PRICE is not None

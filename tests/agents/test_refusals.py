@@ -29,7 +29,7 @@ from quotaflow import (
 )
 from quotaflow.agents import Agents, BudgetExhaustedError, Policy, PolicyDeniedError
 from quotaflow.emulator import ServedEmulator
-from quotaflow.transport import QuotaTransport, SyncQuotaTransport, genai_http_options
+from quotaflow.transports import QuotaTransport, SyncQuotaTransport, genai_http_options
 
 KINDS = ["quota", "deadline", "budget", "policy"]
 SDKS = ["genai", "openai"]

@@ -15,7 +15,7 @@ from google.genai import errors as genai_errors
 
 from quotaflow import RPM, TPM, Limit, Limiter, ManualClock, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import batch_holds, genai_http_options
+from quotaflow.transports import batch_holds, genai_http_options
 
 KEY = "test-key"
 FLASH = "gemini-2.5-flash"

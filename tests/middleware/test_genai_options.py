@@ -17,10 +17,10 @@ from google import genai
 from google.genai import types
 
 from quotaflow import RPM, ConfigError, Limiter
-from quotaflow._genai_http import genai_http_package
 from quotaflow.agents import Agents, Policy
 from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import QuotaTransport, genai_http_options
+from quotaflow.transports import QuotaTransport, genai_http_options
+from quotaflow.transports.genai_sdk import genai_http_package
 
 FLASH = "gemini-2.5-flash"
 KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"
@@ -148,9 +148,9 @@ _GENAI_2_SCRIPT = r"""
 import json, os, sys
 import google.genai
 from quotaflow import RPM, ConfigError, Limiter
-from quotaflow._genai_http import genai_http_package
+from quotaflow.transports.genai_sdk import genai_http_package
 from quotaflow.agents import Agents, Policy
-from quotaflow.transport import genai_http_options
+from quotaflow.transports import genai_http_options
 
 policy = Policy.from_dict({"agents": {"a": {"grants": {"content": "write"}}}})
 agents = Agents(Limiter(None, quotas={"gemini-2.5-flash": [RPM(60)]}), policy)

@@ -20,7 +20,7 @@ from quotaflow.agents import load_policy
 from quotaflow.agents.grants import decide
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
 from quotaflow.gemini import classify
-from quotaflow.transport import QuotaTransport, genai_http_options
+from quotaflow.transports import QuotaTransport, genai_http_options
 
 KEY = "test-key"
 FLASH = "gemini-2.5-flash"

@@ -17,7 +17,7 @@ from google.genai import errors as genai_errors
 
 from quotaflow import RPM, Limiter, MemoryBackend, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import genai_http_options
+from quotaflow.transports import genai_http_options
 
 KEY = "test-key"
 MODEL = "gemini-3.5-flash"  # in the tier tables with no rpm/tpm/rpd figures
@@ -180,7 +180,7 @@ async def test_extensions_show_where_each_figure_came_from(served: ServedEmulato
     assert responses  # the SDK keeps the HTTP response's headers only: read a raw call
     import httpx
 
-    from quotaflow.transport import QuotaTransport
+    from quotaflow.transports import QuotaTransport
 
     transport = QuotaTransport(limiter, httpx.AsyncHTTPTransport())
     async with httpx.AsyncClient(transport=transport, base_url=served.base_url) as http:

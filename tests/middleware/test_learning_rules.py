@@ -12,9 +12,9 @@ import pytest
 from google import genai
 
 from quotaflow import RPM, Limiter, MemoryBackend, SyncLimiter
-from quotaflow._learned import Figure
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import genai_http_options
+from quotaflow.quotas.learned import Figure
+from quotaflow.transports import genai_http_options
 
 KEY = "test-key"
 MODEL = "gemini-3.5-flash"

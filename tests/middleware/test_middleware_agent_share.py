@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from quotaflow import RPM, Limiter, ManualClock, Share
-from quotaflow.transport import QuotaTransport
+from quotaflow.transports import QuotaTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from google.genai import errors as genai_errors
 
 from quotaflow import RPD, RPM, TPD, TPM, ConfigError, Limiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import genai_http_options
+from quotaflow.transports import genai_http_options
 
 KEY = "test-key"
 FLASH = "gemini-2.5-flash"

@@ -18,7 +18,7 @@ from google.genai import errors as genai_errors
 
 from quotaflow import RPD, RPM, TPM, Limiter, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import (
+from quotaflow.transports import (
     Httpx2QuotaTransport,
     QuotaTransport,
     SyncHttpx2QuotaTransport,

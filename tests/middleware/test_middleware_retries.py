@@ -30,7 +30,7 @@ from google import genai
 
 from quotaflow import RPD, RPM, TPM, Limiter, SyncLimiter
 from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import (
+from quotaflow.transports import (
     CallInfo,
     Httpx2QuotaTransport,
     QuotaTransport,
@@ -584,7 +584,7 @@ async def test_retry_logs_say_what_happened_and_never_show_the_key(
     async with _client("httpx", _limiter(), flaky("httpx", faults), served.base_url) as client:
         r = await client.post(f"{GEN}?key={KEY}", json=BODY)
     assert r.status_code == 200
-    lines = [rec.getMessage() for rec in caplog.records if rec.name == "quotaflow.transport"]
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "quotaflow.transports"]
     assert len(lines) == 3
     assert "ConnectError" in lines[0] and "not sent" in lines[0] and "retry 1" in lines[0]
     assert "ReadTimeout" in lines[1] and "may have reached the server" in lines[1]

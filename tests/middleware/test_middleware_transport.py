@@ -13,7 +13,7 @@ import pytest
 
 import quotaflow
 from quotaflow import RPD, RPM, TPM, CannotFitError, Limiter, QuotaExhaustedError, SyncLimiter
-from quotaflow.transport import CallInfo, QuotaTransport, SyncQuotaTransport
+from quotaflow.transports import CallInfo, QuotaTransport, SyncQuotaTransport
 
 MODEL = "gemini-2.5-flash"
 KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"

@@ -10,7 +10,7 @@ import pytest
 
 from quotaflow import RPM, TPM, ConfigError, Limiter, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import GEMINI_OPENAI_URL, openai_client, openai_http_client
+from quotaflow.transports import GEMINI_OPENAI_URL, openai_client, openai_http_client
 
 FLASH = "gemini-2.5-flash"
 

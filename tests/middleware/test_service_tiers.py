@@ -14,8 +14,8 @@ from google.genai import types
 
 from quotaflow import RPD, RPM, TPM, BillingError, Limiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.pricing import SPEND_SCOPE, USD_MICROS, Spend, load_prices
-from quotaflow.transport import QuotaTransport, genai_http_options
+from quotaflow.quotas.pricing import SPEND_SCOPE, USD_MICROS, Spend, load_prices
+from quotaflow.transports import QuotaTransport, genai_http_options
 
 KEY = "test-key"
 FLASH = "gemini-2.5-flash"
@@ -172,7 +172,7 @@ async def test_a_spend_429_pauses_spend_until_the_window_frees(capped: ServedEmu
 
 def test_the_sync_transport_prices_and_caps_spend_too(capped: ServedEmulator) -> None:
     from quotaflow import SyncLimiter
-    from quotaflow.transport import SyncQuotaTransport
+    from quotaflow.transports import SyncQuotaTransport
 
     sync = SyncLimiter.sharing(_limiter(Spend(cap_usd=0.001, period=PERIOD)))
     url = f"{capped.base_url}/v1beta/models/{FLASH}:generateContent"

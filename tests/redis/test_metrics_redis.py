@@ -13,9 +13,10 @@ import httpx
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from quotaflow import RPM, TPM, Limiter, SyncLimiter, metrics
+from quotaflow import RPM, TPM, Limiter, SyncLimiter
 from quotaflow.emulator import EmulatorConfig, ModelConfig, serve
-from quotaflow.transport import QuotaTransport
+from quotaflow.observe import metrics
+from quotaflow.transports import QuotaTransport
 
 pytestmark = pytest.mark.redis
 

@@ -412,8 +412,8 @@ def test_a_configure_answered_cal_keeps_the_fast_paths_tail_counted_once(
 ) -> None:
     # configure moved the tail (the newest slot of fast-path settles) into the log, then
     # answered "cal" without saving: a later fast settle into that slot counted it twice
-    from quotaflow.backends import _redis_script as rs
     from quotaflow.backends.base import Request
+    from quotaflow.backends.redis import script as rs
     from quotaflow.limits import RPM
 
     codec = rs.Codec(namespace, "owner1", 30.0)

@@ -14,10 +14,10 @@ import redis
 import redis.exceptions as rexc
 
 from quotaflow import Limit
-from quotaflow.backends import _redis_clients
-from quotaflow.backends import _redis_script as rs
 from quotaflow.backends import redis as qredis
 from quotaflow.backends.base import Request
+from quotaflow.backends.redis import clients as _redis_clients
+from quotaflow.backends.redis import script as rs
 from quotaflow.limits import RPM
 
 pytestmark = pytest.mark.redis

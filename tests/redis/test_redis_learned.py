@@ -15,7 +15,7 @@ from google import genai
 from quotaflow import Limiter, SyncLimiter
 from quotaflow.backends.redis import RedisBackend
 from quotaflow.emulator import EmulatorConfig, ModelConfig, ServedEmulator, serve
-from quotaflow.transport import genai_http_options
+from quotaflow.transports import genai_http_options
 
 pytestmark = pytest.mark.redis
 

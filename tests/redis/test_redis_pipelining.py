@@ -12,8 +12,8 @@ import redis
 import redis.exceptions as rexc
 
 from quotaflow import Limit, Limiter
-from quotaflow.backends import _redis_lean
 from quotaflow.backends import redis as qredis
+from quotaflow.backends.redis import lean as _redis_lean
 
 pytestmark = pytest.mark.redis
 

@@ -1,0 +1,249 @@
+"""The driver of :func:`~quotaflow.flow.call_flow` for the async transports (on
+asyncio or trio), for any httpx-compatible package (``httpx`` or its fork ``httpx2``, given as
+``_http``). It only carries out effects; every decision is in the flow.
+
+This file is the source of the sync driver, which ``scripts/unasync.py`` generates from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from quotaflow.errors import ConfigError
+from quotaflow.flow import (
+    COUNT_MODEL,
+    Acquire,
+    Count,
+    Effect,
+    Exhaust,
+    Hold,
+    Lookup,
+    Outcome,
+    Pause,
+    Read,
+    Release,
+    Send,
+    Settings,
+    Settle,
+    Sleep,
+    final_amounts,
+)
+from quotaflow.flow.held import held_for
+from quotaflow.flow.policy import CallPolicy
+from quotaflow.limiter import Limiter
+from quotaflow.observe import metrics
+from quotaflow.observe import shadow as _shadow
+from quotaflow.transports.base import (
+    LIMITER_HELP,
+    DriverBase,
+    Scan,
+    log,
+    release_async,
+    settle_async,
+    take_directives,
+)
+
+__all__ = ["AsyncDriver", "async_stream_class"]
+
+
+def async_stream_class(base: type) -> type:
+    """A byte stream (subclass of ``base``) that settles the call when its last chunk has
+    passed or it is closed."""
+
+    class _AsyncSettlingStream(base):  # type: ignore[misc]
+        def __init__(self, inner: Any, scan: Scan, on_end: Callable[[Scan], Any]) -> None:
+            self._inner = inner
+            self._scan = scan
+            self._on_end = on_end
+            self._it: Any = None
+
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            # an iterator object, not a generator: an early close leaves nothing to finalize
+            self._it = self._inner.__aiter__()
+            return self
+
+        async def __anext__(self) -> bytes:
+            try:
+                chunk: bytes = await self._it.__anext__()
+            except StopAsyncIteration:
+                if self._scan.end():  # the last chunk has passed: settle now
+                    await self._on_end(self._scan)
+                raise
+            self._scan.feed(chunk)
+            return chunk
+
+        async def aclose(self) -> None:
+            try:
+                if self._scan.end():
+                    await self._on_end(self._scan)
+            finally:
+                await self._inner.aclose()
+
+    return _AsyncSettlingStream
+
+
+class AsyncDriver(DriverBase):
+    """Runs the flow of each request, carrying out its effects."""
+
+    _limiter: Limiter
+    _count: Limiter
+    _stream_cls: type
+
+    def _init(
+        self, limiter: Limiter, inner: Any, settings: Settings, policy: CallPolicy | None
+    ) -> None:
+        if not isinstance(limiter, Limiter):
+            raise ConfigError(
+                f"{type(self).__name__} needs a {Limiter.__name__}, got "
+                f"{type(limiter).__name__}: {LIMITER_HELP}"
+            )
+        self._setup(inner, settings, policy)
+        self._limiter = limiter
+        self._budget = policy.budget_limiter if policy is not None else None
+        self._held = held_for(limiter)
+        self._count = Limiter(
+            tier=None,
+            quotas={COUNT_MODEL: settings.count_quota},
+            backend=limiter.backend,
+            clock=limiter.clock,
+            project=limiter.project,
+            mode=limiter.mode,
+        )
+
+    async def _handle_async(self, request: Any) -> Any:
+        pairs = take_directives(request.headers)
+        streamed = self._passthrough(request)
+        content = b"" if streamed else await request.aread()
+        flow = self._flow(request, content, pairs, streamed)
+        result: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = flow.throw(error) if error is not None else flow.send(result)
+            except StopIteration as stop:
+                outcome: Outcome = stop.value
+                break
+            error = None
+            try:
+                result = await self._do(effect, request)
+            except BaseException as exc:  # handed to the flow, which settles and re-raises
+                result, error = None, exc
+        return await self._finish(outcome)
+
+    async def _do(self, effect: Effect, request: Any) -> Any:
+        if isinstance(effect, Send):
+            return await self._inner.handle_async_request(request)
+        if isinstance(effect, Acquire):
+            lim = self._pick(effect.limiter)
+            if lim.mode == "shadow":
+                return await _shadow.acquire_async(lim, effect)
+            return await lim._acquire(
+                effect.model,
+                effect.tokens,
+                effect.cost,
+                effect.priority,
+                None,
+                None if effect.nowait else effect.deadline,
+                effect.nowait,
+                effect.agent,
+            )
+        if isinstance(effect, Settle):
+            return await settle_async(effect.permit, effect.amounts)
+        if isinstance(effect, Release):
+            return await release_async(effect.permit)
+        if isinstance(effect, Hold):
+            found = self._batch_limiter(Limiter, effect.model)
+            if found is None:
+                return None
+            lim, scope = found
+            return await lim._acquire(
+                scope,
+                0,
+                {"requests": 0, "batch_tokens": effect.tokens},
+                effect.priority,
+                None,
+                effect.deadline,
+                False,
+                effect.agent,
+            )
+        if isinstance(effect, Read):
+            return await self._read(effect.response)
+        if isinstance(effect, (Count, Lookup)):
+            derived = (
+                self._count_request(request, effect)
+                if isinstance(effect, Count)
+                else self._lookup_request(request, effect)
+            )
+            try:
+                resp = await self._inner.handle_async_request(derived)
+                return resp.status_code, (await self._read(resp))[0]
+            except Exception:
+                return None
+        if isinstance(effect, Sleep):
+            await anyio.sleep(effect.seconds)
+            return None
+        if isinstance(effect, Pause):
+            if metrics.ON:
+                metrics.paused(effect.model, effect.dimension)
+            return await self._limiter.pause(effect.model, effect.dimension, effect.until)
+        if isinstance(effect, Exhaust):
+            return await self._limiter.exhaust(effect.model, effect.dimension)
+        return await self._limiter.learn(
+            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+        )
+
+    async def _read(self, response: Any) -> tuple[bytes, Any]:
+        if response.is_stream_consumed:  # already read by the inner transport
+            return response.content, response
+        try:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+        return self._fresh(response, raw)
+
+    async def _finish(self, outcome: Outcome) -> Any:
+        info, ticket = outcome.info, outcome.ticket
+        if outcome.refusal is not None:
+            response = self._answer(outcome)
+            self._info(response, info)
+            return response
+        response, permit, budget = outcome.response, outcome.permit, outcome.budget
+        self._info(response, info)
+        if permit is None:
+            if ticket is not None:
+                ticket.finish(info)
+            return response
+        reserve = self._settings.reserve_output
+
+        async def settle(scan: Scan) -> None:
+            info.usage = scan.scanner.usage()
+            info.settled = True
+            if metrics.ON and info.usage is not None and info.call.model:
+                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
+            amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
+            try:
+                await permit.settle(**amounts)
+                if budget is not None and ticket is not None:
+                    try:
+                        await budget.settle(**ticket.budget_amounts(info))
+                    except Exception as exc:  # the budget's store failed; the call succeeded
+                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
+            finally:
+                if ticket is not None:
+                    ticket.finish(info)
+
+        if response.is_closed:  # an inner transport that returned a read response
+            scan = Scan(response, info.call.streaming, decoded=True)
+            scan.feed(response.content)
+            if scan.end():
+                await settle(scan)
+            return response
+        scan = Scan(response, info.call.streaming)
+        response.stream = self._stream_cls(response.stream, scan, settle)
+        return response
+
+    async def _aclose(self) -> None:
+        await self._inner.aclose()
