@@ -53,10 +53,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    modules = {"Httpx2QuotaTransport": "_httpx2_async", "SyncHttpx2QuotaTransport": "_httpx2_sync"}
+    modules = {
+        "Httpx2QuotaTransport": "quotaflow.transports.httpx2_async",
+        "SyncHttpx2QuotaTransport": "quotaflow.transports.httpx2_sync",
+    }
     if name in modules:
         try:
-            module = importlib.import_module(f"quotaflow.{modules[name]}")
+            module = importlib.import_module(modules[name])
         except ImportError as exc:
             raise ImportError(
                 f"{name} needs the httpx2 package (google-genai 3.x installs it): "
