@@ -317,7 +317,7 @@ def test_a_program_that_ends_without_close_still_sends_its_deferred_settles(
 async def test_a_deferred_settle_survives_the_cancelled_call_it_rode_on(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import quotaflow.backends.redis as qr
+    import quotaflow.backends.redis.backend as qr
 
     backend = RedisBackend.from_url(url)
     lim = Limiter(tier=None, quotas=QUOTAS, backend=backend)
