@@ -52,7 +52,7 @@ from quotaflow.backends.redis.clients import (
     _exec_async,
     _transient,
 )
-from quotaflow.backends.redis.engine import SETTLE_DELAY, Engine, Flow, Policy, Sleep
+from quotaflow.backends.redis.engine import SETTLE_DELAY, Backoff, Engine, EngineFlow, Policy
 from quotaflow.backends.redis.lean import _Lean, _on_asyncio, _send_packed
 from quotaflow.backends.redis.link import Link
 from quotaflow.backends.redis.sync import SyncRedisBackend
@@ -241,7 +241,7 @@ class RedisBackend:
             entry = self._aclients[id(loop)] = (loop, self._make_async())
         return entry[1]
 
-    async def _arun(self, flow: Flow) -> Any:
+    async def _arun(self, flow: EngineFlow) -> Any:
         if sniffio.current_async_library() != "asyncio":  # redis.asyncio is asyncio-only
             return await anyio.to_thread.run_sync(self.sync._run, flow)
         client = self._aclient()
@@ -254,7 +254,7 @@ class RedisBackend:
                 except StopIteration as stop:
                     return stop.value
                 result, error = None, None
-                if isinstance(effect, Sleep):
+                if isinstance(effect, Backoff):
                     await anyio.sleep(effect.seconds)
                     continue
                 try:

@@ -1,7 +1,7 @@
 """What the async and the sync face of the Redis backend share: the operations as flows.
 
 Each operation is written once, as a generator that yields effects (:class:`Exec`: run the
-scope script; :class:`Sleep`: back off) and receives their results; the async face runs it on
+scope script; :class:`Backoff`: back off) and receives their results; the async face runs it on
 ``redis.asyncio``, the sync face and the link thread on the sync client. No redis import here.
 
 Time: the script's clock is Redis ``TIME``. Drivers pass ``now`` from the limiter clock and
@@ -36,7 +36,7 @@ from quotaflow.errors import BackendError, ConfigError
 from quotaflow.limits import Limit
 from quotaflow.scheduler.buckets import Level
 
-__all__ = ["SETTLE_DELAY", "Engine", "Exec", "Policy", "Sleep", "Transient", "Unavailable"]
+__all__ = ["SETTLE_DELAY", "Backoff", "Engine", "Exec", "Policy", "Transient", "Unavailable"]
 
 log = logging.getLogger("quotaflow.redis")
 
@@ -54,7 +54,7 @@ class Exec:
 
 
 @dataclass(frozen=True)
-class Sleep:
+class Backoff:
     """Effect: back off for ``seconds``."""
 
     seconds: float
@@ -68,7 +68,7 @@ class Unavailable(Exception):
     """Raised inside the engine when Redis is down and the flow may not wait."""
 
 
-Flow = Generator[Exec | Sleep, Any, Any]
+EngineFlow = Generator[Exec | Backoff, Any, Any]
 
 # one atomic write of a learned figure and its key's TTL; a figure the server named is never
 # replaced by an adaptive guess (figures are JSON with sorted keys and no spaces)
@@ -239,7 +239,7 @@ class Engine:
         settles: Sequence[rs.Settle] = (),
         first: Started | None = None,
         cost: str = "",
-    ) -> Generator[Exec | Sleep, Any, tuple[rs.Reply, float]]:
+    ) -> Generator[Exec | Backoff, Any, tuple[rs.Reply, float]]:
         """Run ``op`` with ``settles`` and the scope's deferred ones; returns the reply and the
         shift from Redis to limiter times. ``first``: a call already made (see
         :meth:`start_submit`), whose reply is taken as the first attempt's. ``cost``: ARGV[3]
@@ -285,7 +285,7 @@ class Engine:
                         if not (wait and self.on_error == "wait"):
                             self._requeue(scope, taken)
                             raise Unavailable from exc
-                        yield Sleep(min(1.0, 0.02 * 2**attempt))
+                        yield Backoff(min(1.0, 0.02 * 2**attempt))
                         attempt += 1
                         continue
                 if not self.up:
@@ -337,7 +337,7 @@ class Engine:
                 self.leases.pop(lease_id, None)
                 self.ledger.settled(scope, limits, lease_id, actual, at)
 
-    def restore(self, scope: str, now: float, wait: bool) -> Flow:
+    def restore(self, scope: str, now: float, wait: bool) -> EngineFlow:
         """Write back into a new state what this process holds (its leases, with their costs)
         and spent in the last period of each limit (see :mod:`._redis_ledger`)."""
         limits = self.limits_of(scope)
@@ -468,7 +468,7 @@ class Engine:
                     nxt = since + age
         return out, nxt
 
-    def flush(self, scope: str, now: float, first: Started | None = None) -> Flow:
+    def flush(self, scope: str, now: float, first: Started | None = None) -> EngineFlow:
         """Send the scope's deferred settles (a call of their own); ``first``: that call,
         made already (see :meth:`start_flush`)."""
         if first is None and scope not in self.pending:
@@ -518,7 +518,7 @@ class Engine:
         )
 
     # --- operations -------------------------------------------------------------------------------
-    def configure(self, scope: str, limits: Sequence[Limit], now: float) -> Flow:
+    def configure(self, scope: str, limits: Sequence[Limit], now: float) -> EngineFlow:
         """Create or update the scope (idempotent, any process)."""
         with self.lock:
             self.limits[scope] = tuple(limits)
@@ -543,7 +543,7 @@ class Engine:
         now: float,
         wait: bool = True,
         first: Started | None = None,
-    ) -> Flow:
+    ) -> EngineFlow:
         """Grant, queue or refuse ``request`` (one round trip when uncontended)."""
         exact = self.exact
         try:
@@ -582,7 +582,7 @@ class Engine:
         self.deliver(scope, reply.decisions, shift)
         return _shift(mine, shift)
 
-    def dispatch(self, scope: str, now: float) -> Flow:
+    def dispatch(self, scope: str, now: float) -> EngineFlow:
         """Serve the line (the head's timer fired)."""
         if scope in self.local_scopes:
             self.local.dispatch(scope, now)
@@ -595,7 +595,7 @@ class Engine:
         self.deliver(scope, reply.decisions, shift)
         return None
 
-    def cancel(self, scope: str, request_id: str, now: float) -> Flow:
+    def cancel(self, scope: str, request_id: str, now: float) -> EngineFlow:
         """Leave the line; returns a grant that won the race."""
         if request_id in self.local_ids:
             won = self.local.cancel(scope, request_id, now)
@@ -614,7 +614,7 @@ class Engine:
 
     def settle(
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
-    ) -> Flow:
+    ) -> EngineFlow:
         """Anchor a lease at ``at`` and apply the real usage (at most one round trip)."""
         if lease_id in self.local_ids:
             self.local_ids.discard(lease_id)
@@ -622,7 +622,7 @@ class Engine:
             return None
         return (yield from self.remote("flush", scope, (lease_id, actual, at), now))
 
-    def release(self, scope: str, lease_id: str, now: float) -> Flow:
+    def release(self, scope: str, lease_id: str, now: float) -> EngineFlow:
         """Return everything a lease holds."""
         if lease_id in self.local_ids:
             self.local_ids.discard(lease_id)
@@ -630,7 +630,7 @@ class Engine:
             return None
         return (yield from self.remote("release", scope, (lease_id,), now))
 
-    def remote(self, op: str, scope: str, args: tuple[Any, ...], now: float) -> Flow:
+    def remote(self, op: str, scope: str, args: tuple[Any, ...], now: float) -> EngineFlow:
         """cancel/flush (a settle)/release in Redis; if it is down, kept in the outbox and
         replayed."""
         rid = args[0]
@@ -657,7 +657,7 @@ class Engine:
         self.deliver(scope, reply.decisions, shift)
         return won
 
-    def pause(self, scope: str, limit: str, until: float, now: float) -> Flow:
+    def pause(self, scope: str, limit: str, until: float, now: float) -> EngineFlow:
         """Admit nothing on ``limit`` before ``until``, in every process."""
         if scope in self.local_scopes:
             self.local.pause(scope, limit, until, now)
@@ -673,7 +673,7 @@ class Engine:
         self.deliver(scope, reply.decisions, shift)
         return None
 
-    def exhaust(self, scope: str, limit: str, now: float) -> Flow:
+    def exhaust(self, scope: str, limit: str, now: float) -> EngineFlow:
         """Mark a calendar limit spent until its reset, in every process."""
         local = self.local.exhaust(scope, limit, now) if scope in self.local_scopes else None
         try:
@@ -689,7 +689,7 @@ class Engine:
     def _figures_key(self, scope: str) -> str:
         return self.codec.keys(scope)[0][:-1] + "F"  # the scope's hash tag, its own key
 
-    def learned(self, scope: str) -> Flow:
+    def learned(self, scope: str) -> EngineFlow:
         """The figures the fleet learned for ``scope`` (JSON by dimension); none if Redis
         is out of reach (each process still keeps what it learned)."""
         try:
@@ -708,7 +708,7 @@ class Engine:
             for k, v in pairs
         }
 
-    def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> Flow:
+    def learn(self, scope: str, dimension: str, figure: str, ttl: float) -> EngineFlow:
         """Share a learned figure with the fleet for ``ttl`` seconds (best effort)."""
         key = self._figures_key(scope)
         ms = str(max(1, int(ttl * 1000)))
@@ -718,7 +718,7 @@ class Engine:
             return None
         return None
 
-    def status(self, scope: str, now: float) -> Flow:
+    def status(self, scope: str, now: float) -> EngineFlow:
         """Each limit's level (times of the limiter clock)."""
         try:
             reply, shift = yield from self.op("status", scope, lambda cur: [], now, True)
@@ -732,7 +732,7 @@ class Engine:
         out: dict[str, Level] = {k: rs.shift_level(v, shift) for k, v in rows.items()}
         return out
 
-    def waiting(self, scope: str) -> Flow:
+    def waiting(self, scope: str) -> EngineFlow:
         """Waiters in the scope's line, fleet-wide."""
         try:
             reply, shift = yield from self.op("waiting", scope, lambda cur: [], self.lnow(), True)

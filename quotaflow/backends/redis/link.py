@@ -25,7 +25,7 @@ from typing import Any
 
 from quotaflow.backends.base import Decision
 from quotaflow.backends.redis import script as rs
-from quotaflow.backends.redis.engine import Engine, Flow, Unavailable
+from quotaflow.backends.redis.engine import Engine, EngineFlow, Unavailable
 
 __all__ = ["Link"]
 
@@ -39,7 +39,7 @@ class Link(threading.Thread):
         self,
         engine: Engine,
         client: Any,
-        run: Callable[[Flow], Any],
+        run: Callable[[EngineFlow], Any],
         transient: tuple[type[BaseException], ...],
         beat_every: float,
     ) -> None:
@@ -168,7 +168,7 @@ class Link(threading.Thread):
             self._run(beat(eng, scope, eng.lnow()))
 
 
-def beat(eng: Engine, scope: str, now: float) -> Flow:
+def beat(eng: Engine, scope: str, now: float) -> EngineFlow:
     """Refresh this process's tickets and leases in ``scope``; recover lost decisions."""
     with eng.lock:
         tickets = [i for i, t in eng.tickets.items() if t[0] == scope]
@@ -211,7 +211,7 @@ def migrate(eng: Engine, now: float) -> None:
         eng.deliver_local(scope, d)
 
 
-def flush(eng: Engine) -> Flow:
+def flush(eng: Engine) -> EngineFlow:
     """Replay cancels, settles and releases that failed while Redis was down."""
     while eng.up:
         with eng.lock:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from quotaflow.backends.base import Decision, Listener, Request
 from quotaflow.backends.redis.clients import _CALL_ERRORS, _exec_sync, _transient
-from quotaflow.backends.redis.engine import Flow, Sleep
+from quotaflow.backends.redis.engine import Backoff, EngineFlow
 from quotaflow.limits import Limit
 from quotaflow.scheduler.buckets import Level
 
@@ -29,7 +29,7 @@ class SyncRedisBackend:
         self._owner = owner
         self._e = owner._engine
 
-    def _run(self, flow: Flow) -> Any:
+    def _run(self, flow: EngineFlow) -> Any:
         client = self._owner._client
         result: Any = None
         error: BaseException | None = None
@@ -40,7 +40,7 @@ class SyncRedisBackend:
                 except StopIteration as stop:
                     return stop.value
                 result, error = None, None
-                if isinstance(effect, Sleep):
+                if isinstance(effect, Backoff):
                     time.sleep(effect.seconds)
                     continue
                 try:
