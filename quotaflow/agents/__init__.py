@@ -3,9 +3,9 @@ agents, and check and log every call.
 
 * :mod:`~quotaflow.agents.policy`: who may call what (pydantic; TOML or Python objects);
 * :mod:`~quotaflow.agents.grants`: the decision for one call (pure);
-* :mod:`~quotaflow.agents.handle`: :class:`Agents` (the layer of one limiter) and
-  ``agents.agent(name)``: quota transports that make the agent's calls (local 403 and 429
-  answers), google-genai options, ``acquire``;
+* :mod:`~quotaflow.agents.layer`: :class:`Agents` (the layer of one limiter);
+* :mod:`~quotaflow.agents.handle`: ``agents.agent(name)``: quota transports that make the
+  agent's calls (local 403 and 429 answers), google-genai options, ``acquire``;
 * :mod:`~quotaflow.agents.audit`: one record per call; JSON lines, logging, callback sinks.
 
 Example:
@@ -32,7 +32,8 @@ from quotaflow.agents.audit import (
     key_fingerprint,
 )
 from quotaflow.agents.grants import GrantDecision, decide
-from quotaflow.agents.handle import AgentGate, AgentHandle, AgentPermit, Agents
+from quotaflow.agents.handle import AgentHandle, AgentPermit
+from quotaflow.agents.layer import AgentGate, Agents
 from quotaflow.agents.policy import (
     AREAS,
     METHODS,

@@ -31,7 +31,7 @@ from quotaflow.quotas.pricing import USD_MICROS
 
 if TYPE_CHECKING:
     from quotaflow.agents.audit import AuditLog
-    from quotaflow.agents.handle import Agents
+    from quotaflow.agents.layer import Agents
     from quotaflow.flow import CallInfo
 
 __all__ = ["AgentCall", "decision_for", "request_key"]

@@ -18,26 +18,43 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from quotaflow.agents import Agents
 from quotaflow.errors import BackendError, QuotaError
+from quotaflow.gateway._access import GatewayAccess
 from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
 from quotaflow.gateway._upstream import Upstream
+from quotaflow.gateway._wire import (
+    _DROP_BACK,
+    _FORWARD,
+    _METHODS,
+    _OWN_PATHS,
+    _PROXIED,
+    _UPLOAD_PROOF,
+    _error,
+    _head_of,
+    _Key,
+    _raw,
+    _Relay,
+    _Shared,
+    _split_query,
+    _TooLarge,
+    _Whole,
+)
 from quotaflow.limiter import Limiter
 from quotaflow.transports import QuotaTransport
 
@@ -46,116 +63,8 @@ __all__ = ["Gateway"]
 log = logging.getLogger("quotaflow.gateway")
 access = logging.getLogger("quotaflow.gateway.access")
 
-_SECRET_PARAMS = frozenset({"key", "access_token", "oauth_token", "api_key", "token"})
-# the gateway's proof, in the upload URLs it hands out, of which token started the upload
-# (the SDKs send no key with an upload's chunks): <token id>.<HMAC of token id and upload id>
-_UPLOAD_PROOF = "qfg_upload"
-# request headers passed upstream; everything else (credentials, cookies, hop-by-hop headers,
-# proxies' forwarding headers) stays here
-_FORWARD = frozenset(
-    {
-        "accept",
-        "accept-encoding",
-        "content-type",
-        "content-length",
-        "user-agent",
-        "x-goog-api-client",
-        "x-server-timeout",
-        "x-quotaflow-priority",
-    }
-)
-_DROP_BACK = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
-)
-_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-_PROXIED = frozenset([*_METHODS, "HEAD"])  # as Starlette's route (GET brings HEAD)
-_OWN_PATHS = frozenset({"/healthz", "/readyz"})
 
-
-class _Key:
-    """The real key; its repr and str never show it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<gemini key hidden>"
-
-    __str__ = __repr__
-
-
-class _Shared(httpx.AsyncBaseTransport):
-    """The upstream pool as every agent transport's inner transport (closed once, by the
-    gateway)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        pass
-
-
-class _Line:
-    """An access-log line, made into JSON only when a handler writes it."""
-
-    __slots__ = ("fields",)
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
-
-    def __str__(self) -> str:
-        return json.dumps(self.fields)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _error(status: int, code: str, message: str, openai: bool, reason: str) -> Response:
-    err: Any = {
-        "error": {
-            "code": status,
-            "message": message,
-            "status": code,
-            "details": [
-                {
-                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                    "reason": reason,
-                    "domain": "quotaflow.gateway",
-                }
-            ],
-        }
-    }
-    body = json.dumps([err] if openai else err).encode()
-    return Response(body, status, media_type="application/json; charset=UTF-8")
-
-
-def _param_name(raw: str) -> str:
-    return unquote(raw.replace("+", " ")).casefold().lstrip("$")
-
-
-def _split_query(query: str) -> tuple[list[str], list[str]]:
-    """The query's secret values (``key`` and its kin, in any spelling) and the other pairs,
-    raw."""
-    secrets_, kept = [], []
-    for pair in query.split("&") if query else []:
-        name, _, value = pair.partition("=")
-        pname = _param_name(name)
-        if pname in _SECRET_PARAMS:
-            secrets_.append(unquote(value.replace("+", " ")))
-        elif pname == _UPLOAD_PROOF:
-            continue
-        elif pair:
-            kept.append(pair)
-    return secrets_, kept
-
-
-class Gateway:
+class Gateway(GatewayAccess):
     """The gateway: an ASGI app (:attr:`app`) in front of Gemini that alone holds the key.
 
     Args:
@@ -283,81 +192,6 @@ class Gateway:
         return Response(body, 200 if ok else 503, media_type="application/json")
 
     # ---- the proxy --------------------------------------------------------------------------
-
-    def _credential(self, request: Request, openai: bool) -> tuple[str | None, bool]:
-        """The agent's token and whether the request carried conflicting ones."""
-        found: list[str] = []
-        h = request.headers.get("x-goog-api-key")
-        if h:
-            found.append(h.strip())
-        found += [
-            s.strip() for s in _split_query(request.scope["query_string"].decode("latin-1"))[0]
-        ]
-        auth = request.headers.get("authorization", "")
-        if openai and auth[:7].lower() == "bearer ":
-            found.append(auth[7:].strip())
-        found = [f for f in found if f]
-        if not found:
-            return None, False
-        return found[0], len(set(found)) > 1
-
-    def _proof(self, token_id: str, upload_id: str) -> str:
-        mac = hmac.new(self._proof_key, f"{token_id}:{upload_id}".encode(), hashlib.sha256)
-        return f"{token_id}.{mac.hexdigest()[:32]}"
-
-    def _upload_entry(self, request: Request) -> TokenEntry | None:
-        """The token that started the upload a chunk belongs to (``None``: no valid proof,
-        or its token was revoked since)."""
-        pairs = {
-            _param_name(k): v for k, v in parse_qsl(request.scope["query_string"].decode("latin-1"))
-        }
-        proof, upload_id = pairs.get(_UPLOAD_PROOF), pairs.get("upload_id")
-        if not proof or not upload_id:
-            return None
-        token_id = proof.partition(".")[0]
-        if not hmac.compare_digest(proof, self._proof(token_id, upload_id)):
-            return None
-        return next((e for e in self.tokens.entries() if e.id == token_id), None)
-
-    def _log(self, request: Request, entry: TokenEntry | None, status: int, start: float,
-             sent: int = 0, note: str = "") -> None:  # fmt: skip
-        if not self.config.access_log:
-            return
-        if not access.isEnabledFor(logging.INFO):
-            return
-        client = request.client
-        line = {
-            "event": "access",
-            "agent": entry.agent if entry else None,
-            "token_id": entry.id if entry else None,
-            "method": request.method,
-            "path": (request.scope.get("raw_path") or b"")
-            .split(b"?", 1)[0]
-            .decode("latin-1")[:300],
-            "status": status,
-            "bytes": sent,
-            "duration_ms": round((self._clock() - start) * 1000, 3),
-            "client": client.host if client else None,
-        }
-        if note:
-            line["note"] = note
-        access.info("%s", _Line(line))
-
-    def _access_ws(self, ws: Any, entry: TokenEntry | None, status: int, note: str,
-                   agent: str | None = None) -> None:  # fmt: skip
-        if not self.config.access_log or not access.isEnabledFor(logging.INFO):
-            return
-        line = {
-            "event": "access",
-            "agent": entry.agent if entry else agent,
-            "token_id": entry.id if entry else None,
-            "method": "WEBSOCKET",
-            "path": str(ws.scope.get("path", ""))[:300],
-            "status": status,
-            "client": ws.client.host if ws.client else None,
-            "note": note,
-        }
-        access.info("%s", _Line(line))
 
     async def _proxy(self, request: Request) -> Response:
         start = self._clock()
@@ -560,48 +394,3 @@ class Gateway:
 
     def __repr__(self) -> str:
         return f"Gateway(upstream={self.config.upstream!r}, agents={sorted(self._agents)})"
-
-
-class _Whole(Response):
-    """A whole answer, and the end of its upstream answer to run once it is sent (or not)."""
-
-    def __init__(self, body: bytes, status: int, after: Coroutine[Any, Any, None]) -> None:
-        super().__init__(body, status)
-        self._after = after
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._after
-
-
-class _Relay(StreamingResponse):
-    """A streamed response whose headers are kept as the upstream sent them."""
-
-    def __init__(
-        self, content: AsyncIterator[bytes], status: int, headers: list[tuple[str, str]]
-    ) -> None:
-        super().__init__(content, status)
-        self.raw_headers = _raw(headers)
-
-
-async def _head_of(
-    chunks: AsyncIterator[bytes], length: int
-) -> tuple[bytes, AsyncIterator[bytes] | None]:
-    """The first ``length`` bytes of ``chunks`` and the unread rest (``None``: it ended)."""
-    got: list[bytes] = []
-    seen = 0
-    it = chunks.__aiter__()
-    while seen < length:
-        try:
-            chunk = await it.__anext__()
-        except StopAsyncIteration:
-            return b"".join(got), None
-        got.append(chunk)
-        seen += len(chunk)
-    return b"".join(got), it
-
-
-def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]

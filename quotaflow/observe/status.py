@@ -18,7 +18,6 @@ process, :func:`snapshot` reads a :class:`~quotaflow.Limiter`.
 from __future__ import annotations
 
 import math
-import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from quotaflow.context import PRIORITIES
 from quotaflow.errors import BackendError, ConfigError
+from quotaflow.observe._scripts import _LINE_SCRIPT, _SPECS_SCRIPT, read_levels
+from quotaflow.observe.render import render_text, watch
 from quotaflow.scheduler.buckets import Level
 
 if TYPE_CHECKING:
@@ -36,146 +37,8 @@ __all__ = ["RedisReader", "read_levels", "render_text", "snapshot", "watch"]
 
 _NAMES = {v: k for k, v in PRIORITIES.items()}
 
+
 # the waiting line of one scope: per waiter its priority and the agents its cost names
-_LINE_SCRIPT = """
-local out = {}
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local ok, w = pcall(cmsgpack.unpack, v)
-  if ok and type(w) == 'table' then
-    local agents = {}
-    if type(w.c) == 'table' then
-      for k, _ in pairs(w.c) do
-        if type(k) == 'string' then
-          local at = string.find(k, '@', 1, true)
-          if at then agents[string.sub(k, at + 1)] = true end
-        end
-      end
-    end
-    local names = {}
-    for a, _ in pairs(agents) do names[#names + 1] = a end
-    out[#out + 1] = {tostring(w.p or 0), table.concat(names, ',')}
-  end
-end
-return out
-"""
-
-
-# the scope's limits as the fleet configured them: name and signature (kind:period:param)
-_SPECS_SCRIPT = """
-local raw = redis.call('HGET', KEYS[1], 's')
-if not raw then return {} end
-local ok, st = pcall(cmsgpack.unpack, raw)
-if not ok or type(st) ~= 'table' or type(st.names) ~= 'table' then return {} end
-local out = {}
-for _, name in ipairs(st.names) do
-  local b = type(st.b) == 'table' and st.b[name] or nil
-  out[#out + 1] = {name, type(b) == 'table' and tostring(b.sig or '') or ''}
-end
-return out
-"""
-
-
-# Read-only runs of the scope script: its ``status`` op computes each limit's level as every
-# op does (expiries applied in memory), but every write command is a no-op here and Redis runs
-# the script as ``no-writes`` (Redis 7; a write slipping through is refused, not made). The
-# fleet's keys stay as they are: no purge saved, no lease moved, no waiter granted.
-_WRITES = [
-    "DEL",
-    "HDEL",
-    "HINCRBY",
-    "HINCRBYFLOAT",
-    "HMSET",
-    "HSET",
-    "HSETNX",
-    "PERSIST",
-    "PEXPIRE",
-    "PEXPIREAT",
-    "EXPIRE",
-    "EXPIREAT",
-    "PUBLISH",
-    "SPUBLISH",
-    "SET",
-    "SETEX",
-    "PSETEX",
-    "UNLINK",
-    "ZADD",
-    "ZINCRBY",
-    "ZREM",
-    "ZREMRANGEBYLEX",
-    "ZREMRANGEBYRANK",
-    "ZREMRANGEBYSCORE",
-]
-_READ_ONLY_HEAD = (
-    "local redis = setmetatable({}, {__index = redis})\n"
-    "do\n"
-    "  local call, pcall_ = redis.call, redis.pcall\n"
-    "  local writes = {" + ", ".join(f"{w}=true" for w in _WRITES) + "}\n"
-    "  redis.call = function(cmd, ...)\n"
-    "    if writes[string.upper(cmd)] then return 0 end\n"
-    "    return call(cmd, ...)\n"
-    "  end\n"
-    "  redis.pcall = function(cmd, ...)\n"
-    "    if writes[string.upper(cmd)] then return 0 end\n"
-    "    return pcall_(cmd, ...)\n"
-    "  end\n"
-    "end\n"
-)
-
-
-class _ReadOnlyScript:
-    """The scope script with its writes turned off (see ``_READ_ONLY_HEAD``)."""
-
-    def __init__(self) -> None:
-        import hashlib
-
-        from quotaflow.backends.redis import script as rs
-
-        plain = _READ_ONLY_HEAD + rs.SCRIPT
-        self._bodies = ["#!lua flags=no-writes\n" + plain, plain]  # the flag needs Redis 7
-        self._shas = [hashlib.sha1(b.encode()).hexdigest() for b in self._bodies]
-        self._pick = 0
-
-    def __call__(self, client: Any, keys: Sequence[str], argv: Sequence[str]) -> Any:
-        import redis
-
-        while True:
-            body, sha = self._bodies[self._pick], self._shas[self._pick]
-            try:
-                try:
-                    return client.evalsha(sha, len(keys), *keys, *argv)
-                except redis.exceptions.NoScriptError:
-                    return client.eval(body, len(keys), *keys, *argv)
-            except redis.exceptions.ResponseError as exc:
-                text = str(exc).lower()
-                if self._pick == 0 and ("shebang" in text or "near '#'" in text):
-                    self._pick = 1  # a Redis before 7: the writes stay off all the same
-                    continue
-                raise
-
-
-_read_only: _ReadOnlyScript | None = None
-
-
-def read_levels(
-    client: Any, codec: Any, scope: str, limits: Sequence[Any]
-) -> tuple[dict[str, Level], float] | None:
-    """Each limit's level of ``scope`` (Redis times) and Redis's time, read without writing
-    anything; ``None`` when no process has configured the scope (or its calendar windows are
-    not the ones given). ``codec``: a :class:`~quotaflow.backends.redis.script.Codec` of the
-    fleet's namespace."""
-    global _read_only
-    from quotaflow.backends.redis import script as rs
-
-    if _read_only is None:
-        _read_only = _ReadOnlyScript()
-    argv = codec.argv("status", scope, [], limits, None, time.time())
-    reply = rs.decode_reply(_read_only(client, codec.keys(scope), argv))
-    if reply.status != "ok":
-        return None
-    rows = rs.decode_levels(reply.result)
-    return {k: rs.shift_level(v, 0.0) for k, v in rows.items()}, reply.now
-
-
 def _calendar(param: str) -> Any:
     """The calendar a limit's signature names (``days(tz)``, ``months(tz)``,
     ``fixed(<period>s@<origin>)``), or ``None``."""
@@ -477,107 +340,3 @@ _BACKEND_OPTIONS = (
     "aging",
     "backfill_depth",
 )
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def render_text(snap: Mapping[str, Any]) -> str:
-    """A snapshot as plain text: a table per model, then agents and budgets."""
-    lines = [f"quotaflow status: {snap['source']}"]
-    if not snap["models"] and not snap["budgets"]:
-        lines.append("  no model in use (no process has configured a scope here yet)")
-    for m in snap["models"]:
-        waiting = ", ".join(f"{k} {v}" for k, v in m["waiting"].items()) or "none"
-        lines.append(f"\n{m['project']}/{m['model']}  waiting: {waiting}")
-        lines.append(
-            f"  {'dimension':<12} {'limit':>10} {'origin':<10} {'used':>10} {'free':>10} "
-            f"{'in flight':>10} {'paused for':>10}"
-        )
-        for d in m["dimensions"]:
-            lines.append(
-                f"  {d['name']:<12} {d['limit']:>10} {d['origin']:<10} {d['used']:>10} "
-                f"{d['free']:>10} {d['in_flight']:>10} {_fmt(d['paused_for_s']):>10}"
-            )
-        for agent, a in m["agents"].items():
-            share = ", ".join(f"{d['name']} {d['used']}/{d['limit']}" for d in a["dimensions"])
-            lines.append(f"  agent {agent}: share {share}; waiting {a['waiting']}")
-    for b in snap["budgets"]:
-        left = ", ".join(f"{d['name']} {d['free']} of {d['limit']}" for d in b["dimensions"])
-        lines.append(f"\nbudget of agent {b['agent']} ({b['project']}): left {left}")
-    return "\n".join(lines)
-
-
-def _rich_view(snap: Mapping[str, Any]) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    parts: list[Any] = [Text(f"quotaflow status: {snap['source']}", style="bold")]
-    for m in snap["models"]:
-        waiting = ", ".join(f"{k} {v}" for k, v in m["waiting"].items()) or "none"
-        t = Table(title=f"{m['project']}/{m['model']}  waiting: {waiting}", title_justify="left")
-        for col in ("dimension", "limit", "origin", "used", "free", "in flight", "paused for"):
-            t.add_column(col, justify="left" if col in ("dimension", "origin") else "right")
-        for d in m["dimensions"]:
-            t.add_row(
-                d["name"],
-                str(d["limit"]),
-                d["origin"],
-                str(d["used"]),
-                str(d["free"]),
-                str(d["in_flight"]),
-                _fmt(d["paused_for_s"]),
-            )
-        for agent, a in m["agents"].items():
-            for d in a["dimensions"]:
-                t.add_row(
-                    f"{d['name']}@{agent}",
-                    str(d["limit"]),
-                    "share",
-                    str(d["used"]),
-                    str(d["free"]),
-                    str(d["in_flight"]),
-                    f"waiting {a['waiting']}",
-                )
-        parts.append(t)
-    for b in snap["budgets"]:
-        left = ", ".join(f"{d['name']} {d['free']} of {d['limit']}" for d in b["dimensions"])
-        parts.append(Text(f"budget of agent {b['agent']}: left {left}"))
-    if not snap["models"] and not snap["budgets"]:
-        parts.append(Text("no model in use yet"))
-    parts.append(Text(time.strftime("updated %H:%M:%S  (Ctrl-C to stop)"), style="dim"))
-    return Group(*parts)
-
-
-def watch(reader: RedisReader, *, interval: float = 1.0, once: bool = False) -> int:
-    """Refresh a live view of ``reader``'s fleet until Ctrl-C (rich on a terminal when it is
-    installed; otherwise the plain table, redrawn). Returns the exit code (0)."""
-    try:
-        import rich.live  # noqa: F401
-
-        have_rich = True
-    except ImportError:
-        have_rich = False
-    try:
-        if have_rich and sys.stdout.isatty():
-            from rich.console import Console
-            from rich.live import Live
-
-            console = Console()
-            with Live(_rich_view(reader.snapshot()), console=console, auto_refresh=False) as live:
-                while not once:
-                    time.sleep(interval)
-                    live.update(_rich_view(reader.snapshot()), refresh=True)
-            return 0
-        clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-        while True:
-            print(clear + render_text(reader.snapshot()), flush=True)
-            if once:
-                return 0
-            time.sleep(interval)
-            if not clear:
-                print(flush=True)
-    except KeyboardInterrupt:
-        return 0
