@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from quotaflow.quotas.keyed import dotted
+from quotaflow.quotas.model_names import bare
 from quotaflow.quotas.schema import (
     DIMENSIONS,
     ModelOverride,
     Source,
-    bare,
     describe_validation_error,
-    dotted,
     limits_from_override,
 )
 from quotaflow.quotas.table_io import table_error

@@ -30,7 +30,8 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from quotaflow._frozen import Frozen
 from quotaflow.errors import ConfigError, TierTableError
 from quotaflow.limits import Limit, Rolling
-from quotaflow.quotas.schema import Source, bare, name_candidates
+from quotaflow.quotas.model_names import bare, name_candidates
+from quotaflow.quotas.schema import Source
 
 if sys.version_info >= (3, 11):
     import tomllib

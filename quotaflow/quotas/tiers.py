@@ -50,21 +50,18 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from quotaflow.errors import ConfigError, TierTableError, UnknownModelError
+from quotaflow.quotas.keyed import KeyedProblem, dotted
+from quotaflow.quotas.model_names import bare, close_matches, name_candidates
 from quotaflow.quotas.overrides import merged_update, parse_overrides
 from quotaflow.quotas.schema import (
     DIMENSIONS,
     Dimension,
-    KeyedProblem,
     ModelKind,
     ModelLimits,
     OverrideFile,
     Source,
-    bare,
     check_table,
-    close_matches,
     describe_validation_error,
-    dotted,
-    name_candidates,
     parse_env_value,
     provenance_problems,
 )
