@@ -16,18 +16,16 @@ Example:
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, overload
+from collections.abc import Mapping, Sequence
+from typing import Any, overload
 
+from quotaflow._acquiring import Acquiring
+from quotaflow._limiter_base import LimiterBase
 from quotaflow._limiter_common import (
-    REENTERED,
     SharesCore,
     check_dimension,
     measure_grant,
     measure_refusal,
-    not_copyable,
     open_backend,
 )
 from quotaflow.backends.base import AsyncBackend, Backend, Decision
@@ -39,7 +37,7 @@ from quotaflow.observe.shadow import check_mode
 from quotaflow.permit import Permit
 from quotaflow.quotas.book import Learned
 from quotaflow.quotas.learned import Origin, TimeScale
-from quotaflow.quotas.pricing import Spend, SpendBook
+from quotaflow.quotas.pricing import Spend
 from quotaflow.quotas.shares import Share, agent_name_problem
 from quotaflow.quotas.tiers import TierTable
 from quotaflow.scheduler.core import (
@@ -47,11 +45,9 @@ from quotaflow.scheduler.core import (
     Effect,
     LimiterCore,
     Op,
-    Subscriptions,
     acquire_flow,
     learn_flow,
     scope_flow,
-    shares_figures,
 )
 from quotaflow.scheduler.synchronization import TIMED_OUT, AsyncOps, async_shield, async_sleep
 from quotaflow.scheduler.waiting import AsyncWaiter
@@ -65,55 +61,7 @@ __all__ = [
 ]
 
 
-class _Exits(Protocol):
-    async def _exit(self, failed: bool) -> None: ...
-
-
-_P = TypeVar("_P", bound=_Exits)
-
-
-class Acquiring(Generic[_P]):
-    """What ``acquire`` returns: ``async with limiter.acquire(...) as permit:``, whose exit
-    settles the permit with its estimate (or releases it if the block failed before the call
-    was sent).
-
-    Entering the block calls ``fn(*args)``, which returns the permit; the block keeps it for
-    its exit.
-    """
-
-    __slots__ = ("_args", "_fn", "_permit")
-
-    def __init__(self, fn: Callable[..., Awaitable[_P]], args: tuple[Any, ...]) -> None:
-        self._fn = fn
-        self._args = args
-        self._permit: _P | None = None
-
-    # unasync: async-only
-    def __await__(self) -> Generator[Any, None, _P]:
-        """``permit = await limiter.acquire(...)``: the permit, without a block (settle or
-        release it yourself)."""
-        return self._fn(*self._args).__await__()
-
-    # unasync: end
-
-    async def __aenter__(self) -> _P:
-        if self._permit is not None:
-            raise RuntimeError(REENTERED)
-        self._permit = permit = await self._fn(*self._args)
-        return permit
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        permit, self._permit = self._permit, None
-        if permit is not None:
-            await permit._exit(exc_type is not None)
-
-
-class Limiter:
+class Limiter(LimiterBase):
     """Admits calls to Gemini models within every limit of their quota (async, on anyio).
 
     Args:
@@ -188,14 +136,10 @@ class Limiter:
         )
         if mode is not None or _core is None:
             self._core.mode = check_mode(mode or "enforce")
-        self._lanes = self._core.lanes  # the fast lanes by model spelling (see _acquire)
         self._ops = ops = AsyncOps(open_backend(backend))
         self.backend = ops.backend
-        self._shares_figures = shares_figures(self.backend)
         self._waiters: dict[str, AsyncWaiter | None] = {}
-        self._early: dict[str, Decision] = {}
-        self._early_lock = threading.Lock()
-        self._listening = Subscriptions(self.backend, self._deliver)
+        self._listen()
 
     @classmethod
     def sharing(cls, limiter: SharesCore) -> Limiter:
@@ -203,41 +147,6 @@ class Limiter:
         ``SyncLimiter.sharing(limiter)`` gives the threads of an async application the same
         quota state (through the sync twin of a backend with one, such as Redis)."""
         return cls(backend=limiter.backend, _core=limiter._core)
-
-    @property
-    def clock(self) -> Clock:
-        """The limiter's clock."""
-        return self._core.clock
-
-    @property
-    def mode(self) -> str:
-        """``"enforce"`` (the default) or ``"shadow"``: decide and record, let every call
-        through at once (see docs/observe.md)."""
-        return getattr(self._core, "mode", "enforce")
-
-    @property
-    def project(self) -> str:
-        """The Google Cloud project the quotas belong to."""
-        return self._core.project
-
-    @property
-    def spend(self) -> SpendBook | None:
-        """The prices and spend cap the transports meter with (``None``: spend not metered)."""
-        return self._core.spend
-
-    def quota(self, model: str) -> tuple[Limit, ...]:
-        """The usable limits of ``model`` (headroom applied)."""
-        return self._core.book.resolve(model)[1]
-
-    def _deliver(self, decision: Decision) -> None:
-        rid = decision.id
-        if rid in self._waiters:
-            with self._early_lock:  # may run in another thread than the waiting task
-                waiter = self._waiters.get(rid)
-                if waiter is None:
-                    self._early[rid] = decision
-                    return
-            waiter.deliver(decision)
 
     async def _run(self, flow: Any) -> Any:
         result: Any = None
@@ -257,9 +166,6 @@ class Limiter:
         if _metrics.ON:  # the gauges watch (limiter, model) from here on
             _metrics.seen(self, model)
         return key, canonical, limits
-
-    def __reduce__(self) -> tuple[object, ...]:
-        raise not_copyable(self)
 
     @overload
     def acquire(
@@ -506,19 +412,3 @@ class Limiter:
         """Per dimension of ``model``: where its figure comes from (table, override,
         configured, learned, adaptive)."""
         return self._core.book.origins(model)
-
-    def add_shares(self, shares: Mapping[str, Share]) -> None:
-        """Give agents their :class:`~quotaflow.quotas.shares.Share` of each model's rolling limits,
-        joining the ``shares=`` the limiter was made with (the agents layer passes its
-        policy's). A share given twice must be the same."""
-        self._core.add_shares(shares)
-
-    def close(self) -> None:
-        """Stop listening to the backend (a shared backend outlives this limiter)."""
-        self._listening.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(project={self.project!r}, backend={self.backend!r}, "
-            f"waiting={len(self._waiters)})"
-        )

@@ -14,6 +14,7 @@ ROOT = pathlib.Path(quotaflow.__file__).parent
 PURE = [
     "limits.py",
     "scheduler/buckets.py",
+    "scheduler/bucket_base.py",
     "scheduler/queue.py",
     "scheduler/scope.py",
     "quotas/tiers.py",

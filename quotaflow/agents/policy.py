@@ -35,8 +35,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from quotaflow._frozen import Frozen
 from quotaflow.agents.areas import AREA_ALIASES, AREAS, METHODS, GrantArea, GrantLevel
 from quotaflow.context import priority_value
 from quotaflow.errors import ConfigError
@@ -85,8 +86,8 @@ class PolicyError(ConfigError):
 name_problem = agent_name_problem
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _PolicyModel(Frozen):
+    """A policy model: strict and immutable, and a boolean is no number."""
 
     @model_validator(mode="before")
     @classmethod
@@ -100,7 +101,7 @@ class _Strict(BaseModel):
         return data
 
 
-class AreaGrant(_Strict):
+class AreaGrant(_PolicyModel):
     """What an agent may do in one area.
 
     Attributes:
@@ -132,7 +133,7 @@ class AreaGrant(_Strict):
         return "; ".join(parts)
 
 
-class ShareSpec(_Strict):
+class ShareSpec(_PolicyModel):
     """An agent's share of each model's rolling limits (see :class:`~quotaflow.Share`)."""
 
     ceiling: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -150,7 +151,7 @@ class ShareSpec(_Strict):
         return Share(ceiling=self.ceiling, floor=self.floor, dimensions=self.dimensions)
 
 
-class Budget(_Strict):
+class Budget(_PolicyModel):
     """Budgets of an agent across every model: per day (reset at midnight Pacific time, as
     Gemini's RPD) and, in dollars, per month (reset at the start of the Pacific month).
 
@@ -209,7 +210,7 @@ def _normalize_grants(value: Any) -> Any:
     return out
 
 
-class AgentPolicy(_Strict):
+class AgentPolicy(_PolicyModel):
     """One agent's grants, priority, share and budget.
 
     Attributes:
@@ -264,7 +265,7 @@ class AgentPolicy(_Strict):
 _NONE = AreaGrant()
 
 
-class AuditSettings(_Strict):
+class AuditSettings(_PolicyModel):
     """Where the default audit log writes (see :mod:`quotaflow.agents.audit`).
 
     Attributes:
@@ -280,7 +281,7 @@ class AuditSettings(_Strict):
     content_hash: bool = False
 
 
-class Policy(_Strict):
+class Policy(_PolicyModel):
     """Every agent's grants. Deny by default: unknown agents get ``default`` or nothing.
 
     Attributes:

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from quotaflow._frozen import Frozen
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,11 +55,7 @@ class EmulatorConfigError(ValueError):
     """
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ApiKeyConfig(_Strict):
+class ApiKeyConfig(Frozen):
     """One accepted API key.
 
     Attributes:
@@ -71,7 +69,7 @@ class ApiKeyConfig(_Strict):
     blocked: bool = False
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Frozen):
     """One served model and its limits.
 
     A limit of ``None`` means unlimited. ``rpm``/``tpm``/``count_rpm`` use the configured period
@@ -116,7 +114,7 @@ class ModelConfig(_Strict):
         return value.removeprefix("models/")
 
 
-class FaultConfig(_Strict):
+class FaultConfig(Frozen):
     """Random faults and latency, drawn from ``random.Random(seed)``.
 
     Attributes:
@@ -173,7 +171,7 @@ def default_models() -> list[ModelConfig]:
     ]
 
 
-class EmulatorConfig(_Strict):
+class EmulatorConfig(Frozen):
     """Whole emulator configuration.
 
     Attributes:

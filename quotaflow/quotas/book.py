@@ -10,9 +10,10 @@ from typing import Literal
 from quotaflow.errors import ConfigError, UnknownModelError
 from quotaflow.gemini._canonical import MODEL_NAME
 from quotaflow.limits import Concurrent, Limit, check_quota
+from quotaflow.quotas.keyed import KeyedProblem
 from quotaflow.quotas.learned import GEMINI_DIMENSIONS, Figure, Origin, TimeScale, gemini_limit
 from quotaflow.quotas.pricing import SPEND_SCOPE, SpendBook
-from quotaflow.quotas.schema import KeyedProblem, parse_env_value
+from quotaflow.quotas.schema import parse_env_value
 from quotaflow.quotas.tiers import ENV_VAR, ModelLimits, TierTable, load_tier
 
 __all__ = ["BATCH_LIMIT", "Learned", "QuotaBook", "limits_from_table"]

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from quotaflow._frozen import Frozen
 from quotaflow.errors import ConfigError, TierTableError
 from quotaflow.limits import Limit, Rolling
-from quotaflow.quotas.schema import Source, bare, name_candidates
+from quotaflow.quotas.model_names import bare, name_candidates
+from quotaflow.quotas.schema import Source
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -70,11 +72,7 @@ SERVICE_TIERS: tuple[ServiceTier, ...] = ("standard", "flex", "priority", "batch
 Price = Annotated[float, Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelPrice(_Strict):
+class ModelPrice(Frozen):
     """The standard prices of one model, USD per 1,000,000 tokens.
 
     Attributes:
@@ -100,7 +98,7 @@ class ModelPrice(_Strict):
     note: str | None = None
 
 
-class SpendCap(_Strict):
+class SpendCap(Frozen):
     """A usage tier's spend cap: ``usd`` per rolling ``period`` seconds."""
 
     usd: Annotated[float, Field(gt=0)]
@@ -109,7 +107,7 @@ class SpendCap(_Strict):
     note: str | None = None
 
 
-class TierPrices(_Strict):
+class TierPrices(Frozen):
     """The multiplier of the standard price per service tier."""
 
     standard: Annotated[float, Field(gt=0)] = 1.0
@@ -124,7 +122,7 @@ _FOUND_MAX = 1024
 _Rates = tuple[float, float, float, float, float]
 
 
-class PriceTable(_Strict):
+class PriceTable(Frozen):
     """Prices per model, service-tier multipliers and spend caps per usage tier, with sources."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,20 +1,23 @@
 """The schema of tier table files and the pure helpers behind :mod:`quotaflow.quotas.tiers`.
 
 Private: import the public names from :mod:`quotaflow.quotas.tiers`. Nothing here reads files or the
-environment: this module checks already-parsed data, says what is wrong with data that does not
-validate (as dotted TOML keys), and holds the name rules used to resolve models.
+environment: this module checks already-parsed data and says what is wrong with data that does
+not validate (as dotted TOML keys). It re-exports the name rules used to resolve models
+(:mod:`quotaflow.quotas.model_names`) and the located problems
+(:mod:`quotaflow.quotas.keyed`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import json
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from quotaflow.quotas.keyed import KeyedProblem, dotted
+from quotaflow.quotas.model_names import bare, close_matches, name_candidates
 
 __all__ = [
     "DIMENSIONS",
@@ -44,27 +47,6 @@ DIMENSIONS: Final[tuple[Dimension, ...]] = ("rpm", "tpm", "rpd", "tpd", "batch_e
 ModelKind = Literal["generate", "embed"]
 
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-# One suffix a user may add to a model id, innermost last: "-latest", a dated or bare
-# "-preview"/"-exp" ("-preview-05-20", "-preview-09-2025", "-exp-0827", "-exp-03-25"), or a
-# "-001"-style version. Stripped one at a time from the end, never from the middle, so
-# "gemini-2.5-flash-preview-tts" or "gemini-2.5-flash-image-preview" never turn into plain flash.
-_SUFFIX = re.compile(r"-(?:latest|(?:preview|exp)(?:-\d{2}-\d{2}|-\d{2}-\d{4}|-\d{4})?|\d{3})$")
-
-
-class KeyedProblem(ValueError):
-    """A validation problem at a known key, relative to the object being validated.
-
-    Raised inside pydantic validators; :func:`describe_validation_error` puts the key back in
-    front of the message so errors name ``models."gemini-2.5-flash".source`` and not the table.
-    """
-
-    def __init__(self, key: tuple[str | int, ...], problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
-        self.problem = problem
 
 
 def _none_word(value: object) -> object:
@@ -197,18 +179,6 @@ Root = Literal["table", "limits", "override", "override_file"]
 """What a validated document is: a tier table, one model's limits, one override, a file."""
 
 
-def dotted(key: Iterable[str | int]) -> str:
-    """Write a key path the way TOML does: ``models."gemini-2.5-flash".rpm``."""
-    out = ""
-    for part in key:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        text = part if _BARE_KEY.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
-        out += f".{text}" if out else text
-    return out
-
-
 _TABLE_KEYS: Final = ("schema", "tier", "note", "sources", "models", "unknown", "tuned_models")
 
 
@@ -253,33 +223,6 @@ def describe_validation_error(exc: ValidationError, root: Root = "table") -> lis
             problem = f"{err['msg']}, got {err['input']!r}"
         out.append((dotted(loc), problem))
     return out
-
-
-def name_candidates(name: str) -> Iterator[str]:
-    """Yield ``name`` and then the names left by stripping one version suffix at a time.
-
-    Example:
-        >>> list(name_candidates("gemini-2.5-flash-preview-05-20"))
-        ['gemini-2.5-flash-preview-05-20', 'gemini-2.5-flash']
-    """
-    current = name
-    while current:
-        yield current
-        match = _SUFFIX.search(current)
-        if match is None:
-            return
-        current = current[: match.start()]
-
-
-def close_matches(name: str, known: Iterable[str], limit: int = 5) -> list[str]:
-    """Return up to ``limit`` names of ``known`` that look like ``name`` (difflib)."""
-    spelled = {k.lower(): k for k in known}
-    found: list[str] = []
-    for candidate in dict.fromkeys(name_candidates(name.lower())):
-        for match in difflib.get_close_matches(candidate, list(spelled), n=limit, cutoff=0.6):
-            if spelled[match] not in found:
-                found.append(spelled[match])
-    return found[:limit]
 
 
 def parse_limits_spec(text: str) -> dict[str, dict[str, Any]]:
@@ -348,12 +291,6 @@ def limits_from_override(
         data["source"] = override.source
     data["sources"] = {d: s for d, s in sources.items() if data.get(d) is not None}
     return data
-
-
-def bare(name: str) -> str:
-    """Strip blanks and a leading ``models/`` (as the REST API writes model names)."""
-    name = name.strip()
-    return name[len("models/") :] if name.lower().startswith("models/") else name
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -50,30 +50,22 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from quotaflow.errors import ConfigError, TierTableError, UnknownModelError
+from quotaflow.quotas.keyed import KeyedProblem, dotted
+from quotaflow.quotas.model_names import bare, close_matches, name_candidates
+from quotaflow.quotas.overrides import merged_update, parse_overrides
 from quotaflow.quotas.schema import (
     DIMENSIONS,
     Dimension,
-    KeyedProblem,
     ModelKind,
     ModelLimits,
-    ModelOverride,
     OverrideFile,
     Source,
-    bare,
     check_table,
-    close_matches,
     describe_validation_error,
-    dotted,
-    limits_from_override,
-    name_candidates,
     parse_env_value,
     provenance_problems,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+from quotaflow.quotas.table_io import parse_toml, read_text, table_error
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -107,17 +99,6 @@ _ENV_FORM: Final = (
     f"fix: set {ENV_VAR}='gemini-2.5-flash:rpm=5,tpm=1000;gemini-2.5-pro:rpd=10' "
     '(VALUE none removes a limit) or a JSON object such as {"gemini-2.5-flash": {"rpm": 5}}'
 )
-
-
-def _table_error(origin: str, problems: list[tuple[str, str]], hint: str = "") -> TierTableError:
-    key, problem = problems[0]
-    message = f"{origin}: {key}: {problem}" if key else f"{origin}: {problem}"
-    if len(problems) > 1:
-        rest = "; ".join(f"{k or '(top level)'}: {p}" for k, p in problems[1:4])
-        message += f" (and {len(problems) - 1} more: {rest}{'; ...' if len(problems) > 4 else ''})"
-    if hint:
-        message += f"; {hint}"
-    return TierTableError(message, path=origin, key=key)
 
 
 class TierTable(BaseModel):
@@ -255,13 +236,14 @@ class TierTable(BaseModel):
             TierTableError: the file cannot be read or is invalid; names the file and key.
         """
         origin = os.fspath(path)
-        data = _parse_toml(_read_text(path), origin)
+        data = parse_toml(read_text(path), origin)
         try:
             parsed = OverrideFile.model_validate(data)
         except ValidationError as exc:
-            raise _table_error(origin, describe_validation_error(exc, "override_file")) from exc
+            raise table_error(origin, describe_validation_error(exc, "override_file")) from exc
         sources = {**self.sources, **parsed.sources}
-        return self._merge(
+        update = merged_update(
+            self,
             parsed.models,
             origin=origin,
             source_id=f"file:{Path(path).name}",
@@ -270,6 +252,7 @@ class TierTable(BaseModel):
             unknown=parsed.unknown,
             tuned_models=parsed.tuned_models,
         )
+        return self._revalidate(update, origin)
 
     def with_env_overrides(
         self, environ: Mapping[str, str] | None = None, *, var: str = ENV_VAR
@@ -295,7 +278,7 @@ class TierTable(BaseModel):
         try:
             overrides = parse_env_value(raw)
         except KeyedProblem as exc:
-            raise _table_error(origin, [(dotted(exc.key), exc.problem)], hint) from exc
+            raise table_error(origin, [(dotted(exc.key), exc.problem)], hint) from exc
         return self._override_with(
             overrides, origin=origin, source_id=f"env:{var}", key_prefix=(), hint=hint
         )
@@ -320,63 +303,10 @@ class TierTable(BaseModel):
         key_prefix: tuple[str, ...],
         hint: str = "",
     ) -> TierTable:
-        parsed: dict[str, ModelOverride] = {}
-        for name, fields in overrides.items():
-            try:
-                parsed[name] = ModelOverride.model_validate(fields)
-            except ValidationError as exc:
-                problems = [
-                    (dotted((name,)) + ("." + k if k else ""), p)
-                    for k, p in describe_validation_error(exc, "override")
-                ]
-                raise _table_error(origin, problems, hint) from exc
-        return self._merge(
-            parsed, origin=origin, source_id=source_id, key_prefix=key_prefix, hint=hint
+        parsed = parse_overrides(overrides, origin, hint)
+        update = merged_update(
+            self, parsed, origin=origin, source_id=source_id, key_prefix=key_prefix, hint=hint
         )
-
-    def _merge(
-        self,
-        overrides: Mapping[str, ModelOverride],
-        *,
-        origin: str,
-        source_id: str,
-        key_prefix: tuple[str, ...],
-        sources: Mapping[str, Source] | None = None,
-        unknown: ModelOverride | None = None,
-        tuned_models: str | None = None,
-        hint: str = "",
-    ) -> TierTable:
-        all_sources = dict(self.sources if sources is None else sources)
-        cited = [((*key_prefix, n, "source"), o.source) for n, o in overrides.items()]
-        cited += [(("unknown", "source"), unknown.source)] if unknown else []
-        for key, sid in cited:
-            if sid is not None and sid not in all_sources:
-                known = ", ".join(sorted(all_sources)) or "none defined"
-                problem = f"unknown source id {sid!r}; use one of: {known}"
-                raise _table_error(origin, [(dotted(key), problem)], hint)
-        models: dict[str, Any] = {
-            n: m.model_dump(exclude_none=True) for n, m in self.models.items()
-        }
-        spelled = {**{n.lower(): n for n in models}, **self._names()}
-        for name, override in overrides.items():
-            plain = bare(name)
-            target = spelled.get(plain.lower())
-            if target is None:  # a new entry, starting from the limits the name resolves to
-                found = self._lookup(plain)
-                base = models[found[1]] if found else {}
-                models[plain] = {k: v for k, v in base.items() if k not in {"aliases", "note"}}
-                target = spelled[plain.lower()] = plain
-            models[target] = limits_from_override(models[target], override, source_id)
-        update: dict[str, Any] = {"models": models}
-        if unknown is not None:
-            current = self.unknown.model_dump(exclude_none=True) if self.unknown else {}
-            update["unknown"] = limits_from_override(current, unknown, source_id)
-        if tuned_models is not None:
-            update["tuned_models"] = tuned_models
-        pending = [*overrides.values(), *([unknown] if unknown else [])]
-        if any(ov.source is None and any(getattr(ov, d) for d in DIMENSIONS) for ov in pending):
-            all_sources[source_id] = Source(note=f"set by {origin}")
-        update["sources"] = all_sources
         return self._revalidate(update, origin, hint)
 
     def _revalidate(self, update: Mapping[str, Any], origin: str, hint: str = "") -> TierTable:
@@ -384,44 +314,28 @@ class TierTable(BaseModel):
         try:
             return TierTable.model_validate(data)
         except ValidationError as exc:
-            raise _table_error(origin, describe_validation_error(exc), hint) from exc
+            raise table_error(origin, describe_validation_error(exc), hint) from exc
 
 
 def _validate_limits(data: Mapping[str, Any], origin: str) -> ModelLimits:
     try:
         return ModelLimits.model_validate(data)
     except ValidationError as exc:
-        raise _table_error(origin, describe_validation_error(exc, "limits")) from exc
-
-
-def _read_text(path: str | os.PathLike[str]) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        origin = os.fspath(path)
-        raise TierTableError(f"{origin}: cannot read: {exc.strerror or exc}", path=origin) from exc
-
-
-def _parse_toml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise _table_error(origin, [("", f"not valid TOML: {exc}")]) from exc
-    return data
+        raise table_error(origin, describe_validation_error(exc, "limits")) from exc
 
 
 def _table_from_toml(text: str, origin: str, *, require_sources: bool) -> TierTable:
-    data = _parse_toml(text, origin)
+    data = parse_toml(text, origin)
     if "schema" not in data:
-        raise _table_error(origin, [("schema", "missing; put `schema = 1` at the top")])
+        raise table_error(origin, [("schema", "missing; put `schema = 1` at the top")])
     try:
         table = TierTable.model_validate(data)
     except ValidationError as exc:
-        raise _table_error(origin, describe_validation_error(exc)) from exc
+        raise table_error(origin, describe_validation_error(exc)) from exc
     if require_sources and (
         problems := provenance_problems(table.sources, table.models, table.unknown)
     ):
-        raise _table_error(origin, problems)
+        raise table_error(origin, problems)
     return table
 
 
@@ -440,7 +354,7 @@ def load_table(path: str | os.PathLike[str], *, require_sources: bool = False) -
     Example:
         >>> table = load_table("my_limits.toml")  # doctest: +SKIP
     """
-    return _table_from_toml(_read_text(path), os.fspath(path), require_sources=require_sources)
+    return _table_from_toml(read_text(path), os.fspath(path), require_sources=require_sources)
 
 
 def load_tier(tier: str) -> TierTable:
@@ -468,7 +382,7 @@ def _load_shipped(tier: str) -> TierTable:
     file = _shipped_dir() / f"{tier}.toml"
     table = _table_from_toml(file.read_text(encoding="utf-8"), str(file), require_sources=True)
     if table.tier != tier:
-        raise _table_error(str(file), [("tier", f"is {table.tier!r}, expected {tier!r}")])
+        raise table_error(str(file), [("tier", f"is {table.tier!r}, expected {tier!r}")])
     return table
 
 

@@ -1,5 +1,8 @@
-"""What the async and the sync limiter share: scopes, cost vectors, errors, the fast-lane entry,
-the waiting logic.
+"""What the async and the sync limiter share: :class:`LimiterCore`, the state and decisions
+behind both (scopes, cost vectors, errors, the fast-lane entry, what a 429 taught).
+
+The flows both drivers run (:func:`acquire_flow`, :func:`scope_flow`, :func:`learn_flow`) live
+in :mod:`quotaflow.scheduler.flows`; this module re-exports them.
 
 The drivers (``limiter.py``, ``sync.py``) only wait and do I/O; every decision is made here or in
 the backend.
@@ -9,29 +12,24 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from quotaflow import context
 from quotaflow.backends.base import Decision, Request
 from quotaflow.clock import Clock, SystemClock
 from quotaflow.errors import (
-    CannotFitError,
     ConfigError,
     QuotaError,
-    QuotaExhaustedError,
     QuotaflowError,
-    QuotaTimeoutError,
-    WouldBlockError,
 )
-from quotaflow.limits import Limit, check_cost
+from quotaflow.limits import Limit
 from quotaflow.quotas.book import PROBE, SEEN, SERVED, Learned, QuotaBook
-from quotaflow.quotas.learned import Figure, LearnedCache, Origin, TimeScale, adapt_down, adapt_up
+from quotaflow.quotas.learned import Figure, LearnedCache, TimeScale, adapt_down, adapt_up
 from quotaflow.quotas.pricing import Spend, SpendBook
 from quotaflow.quotas.shares import (
     DEFAULT_SHARE,
@@ -41,10 +39,24 @@ from quotaflow.quotas.shares import (
     floors_for,
 )
 from quotaflow.quotas.tiers import TierTable
+from quotaflow.scheduler.arguments import call_deadline, call_metrics
 from quotaflow.scheduler.buckets import Level
+from quotaflow.scheduler.flows import (
+    LEARNED_TTL,
+    Effect,
+    Op,
+    Subscriptions,
+    acquire_flow,
+    learn_flow,
+    scope_flow,
+    shares_figures,
+)
 from quotaflow.scheduler.gate import LaneGate
+from quotaflow.scheduler.refusals import refusal_error
+from quotaflow.scheduler.status import DimensionStatus
 
 __all__ = [
+    "LEARNED_TTL",
     "DimensionStatus",
     "Effect",
     "LimiterCore",
@@ -55,37 +67,6 @@ __all__ = [
     "scope_flow",
     "shares_figures",
 ]
-
-
-@dataclass(frozen=True)
-class DimensionStatus:
-    """One limit of a model, as :meth:`Limiter.status` reports it."""
-
-    name: str
-    metric: str
-    period: float
-    limit: int
-    used: int
-    free: int
-    in_flight: int
-    next_return: float | None
-    paused_until: float | None
-    origin: Origin = field(default_factory=lambda: Origin("configured"))
-
-    @classmethod
-    def of(cls, lim: Limit, level: Level, origin: Origin | None = None) -> DimensionStatus:
-        return cls(
-            lim.name,
-            lim.metric,
-            lim.period,
-            level.limit,
-            level.used,
-            level.free,
-            level.in_flight,
-            level.next_return,
-            level.paused_until,
-            origin or Origin("configured"),
-        )
 
 
 log = logging.getLogger("quotaflow")
@@ -354,18 +335,7 @@ class LimiterCore:
         agent: str | None = None,
     ) -> tuple[Request, dict[str, int], int]:
         """The backend request, the cost by metric and the priority."""
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise ConfigError(
-                f"tokens={tokens!r}: give the input token estimate as an int >= 0 "
-                "(round a float up with math.ceil)"
-            )
-        metrics = {"requests": 1, "input_tokens": tokens}
-        if cost is not None and not isinstance(cost, Mapping):
-            raise ConfigError(
-                f"cost={cost!r}: give amounts by metric, e.g. {{'requests': 1, 'images': 2}}"
-            )
-        if cost:
-            metrics.update(check_cost(cost))
+        metrics = call_metrics(tokens, cost)
         if any(lim.name == SEEN for lim in limits):
             metrics[SERVED] = 1
         if not any(lim.name == "rpm" for lim in limits):
@@ -386,26 +356,9 @@ class LimiterCore:
             if priority is not None
             else (ctx_priority if ctx_priority is not None else self.default_priority)
         )
-        if deadline is not None and (
-            isinstance(deadline, bool)
-            or not isinstance(deadline, (int, float))
-            or math.isnan(deadline)
-        ):
-            raise ConfigError(
-                f"deadline={deadline!r}: give a time of the limiter's clock (limiter.clock.now() "
-                "+ seconds), or None"
-            )
         if timeout is None:
             timeout = ctx_timeout
-        if timeout is not None:
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, (int, float))
-                or not timeout >= 0
-            ):
-                raise ConfigError(f"timeout={timeout!r}: give seconds >= 0 (or None to wait)")
-            now = self.clock.now()
-            deadline = now + timeout if deadline is None else min(deadline, now + timeout)
+        deadline = call_deadline(deadline, timeout, self.clock)
         if self.shares:
             if agent is not None and agent not in self.shares and DEFAULT_SHARE in self.shares:
                 agent = DEFAULT_SHARE  # every agent no share names: the default's, together
@@ -423,42 +376,7 @@ class LimiterCore:
 
     def error(self, decision: Decision, model: str) -> QuotaError:
         """The typed error for a refusal."""
-        now = self.clock.now()
-        dim = decision.dimension
-        at = decision.at
-        retry = None if at is None or math.isinf(at) else max(0.0, at - now)
-        kw: dict[str, object] = {"model": model, "dimension": dim, "retry_after": retry}
-        if decision.reason == "cannot_fit":
-            over = decision.requested - decision.limit
-            return CannotFitError(
-                f"{model}: the request needs {decision.requested} on {dim!r} but the limit is "
-                f"{decision.limit} ({over} over); it can never be admitted. Split the request "
-                "or raise the limit (a higher tier, or overrides=...).",
-                requested=decision.requested,
-                limit=decision.limit,
-                **kw,
-            )
-        if decision.reason == "exhausted":
-            return QuotaExhaustedError(
-                f"{model}: the {dim!r} quota ({decision.limit}) is spent until it resets "
-                f"in {retry:.0f}s; retry after the reset, use another model, or raise the tier.",
-                resets_at=at,
-                **kw,  # type: ignore[arg-type]
-            )
-        if decision.reason == "timeout":
-            when = "" if retry is None else f" (capacity on {dim!r} expected in {retry:.3f}s)"
-            return QuotaTimeoutError(
-                f"{model}: no room before the deadline{when}; allow a longer timeout=, "
-                "raise the priority, or shed load.",
-                resets_at=at,
-                **kw,  # type: ignore[arg-type]
-            )
-        when = "only after a running call ends" if retry is None else f"in {retry:.3f}s"
-        return WouldBlockError(
-            f"{model}: no room right now on {dim or 'the line'!r}; try again {when}.",
-            resets_at=at,
-            **kw,  # type: ignore[arg-type]
-        )
+        return refusal_error(decision, model, self.clock.now())
 
     def grant_fields(
         self,
@@ -485,181 +403,3 @@ class LimiterCore:
             for lim in limits
             if lim.name in levels
         }
-
-
-@dataclass(slots=True)
-class Effect:
-    """One step the drivers carry out for :func:`acquire_flow`.
-
-    ``op`` is a backend method (``submit``, ``dispatch``, ``cancel``), ``wait`` (sleep until a
-    decision arrives or ``until``; the driver sends back the delivered decision or ``None``), or
-    ``yield`` (let other tasks run briefly).
-    """
-
-    op: str
-    until: float | None = None
-
-
-def acquire_flow(request: Request, clock: Clock, first: Decision) -> Any:
-    """The waiting logic of ``acquire``, written once; the async and sync drivers run it.
-
-    A generator: it yields :class:`Effect` values and receives their results; it returns the
-    final :class:`Decision` (granted or refused). ``first`` is what ``submit`` answered.
-    """
-    d = first
-    spins = 0
-    while d.outcome == "waiting":
-        until = d.at
-        if request.deadline is not None:
-            until = request.deadline if until is None else min(until, request.deadline)
-        new: Decision | None = yield Effect("wait", until)
-        if new is not None:
-            d = new
-            continue
-        now = clock.now()
-        if request.deadline is not None and now >= request.deadline:
-            won: Decision | None = yield Effect("cancel")
-            if won is not None:
-                return won
-            return Decision(request.id, "refused", d.at, d.dimension, "timeout")
-        new = yield Effect("dispatch")
-        if new is not None:
-            d, spins = new, 0
-        elif d.at is not None and now >= d.at:
-            spins += 1
-            if spins > 3:  # not the head any more: wait to be told
-                d = Decision(d.id, "waiting", None, d.dimension)
-            else:
-                yield Effect("yield")  # woke a hair early on a coarse clock
-    return d
-
-
-class Subscriptions:
-    """The scopes a limiter listens to, written once for the async and the sync driver.
-
-    Listening is per limiter object, configuring is per core: a limiter sharing its core with
-    another (``SyncLimiter.sharing``) must subscribe even when the scope is already configured.
-    """
-
-    __slots__ = ("_backend", "_deliver", "_keys")
-
-    def __init__(self, backend: Any, deliver: Callable[[Decision], None]) -> None:
-        self._backend = backend
-        self._deliver = deliver
-        self._keys: set[str] = set()
-
-    def ensure(self, key: str) -> None:
-        """Listen to ``key`` if not already."""
-        if key not in self._keys:
-            self._backend.subscribe(key, self._deliver)
-            self._keys.add(key)
-
-    def close(self) -> None:
-        """Stop listening to every scope."""
-        for key in self._keys:
-            self._backend.unsubscribe(key, self._deliver)
-        self._keys.clear()
-
-
-LEARNED_TTL = 86_400.0
-"""Seconds a figure learned from the server is kept in a shared backend (and a cache file)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One backend call of :func:`scope_flow` or :func:`learn_flow`: ``backend.<name>(*args)``."""
-
-    name: str
-    args: tuple[Any, ...]
-
-
-def shares_figures(backend: Any) -> bool:
-    """Whether ``backend`` keeps learned figures for the fleet (``learned``/``learn``)."""
-    return hasattr(backend, "learned") and hasattr(backend, "learn")
-
-
-def scope_flow(
-    core: LimiterCore, model: str, shared: bool
-) -> Generator[Op, Any, tuple[str, str, tuple[Limit, ...]]]:
-    """The scope of ``model``, configured with its current limits: what the fleet learned is
-    read now and then, an adaptive figure grows after a quiet minute. Run by both limiters."""
-    key, canonical, limits, fresh = core.scope(model)
-    changed = False
-    before = {lim.name for lim in limits}
-    # while a model has no request figure, every call reads what the fleet learned (one more
-    # round trip, against the burst of 429s a late figure costs); then once a second
-    eager = SEEN in before
-    if shared and (eager or core.poll_due(key, core.clock.now())):
-        figures = yield Op("learned", (key,))
-        changed = bool(figures) and core.take_shared(canonical, figures)
-    due = core.grow_due(canonical) if canonical in core.book.figures else None
-    if due is not None:
-        levels = yield Op("status", (key, core.clock.now()))
-        level = levels.get(due)
-        grown = core.grow(canonical, due, level.used if level is not None else None)
-        if grown is not None:
-            changed = True
-            if shared:
-                yield Op("learn", (key, grown[0], grown[1].to_json(), LEARNED_TTL))
-    if any(lim.name == PROBE for lim in limits):
-        now = core.clock.now()
-        if now - core._first_seen.setdefault(canonical, now) >= core.scale.minute_seconds:
-            core.book.end_probe(canonical)  # a quiet minute: the model has room
-            core.lanes.clear()
-            changed = True
-    if changed:
-        key, canonical, limits, fresh = core.scope(model)
-    if fresh:
-        yield Op("configure", (key, limits, core.clock.now()))
-        core.configured(key, limits)
-    if changed:
-        # a dimension the fleet adopted moments ago: paused as the process that learned it
-        # paused it (the server was at its limit; the new bucket holds nothing of it)
-        now = core.clock.now()
-        for lim in limits:
-            fig = core.book.figures.get(canonical, {}).get(lim.name)
-            if (
-                lim.name not in before
-                and fig is not None
-                and lim.period <= core.scale.minute_seconds
-                and now < fig.at + lim.period
-            ):
-                yield Op("pause", (key, lim.name, fig.at + lim.period, now))
-    return key, canonical, limits
-
-
-def learn_flow(
-    core: LimiterCore,
-    model: str,
-    dimension: str,
-    amount: int | None,
-    quota_id: str,
-    shared: bool,
-) -> Generator[Op, Any, tuple[Learned, int | None]]:
-    """Take what a 429 taught (see :meth:`Limiter.learn`). Run by both limiters.
-
-    The new limits are configured and a new dimension paused before the figure is shared: the
-    calls of this process that start meanwhile see the figure at once."""
-    key, canonical, limits = yield from scope_flow(core, model, False)
-    used: int | None = None
-    names = {lim.name for lim in limits}
-    if amount is None and (dimension in names or SEEN in names):
-        levels = yield Op("status", (key, core.clock.now()))
-        level = levels.get(SEEN) or levels.get(dimension)
-        # what the server served in the last minute: settled calls (in-flight ones may yet
-        # be refused)
-        used = max(0, level.used - level.in_flight) if level is not None else None
-    result, configured, figure = core.learn(canonical, dimension, amount, quota_id, used)
-    if figure is None:
-        return result, configured
-    if shared:  # first: the others pause it too when they take it
-        yield Op("learn", (key, dimension, figure.to_json(), LEARNED_TTL))
-    key, canonical, limits = yield from scope_flow(core, model, False)
-    fresh = result == "adopted" or (result == "adapted" and figure.growing)
-    lim = next((x for x in limits if x.name == dimension), None)
-    if fresh and lim is not None and lim.period <= core.scale.minute_seconds:
-        # the server is at its limit now and the new bucket holds nothing of it: admit nothing
-        # on this dimension until whatever the server counted has left its window
-        now = core.clock.now()
-        yield Op("pause", (key, dimension, now + lim.period, now))
-    return result, configured

@@ -1,0 +1,90 @@
+"""The base of :class:`~quotaflow.Limiter` and :class:`~quotaflow.SyncLimiter`: the methods
+that read or change the limiter's core without waiting, and the delivery of the backend's
+decisions to the calls that wait for them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from quotaflow._limiter_common import not_copyable
+from quotaflow.backends.base import Decision
+from quotaflow.clock import Clock
+from quotaflow.limits import Limit
+from quotaflow.quotas.pricing import SpendBook
+from quotaflow.quotas.shares import Share
+from quotaflow.scheduler.core import LimiterCore, Subscriptions, shares_figures
+
+__all__ = ["LimiterBase"]
+
+
+class LimiterBase:
+    """What the async and the sync limiter share that needs no I/O (see
+    :class:`~quotaflow.Limiter`)."""
+
+    _core: LimiterCore
+    backend: Any
+    _waiters: dict[str, Any]
+
+    def _listen(self) -> None:
+        """Start listening to the backend for the decisions of waiting calls."""
+        self._lanes = self._core.lanes  # the fast lanes by model spelling (see _acquire)
+        self._shares_figures = shares_figures(self.backend)
+        self._early: dict[str, Decision] = {}
+        self._early_lock = threading.Lock()
+        self._listening = Subscriptions(self.backend, self._deliver)
+
+    @property
+    def clock(self) -> Clock:
+        """The limiter's clock."""
+        return self._core.clock
+
+    @property
+    def mode(self) -> str:
+        """``"enforce"`` (the default) or ``"shadow"``: decide and record, let every call
+        through at once (see docs/observe.md)."""
+        return getattr(self._core, "mode", "enforce")
+
+    @property
+    def project(self) -> str:
+        """The Google Cloud project the quotas belong to."""
+        return self._core.project
+
+    @property
+    def spend(self) -> SpendBook | None:
+        """The prices and spend cap the transports meter with (``None``: spend not metered)."""
+        return self._core.spend
+
+    def quota(self, model: str) -> tuple[Limit, ...]:
+        """The usable limits of ``model`` (headroom applied)."""
+        return self._core.book.resolve(model)[1]
+
+    def _deliver(self, decision: Decision) -> None:
+        rid = decision.id
+        if rid in self._waiters:
+            with self._early_lock:  # may run in another thread than the waiting task
+                waiter = self._waiters.get(rid)
+                if waiter is None:
+                    self._early[rid] = decision
+                    return
+            waiter.deliver(decision)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise not_copyable(self)
+
+    def add_shares(self, shares: Mapping[str, Share]) -> None:
+        """Give agents their :class:`~quotaflow.quotas.shares.Share` of each model's rolling limits,
+        joining the ``shares=`` the limiter was made with (the agents layer passes its
+        policy's). A share given twice must be the same."""
+        self._core.add_shares(shares)
+
+    def close(self) -> None:
+        """Stop listening to the backend (a shared backend outlives this limiter)."""
+        self._listening.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(project={self.project!r}, backend={self.backend!r}, "
+            f"waiting={len(self._waiters)})"
+        )
