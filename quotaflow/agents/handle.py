@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from quotaflow import context
 from quotaflow.agents._call import decision_for
@@ -22,13 +22,11 @@ from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.layer import AgentGate, Agents
 from quotaflow.agents.policy import AgentPolicy
 from quotaflow.errors import ConfigError, QuotaError
-from quotaflow.flow import Options
 from quotaflow.gemini import classify
 from quotaflow.gemini._canonical import valid_model
 from quotaflow.limiter import Acquiring
 from quotaflow.permit import Permit
-from quotaflow.transports import QuotaTransport, SyncQuotaTransport
-from quotaflow.transports.genai_sdk import genai_http_package, make_http_options, split_options
+from quotaflow.transports import QuotaTransport, SyncQuotaTransport, genai_http_options
 
 if TYPE_CHECKING:
     from google.genai import types as genai_types
@@ -181,22 +179,17 @@ class AgentHandle:
         Raises:
             ConfigError: as :func:`quotaflow.genai_http_options`.
         """
-        sdk = split_options(options, Options.names())
-        for name, value in (
-            ("base_url", base_url),
-            ("api_version", api_version),
-            ("headers", headers),
-            ("timeout", timeout),
-        ):
-            if value is not None:
-                sdk[name] = value
-        flavor = genai_http_package() if backend == "auto" else backend
-        if flavor == "httpx2":
-            async_t: Any = self.httpx2_transport(**options)
-            sync_t: Any = self.sync_httpx2_transport(**options)
-        else:
-            async_t, sync_t = self.transport(**options), self.sync_transport(**options)
-        return cast("genai_types.HttpOptions", make_http_options(async_t, sync_t, sdk, flavor))
+        return genai_http_options(
+            self.runtime.limiter,
+            sync_limiter=self.runtime.sync_limiter,
+            backend=backend,
+            base_url=base_url,
+            api_version=api_version,
+            headers=headers,
+            timeout=timeout,
+            policy=self._gate(),
+            **options,
+        )
 
     # ---- acquire ---------------------------------------------------------------------------
 

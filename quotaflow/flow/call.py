@@ -112,48 +112,14 @@ def call_flow(
     info = CallInfo(call, agent=agent)
     if ticket is None and call.problem is not None:
         return Outcome(None, None, info, malformed_refusal(call))  # the policy answers its own
+    # what both ways through _call share: the request, its options and the limiter's state
+    args = (call, body, prio, timeout, info, settings, cache, quota, clock, warned, held, spend)
     if ticket is None:
-        return (
-            yield from _call(
-                call,
-                body,
-                prio,
-                timeout,
-                info,
-                settings,
-                cache,
-                quota,
-                clock,
-                warned,
-                held,
-                spend,
-                None,
-                streamed,
-                method,
-                url,
-            )
-        )
+        return (yield from _call(*args, None, streamed, method, url))
     if ticket.refusal is not None:
         return Outcome(None, None, info, ticket.refusal, ticket=ticket)
     try:
-        outcome = yield from _call(
-            call,
-            body,
-            prio,
-            timeout,
-            info,
-            settings,
-            cache,
-            quota,
-            clock,
-            warned,
-            held,
-            spend,
-            ticket,
-            streamed,
-            method,
-            url,
-        )
+        outcome = yield from _call(*args, ticket, streamed, method, url)
         outcome.ticket = ticket
         if outcome.response is not None and ticket.responded(outcome.response.status_code):
             try:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from quotaflow.flow import CallInfo, Options, Sizer
 from quotaflow.flow.held import BatchHold, held_for
+from quotaflow.flow.policy import CallPolicy
 from quotaflow.limiter import Limiter
 from quotaflow.sync import SyncLimiter
 from quotaflow.transports.genai_sdk import genai_http_package, make_http_options, split_options
@@ -78,6 +79,7 @@ def genai_http_options(
     api_version: str | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: int | None = None,
+    policy: CallPolicy | None = None,
     **options: Any,
 ) -> genai_types.HttpOptions:
     """Ready ``HttpOptions`` for google-genai: both clients (``client.models`` and
@@ -95,6 +97,8 @@ def genai_http_options(
             google-genai 3.x unless ``GOOGLE_GENAI_HTTP_CLIENT=httpx``).
         base_url, api_version, headers, timeout: passed to ``HttpOptions`` (``timeout`` in
             milliseconds, as the SDK counts it).
+        policy: the policy stage both transports carry (an agent handle's
+            ``http_options()`` passes its agent's).
         **options: transport options (``sizing=``, ``max_429_retries=``, ``local_errors=``,
             ...), and any other ``HttpOptions`` field, merged (``client_args`` and
             ``async_client_args`` get the transport added, ``extra_body`` passes as it is).
@@ -125,11 +129,11 @@ def genai_http_options(
         from quotaflow.transports.httpx2_async import Httpx2QuotaTransport
         from quotaflow.transports.httpx2_sync import SyncHttpx2QuotaTransport
 
-        async_t: Any = Httpx2QuotaTransport(limiter, **options)
-        sync_t: Any = SyncHttpx2QuotaTransport(sync, **options)
+        async_t: Any = Httpx2QuotaTransport(limiter, policy=policy, **options)
+        sync_t: Any = SyncHttpx2QuotaTransport(sync, policy=policy, **options)
     else:
-        async_t = QuotaTransport(limiter, **options)
-        sync_t = SyncQuotaTransport(sync, **options)
+        async_t = QuotaTransport(limiter, policy=policy, **options)
+        sync_t = SyncQuotaTransport(sync, policy=policy, **options)
     return cast("genai_types.HttpOptions", make_http_options(async_t, sync_t, sdk, flavor))
 
 
