@@ -200,11 +200,11 @@ class DriverBase:
         self._warned: set[tuple[str, str, int]] = set()
         self._inner = inner
 
-    def _flow(self, request: Any, content: bytes, pairs: Any, streamed: bool) -> Any:
+    def _flow(self, request: Any, url: str, content: bytes, pairs: Any, streamed: bool) -> Any:
         """The call's flow (``call_flow``) with this transport's settings and limiter."""
         return call_flow(
             request.method,
-            str(request.url),
+            url,
             content,
             pairs,
             self._settings,
@@ -261,10 +261,9 @@ class DriverBase:
             self._held.limiters[key] = lim
         return lim, scope
 
-    def _passthrough(self, request: Any) -> bool:
-        """Uploads (streamed bodies that create files) skip the flow: nothing to meter, and
-        they are never retried."""
-        url = str(request.url)
+    def _passthrough(self, request: Any, url: str) -> bool:
+        """Whether the request is an upload whose body streams through unread: the flow sends
+        it once, unmetered, never retried (unless ``retry_writes``, which needs the body)."""
         if "upload" not in url and "%" not in url:
             return False  # no path that canonicalizes to an upload route: skip classifying
         if needs_body(request.method, url):

@@ -113,9 +113,10 @@ class SyncDriver(DriverBase):
 
     def _handle(self, request: Any) -> Any:
         pairs = take_directives(request.headers)
-        streamed = self._passthrough(request)
+        url = str(request.url)  # read once: the passthrough check and the flow share it
+        streamed = self._passthrough(request, url)
         content = b"" if streamed else request.read()
-        flow = self._flow(request, content, pairs, streamed)
+        flow = self._flow(request, url, content, pairs, streamed)
         result: Any = None
         error: BaseException | None = None
         while True:
