@@ -18,8 +18,15 @@ from quotaflow.quotas.pricing import (
     load_prices,
     priority_limits,
 )
+from quotaflow.quotas.tiers import SHIPPED_TIERS, load_tier
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Models of the shipped tier tables that may go without a price, each with its reason. A call to
+# an unpriced model is charged to neither the spend cap nor a dollar budget, so a model belongs
+# here only when no public price can be found (say, a preview Google has not priced yet); the
+# reason names what was searched. Empty: every listed model has a price.
+UNPRICED: dict[str, str] = {}
 
 
 def test_every_shipped_figure_cites_a_source_with_url_and_date() -> None:
@@ -36,6 +43,23 @@ def test_every_shipped_figure_cites_a_source_with_url_and_date() -> None:
     for tier, cap in table.spend_caps.items():
         assert cap.source in table.sources, tier
     assert table.service_tiers.source in table.sources
+
+
+def test_every_model_of_every_shipped_tier_table_has_a_price() -> None:
+    prices = load_prices()
+    listed = {
+        name
+        for tier in SHIPPED_TIERS
+        for model, limits in load_tier(tier).models.items()
+        for name in (model, *limits.aliases)
+    }
+    unpriced = {name for name in listed if prices.price(name) is None}
+    assert unpriced == set(UNPRICED), (
+        "price these in tier_tables/prices/gemini.toml or list them in UNPRICED with the reason: "
+        f"{sorted(unpriced - set(UNPRICED))}; no longer unpriced or listed: "
+        f"{sorted(set(UNPRICED) - unpriced)}"
+    )
+    assert all(reason.strip() for reason in UNPRICED.values())
 
 
 def test_shipped_caps_are_the_documented_figures() -> None:
