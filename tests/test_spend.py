@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -96,6 +97,61 @@ def test_overrides_and_a_file_of_ones_own(tmp_path: Path) -> None:
         load_prices(bad)
 
 
+def test_an_announced_price_change_applies_from_its_date(tmp_path: Path) -> None:
+    file = tmp_path / "prices.toml"
+    file.write_text(
+        '[sources.page]\nurl = "https://example.com/pricing"\nread = 2026-12-07\n'
+        '[models.m]\ninput = 1\noutput = 2\ncached_input = 0.5\nsource = "page"\n'
+        '[[models.m.changes]]\nfrom = 2027-01-01\ninput = 3\nsource = "page"\n'
+        '[[models.m.changes]]\nfrom = 2027-06-01\noutput = 10\n'
+    )
+    table = load_prices(file)
+
+    def cost(day: dt.date) -> int | None:
+        return table.cost_micros("m", input_tokens=10, output_tokens=1, on=day)
+
+    assert cost(dt.date(2026, 12, 31)) == 12  # 10 * 1 + 1 * 2
+    assert cost(dt.date(2027, 1, 1)) == 32  # input changed, output kept
+    assert cost(dt.date(2027, 6, 1)) == 40  # both changes
+    assert cost(dt.date(2026, 12, 31)) == 12  # asked again for an earlier day
+    after = table.price("m", dt.date(2027, 7, 1))
+    assert after is not None and after.cached_input == 0.5 and after.changes == ()
+
+    for text, problem in (
+        ("from = 2027-01-01\ninput = 3\nsource = \"gone\"", "changes\\[0\\]: unknown source"),
+        ("input = 3", "from"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f"[models.m]\ninput = 1\noutput = 2\n[[models.m.changes]]\n{text}\n")
+        with pytest.raises(errors.TierTableError, match=problem):
+            load_prices(bad)
+    backwards = tmp_path / "backwards.toml"
+    backwards.write_text(
+        "[models.m]\ninput = 1\noutput = 2\n"
+        "[[models.m.changes]]\nfrom = 2027-06-01\ninput = 3\n"
+        "[[models.m.changes]]\nfrom = 2027-01-01\ninput = 2\n"
+    )
+    with pytest.raises(errors.TierTableError, match="date order"):
+        load_prices(backwards)
+
+
+def test_a_limiter_prices_calls_by_its_clocks_day() -> None:
+    """The shipped Flash prices double on 2027-01-01: a limiter whose clock has passed that day
+    charges the new prices."""
+    clock = ManualClock(dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.timezone.utc).timestamp())
+    limiter = Limiter(tier="tier1", clock=clock)
+    assert limiter.spend is not None
+    before = limiter.spend.cost("gemini-3.7-flash", input_tokens=1000, output_tokens=1000)
+    clock.advance(120)
+    after = limiter.spend.cost("gemini-3.7-flash", input_tokens=1000, output_tokens=1000)
+    assert (before, after) == (4500, 9000)
+    shipped = load_prices()
+    for model in ("gemini-3.6-flash", "gemini-3.7-flash", "gemini-3.8-flash"):
+        old = shipped.cost_micros(model, input_tokens=1000, on=dt.date(2026, 12, 31))
+        new = shipped.cost_micros(model, input_tokens=1000, on=dt.date(2027, 1, 1))
+        assert old is not None and new == 2 * old, model
+
+
 def test_spend_config_errors_name_the_field() -> None:
     with pytest.raises(errors.ConfigError, match="cap_usd"):
         Spend(cap_usd=-1)
@@ -172,6 +228,7 @@ def test_the_examples_of_docs_spend_run(capsys: pytest.CaptureFixture[str]) -> N
     assert ran >= 3
     out = capsys.readouterr().out
     assert "800\n150\n" in out and "10000000 usd_micros / 600s" in out
+    assert "1500\n" in out  # the 2027 price of gemini-3.8-flash
 
 
 @pytest.mark.anyio

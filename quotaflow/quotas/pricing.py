@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import math
@@ -23,14 +24,23 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from quotaflow._frozen import Frozen
+from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError, TierTableError
 from quotaflow.limits import Limit, Rolling
 from quotaflow.quotas.model_names import bare, name_candidates
+from quotaflow.quotas.price_entries import (
+    ModelPrice,
+    PriceChange,
+    SpendCap,
+    TierPrices,
+    day_now,
+    epoch_day,
+)
 from quotaflow.quotas.schema import Source
 
 if sys.version_info >= (3, 11):
@@ -43,6 +53,7 @@ __all__ = [
     "SPEND_SCOPE",
     "USD_MICROS",
     "ModelPrice",
+    "PriceChange",
     "PriceTable",
     "ServiceTier",
     "Spend",
@@ -69,55 +80,6 @@ ServiceTier = Literal["standard", "flex", "priority", "batch"]
 
 SERVICE_TIERS: tuple[ServiceTier, ...] = ("standard", "flex", "priority", "batch")
 
-Price = Annotated[float, Field(ge=0)]
-
-
-class ModelPrice(Frozen):
-    """The standard prices of one model, USD per 1,000,000 tokens.
-
-    Attributes:
-        input: prompt tokens (``promptTokenCount``).
-        output: generated tokens (``candidatesTokenCount``), thinking included on Gemini's page.
-        thinking: thinking tokens (``thoughtsTokenCount``); ``None``: the output price.
-        cached_input: cached prompt tokens (``cachedContentTokenCount``); ``None``: the input
-            price (never less than what is billed).
-        cache_storage: context-cache storage, per 1,000,000 tokens per hour (informational).
-        source, sources: the source id of every figure (``sources`` per figure).
-        missing: figures that could not be found (left out on purpose).
-        note: remarks.
-    """
-
-    input: Price
-    output: Price
-    thinking: Price | None = None
-    cached_input: Price | None = None
-    cache_storage: Price | None = None
-    source: str | None = None
-    sources: dict[str, str] = Field(default_factory=dict)
-    missing: tuple[str, ...] = ()
-    note: str | None = None
-
-
-class SpendCap(Frozen):
-    """A usage tier's spend cap: ``usd`` per rolling ``period`` seconds."""
-
-    usd: Annotated[float, Field(gt=0)]
-    period: Annotated[float, Field(gt=0)] = 600.0
-    source: str | None = None
-    note: str | None = None
-
-
-class TierPrices(Frozen):
-    """The multiplier of the standard price per service tier."""
-
-    standard: Annotated[float, Field(gt=0)] = 1.0
-    flex: Annotated[float, Field(gt=0)] = 0.5
-    batch: Annotated[float, Field(gt=0)] = 0.5
-    priority: Annotated[float, Field(gt=0)] = 2.0
-    source: str | None = None
-    note: str | None = None
-
-
 _FOUND_MAX = 1024
 _Rates = tuple[float, float, float, float, float]
 
@@ -141,6 +103,11 @@ class PriceTable(Frozen):
             for n, p in self.models.items()
             for k, s in p.sources.items()
         ]
+        cited += [
+            (f"models.{n}.changes[{i}]", c.source)
+            for n, p in self.models.items()
+            for i, c in enumerate(p.changes)
+        ]
         cited += [(f"spend_caps.{t}", c.source) for t, c in self.spend_caps.items()]
         cited.append(("service_tiers", self.service_tiers.source))
         for where, sid in cited:
@@ -148,20 +115,24 @@ class PriceTable(Frozen):
                 raise ValueError(f"{where}: unknown source id {sid!r}; define [sources.{sid}]")
         return self
 
-    def price(self, model: str) -> ModelPrice | None:
-        """The price of ``model`` (version suffixes stripped, as tier tables resolve names)."""
+    def price(self, model: str, on: dt.date | None = None) -> ModelPrice | None:
+        """The price of ``model`` (version suffixes stripped, as tier tables resolve names) in
+        force on ``on`` (default: today, UTC)."""
         found = self._found
         if model in found:
-            return found[model]
-        lower = {k.lower(): v for k, v in self.models.items()}
-        price = None
-        for name in name_candidates(bare(model).lower()):
-            if name in lower:
-                price = lower[name]
-                break
-        if len(found) < _FOUND_MAX:
-            found[model] = price
-        return price
+            price = found[model]
+        else:
+            lower = {k.lower(): v for k, v in self.models.items()}
+            price = None
+            for name in name_candidates(bare(model).lower()):
+                if name in lower:
+                    price = lower[name]
+                    break
+            if len(found) < _FOUND_MAX:
+                found[model] = price
+        if price is None or not price.changes:
+            return price
+        return price.on(on if on is not None else epoch_day(day_now()))
 
     @functools.cached_property
     def _found(self) -> dict[str, ModelPrice | None]:
@@ -181,13 +152,37 @@ class PriceTable(Frozen):
         thoughts_tokens: int = 0,
         cached_tokens: int = 0,
         tier: str | None = None,
+        on: dt.date | None = None,
     ) -> int | None:
         """What a call costs in micro-dollars (rounded up), or ``None`` if ``model`` has no
-        price. ``cached_tokens`` is the cached part of ``input_tokens``."""
+        price. ``cached_tokens`` is the cached part of ``input_tokens``; ``on``: the day whose
+        prices apply (default: today, UTC)."""
+        day = day_now() if on is None else (on - epoch_day(0)).days
+        return self.cost_on(
+            day, model, input_tokens, output_tokens, thoughts_tokens, cached_tokens, tier
+        )
+
+    def cost_on(
+        self,
+        day: int,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        thoughts_tokens: int,
+        cached_tokens: int,
+        tier: str | None,
+    ) -> int | None:
+        """:meth:`cost_micros` on ``day`` (days since 1970-01-01, UTC), by position."""
+        kept, cache = self._rates
+        if kept[0] != day:  # another day: its prices may differ
+            cache.clear()
+            kept[0] = day
         try:
-            rates = self._rates[(model, tier)]
+            rates = cache[(model, tier)]
         except KeyError:
-            rates = self._rates_of(model, tier)
+            rates = self._rates_on(model, tier, epoch_day(day))
+            if len(cache) < _FOUND_MAX:
+                cache[(model, tier)] = rates
         if rates is None:
             return None
         p_input, p_cache, p_output, p_think, mult = rates
@@ -200,23 +195,21 @@ class PriceTable(Frozen):
         )
         return math.ceil(usd * mult - 1e-9)
 
-    def _rates_of(self, model: str, tier: str | None) -> _Rates | None:
-        """The per-token prices (input, cached input, output, thinking) of ``model`` and the
-        multiplier of ``tier``, kept by ``(model, tier)`` (up to ``_FOUND_MAX`` pairs)."""
-        p = self.price(model)
-        rates: _Rates | None = None
-        if p is not None:
-            think = p.output if p.thinking is None else p.thinking
-            cache = p.input if p.cached_input is None else p.cached_input
-            rates = (p.input, cache, p.output, think, self.multiplier(tier))
-        if len(self._rates) < _FOUND_MAX:
-            self._rates[(model, tier)] = rates
-        return rates
+    def _rates_on(self, model: str, tier: str | None, day: dt.date) -> _Rates | None:
+        """The per-token prices (input, cached input, output, thinking) of ``model`` on
+        ``day`` and the multiplier of ``tier``."""
+        p = self.price(model, day)
+        if p is None:
+            return None
+        think = p.output if p.thinking is None else p.thinking
+        cache = p.input if p.cached_input is None else p.cached_input
+        return (p.input, cache, p.output, think, self.multiplier(tier))
 
     @functools.cached_property
-    def _rates(self) -> dict[tuple[str, str | None], _Rates | None]:
-        """:meth:`_rates_of` by ``(model, tier)``."""
-        return {}
+    def _rates(self) -> tuple[list[int], dict[tuple[str, str | None], _Rates | None]]:
+        """:meth:`_rates_on` of today by ``(model, tier)`` (up to ``_FOUND_MAX`` pairs), and
+        the day they are of."""
+        return [-1], {}
 
     def with_overrides(self, models: Mapping[str, Mapping[str, Any]]) -> PriceTable:
         """This table with some models' prices replaced or added: ``{"m": {"input": 0.1,
@@ -342,6 +335,8 @@ class SpendBook:
             else tier in ("tier2", "tier3") or bool(spend.priority_limits)
         )
         self._unpriced: set[str] = set()
+        # the limiter's clock (its day picks the prices in force); None: the system's
+        self.clock: Clock | None = None
 
     def limit(self) -> Limit | None:
         """The rolling spend limit (``spend`` on metric ``usd_micros``), or ``None``."""
@@ -359,14 +354,11 @@ class SpendBook:
         thoughts_tokens: int = 0,
         cached_tokens: int = 0,
     ) -> int | None:
-        """:meth:`PriceTable.cost_micros`, saying once per model when it has no price."""
-        micros = self.prices.cost_micros(
-            model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            thoughts_tokens=thoughts_tokens,
-            cached_tokens=cached_tokens,
-            tier=tier,
+        """:meth:`PriceTable.cost_micros` on the clock's day, saying once per model when it
+        has no price."""
+        day = day_now() if self.clock is None else int(self.clock.now() // 86400)
+        micros = self.prices.cost_on(
+            day, model, input_tokens, output_tokens, thoughts_tokens, cached_tokens, tier
         )
         if micros is None and model not in self._unpriced:
             self._unpriced.add(model)

@@ -129,6 +129,8 @@ class LimiterCore:
         # their own namespace, so no model name can name a budget's scope
         self.namespace = ""
         self.clock: Clock = clock or SystemClock()
+        if self.spend is not None:
+            self.spend.clock = self.clock  # the day whose prices apply
         self.cache = LearnedCache(learned_cache) if learned_cache is not None else None
         if self.cache is not None:
             prefix = f"{project}/"
