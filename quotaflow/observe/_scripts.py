@@ -143,13 +143,13 @@ def read_levels(
     not the ones given). ``codec``: a :class:`~quotaflow.backends.redis.script.Codec` of the
     fleet's namespace."""
     global _read_only
-    from quotaflow.backends.redis import script as rs
+    from quotaflow.backends.redis import replies as rp
 
     if _read_only is None:
         _read_only = _ReadOnlyScript()
     argv = codec.argv("status", scope, [], limits, None, time.time())
-    reply = rs.decode_reply(_read_only(client, codec.keys(scope), argv))
+    reply = rp.decode_reply(_read_only(client, codec.keys(scope), argv))
     if reply.status != "ok":
         return None
-    rows = rs.decode_levels(reply.result)
-    return {k: rs.shift_level(v, 0.0) for k, v in rows.items()}, reply.now
+    rows = rp.decode_levels(reply.result)
+    return {k: rp.shift_level(v, 0.0) for k, v in rows.items()}, reply.now

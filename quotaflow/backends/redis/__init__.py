@@ -1,9 +1,11 @@
 """The Redis backend: one quota for a fleet of processes (see docs/redis.md).
 
-* :mod:`~quotaflow.backends.redis.backend`: :class:`RedisBackend`;
-* ``engine``, ``script`` and ``lua/``: the scope rules as Lua, run by the engine"s flows;
-* ``link``, ``lean``, ``clients``, ``ledger``, ``sync``: connections, calls, leases, the
-  sync face.
+* :mod:`~quotaflow.backends.redis.backend`: :class:`RedisBackend`; ``sync``: its sync face;
+* ``engine`` (over ``engine_call``, ``engine_lean``, ``engine_state``, ``effects``): the
+  operations as flows with two drivers;
+* ``script``, ``replies`` and ``lua/``: the scope rules as Lua, its arguments and replies;
+* ``link``, ``lean``, ``clients``, ``settle_timer``, ``ledger``: connections, calls, deferred
+  settles, leases.
 """
 
 from __future__ import annotations

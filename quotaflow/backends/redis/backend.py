@@ -20,11 +20,7 @@ out of the URL; the rest go to redis-py.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import functools
-import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -52,11 +48,14 @@ from quotaflow.backends.redis.clients import (
     _exec_async,
     _transient,
 )
-from quotaflow.backends.redis.engine import SETTLE_DELAY, Backoff, Engine, EngineFlow, Policy
-from quotaflow.backends.redis.lean import _Lean, _on_asyncio, _send_packed
+from quotaflow.backends.redis.effects import Backoff, EngineFlow
+from quotaflow.backends.redis.engine import Engine
+from quotaflow.backends.redis.engine_state import SETTLE_DELAY, Policy
+from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed
 from quotaflow.backends.redis.link import Link
+from quotaflow.backends.redis.settle_timer import SettleTimer
 from quotaflow.backends.redis.sync import SyncRedisBackend
-from quotaflow.errors import BackendError, ConfigError
+from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
 from quotaflow.scheduler.buckets import Level
 
@@ -67,12 +66,6 @@ ASIDE = 0.5
 the background thread (the caller goes on; nothing is lost)."""
 
 _OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
-
-
-def _flush_at_exit(ref: weakref.ReferenceType[RedisBackend]) -> None:
-    backend = ref()
-    if backend is not None:
-        backend._flush_pending()
 
 
 class RedisBackend:
@@ -146,11 +139,8 @@ class RedisBackend:
         self.sync = SyncRedisBackend(self)
         self._link: Link | None = None
         self._beat_every = lease_ttl / 3
-        self._timers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
-        self._flushing: set[asyncio.Task[Any]] = set()
-        # a program that ends without close(): its deferred settles still go out at exit
-        self._at_exit = functools.partial(_flush_at_exit, weakref.ref(self))
-        atexit.register(self._at_exit)
+        # deferred settles that find no call to ride on (and those left at close or exit)
+        self._settles = SettleTimer(self._engine, self._arun, self._lean, self.sync._run)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
@@ -191,33 +181,19 @@ class RedisBackend:
         """Send deferred settles, stop the background thread and close the connections
         (optional at exit: deferred settles are sent then; a lease never settled expires after
         ``lease_ttl``)."""
-        atexit.unregister(self._at_exit)
-        self._flush_pending()
+        self._settles.close()
         if self._link is not None:
             self._link.stop()
             self._link.join(5.0)
             self._link = None
         self._client.close()
 
-    def _flush_pending(self) -> None:
-        """Send every deferred settle now, with the sync client."""
-        for scope in list(self._engine.pending):
-            with contextlib.suppress(Exception):
-                self.sync._run(self._engine.flush(scope, self._engine.lnow()))
-
     async def aclose(self) -> None:
         """Send deferred settles, close this event loop's asyncio connections, then everything
         :meth:`close` does."""
         if sniffio.current_async_library() == "asyncio":
             loop = asyncio.get_running_loop()
-            timer = self._timers.pop(id(loop), None)
-            if timer is not None:
-                timer[1].cancel()
-            for task in [t for t in self._flushing if t.get_loop() is loop]:
-                with contextlib.suppress(Exception):
-                    await task
-            for scope in list(self._engine.pending):
-                await self._flush(scope)
+            await self._settles.drain(loop)
             lean = self._conns.pop(id(loop), None)
             client = self._aclients.pop(id(loop), None)
             if lean is not None and lean.loop is loop:
@@ -272,29 +248,7 @@ class RedisBackend:
             lean = self._conns[id(loop)] = _Lean(loop, self._aclient(), self._atimeout)
         return lean
 
-    @staticmethod
-    async def _call_packed(lean: _Lean, packed: bytes) -> Any:
-        """Send one encoded command and read its reply (see :func:`._redis_lean._send_packed`:
-        on a kept connection, or queued and written with others; the reply is read by
-        redis-py's parser; errors take the general flow, which retries). The whole call,
-        taking the connection or waiting in the queue included, is bounded (see
-        :class:`_Lean`)."""
-        if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
-            return await _send_packed(lean, packed)
-        task: Any = asyncio.current_task()
-        cancelling = task.cancelling()
-        lean.watch(task)
-        try:
-            return await _send_packed(lean, packed)
-        except asyncio.CancelledError:
-            # cancelled by the watchdog (and by nobody else): the call timed out
-            if lean.expired.pop(task, False) and task.uncancel() <= cancelling:
-                raise TimeoutError(f"Redis did not answer within {lean.limit} s") from None
-            raise
-        finally:
-            del lean.calls[task]
-            if lean.expired:
-                lean.expired.pop(task, None)
+    _call_packed = staticmethod(call_packed)  # the lean call, bounded (see lean.py)
 
     # --- the AsyncBackend protocol ------------------------------------------------------------
     async def configure(self, scope: str, limits: Sequence[Limit], now: float) -> None:
@@ -365,50 +319,9 @@ class RedisBackend:
         """Defer the settle (see :meth:`settle`) if it can be; ``False``: it needs the round
         trip. Called from a coroutine; never blocks."""
         if _on_asyncio() and self._engine.defer(scope, lease_id, actual, at):
-            self._arm(asyncio.get_running_loop(), SETTLE_DELAY)
+            self._settles.arm(asyncio.get_running_loop(), SETTLE_DELAY)
             return True
         return False
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        entry = self._timers.get(id(loop))
-        if entry is None or entry[0] is not loop:
-            self._timers[id(loop)] = (loop, loop.call_later(delay, self._fire, loop))
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The flush timer: send deferred settles that found no call to ride on."""
-        entry = self._timers.get(id(loop))
-        if entry is not None and entry[0] is loop:
-            del self._timers[id(loop)]
-        scopes, nxt = self._engine.due(SETTLE_DELAY)
-        for scope in scopes:
-            task = loop.create_task(self._flush(scope))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
-        if nxt is not None:
-            self._arm(loop, max(0.0, nxt - time.monotonic()))
-
-    async def _flush(self, scope: str) -> None:
-        """Send the scope's deferred settles: the lean call on asyncio (queued with the loop's
-        other calls), the general flow if it fails or elsewhere."""
-        e = self._engine
-        now = e.lnow()
-        first = None
-        if _on_asyncio():
-            lean = self._lean()
-            if lean.pool is not None:
-                first = e.start_flush(scope, now)
-        if first is not None:
-            try:
-                first.raw = await self._call_packed(lean, first.packed)
-            except Exception:  # NOSCRIPT, a dropped connection...: the flow sends them
-                e.unstart(scope, first)
-                first = None
-                now = e.lnow()
-            except BaseException:  # cancelled: whether it ran is unknown; they stay queued
-                e.unstart(scope, first)
-                raise
-        with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
-            await self._arun(e.flush(scope, now, first=first))
 
     async def release(self, scope: str, lease_id: str, now: float) -> None:
         """Return a lease that never reached the server (bounded like :meth:`cancel`)."""

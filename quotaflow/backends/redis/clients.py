@@ -21,7 +21,7 @@ import redis.retry
 import redis.sentinel
 
 from quotaflow.backends.redis import script as rs
-from quotaflow.backends.redis.engine import Exec, Transient
+from quotaflow.backends.redis.effects import Exec, Transient
 from quotaflow.errors import BackendError, ConfigError
 
 TRANSIENT: tuple[type[BaseException], ...] = (

@@ -1,6 +1,6 @@
-"""The lean asyncio call of the scope script: an encoded command sent on a connection kept out
-of the pool between calls, with redis-py's public connection calls, bounded by one watchdog per
-event loop (see :class:`_Lean`)."""
+"""The lean asyncio call of the scope script (:func:`call_packed`): an encoded command sent on a
+connection kept out of the pool between calls, with redis-py's public connection calls, bounded
+by one watchdog per event loop (see :class:`_Lean`)."""
 
 from __future__ import annotations
 
@@ -171,6 +171,29 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
         else:
             _done(lean, lane)
     return reply
+
+
+async def call_packed(lean: _Lean, packed: bytes) -> Any:
+    """Send one encoded command and read its reply (see :func:`_send_packed`: on a kept
+    connection, or queued and written with others; the reply is read by redis-py's parser;
+    errors take the general flow, which retries). The whole call, taking the connection or
+    waiting in the queue included, is bounded (see :class:`_Lean`)."""
+    if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
+        return await _send_packed(lean, packed)
+    task: Any = asyncio.current_task()
+    cancelling = task.cancelling()
+    lean.watch(task)
+    try:
+        return await _send_packed(lean, packed)
+    except asyncio.CancelledError:
+        # cancelled by the watchdog (and by nobody else): the call timed out
+        if lean.expired.pop(task, False) and task.uncancel() <= cancelling:
+            raise TimeoutError(f"Redis did not answer within {lean.limit} s") from None
+        raise
+    finally:
+        del lean.calls[task]
+        if lean.expired:
+            lean.expired.pop(task, None)
 
 
 def _done(lean: _Lean, lane: _Lane) -> None:

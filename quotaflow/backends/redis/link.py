@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from quotaflow.backends.base import Decision
-from quotaflow.backends.redis import script as rs
-from quotaflow.backends.redis.engine import Engine, EngineFlow, Unavailable
+from quotaflow.backends.redis import replies as rp
+from quotaflow.backends.redis.effects import EngineFlow, Unavailable
+from quotaflow.backends.redis.engine import Engine
 
 __all__ = ["Link"]
 
@@ -142,7 +143,7 @@ class Link(threading.Thread):
 
     def _on_message(self, data: Any, stale: bool = False) -> None:
         eng = self._engine
-        scope, redis_now, decisions = rs.decode_message(data)
+        scope, redis_now, decisions = rp.decode_message(data)
         shift = 0.0 if eng.exact else eng.lnow() - redis_now
         if stale:  # a grant made while this process was stopped may have expired since:
             fresh = []  # ask again (a lease still held is granted again at once)
@@ -177,7 +178,7 @@ def beat(eng: Engine, scope: str, now: float) -> EngineFlow:
     reply, shift = yield from eng.op("beat", scope, lambda cur: args, now, False)
     eng.deliver(scope, reply.decisions, shift)
     for row in reply.result:
-        rid, state, at = (rs._text(x) for x in row)
+        rid, state, at = (rp._text(x) for x in row)
         with eng.lock:
             t = eng.tickets.get(rid)
             if state == "x" and t is None:  # expired, or lost with the state: nothing held
@@ -187,8 +188,8 @@ def beat(eng: Engine, scope: str, now: float) -> EngineFlow:
             continue
         if state == "g":
             eng.deliver(scope, [Decision(rid, "granted", reply.now)], shift)
-        elif state == "h" and rs._num(at) != t[2]:
-            eng.deliver(scope, [Decision(rid, "waiting", rs._num(at))], shift)
+        elif state == "h" and rp._num(at) != t[2]:
+            eng.deliver(scope, [Decision(rid, "waiting", rp._num(at))], shift)
         elif state == "x":  # the ticket vanished (Redis restarted): queue it again
             d = yield from eng.submit(scope, t[1], eng.lnow(), wait=False)
             with eng.lock:

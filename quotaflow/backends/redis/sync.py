@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from quotaflow.backends.base import Decision, Listener, Request
 from quotaflow.backends.redis.clients import _CALL_ERRORS, _exec_sync, _transient
-from quotaflow.backends.redis.engine import Backoff, EngineFlow
+from quotaflow.backends.redis.effects import Backoff, EngineFlow
 from quotaflow.limits import Limit
 from quotaflow.scheduler.buckets import Level
 

@@ -1,0 +1,121 @@
+"""The async face's deferred settles on their way out (see :meth:`RedisBackend.settle`).
+
+A settle deferred on an event loop rides on the scope's next script call; one that finds no
+call within :data:`~quotaflow.backends.redis.engine_state.SETTLE_DELAY` is sent by this loop's
+timer, in a call of its own (the lean call on asyncio, the general flow if that fails). What is
+still queued goes out at ``aclose()``/``close()``, or at exit for a program that ends without
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from quotaflow.backends.redis.effects import EngineFlow
+from quotaflow.backends.redis.engine import Engine
+from quotaflow.backends.redis.engine_state import SETTLE_DELAY
+from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed
+from quotaflow.errors import BackendError
+
+__all__ = ["SettleTimer"]
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[SettleTimer]) -> None:
+    timer = ref()
+    if timer is not None:
+        timer.send_all()
+
+
+class SettleTimer:
+    """One backend's flush timer per event loop, the flushes it started, and its exit hook.
+
+    ``arun`` runs a flow on the running loop, ``lean`` gives that loop's lean-call state,
+    ``run`` runs a flow with the sync client (the backend's own drivers)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        arun: Callable[[EngineFlow], Awaitable[Any]],
+        lean: Callable[[], _Lean],
+        run: Callable[[EngineFlow], Any],
+    ) -> None:
+        self._engine = engine
+        self._arun = arun
+        self._lean = lean
+        self._run = run
+        self._timers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
+        self._flushing: set[asyncio.Task[Any]] = set()
+        # a program that ends without close(): its deferred settles still go out at exit
+        self._at_exit = functools.partial(_flush_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Start ``loop``'s flush timer, unless it runs already."""
+        entry = self._timers.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            self._timers[id(loop)] = (loop, loop.call_later(delay, self._fire, loop))
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The flush timer: send deferred settles that found no call to ride on."""
+        entry = self._timers.get(id(loop))
+        if entry is not None and entry[0] is loop:
+            del self._timers[id(loop)]
+        scopes, nxt = self._engine.due(SETTLE_DELAY)
+        for scope in scopes:
+            task = loop.create_task(self.flush(scope))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        if nxt is not None:
+            self.arm(loop, max(0.0, nxt - time.monotonic()))
+
+    async def flush(self, scope: str) -> None:
+        """Send the scope's deferred settles: the lean call on asyncio (queued with the loop's
+        other calls), the general flow if it fails or elsewhere."""
+        e = self._engine
+        now = e.lnow()
+        first = None
+        if _on_asyncio():
+            lean = self._lean()
+            if lean.pool is not None:
+                first = e.start_flush(scope, now)
+        if first is not None:
+            try:
+                first.raw = await call_packed(lean, first.packed)
+            except Exception:  # NOSCRIPT, a dropped connection...: the flow sends them
+                e.unstart(scope, first)
+                first = None
+                now = e.lnow()
+            except BaseException:  # cancelled: whether it ran is unknown; they stay queued
+                e.unstart(scope, first)
+                raise
+        with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
+            await self._arun(e.flush(scope, now, first=first))
+
+    async def drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop ``loop``'s timer, wait for its flushes, and send every deferred settle now."""
+        timer = self._timers.pop(id(loop), None)
+        if timer is not None:
+            timer[1].cancel()
+        for task in [t for t in self._flushing if t.get_loop() is loop]:
+            with contextlib.suppress(Exception):
+                await task
+        for scope in list(self._engine.pending):
+            await self.flush(scope)
+
+    def send_all(self) -> None:
+        """Send every deferred settle now, with the sync client."""
+        for scope in list(self._engine.pending):
+            with contextlib.suppress(Exception):
+                self._run(self._engine.flush(scope, self._engine.lnow()))
+
+    def close(self) -> None:
+        """Send every deferred settle now; the exit hook is no longer needed."""
+        atexit.unregister(self._at_exit)
+        self.send_all()
