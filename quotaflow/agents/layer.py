@@ -17,6 +17,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.gemini import Call
 from quotaflow.limiter import Limiter
 from quotaflow.quotas.book import QuotaBook
+from quotaflow.quotas.shares import DEFAULT_SHARE
 from quotaflow.sync import SyncLimiter
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Agents:
         self.budgets = self.policy.budgets()
         default = self.policy.default.budget if self.policy.default is not None else None
         self.default_budget = default.limits() if default is not None else ()
+        # every agent the policy does not name spends one budget (a scope no agent is named)
+        self.pooled = default is not None and default.per == "pool"
         self.budget = Limiter(
             tier=None,
             quotas=self.budgets,
@@ -100,12 +103,15 @@ class Agents:
 
     def budget_scope(self, agent: str | None) -> str | None:
         """The scope of ``agent``'s budget, or ``None`` when it has none (a named agent's own
-        budget; every other agent's is the ``[default]`` one, kept per agent)."""
+        budget; every other agent's is the ``[default]`` one, kept per agent, or one for them
+        all with ``per = "pool"``)."""
         if agent is None:
             return None
         if agent in self.policy.agents:
             return agent if agent in self.budgets else None
-        return agent if self.default_budget else None
+        if not self.default_budget:
+            return None
+        return DEFAULT_SHARE if self.pooled else agent
 
     @property
     def audit(self) -> AuditLog:

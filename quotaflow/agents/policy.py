@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -164,12 +164,16 @@ class Budget(_PolicyModel):
         tokens_per_day: input tokens per day (as Gemini's TPM and TPD count them).
         usd_per_day: US dollars per day.
         usd_per_month: US dollars per calendar month.
+        per: for the ``[default]`` budget: ``"agent"`` (each agent the policy does not name
+            has a budget of its own) or ``"pool"`` (they spend one budget together, so a name
+            made up per call gains nothing). A named agent's budget is always its own.
     """
 
     requests_per_day: int | None = Field(default=None, gt=0)
     tokens_per_day: int | None = Field(default=None, gt=0)
     usd_per_day: float | None = Field(default=None, gt=0)
     usd_per_month: float | None = Field(default=None, gt=0)
+    per: Literal["agent", "pool"] = "agent"
 
     @property
     def in_dollars(self) -> bool:
@@ -307,6 +311,17 @@ class Policy(_PolicyModel):
             if problem is not None:
                 raise ValueError(f"agent name {name!r}: {problem}")
         return value
+
+    @model_validator(mode="after")
+    def _pooled_default_only(self) -> Policy:
+        for name, agent in self.agents.items():
+            if agent.budget is not None and agent.budget.per == "pool":
+                raise ValueError(
+                    f"agents.{name}.budget.per: 'pool' is for [default.budget] (every agent the "
+                    "policy does not name, together); a named agent's budget is its own: "
+                    "remove per"
+                )
+        return self
 
     def for_agent(self, name: str | None) -> AgentPolicy | None:
         """The policy of agent ``name``: its own, else the default, else ``None``."""

@@ -113,6 +113,34 @@ async def test_default_budget_holds_for_each_agent_it_covers(
     assert _generates(requests_seen) == 4
 
 
+async def test_a_pooled_default_budget_gains_nothing_from_made_up_names(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    """With ``per = "pool"`` every agent the policy does not name spends one budget: a client
+    that names a new agent per call still gets the budget once, and a named agent keeps its
+    own."""
+    policy = {
+        "agents": {"named": {"grants": {"content": "write"}, "budget": {"requests_per_day": 1}}},
+        "default": {
+            "grants": {"content": "write"},
+            "budget": {"requests_per_day": 3, "per": "pool"},
+        },
+    }
+    lim = limiter(policy)
+    codes = []
+    for i in range(6):
+        async with _client(lim, f"minted-{i}", served, records) as http:
+            codes.append((await http.post(_generate(FLASH), json=GEN)).status_code)
+    assert codes == [200, 200, 200, 429, 429, 429]
+    async with _client(lim, "named", served, records) as http:
+        assert (await http.post(_generate(FLASH), json=GEN)).status_code == 200
+    assert _generates(requests_seen) == 4
+    refused = [r for r in records.flushed() if r.reason == "budget"]
+    assert [r.agent for r in refused] == ["minted-3", "minted-4", "minted-5"]
+    with pytest.raises(ConfigError, match=r"agents.named.budget.per: 'pool' is for"):
+        Policy.from_dict({"agents": {"named": {"budget": {"requests_per_day": 1, "per": "pool"}}}})
+
+
 async def test_default_share_holds_for_the_agents_it_covers() -> None:
     from quotaflow.clock import ManualClock
     from quotaflow.errors import QuotaError
