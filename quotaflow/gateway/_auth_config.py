@@ -18,6 +18,7 @@ _UPSTREAM_KEYS = {
     "scopes": list,
     "refresh_margin": float,
     "token_timeout": float,
+    "token_uri": str,
 }
 _CREDENTIALS = ("key", "oauth", "key+oauth")
 
@@ -38,6 +39,8 @@ class UpstreamAuthConfig:
             authorized user's granted ones).
         refresh_margin: seconds before expiry to refresh (at most half the token's lifetime).
         token_timeout: seconds a token request may take.
+        token_uri: the token endpoint to refresh at, instead of the one google-auth picks
+            (Google's, for an authorized user: google-auth ignores a file's own).
     """
 
     credentials: str = "key"
@@ -46,6 +49,7 @@ class UpstreamAuthConfig:
     scopes: tuple[str, ...] | None = None
     refresh_margin: float = 300.0
     token_timeout: float = 10.0
+    token_uri: str | None = None
 
 
 def upstream_auth_config(
@@ -104,6 +108,13 @@ def upstream_auth_config(
             path=src,
             key="upstream.credentials_file",
         )
+    uri = up.get("token_uri")
+    if uri is not None and not uri.startswith(("http://", "https://")):
+        raise GatewayConfigError(
+            f"{src}: upstream.token_uri: give an http:// or https:// URL, not {uri!r}",
+            path=src,
+            key="upstream.token_uri",
+        )
     return UpstreamAuthConfig(
         credentials=mode,
         credentials_file=str(base / file) if file else None,
@@ -111,4 +122,5 @@ def upstream_auth_config(
         scopes=tuple(scopes) if scopes is not None else None,
         refresh_margin=up.get("refresh_margin", 300.0),
         token_timeout=up.get("token_timeout", 10.0),
+        token_uri=uri,
     )

@@ -22,106 +22,35 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import logging
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import httpx
 
-from quotaflow.gateway._config import GatewayConfig, GatewayConfigError
+from quotaflow.gateway._config import GatewayConfig
+from quotaflow.gateway._credentials import (
+    DEFAULT_SCOPES,
+    UpstreamAuthError,
+    _AuthRequest,
+    _refusal,
+    load_credentials,
+)
 from quotaflow.gateway._wire import _Key
 
 __all__ = ["DEFAULT_SCOPES", "AccessTokens", "UpstreamAuth", "UpstreamAuthError"]
 
 log = logging.getLogger("quotaflow.gateway")
 
-DEFAULT_SCOPES = (
-    "https://www.googleapis.com/auth/cloud-platform",
-    "https://www.googleapis.com/auth/generative-language.retriever",
-)
-"""The scopes asked for a service account (and for ADC) when ``upstream.scopes`` is not set;
-an authorized user's refresh asks for the scopes it was granted."""
-
 # the routes that need a principal (an API key is refused there): the tuned models'
 _OAUTH_ROUTE = re.compile(r"^/[^/]+/tunedModels(?:[/:]|$)")
-_ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
-
-
-class UpstreamAuthError(httpx.ConnectError):
-    """No access token could be had, so the call was not sent (a ``ConnectError``: the quota
-    transport releases its permit and may retry).
-
-    Attributes:
-        status: 503 (the token endpoint cannot be reached or fails: retry) or 502 (it refused
-            the gateway's credentials: the operator must fix them).
-        why: what happened, in words that hold no secret.
-    """
-
-    def __init__(self, why: str, *, status: int) -> None:
-        super().__init__(why)
-        self.why = why
-        self.status = status
-
-
-class _AuthResponse:
-    """google-auth's view of an HTTP answer (``google.auth.transport.Response``)."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.status = response.status_code
-        self.headers = dict(response.headers)
-        self.data = response.content
-
-
-class _AuthRequest:
-    """google-auth's blocking HTTP call (``google.auth.transport.Request``) on httpx, so no
-    ``requests`` package is needed."""
-
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> _AuthResponse:
-        from google.auth import exceptions
-
-        try:
-            with httpx.Client(timeout=timeout or self._timeout) as client:
-                return _AuthResponse(client.request(method, url, content=body, headers=headers))
-        except httpx.HTTPError as exc:
-            raise exceptions.TransportError(type(exc).__name__) from None  # type: ignore[no-untyped-call]
-
-
-def _refusal(exc: Exception) -> UpstreamAuthError:
-    """The failed refresh as an error that names no secret (the token endpoint's answer is
-    not copied, only its RFC 6749 error code)."""
-    from google.auth import exceptions
-
-    if isinstance(exc, exceptions.TransportError):
-        return UpstreamAuthError(
-            f"the token endpoint cannot be reached ({exc.args[0] if exc.args else 'error'})",
-            status=503,
-        )
-    code = ""
-    data = exc.args[1] if len(exc.args) > 1 else None
-    if isinstance(data, Mapping) and isinstance(data.get("error"), str):
-        code = data["error"] if _ERROR_CODE.match(data["error"]) else ""
-    retryable = bool(getattr(exc, "retryable", False))
-    what = f"the token endpoint refused the refresh ({code or type(exc).__name__})"
-    return UpstreamAuthError(what, status=503 if retryable else 502)
+_COOLDOWN = 1.0  # seconds a failed refresh answers for itself (the token endpoint is spared)
 
 
 class AccessTokens:
@@ -154,6 +83,7 @@ class AccessTokens:
         self._lock = anyio.Lock()
         self._attempts = 0
         self._error: UpstreamAuthError | None = None
+        self._failed_at = -math.inf
         self.refreshes = 0
 
     async def token(self) -> str:
@@ -170,16 +100,18 @@ class AccessTokens:
             return token.value  # a refresh is under way; the current token is still good
         seen = self._attempts
         async with self._lock:
-            if self._attempts != seen:  # a refresh ended while this call waited: share it
-                if self._token is not None and self._clock() < self._expires:
-                    return self._token.value
-                if self._error is not None:
-                    raise self._error
+            now = self._clock()
+            if self._attempts != seen and self._token is not None and now < self._expires:
+                return self._token.value  # a refresh ended while this call waited: share it
+            if self._error is not None and (
+                self._attempts != seen or now - self._failed_at < _COOLDOWN
+            ):
+                raise self._error
             self._attempts += 1
             try:
                 value, lifetime = await anyio.to_thread.run_sync(self._refresh)
             except UpstreamAuthError as exc:
-                self._error = exc
+                self._error, self._failed_at = exc, self._clock()
                 log.warning("quotaflow gateway: OAuth token refresh failed: %s", exc.why)
                 raise
             self._error = None
@@ -208,74 +140,6 @@ class AccessTokens:
 
     def __repr__(self) -> str:
         return f"AccessTokens(refreshes={self.refreshes}, token=<hidden>)"
-
-
-def _secret_values(text: str) -> list[str]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return []
-    if not isinstance(data, dict):
-        return []
-    keys = ("refresh_token", "private_key", "client_secret", "private_key_id")
-    return [v for k, v in data.items() if k in keys and isinstance(v, str) and v]
-
-
-def load_credentials(config: GatewayConfig) -> tuple[Any, bytes]:
-    """google-auth credentials from ``upstream.credentials_file`` (or application default
-    credentials), and the bytes of the file they came from (``b""``: none).
-
-    Raises:
-        GatewayConfigError: the file cannot be read or holds no credentials google-auth
-            loads; no application default credentials (the message names the fix, never a
-            secret of the file).
-    """
-    import google.auth
-    from google.auth import exceptions
-
-    up = config.upstream_auth
-    src = str(config.path or "<config>")
-    scopes = list(up.scopes) if up.scopes is not None else None
-    path = up.credentials_file
-    if path is None:
-        try:
-            credentials, _ = google.auth.default(scopes=scopes, default_scopes=DEFAULT_SCOPES)
-        except exceptions.DefaultCredentialsError:
-            raise GatewayConfigError(
-                f"{src}: upstream.credentials: no application default credentials: set "
-                "upstream.credentials_file to a service-account or authorized-user JSON, or "
-                "GOOGLE_APPLICATION_CREDENTIALS, or run 'gcloud auth application-default login'",
-                path=src,
-                key="upstream.credentials_file",
-            ) from None
-        adc = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-        try:
-            return credentials, Path(adc).read_bytes() if adc else b""
-        except OSError:
-            return credentials, b""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise GatewayConfigError(
-            f"{src}: upstream.credentials_file: cannot read {path}: {exc.strerror}",
-            path=src,
-            key="upstream.credentials_file",
-        ) from None
-    try:
-        credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-            path, scopes=scopes, default_scopes=DEFAULT_SCOPES
-        )
-    except (exceptions.DefaultCredentialsError, ValueError) as exc:
-        why = str(exc)
-        for secret in _secret_values(raw.decode("utf-8", "replace")):
-            why = why.replace(secret, "<hidden>")
-        raise GatewayConfigError(
-            f"{src}: upstream.credentials_file: {path} holds no credentials google-auth "
-            f"loads ({why[:300]}): give a service-account or authorized-user JSON",
-            path=src,
-            key="upstream.credentials_file",
-        ) from None
-    return credentials, raw
 
 
 class _Authorized(httpx.AsyncBaseTransport):
