@@ -134,3 +134,38 @@ def test_application_default_credentials(
         assert r.status_code == 200, r.text
         assert run.seen.requests[0][2]["authorization"].startswith("Bearer ya29.emulator-")
     assert emulator.emulator.stats()["oauth"]["issued"] == 1
+
+
+def test_the_docs_oauth_example_runs(tmp_path: Path) -> None:
+    import re
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    from quotaflow.emulator import EmulatorConfig, serve
+    from quotaflow.gateway import ServedGateway, TokenFile, new_token
+
+    text = (Path(__file__).parents[2] / "docs" / "gateway.md").read_text()
+    gw_block = re.search(r"```toml\n# gateway-oauth.toml[^\n]*\n(.*?)```", text, re.S)
+    emu_block = re.search(r"```toml\n# emulator.toml[^\n]*\n(.*?)```", text, re.S)
+    user = re.search(r"`(\{\"type\": \"authorized_user\".*?\})`", text, re.S)
+    assert gw_block and emu_block and user
+    (tmp_path / "authorized-user.json").write_text(user.group(1).replace("\n", " "))
+    with serve(EmulatorConfig(**tomllib.loads(emu_block.group(1)))) as emulator:
+        data = tomllib.loads(gw_block.group(1).replace("http://127.0.0.1:8000", emulator.base_url))
+        gw_config = gateway_config_from_dict(data, path=tmp_path / "gateway-oauth.toml")
+        token, entry = new_token("researcher")
+        TokenFile(gw_config.tokens_file).add(entry)
+        with ServedGateway(Gateway(gw_config)) as served:
+            r = httpx.post(
+                f"{served.base_url}/v1beta/models/{FLASH}:generateContent",
+                json={"contents": [{"parts": [{"text": "hi"}]}]},
+                headers={"x-goog-api-key": token},
+            )
+            assert r.status_code == 200, r.text
+            tuned = httpx.get(f"{served.base_url}/v1beta/tunedModels?key={token}")
+            assert tuned.status_code == 200, tuned.text
+        assert emulator.emulator.stats()["oauth"]["issued"] == 1
