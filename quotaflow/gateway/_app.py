@@ -8,9 +8,11 @@ Each request:
    valid one the answer is a Gemini-shaped 401 (no token) or 403 (unknown or revoked), and
    nothing is sent upstream.
 2. Every credential is removed (headers and secret query parameters in every spelling), the
-   real key is added as ``x-goog-api-key``, and the request (its raw path, as the agent spelled
-   it) goes to ``agents.agent(name).transport(upstream)``: policy, canonical request, sizing,
-   scheduling, settlement, 429 feedback and audit are the library's own.
+   real key is added as ``x-goog-api-key`` (or, per ``[upstream] credentials``, an OAuth
+   access token as ``Authorization: Bearer`` just before it leaves: ``_oauth.py``), and the
+   request (its raw path, as the agent spelled it) goes to
+   ``agents.agent(name).transport(upstream)``: policy, canonical request, sizing, scheduling,
+   settlement, 429 feedback and audit are the library's own.
 3. The response streams back chunk by chunk (SSE too); an upload's body streams up the same way.
 """
 
