@@ -32,6 +32,7 @@ from ._config import (
     EmulatorConfigError,
     FaultConfig,
     ModelConfig,
+    OAuthClientConfig,
     default_models,
     load_config,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "FaultConfig",
     "Injection",
     "ModelConfig",
+    "OAuthClientConfig",
     "ServedEmulator",
     "default_models",
     "load_config",

@@ -118,6 +118,7 @@ class Emulator:
                 Route("/_emulator/reset", self._reset_route, methods=["POST"]),
                 Route("/_emulator/inject", self._inject_route, methods=["POST"]),
                 Route("/_emulator/limits", self._limits_route, methods=["POST"]),
+                Route("/_emulator/oauth2/token", self._token_route, methods=["POST"]),
                 Route("/{version}/openai/{rest:path}", self._openai_route, methods=["GET", "POST"]),
                 Route("/upload/{version}/files", self._upload_route, methods=["POST"]),
                 Route(
@@ -151,13 +152,14 @@ class Emulator:
             ``{"minute_seconds": ..., "models": {model: {...}}, "spend": {...}}``; ``spend``
             holds the micro-dollars charged per project (``spent_micros``), the prepaid
             balances left (``balance_micros``) and the largest spend in any rolling spend window
-            (``max_window_micros``).
+            (``max_window_micros``); ``oauth`` the token requests ``issued`` and ``refused``.
         """
         with self._engine.lock:
             out = self._engine.stats.snapshot(
                 self._engine.config.minute_seconds, include_log=include_log
             )
             out["spend"] = self._engine.spend.snapshot(include_log)
+            out["oauth"] = self._engine.oauth.snapshot()
             return out
 
     def reset(self) -> None:
@@ -245,6 +247,12 @@ class Emulator:
             return json_response({"error": str(exc)}, status=400)
         return json_response({"pending": self.pending_injections()})
 
+    async def _token_route(self, request: Request) -> Response:
+        body = await request.body()
+        with self._engine.lock:
+            status, answer = self._engine.oauth.grant(body, request.headers.get("content-type", ""))
+        return json_response(answer, status=status)
+
     async def _limits_route(self, request: Request) -> Response:
         try:
             data = await request.json()
@@ -271,21 +279,32 @@ class Emulator:
         logger.debug("%s %s -> %s", request.method, request.url.path, response.status_code)
         return response
 
-    def _ctx(self, request: Request, version: str, ident: str | None, key: str | None) -> Ctx:
+    def _ctx(
+        self,
+        request: Request,
+        version: str,
+        ident: str | None,
+        coll: str | None = None,
+        *,
+        openai: bool = False,
+    ) -> Ctx:
         if version not in _VERSIONS:
             raise not_found(f"API version {version} is not supported.")
-        project = self._engine.authenticate(key)
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if openai and token and not self._engine.oauth.knows(token):
+            key, token = token, None  # the OpenAI SDKs send the key as the bearer token
+        project = self._engine.authenticate(
+            key, token, oauth_only=coll in self._engine.config.oauth_only
+        )
         return Ctx(self._engine, request, project, version, ident)
-
-    @staticmethod
-    def _key(request: Request) -> str | None:
-        return request.headers.get("x-goog-api-key") or request.query_params.get("key")
 
     async def _native_route(self, request: Request) -> Response:
         async def handle() -> Response:
             version = request.path_params["version"]
             match = _PATH.match(request.path_params["rest"])
-            ctx = self._ctx(request, version, match and match["id"], self._key(request))
+            ctx = self._ctx(request, version, match and match["id"], match and match["coll"])
             if match is None:
                 raise not_found(f"Method not found: {request.url.path}")
             route = (match["coll"], match["id"] is not None, match["verb"] or "", request.method)
@@ -301,7 +320,7 @@ class Emulator:
             rest = request.path_params["rest"].strip("/").replace(":", "/")
             segs = rest.split("/") if rest else []
             ident = segs[0] if segs else None
-            ctx = self._ctx(request, request.path_params["version"], ident, self._key(request))
+            ctx = self._ctx(request, request.path_params["version"], ident)
             verb = segs[1] if len(segs) > 1 else ""
             handler = _INTERACTIONS.get((ident is not None, verb, request.method))
             if handler is None or len(segs) > 2:
@@ -316,18 +335,16 @@ class Emulator:
             version = request.path_params["version"]
             if upload_id is not None:  # the upload URL is the credential, as with Google's
                 return await resources.upload(Ctx(self._engine, request, "", version), upload_id)
-            ctx = self._ctx(request, version, None, self._key(request))
+            ctx = self._ctx(request, version, None, "files")
             return await resources.upload(ctx, None)
 
         return await self._run(request, handle, openai=False)
 
     async def _openai_route(self, request: Request) -> Response:
         async def handle() -> Response:
-            auth = request.headers.get("authorization", "")
-            key = auth[7:].strip() if auth.lower().startswith("bearer ") else self._key(request)
             rest = request.path_params["rest"].strip("/")
             ident = rest[7:] if rest.startswith("models/") else None
-            ctx = self._ctx(request, request.path_params["version"], ident, key)
+            ctx = self._ctx(request, request.path_params["version"], ident, openai=True)
             if ctx.version != "v1beta":
                 raise not_found("The OpenAI-compatible API is served under /v1beta/openai/.")
             if ident is not None and request.method == "GET":

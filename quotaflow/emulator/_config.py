@@ -41,6 +41,7 @@ __all__ = [
     "EmulatorConfigError",
     "FaultConfig",
     "ModelConfig",
+    "OAuthClientConfig",
     "default_models",
     "load_config",
 ]
@@ -67,6 +68,24 @@ class ApiKeyConfig(Frozen):
     key: str = Field(min_length=1)
     project: str = Field(default="default-project", min_length=1)
     blocked: bool = False
+
+
+class OAuthClientConfig(Frozen):
+    """One OAuth client the emulator's token endpoint (``POST /_emulator/oauth2/token``)
+    knows: an authorized-user JSON holding these values, with ``token_uri`` pointing at that
+    endpoint, refreshes against it (google-auth's refresh-token grant).
+
+    Attributes:
+        client_id, client_secret, refresh_token: What a refresh must carry.
+        project: The project of the calls made with the access tokens it issues.
+        expires_in: Seconds an access token it issues is valid (by the emulator's clock).
+    """
+
+    client_id: str = Field(min_length=1)
+    client_secret: str = Field(min_length=1)
+    refresh_token: str = Field(min_length=1)
+    project: str = Field(default="default-project", min_length=1)
+    expires_in: int = Field(default=3599, ge=1)
 
 
 class ModelConfig(Frozen):
@@ -177,6 +196,10 @@ class EmulatorConfig(Frozen):
     Attributes:
         tier: Usage tier; selects the quotaId/metric names in 429 bodies.
         keys: Accepted API keys.
+        oauth_clients: OAuth clients the token endpoint refreshes for; their access tokens
+            are accepted as ``Authorization: Bearer`` until they expire.
+        oauth_only: Collections (``tunedModels``, ``files``, ...) that refuse API keys with
+            401 ``UNAUTHENTICATED``, as Google's does for calls that need a principal.
         models: Served models (replaces the defaults when given).
         minute_seconds: Length of the "minute" for rpm/tpm/count_rpm.
         window: ``rolling`` (default) or ``fixed`` windows for the per-period limits.
@@ -210,6 +233,10 @@ class EmulatorConfig(Frozen):
 
     tier: Tier = "free"
     keys: list[ApiKeyConfig] = Field(default_factory=lambda: [ApiKeyConfig(key="test-key")])
+    oauth_clients: list[OAuthClientConfig] = Field(default_factory=list)
+    oauth_only: list[Literal["models", "tunedModels", "files", "cachedContents", "batches"]] = (
+        Field(default_factory=list)
+    )
     models: list[ModelConfig] = Field(default_factory=default_models)
     minute_seconds: float = Field(default=60.0, gt=0.0)
     window: Literal["rolling", "fixed"] = "rolling"

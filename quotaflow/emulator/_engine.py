@@ -19,8 +19,10 @@ from ._errors import (
     permission_denied,
     resource_exhausted,
     server_error,
+    unauthenticated,
 )
 from ._faults import FaultInjector, Injection
+from ._oauth import TokenIssuer
 from ._quota import QuotaLedger, Violation, quota_names
 from ._spend import SPEND_QUOTA_ID, SPEND_QUOTA_METRIC, SpendLedger
 from ._stats import Admission, StatsRecorder
@@ -94,6 +96,7 @@ class EmulatorState:
         self.faults = FaultInjector(config.faults)
         self.store = Store()
         self._keys = {k.key: k for k in config.keys}
+        self.oauth = TokenIssuer(config.oauth_clients, clock)
 
     def reset(self) -> None:
         """Forget quotas, statistics, injections and resources."""
@@ -103,13 +106,28 @@ class EmulatorState:
             self.stats.reset()
             self.faults.reset()
             self.store.reset()
+            self.oauth.reset()
 
-    def authenticate(self, key: str | None) -> str:
-        """Return the project of ``key``.
+    def authenticate(
+        self, key: str | None, token: str | None = None, *, oauth_only: bool = False
+    ) -> str:
+        """Return the project of ``key`` (or, without one, of the OAuth access ``token``).
 
         Raises:
-            ErrorReply: 400 API_KEY_INVALID for a missing or unknown key, 403 if blocked.
+            ErrorReply: 400 API_KEY_INVALID for a missing or unknown key, 403 if blocked;
+                401 UNAUTHENTICATED for an unknown or expired token, or for a key where
+                ``oauth_only``.
         """
+        if not key and token:
+            with self.lock:
+                project, expired = self.oauth.project(token)
+            if project is None:
+                raise unauthenticated(
+                    "ACCESS_TOKEN_EXPIRED" if expired else "ACCESS_TOKEN_TYPE_UNSUPPORTED"
+                )
+            return project
+        if key and oauth_only:
+            raise unauthenticated("CREDENTIALS_MISSING")
         entry = self._keys.get(key or "")
         if entry is None:
             raise api_key_invalid()

@@ -23,6 +23,7 @@ __all__ = [
     "not_found",
     "permission_denied",
     "resource_exhausted",
+    "unauthenticated",
     "unavailable",
 ]
 
@@ -92,6 +93,38 @@ def failed_precondition(message: str) -> ErrorReply:
 def permission_denied(message: str) -> ErrorReply:
     """403 PERMISSION_DENIED with ``message``."""
     return _error(403, "PERMISSION_DENIED", message)
+
+
+_BAD_TOKEN = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_KEY_REFUSED = (
+    "API keys are not supported by this API. Expected OAuth2 access token or other "
+    "authentication credentials that assert a principal. See "
+    "https://cloud.google.com/docs/authentication"
+)
+
+
+def unauthenticated(reason: str) -> ErrorReply:
+    """401 UNAUTHENTICATED as Google words it: ``ACCESS_TOKEN_EXPIRED`` or
+    ``ACCESS_TOKEN_TYPE_UNSUPPORTED`` (a bearer token it does not know), ``CREDENTIALS_MISSING``
+    (an API key where a principal is needed)."""
+    message = _KEY_REFUSED if reason == "CREDENTIALS_MISSING" else _BAD_TOKEN
+    return _error(
+        401,
+        "UNAUTHENTICATED",
+        message,
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    )
 
 
 def not_found(message: str) -> ErrorReply:

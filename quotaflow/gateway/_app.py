@@ -8,16 +8,17 @@ Each request:
    valid one the answer is a Gemini-shaped 401 (no token) or 403 (unknown or revoked), and
    nothing is sent upstream.
 2. Every credential is removed (headers and secret query parameters in every spelling), the
-   real key is added as ``x-goog-api-key``, and the request (its raw path, as the agent spelled
-   it) goes to ``agents.agent(name).transport(upstream)``: policy, canonical request, sizing,
-   scheduling, settlement, 429 feedback and audit are the library's own.
+   real key is added as ``x-goog-api-key`` (or, per ``[upstream] credentials``, an OAuth
+   access token as ``Authorization: Bearer`` just before it leaves: ``_oauth.py``), and the
+   request (its raw path, as the agent spelled it) goes to
+   ``agents.agent(name).transport(upstream)``: policy, canonical request, sizing, scheduling,
+   settlement, 429 feedback and audit are the library's own.
 3. The response streams back chunk by chunk (SSE too); an upload's body streams up the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ from quotaflow.agents import Agents
 from quotaflow.errors import BackendError, QuotaError
 from quotaflow.gateway._access import GatewayAccess
 from quotaflow.gateway._config import GatewayConfig
+from quotaflow.gateway._oauth import UpstreamAuth, UpstreamAuthError
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
 from quotaflow.gateway._upstream import Upstream
 from quotaflow.gateway._wire import (
@@ -47,7 +49,6 @@ from quotaflow.gateway._wire import (
     _UPLOAD_PROOF,
     _error,
     _head_of,
-    _Key,
     _raw,
     _Relay,
     _Shared,
@@ -69,7 +70,8 @@ class Gateway(GatewayAccess):
 
     Args:
         config: the validated configuration (:func:`~quotaflow.gateway.load_gateway_config`).
-        key: the real key (default: read from ``config.key_file`` or ``config.key_env``).
+        key: the real key (default: read from ``config.key_file`` or ``config.key_env``;
+            unused with ``[upstream] credentials = "oauth"``).
         limiter: the limiter (default: ``Limiter(**config.limiter)``); the config's policy
             governs its agents (:class:`~quotaflow.agents.Agents`).
         upstream: the transport that really sends (default: the gateway's keep-alive pool,
@@ -87,16 +89,14 @@ class Gateway(GatewayAccess):
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
-        self._key = _Key(key if key is not None else config.read_key())
-        # every replica holds the key, so every replica can check the upload proofs
-        self._proof_key = hashlib.sha256(
-            b"quotaflow-gateway-upload\0" + self._key.value.encode()
-        ).digest()
+        self._auth = UpstreamAuth.from_config(config, key=key)
+        # every replica holds the key (or the credentials file): every one checks the proofs
+        self._proof_key = self._auth.proof_key()
         self.tokens = TokenStore(config.tokens_file, recheck=config.tokens_recheck)
         self.limiter = limiter or Limiter(**dict(config.limiter))
         self.agents = Agents(self.limiter, config.policy)
         self._upstream = upstream or Upstream(max_connections=1000, max_keepalive=200)
-        self._shared = _Shared(self._upstream)
+        self._shared = _Shared(self._auth.wrap(self._upstream))
         self._agents: dict[str, QuotaTransport] = {}
         self._clock = clock or time.perf_counter
         self._timeout = {
@@ -251,7 +251,7 @@ class Gateway(GatewayAccess):
         url = self.config.upstream + path + ("?" + "&".join(kept) if kept else "")
         headers = [(k, v) for k, v in request.headers.items() if k in _FORWARD or
                    k.startswith("x-goog-upload-")]  # fmt: skip
-        headers.append(("x-goog-api-key", self._key.value))
+        headers += self._auth.key_headers(path)  # without it, the access token (_oauth.py)
         content: Any
         try:
             if upload:
@@ -292,6 +292,10 @@ class Gateway(GatewayAccess):
         except QuotaError as exc:
             return self._failed(request, entry, start, openai, 429, "RESOURCE_EXHAUSTED",
                                 str(exc), "GATEWAY_QUOTA")  # fmt: skip
+        except UpstreamAuthError as exc:
+            return self._failed(request, entry, start, openai, exc.status, "UNAVAILABLE",
+                                f"the gateway has no upstream access token: {exc.why}",
+                                "GATEWAY_UPSTREAM_AUTH")  # fmt: skip
         except httpx.TransportError as exc:
             return self._failed(request, entry, start, openai, 502, "UNAVAILABLE",
                                 f"the upstream cannot be reached ({type(exc).__name__})",

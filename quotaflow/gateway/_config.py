@@ -9,6 +9,11 @@ Example ``gateway.toml``::
     key_env = "GEMINI_API_KEY"              # or key_file = "/run/secrets/gemini-key"
     tokens_file = "gateway-tokens.toml"     # token hashes, relative to this file
 
+    [upstream]                              # optional: OAuth instead of (or beside) the key
+    credentials = "oauth"                   # "key" (default), "oauth" or "key+oauth"
+    credentials_file = "/run/secrets/gemini-sa.json"  # or application default credentials
+    quota_project = "my-project"            # sent as x-goog-user-project
+
     [limiter]
     tier = "tier1"
     backend = "redis://localhost:6379/0?namespace=gateway&on_error=raise"
@@ -19,7 +24,6 @@ Example ``gateway.toml``::
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Mapping
@@ -28,29 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from quotaflow.agents.policy import Policy, load_policy
-from quotaflow.errors import ConfigError
+from quotaflow.gateway._auth_config import UpstreamAuthConfig, upstream_auth_config
+from quotaflow.gateway._checks import GatewayConfigError, _check
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["GatewayConfig", "GatewayConfigError", "load_gateway_config"]
-
-
-class GatewayConfigError(ConfigError):
-    """A gateway configuration that cannot be used; the message names the file, the key and
-    the fix.
-
-    Attributes:
-        path: the file.
-        key: the dotted key that is wrong (``gateway.port``), when one is known.
-    """
-
-    def __init__(self, message: str, *, path: str = "", key: str = "") -> None:
-        super().__init__(message)
-        self.path = path
-        self.key = key
+__all__ = ["GatewayConfig", "GatewayConfigError", "UpstreamAuthConfig", "load_gateway_config"]
 
 
 _GATEWAY_KEYS = {
@@ -121,6 +111,7 @@ class GatewayConfig:
             and per model, across the replicas on one backend.
         limiter: keyword arguments of :class:`quotaflow.Limiter` (``tier``, ``backend``, ...).
         transport: quota transport options (``max_429_retries``, ...).
+        upstream_auth: the upstream credentials (``[upstream]``).
         policy: the agents' policy.
     """
 
@@ -145,6 +136,7 @@ class GatewayConfig:
     live_max_per_model: int = 16
     limiter: Mapping[str, Any] = field(default_factory=dict)
     transport: Mapping[str, Any] = field(default_factory=dict)
+    upstream_auth: UpstreamAuthConfig = field(default_factory=UpstreamAuthConfig)
 
     def read_key(self) -> str:
         """The real Gemini key, from ``key_file`` or the ``key_env`` variable.
@@ -180,43 +172,8 @@ class GatewayConfig:
         return (
             f"GatewayConfig(path={str(self.path) if self.path else None!r}, "
             f"host={self.host!r}, port={self.port}, upstream={self.upstream!r}, "
-            f"agents={sorted(self.policy.agents)})"
+            f"credentials={self.upstream_auth.credentials!r}, agents={sorted(self.policy.agents)})"
         )
-
-
-def _check(
-    table: Mapping[str, Any], allowed: Mapping[str, type], section: str, src: str
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        kind = allowed.get(key)
-        where = f"{section}.{key}"
-        if kind is None:
-            raise GatewayConfigError(
-                f"{src}: {where}: unknown key; use one of {', '.join(sorted(allowed))}",
-                path=src,
-                key=where,
-            )
-        ok = (
-            isinstance(value, (int, float)) and not isinstance(value, bool)
-            if kind is float
-            else isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        )
-        if not ok:
-            raise GatewayConfigError(
-                f"{src}: {where}: give a {kind.__name__}, not {type(value).__name__} {value!r}",
-                path=src,
-                key=where,
-            )
-        if kind is float and not (math.isfinite(value) and (value > 0 or
-                                  (value == 0 and key == "tokens_recheck"))):  # fmt: skip
-            raise GatewayConfigError(
-                f"{src}: {where}: give a positive number of seconds, not {value!r}",
-                path=src,
-                key=where,
-            )
-        out[key] = float(value) if kind is float else value
-    return out
 
 
 def gateway_config_from_dict(data: Mapping[str, Any], *, path: Path | None = None) -> GatewayConfig:
@@ -228,15 +185,16 @@ def gateway_config_from_dict(data: Mapping[str, Any], *, path: Path | None = Non
     """
     src = str(path or "<config>")
     base = path.parent if path is not None else Path.cwd()
-    unknown = [k for k in data if k not in ("gateway", "limiter", "transport", *_POLICY_KEYS)]
+    tables = ("gateway", "upstream", "limiter", "transport")
+    unknown = [k for k in data if k not in (*tables, *_POLICY_KEYS)]
     if unknown:
         raise GatewayConfigError(
-            f"{src}: {unknown[0]}: unknown table; use [gateway], [limiter], [transport], "
-            "and the policy's [agents.*], [default], [audit]",
+            f"{src}: {unknown[0]}: unknown table; use [gateway], [upstream], [limiter], "
+            "[transport], and the policy's [agents.*], [default], [audit]",
             path=src,
             key=unknown[0],
         )
-    for section in ("gateway", "limiter", "transport"):
+    for section in tables:
         if not isinstance(data.get(section, {}), Mapping):
             raise GatewayConfigError(
                 f"{src}: {section}: give a table ([{section}])", path=src, key=section
@@ -244,6 +202,7 @@ def gateway_config_from_dict(data: Mapping[str, Any], *, path: Path | None = Non
     gw = _check(data.get("gateway", {}), _GATEWAY_KEYS, "gateway", src)
     lim = _check(data.get("limiter", {}), _LIMITER_KEYS, "limiter", src)
     tr = _check(data.get("transport", {}), _TRANSPORT_KEYS, "transport", src)
+    auth = upstream_auth_config(data.get("upstream", {}), gw, base, src)
     port = gw.get("port", 8080)
     if not 0 <= port <= 65535:
         raise GatewayConfigError(
@@ -300,6 +259,7 @@ def gateway_config_from_dict(data: Mapping[str, Any], *, path: Path | None = Non
         tokens_file=base / tokens,
         limiter=lim,
         transport=tr,
+        upstream_auth=auth,
         **{k: v for k, v in gw.items() if k != "upstream"},
     )
 

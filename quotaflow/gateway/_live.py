@@ -217,9 +217,8 @@ class LiveProxy:
         tokens = 0
         outcome, error = "ok", None
         try:
-            async with connect(
-                url, additional_headers={"x-goog-api-key": gw._key.value}, logger=_quiet
-            ) as up:
+            headers = await gw._auth.live_headers()
+            async with connect(url, additional_headers=headers, logger=_quiet) as up:
                 if permit is not None:
                     permit.mark_sent()
                 await up.send(first)

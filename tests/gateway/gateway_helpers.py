@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig
+from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, OAuthClientConfig
 from quotaflow.gateway import (
     Gateway,
     ServedGateway,
@@ -25,6 +25,12 @@ KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"  # shaped like a real key; searc
 FLASH = "gemini-2.5-flash"
 PRO = "gemini-2.5-pro"
 PERIOD = 1.0
+# the OAuth client the emulator's token endpoint knows (an authorized user's), and the lifetime
+# of the access tokens it issues; the secrets are shaped like real ones and searched for
+CLIENT_ID = "123456789012-emulator.apps.googleusercontent.com"
+CLIENT_SECRET = "GOCSPX-emulatorClientSecret0123456"
+REFRESH_TOKEN = "1//0emulatorRefreshToken-abcdefghijklmnopqrstuvwxyz0123456789"
+EXPIRES = 2
 
 POLICY: dict[str, Any] = {
     "agents": {
@@ -41,6 +47,18 @@ POLICY: dict[str, Any] = {
 
 
 def emulator_config(rpm: int = 600, **kw: object) -> EmulatorConfig:
+    kw.setdefault(
+        "oauth_clients",
+        [
+            OAuthClientConfig(
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+                refresh_token=REFRESH_TOKEN,
+                project="proj",
+                expires_in=EXPIRES,
+            )
+        ],
+    )
     return EmulatorConfig(
         keys=[ApiKeyConfig(key=KEY, project="proj")],
         minute_seconds=PERIOD,
@@ -97,6 +115,8 @@ def gateway_config(
     policy: Mapping[str, Any] = POLICY,
     gateway: Mapping[str, Any] | None = None,
     limiter: Mapping[str, Any] | None = None,
+    upstream_auth: Mapping[str, Any] | None = None,
+    transport: Mapping[str, Any] | None = None,
 ) -> Any:
     data: dict[str, Any] = {
         "gateway": {
@@ -113,7 +133,27 @@ def gateway_config(
         **policy,
         "audit": {"path": str(tmp / "audit.jsonl")},
     }
+    if upstream_auth is not None:
+        data["upstream"] = dict(upstream_auth)
+    if transport is not None:
+        data["transport"] = dict(transport)
     return gateway_config_from_dict(data)
+
+
+def user_credentials(tmp: Path, refresh_token: str = REFRESH_TOKEN, **extra: str) -> Path:
+    """An authorized-user JSON, as ``gcloud auth application-default login`` writes it."""
+    import json
+
+    path = tmp / "authorized-user.json"
+    info = {
+        "type": "authorized_user",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": refresh_token,
+        **extra,
+    }
+    path.write_text(json.dumps(info), encoding="utf-8")
+    return path
 
 
 @contextlib.contextmanager

@@ -14,7 +14,17 @@ from urllib.parse import quote
 import httpx
 import openai
 import pytest
-from gateway_helpers import FLASH, KEY, PRO, Running, emulator_config, running
+from gateway_helpers import (
+    CLIENT_SECRET,
+    FLASH,
+    KEY,
+    PRO,
+    REFRESH_TOKEN,
+    Running,
+    emulator_config,
+    running,
+    user_credentials,
+)
 from google import genai
 from google.genai import errors, types
 
@@ -224,12 +234,20 @@ def test_graceful_shutdown_finishes_in_flight_calls(tmp_path: Path) -> None:
     assert [r["outcome"] for r in records] == ["ok"]  # settled and audited before exit
 
 
+@pytest.mark.parametrize("credentials", ["key", "oauth"])
 def test_nothing_the_gateway_writes_or_returns_holds_the_key_or_a_token(
-    emulator: ServedEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    emulator: ServedEmulator, tmp_path: Path, caplog: pytest.LogCaptureFixture, credentials: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     returned: list[str] = []
-    with running(emulator.base_url, tmp_path) as run:
+    auth = None
+    if credentials == "oauth":  # the access token, the refresh token, the client secret
+        auth = {
+            "credentials": "oauth",
+            "credentials_file": str(user_credentials(tmp_path)),
+            "token_uri": emulator.base_url + "/_emulator/oauth2/token",
+        }
+    with running(emulator.base_url, tmp_path, upstream_auth=auth) as run:
         tok = run.tokens["researcher"]
         base = f"{run.base_url}/v1beta/models/{FLASH}"
         body = {"contents": [{"parts": [{"text": "x"}]}]}
@@ -260,10 +278,16 @@ def test_nothing_the_gateway_writes_or_returns_holds_the_key_or_a_token(
             file=io.BytesIO(b"z" * 100), config=types.UploadFileConfig(mime_type="text/plain")
         )
         returned.append(repr(run.gateway) + repr(run.gateway.config) + repr(run.gateway.tokens))
+        returned.append(repr(run.gateway._auth) + repr(run.gateway._auth.tokens))
     written = [run.audit_path.read_text(), run.token_file.path.read_text()]
     written += [r.getMessage() + str(r.args) for r in caplog.records]
     assert any(r.name == "quotaflow.gateway.access" for r in caplog.records)
     everything = "\n".join(returned + written)
-    for secret in (KEY, quote(KEY, safe=""), *run.tokens.values()):
+    sent = {h["authorization"][7:] for _, _, h in run.seen.requests if "authorization" in h}
+    assert bool(sent) == (credentials == "oauth")  # the access tokens that went upstream
+    secrets_ = [KEY, quote(KEY, safe=""), *run.tokens.values(), *sent]
+    if credentials == "oauth":
+        secrets_ += [CLIENT_SECRET, REFRESH_TOKEN]
+    for secret in secrets_:
         assert secret not in everything
         assert secret.lower() not in everything.lower()
