@@ -33,6 +33,7 @@ from ._config import (
     FaultConfig,
     ModelConfig,
     OAuthClientConfig,
+    WebhookConfig,
     default_models,
     load_config,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ModelConfig",
     "OAuthClientConfig",
     "ServedEmulator",
+    "WebhookConfig",
     "default_models",
     "load_config",
     "quota_names",

@@ -152,7 +152,8 @@ class Emulator:
             ``{"minute_seconds": ..., "models": {model: {...}}, "spend": {...}}``; ``spend``
             holds the micro-dollars charged per project (``spent_micros``), the prepaid
             balances left (``balance_micros``) and the largest spend in any rolling spend window
-            (``max_window_micros``); ``oauth`` the token requests ``issued`` and ``refused``.
+            (``max_window_micros``); ``oauth`` the token requests ``issued`` and ``refused``;
+            ``webhooks`` the batch events ``delivered`` and ``failed``.
         """
         with self._engine.lock:
             out = self._engine.stats.snapshot(
@@ -160,6 +161,7 @@ class Emulator:
             )
             out["spend"] = self._engine.spend.snapshot(include_log)
             out["oauth"] = self._engine.oauth.snapshot()
+            out["webhooks"] = self._engine.webhooks.snapshot()
             return out
 
     def reset(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -68,6 +68,26 @@ class ApiKeyConfig(Frozen):
     key: str = Field(min_length=1)
     project: str = Field(default="default-project", min_length=1)
     blocked: bool = False
+
+
+BatchEvent = Literal["batch.succeeded", "batch.failed", "batch.cancelled", "batch.expired"]
+BATCH_EVENT_TYPES: tuple[BatchEvent, ...] = get_args(BatchEvent)
+
+
+class WebhookConfig(Frozen):
+    """A static webhook: the emulator posts each batch job's end to ``uri``, signed as Gemini's
+    are (Standard Webhooks: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``),
+    retried a few times until it answers 2xx.
+
+    Attributes:
+        uri: Where events are posted.
+        signing_secret: The secret deliveries are signed with (``whsec_`` and base64).
+        subscribed_events: The events posted (default: every batch event).
+    """
+
+    uri: str = Field(pattern=r"^https?://\S+$")
+    signing_secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")
+    subscribed_events: list[BatchEvent] = Field(default_factory=lambda: list(BATCH_EVENT_TYPES))
 
 
 class OAuthClientConfig(Frozen):
@@ -200,6 +220,7 @@ class EmulatorConfig(Frozen):
             are accepted as ``Authorization: Bearer`` until they expire.
         oauth_only: Collections (``tunedModels``, ``files``, ...) that refuse API keys with
             401 ``UNAUTHENTICATED``, as Google's does for calls that need a principal.
+        webhooks: Static webhooks batch jobs' ends are posted to.
         models: Served models (replaces the defaults when given).
         minute_seconds: Length of the "minute" for rpm/tpm/count_rpm.
         window: ``rolling`` (default) or ``fixed`` windows for the per-period limits.
@@ -237,6 +258,7 @@ class EmulatorConfig(Frozen):
     oauth_only: list[Literal["models", "tunedModels", "files", "cachedContents", "batches"]] = (
         Field(default_factory=list)
     )
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=default_models)
     minute_seconds: float = Field(default=60.0, gt=0.0)
     window: Literal["rolling", "fixed"] = "rolling"

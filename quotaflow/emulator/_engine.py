@@ -27,6 +27,7 @@ from ._quota import QuotaLedger, Violation, quota_names
 from ._spend import SPEND_QUOTA_ID, SPEND_QUOTA_METRIC, SpendLedger
 from ._stats import Admission, StatsRecorder
 from ._store import Store
+from ._webhooks import WebhookSender
 
 __all__ = ["Clock", "ClockLike", "EmulatorState", "Ticket", "as_clock", "methods_of"]
 
@@ -97,6 +98,7 @@ class EmulatorState:
         self.store = Store()
         self._keys = {k.key: k for k in config.keys}
         self.oauth = TokenIssuer(config.oauth_clients, clock)
+        self.webhooks = WebhookSender(config.webhooks, clock)
 
     def reset(self) -> None:
         """Forget quotas, statistics, injections and resources."""
@@ -107,6 +109,7 @@ class EmulatorState:
             self.faults.reset()
             self.store.reset()
             self.oauth.reset()
+            self.webhooks.reset()
 
     def authenticate(
         self, key: str | None, token: str | None = None, *, oauth_only: bool = False

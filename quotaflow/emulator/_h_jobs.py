@@ -117,7 +117,9 @@ async def create_batch(ctx: Ctx, *, embed: bool) -> Response:
             tokens=enqueued,
         )
         engine.store.batches[name] = record
-        return json_response(_batch_json(ctx, record))
+        answer = json_response(_batch_json(ctx, record))
+    engine.webhooks.watch(record)
+    return answer
 
 
 ENQUEUED_QUOTA_ID = "EnqueuedTokensPerModelPerProject"
@@ -245,8 +247,11 @@ async def cancel_batch(ctx: Ctx) -> Response:
     with ctx.engine.lock:
         record = _batch(ctx)
         now = ctx.engine.clock()
-        if record.cancel_time is None and now < record.done_time:
+        cancelled = record.cancel_time is None and now < record.done_time
+        if cancelled:
             record.cancel_time = now
+    if cancelled:
+        ctx.engine.webhooks.cancelled(record)
     return json_response({})
 
 
