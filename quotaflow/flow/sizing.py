@@ -3,7 +3,6 @@ what its permits settle with after."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from quotaflow.gemini import (
     estimate_tokens,
     read_count,
 )
+from quotaflow.gemini._usage import _loads
 from quotaflow.limits import Limit
 from quotaflow.observe.shadow import decisions_of
 from quotaflow.quotas.pricing import SPEND_SCOPE, USD_MICROS, SpendBook
@@ -178,7 +178,7 @@ def parse_body(content: bytes) -> dict[str, Any]:
     if not content:
         return {}
     try:
-        obj = json.loads(content)
+        obj = _loads(content)
     except ValueError:
         return {}
     return obj if isinstance(obj, dict) else {}

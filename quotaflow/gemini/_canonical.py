@@ -178,16 +178,27 @@ def canonical_request(
     canon = _canonical(method, url) if "?" in url or "@" in url else _cached(method, url)
     if headers is None or canon.problem is not None:
         return canon
-    override = None
-    for k, v in headers.items():
-        if k.lower() == _OVERRIDE_HEADER:
-            override = v
+    override = _override_header(headers)
     if override is None or any(k == _OVERRIDE_PARAM for k, _ in canon.query):
         return canon  # no header override, or the query's own (already judged) wins
     if override.strip().upper() == canon.method:
         return canon
     problem = f"a method override to {override.strip()[:16]!r}"
     return CanonicalRequest(canon.method, canon.path, canon.query, problem)
+
+
+def _override_header(headers: Mapping[str, str]) -> str | None:
+    """The ``X-HTTP-Method-Override`` header's value, in any spelling of its name (the values
+    of a repeated header joined by ``", "``, as httpx's ``Headers.items()`` joins them)."""
+    get_list = getattr(headers, "get_list", None)
+    if callable(get_list):  # httpx's and httpx2's Headers: a case-insensitive lookup
+        values = get_list(_OVERRIDE_HEADER)
+        return ", ".join(values) if values else None
+    override = None
+    for k, v in headers.items():
+        if k.lower() == _OVERRIDE_HEADER:
+            override = v
+    return override
 
 
 def _canonical(method: str, url: str) -> CanonicalRequest:
