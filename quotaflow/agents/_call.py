@@ -21,6 +21,7 @@ from quotaflow.agents.grants import (
     body_references,
     decide,
     decide_references,
+    may_reference,
     target_resource,
 )
 from quotaflow.errors import BillingError
@@ -81,21 +82,34 @@ def _inner_models(body: Mapping[str, Any], limit: int = 100_000) -> list[str]:
     return out
 
 
+_DECIDED_MAX = 1024
+
+
 def decision_for(
     runtime: Agents,
     agent: str | None,
     call: Call,
     body: Mapping[str, Any],
+    content: bytes | None = None,
 ) -> tuple[str | None, str | None, GrantDecision]:
     """The one decision on a classified request (its canonical form), for the transports and
     ``check()`` alike: ``(model, resource acted on, decision)``. The model a create names in
-    its body and every resource the body names are checked too."""
+    its body and every resource the body names are checked too (``content``, the JSON text
+    ``body`` was parsed from, lets a body that names none skip the walk)."""
     model = call.model or (_body_model(body) if call.creates else None)
     resource = target_resource(call)
     owners = runtime.ownership
     owner = owners.owner(resource) if resource else None
-    decision = decide(runtime.policy, agent, call, model=model, owner=owner)
-    if decision.allowed and body:
+    # the grant decision is a function of the (immutable) policy and these: kept per layer
+    decided = runtime.decided
+    key = (agent, call, model, owner)
+    decision = decided.get(key)
+    if decision is None:
+        decision = decide(runtime.policy, agent, call, model=model, owner=owner)
+        if len(decided) >= _DECIDED_MAX:
+            decided.clear()
+        decided[key] = decision
+    if decision.allowed and body and (content is None or may_reference(content)):
         refused = decide_references(
             runtime.policy, agent, call, body_references(body), owners.owner
         )
@@ -149,7 +163,9 @@ class AgentCall:
         self._agent: str | None = bound or asked_agent
         self.call = call
         self._body = body
-        self.model, self.resource, self.decision = decision_for(runtime, self._agent, call, body)
+        self.model, self.resource, self.decision = decision_for(
+            runtime, self._agent, call, body, content
+        )
         self.path = path_template(url)
         spec = runtime.policy.for_agent(self._agent)
         self._priority: int | None = None
@@ -277,7 +293,8 @@ class AgentCall:
         quota_ids = info.quota_ids if info is not None else []
         if not estimated and self.call.metered and self.call.input_tokens:
             estimated = estimate_tokens(self.call, self._body)  # a call denied before sizing
-        return AuditRecord(
+        shadow = info.shadow if info is not None else ()
+        return AuditRecord.of(
             time=self.started,
             agent=self._agent,
             method=self.call.action,
@@ -304,8 +321,11 @@ class AgentCall:
             error=self.error,
             service_tier=info.service_tier if info is not None else None,
             spend_micros=info.spend if info is not None else None,
-            **shadow_fields(info.shadow if info is not None else ()),
+            **(shadow_fields(shadow) if shadow else _NO_SHADOW),
         )
+
+
+_NO_SHADOW: dict[str, Any] = {"would_wait": None, "would_refuse": None}
 
 
 def shadow_fields(decisions: Any) -> dict[str, Any]:
