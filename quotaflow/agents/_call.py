@@ -41,11 +41,27 @@ __all__ = ["AgentCall", "decision_for", "request_key"]
 def request_key(headers: Mapping[str, str], url: str) -> str | None:
     """The credential a request carries (header, ``?key=`` in any spelling, or bearer token)."""
     canon = canonical_request("GET", url)
-    key = headers.get("x-goog-api-key") or canon.param("key") or canon.param("access_token")
+    key = _header(headers, "x-goog-api-key") or canon.param("key") or canon.param("access_token")
     if key:
         return key
     auth = headers.get("authorization", "")
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers.get(name)`` (``name`` in lower case); httpx's and httpx2's headers are read
+    from their raw bytes when the value is ASCII, without decoding every header first (which
+    working out their encoding does)."""
+    raw = getattr(headers, "raw", None)
+    if isinstance(raw, list):
+        key = name.encode("ascii")
+        found: list[bytes] = [v for k, v in raw if k.lower() == key]
+        if not found:
+            return None
+        if len(found) == 1 and found[0].isascii():
+            return found[0].decode("ascii")
+    value: str | None = headers.get(name)
+    return value
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -294,35 +310,38 @@ class AgentCall:
         if not estimated and self.call.metered and self.call.input_tokens:
             estimated = estimate_tokens(self.call, self._body)  # a call denied before sizing
         shadow = info.shadow if info is not None else ()
-        return AuditRecord.of(
-            time=self.started,
-            agent=self._agent,
-            method=self.call.action,
-            http_method=self.call.method,
-            path=self.path,
-            area=self.call.area,
-            access=self.call.access,
-            model=self.model,
-            decision="allowed" if self.decision.allowed and self.reason != "budget" else "denied",
-            reason=self.reason,
-            outcome=self.outcome,
-            status=self.status,
-            wait=round(float(info.waited if info is not None else 0.0), 6),
-            tokens_estimated=int(estimated or 0),
-            tokens_actual=usage.input_tokens if usage is not None else None,
-            output_tokens=(usage.output_tokens + usage.thoughts_tokens) if usage else None,
-            retries=max(0, attempts - 1),
-            quota_id=quota_ids[-1] if quota_ids else None,
-            priority=self._priority if waited_at is None else waited_at,
-            duration=round(max(0.0, self.runtime.clock.now() - self.started), 6),
-            key=self.key,
-            content_hash=self.hash,
-            resource=self.created_name or self.resource,
-            error=self.error,
-            service_tier=info.service_tier if info is not None else None,
-            spend_micros=info.spend if info is not None else None,
-            **(shadow_fields(shadow) if shadow else _NO_SHADOW),
-        )
+        fields = {
+            "time": self.started,
+            "agent": self._agent,
+            "method": self.call.action,
+            "http_method": self.call.method,
+            "path": self.path,
+            "area": self.call.area,
+            "access": self.call.access,
+            "model": self.model,
+            "decision": "allowed"
+            if self.decision.allowed and self.reason != "budget"
+            else "denied",
+            "reason": self.reason,
+            "outcome": self.outcome,
+            "status": self.status,
+            "wait": round(float(info.waited if info is not None else 0.0), 6),
+            "tokens_estimated": int(estimated or 0),
+            "tokens_actual": usage.input_tokens if usage is not None else None,
+            "output_tokens": (usage.output_tokens + usage.thoughts_tokens) if usage else None,
+            "retries": max(0, attempts - 1),
+            "quota_id": quota_ids[-1] if quota_ids else None,
+            "priority": self._priority if waited_at is None else waited_at,
+            "duration": round(max(0.0, self.runtime.clock.now() - self.started), 6),
+            "key": self.key,
+            "content_hash": self.hash,
+            "resource": self.created_name or self.resource,
+            "error": self.error,
+            "service_tier": info.service_tier if info is not None else None,
+            "spend_micros": info.spend if info is not None else None,
+        }
+        fields.update(shadow_fields(shadow) if shadow else _NO_SHADOW)
+        return AuditRecord.of(fields)
 
 
 _NO_SHADOW: dict[str, Any] = {"would_wait": None, "would_refuse": None}

@@ -115,7 +115,7 @@ class AuditRecord:
     would_refuse: str | None = None
 
     @classmethod
-    def of(cls, **fields: Any) -> AuditRecord:
+    def of(cls, fields: dict[str, Any]) -> AuditRecord:
         """``AuditRecord(**fields)``, given every field, without the frozen dataclass's
         ``object.__setattr__`` per field (a record is made for every call)."""
         if fields.keys() != _FIELDS:

@@ -32,7 +32,7 @@ def _norm(value: object) -> str | None:
 def requested_tier(body: Mapping[str, Any]) -> str | None:
     """``"standard"``, ``"flex"`` or ``"priority"`` as the body asks, or ``None`` (unnamed)."""
     for where in (body, body.get("generationConfig"), body.get("config")):
-        if isinstance(where, Mapping):
+        if where is not None and isinstance(where, Mapping):
             for key in ("serviceTier", "service_tier"):
                 if key in where:
                     return _norm(where[key])

@@ -20,6 +20,7 @@ from quotaflow.flow import (
     Effect,
     Exhaust,
     Hold,
+    Learn,
     Lookup,
     Outcome,
     Pause,
@@ -134,19 +135,19 @@ class AsyncDriver(DriverBase):
                 if effect.__class__ is Send:  # the one effect of every call: no call for it
                     result = await self._inner.handle_async_request(request)
                 else:
-                    result = await self._do(effect, request)
+                    result = await self._effect(effect, request)
             except BaseException as exc:  # handed to the flow, which settles and re-raises
                 step, result = flow.throw, exc
         return await self._finish(outcome)
 
-    async def _do(self, effect: Effect, request: Any) -> Any:
-        if isinstance(effect, Send):
-            return await self._inner.handle_async_request(request)
+    def _effect(self, effect: Effect, request: Any) -> Any:
+        """Carries out ``effect``: the common ones hand back the limiter's call as it is (the
+        async driver awaits it with no coroutine of its own between)."""
         if isinstance(effect, Acquire):
             lim = self._pick(effect.limiter)
             if lim.mode == "shadow":
-                return await _shadow.acquire_async(lim, effect)
-            return await lim._acquire(
+                return _shadow.acquire_async(lim, effect)
+            return lim._acquire(
                 effect.model,
                 effect.tokens,
                 effect.cost,
@@ -157,9 +158,14 @@ class AsyncDriver(DriverBase):
                 effect.agent,
             )
         if isinstance(effect, Settle):
-            return await settle_async(effect.permit, effect.amounts)
+            return settle_async(effect.permit, effect.amounts)
         if isinstance(effect, Release):
-            return await release_async(effect.permit)
+            return release_async(effect.permit)
+        return self._do(effect, request)
+
+    async def _do(self, effect: Effect, request: Any) -> Any:
+        if isinstance(effect, Send):
+            return await self._inner.handle_async_request(request)
         if isinstance(effect, Hold):
             found = self._batch_limiter(Limiter, effect.model)
             if found is None:
@@ -197,9 +203,11 @@ class AsyncDriver(DriverBase):
             return await self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return await self._limiter.exhaust(effect.model, effect.dimension)
-        return await self._limiter.learn(
-            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
-        )
+        if isinstance(effect, Learn):
+            return await self._limiter.learn(
+                effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+            )
+        return await self._effect(effect, request)  # Acquire, Settle, Release
 
     async def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport

@@ -18,6 +18,7 @@ from quotaflow.flow import (
     Effect,
     Exhaust,
     Hold,
+    Learn,
     Lookup,
     Outcome,
     Pause,
@@ -132,14 +133,14 @@ class SyncDriver(DriverBase):
                 if effect.__class__ is Send:  # the one effect of every call: no call for it
                     result = self._inner.handle_request(request)
                 else:
-                    result = self._do(effect, request)
+                    result = self._effect(effect, request)
             except BaseException as exc:  # handed to the flow, which settles and re-raises
                 step, result = flow.throw, exc
         return self._finish(outcome)
 
-    def _do(self, effect: Effect, request: Any) -> Any:
-        if isinstance(effect, Send):
-            return self._inner.handle_request(request)
+    def _effect(self, effect: Effect, request: Any) -> Any:
+        """Carries out ``effect``: the common ones hand back the limiter's call as it is (the
+        async driver awaits it with no coroutine of its own between)."""
         if isinstance(effect, Acquire):
             lim = self._pick(effect.limiter)
             if lim.mode == "shadow":
@@ -158,6 +159,11 @@ class SyncDriver(DriverBase):
             return settle_sync(effect.permit, effect.amounts)
         if isinstance(effect, Release):
             return release_sync(effect.permit)
+        return self._do(effect, request)
+
+    def _do(self, effect: Effect, request: Any) -> Any:
+        if isinstance(effect, Send):
+            return self._inner.handle_request(request)
         if isinstance(effect, Hold):
             found = self._batch_limiter(SyncLimiter, effect.model)
             if found is None:
@@ -195,9 +201,11 @@ class SyncDriver(DriverBase):
             return self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return self._limiter.exhaust(effect.model, effect.dimension)
-        return self._limiter.learn(
-            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
-        )
+        if isinstance(effect, Learn):
+            return self._limiter.learn(
+                effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+            )
+        return self._effect(effect, request)  # Acquire, Settle, Release
 
     def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport
