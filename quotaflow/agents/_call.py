@@ -21,6 +21,7 @@ from quotaflow.agents.grants import (
     body_references,
     decide,
     decide_references,
+    may_reference,
     target_resource,
 )
 from quotaflow.errors import BillingError
@@ -40,11 +41,27 @@ __all__ = ["AgentCall", "decision_for", "request_key"]
 def request_key(headers: Mapping[str, str], url: str) -> str | None:
     """The credential a request carries (header, ``?key=`` in any spelling, or bearer token)."""
     canon = canonical_request("GET", url)
-    key = headers.get("x-goog-api-key") or canon.param("key") or canon.param("access_token")
+    key = _header(headers, "x-goog-api-key") or canon.param("key") or canon.param("access_token")
     if key:
         return key
     auth = headers.get("authorization", "")
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """``headers.get(name)`` (``name`` in lower case); httpx's and httpx2's headers are read
+    from their raw bytes when the value is ASCII, without decoding every header first (which
+    working out their encoding does)."""
+    raw = getattr(headers, "raw", None)
+    if isinstance(raw, list):
+        key = name.encode("ascii")
+        found: list[bytes] = [v for k, v in raw if k.lower() == key]
+        if not found:
+            return None
+        if len(found) == 1 and found[0].isascii():
+            return found[0].decode("ascii")
+    value: str | None = headers.get(name)
+    return value
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -81,21 +98,34 @@ def _inner_models(body: Mapping[str, Any], limit: int = 100_000) -> list[str]:
     return out
 
 
+_DECIDED_MAX = 1024
+
+
 def decision_for(
     runtime: Agents,
     agent: str | None,
     call: Call,
     body: Mapping[str, Any],
+    content: bytes | None = None,
 ) -> tuple[str | None, str | None, GrantDecision]:
     """The one decision on a classified request (its canonical form), for the transports and
     ``check()`` alike: ``(model, resource acted on, decision)``. The model a create names in
-    its body and every resource the body names are checked too."""
+    its body and every resource the body names are checked too (``content``, the JSON text
+    ``body`` was parsed from, lets a body that names none skip the walk)."""
     model = call.model or (_body_model(body) if call.creates else None)
     resource = target_resource(call)
     owners = runtime.ownership
     owner = owners.owner(resource) if resource else None
-    decision = decide(runtime.policy, agent, call, model=model, owner=owner)
-    if decision.allowed and body:
+    # the grant decision is a function of the (immutable) policy and these: kept per layer
+    decided = runtime.decided
+    key = (agent, call, model, owner)
+    decision = decided.get(key)
+    if decision is None:
+        decision = decide(runtime.policy, agent, call, model=model, owner=owner)
+        if len(decided) >= _DECIDED_MAX:
+            decided.clear()
+        decided[key] = decision
+    if decision.allowed and body and (content is None or may_reference(content)):
         refused = decide_references(
             runtime.policy, agent, call, body_references(body), owners.owner
         )
@@ -149,7 +179,9 @@ class AgentCall:
         self._agent: str | None = bound or asked_agent
         self.call = call
         self._body = body
-        self.model, self.resource, self.decision = decision_for(runtime, self._agent, call, body)
+        self.model, self.resource, self.decision = decision_for(
+            runtime, self._agent, call, body, content
+        )
         self.path = path_template(url)
         spec = runtime.policy.for_agent(self._agent)
         self._priority: int | None = None
@@ -277,35 +309,42 @@ class AgentCall:
         quota_ids = info.quota_ids if info is not None else []
         if not estimated and self.call.metered and self.call.input_tokens:
             estimated = estimate_tokens(self.call, self._body)  # a call denied before sizing
-        return AuditRecord(
-            time=self.started,
-            agent=self._agent,
-            method=self.call.action,
-            http_method=self.call.method,
-            path=self.path,
-            area=self.call.area,
-            access=self.call.access,
-            model=self.model,
-            decision="allowed" if self.decision.allowed and self.reason != "budget" else "denied",
-            reason=self.reason,
-            outcome=self.outcome,
-            status=self.status,
-            wait=round(float(info.waited if info is not None else 0.0), 6),
-            tokens_estimated=int(estimated or 0),
-            tokens_actual=usage.input_tokens if usage is not None else None,
-            output_tokens=(usage.output_tokens + usage.thoughts_tokens) if usage else None,
-            retries=max(0, attempts - 1),
-            quota_id=quota_ids[-1] if quota_ids else None,
-            priority=self._priority if waited_at is None else waited_at,
-            duration=round(max(0.0, self.runtime.clock.now() - self.started), 6),
-            key=self.key,
-            content_hash=self.hash,
-            resource=self.created_name or self.resource,
-            error=self.error,
-            service_tier=info.service_tier if info is not None else None,
-            spend_micros=info.spend if info is not None else None,
-            **shadow_fields(info.shadow if info is not None else ()),
-        )
+        shadow = info.shadow if info is not None else ()
+        fields = {
+            "time": self.started,
+            "agent": self._agent,
+            "method": self.call.action,
+            "http_method": self.call.method,
+            "path": self.path,
+            "area": self.call.area,
+            "access": self.call.access,
+            "model": self.model,
+            "decision": "allowed"
+            if self.decision.allowed and self.reason != "budget"
+            else "denied",
+            "reason": self.reason,
+            "outcome": self.outcome,
+            "status": self.status,
+            "wait": round(float(info.waited if info is not None else 0.0), 6),
+            "tokens_estimated": int(estimated or 0),
+            "tokens_actual": usage.input_tokens if usage is not None else None,
+            "output_tokens": (usage.output_tokens + usage.thoughts_tokens) if usage else None,
+            "retries": max(0, attempts - 1),
+            "quota_id": quota_ids[-1] if quota_ids else None,
+            "priority": self._priority if waited_at is None else waited_at,
+            "duration": round(max(0.0, self.runtime.clock.now() - self.started), 6),
+            "key": self.key,
+            "content_hash": self.hash,
+            "resource": self.created_name or self.resource,
+            "error": self.error,
+            "service_tier": info.service_tier if info is not None else None,
+            "spend_micros": info.spend if info is not None else None,
+        }
+        fields.update(shadow_fields(shadow) if shadow else _NO_SHADOW)
+        return AuditRecord.of(fields)
+
+
+_NO_SHADOW: dict[str, Any] = {"would_wait": None, "would_refuse": None}
 
 
 def shadow_fields(decisions: Any) -> dict[str, Any]:

@@ -14,12 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -114,6 +114,16 @@ class AuditRecord:
     would_wait: float | None = None
     would_refuse: str | None = None
 
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> AuditRecord:
+        """``AuditRecord(**fields)``, given every field, without the frozen dataclass's
+        ``object.__setattr__`` per field (a record is made for every call)."""
+        if fields.keys() != _FIELDS:
+            return cls(**fields)  # a missing or unknown field: the constructor says which
+        record: AuditRecord = object.__new__(cls)
+        record.__dict__.update(fields)
+        return record
+
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data."""
         return dataclasses.asdict(self)
@@ -123,6 +133,9 @@ class AuditRecord:
         """A record from :meth:`to_dict` output (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_FIELDS = {f.name: None for f in dataclasses.fields(AuditRecord)}.keys()
 
 
 def key_fingerprint(key: str | None) -> str | None:
@@ -245,10 +258,13 @@ class CallbackSink:
 
 
 _STOP = object()
+_LINGER = 0.005
+"""Seconds the writer waits after a wake-up for more records, so it wakes once per batch rather
+than once per call (:meth:`AuditLog.flush` and :meth:`AuditLog.close` cut it short)."""
 
 
 class AuditLog:
-    """Records go on a bounded queue; a writer thread hands them to the sinks.
+    """Records go on a bounded queue; a writer thread hands them to the sinks, in batches.
 
     Args:
         sinks: where records go; a path (or ``str``) means a :class:`JsonLinesSink`.
@@ -271,7 +287,12 @@ class AuditLog:
         ]
         self.content_hash = content_hash
         self.dropped = 0
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # a deque and an event, not a queue.Queue: a record is an append, and the writer is
+        # woken once per batch (a Queue takes a lock and wakes the writer on every put)
+        self._queue: collections.deque[object] = collections.deque()
+        self._size = queue_size
+        self._wake = threading.Event()  # set: the writer has something to take
+        self._hurry = threading.Event()  # set: a flush or close is waiting, skip the linger
         self._reported: set[int] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -285,10 +306,12 @@ class AuditLog:
         if self._closed:
             self._drop(1, "the audit log is closed")
             return
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if len(self._queue) >= self._size:
             self._drop(1, "the audit queue is full")
+            return
+        self._queue.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _drop(self, n: int, why: str, ident: int = 0) -> None:
         with self._lock:
@@ -299,27 +322,36 @@ class AuditLog:
             log.warning("quotaflow audit: %s; records are being dropped (counted)", why)
 
     def _run(self) -> None:
+        queue, wake, hurry = self._queue, self._wake, self._hurry
         while True:
-            item = self._queue.get()
-            batch: list[AuditRecord] = []
-            stop = item is _STOP
-            if not stop:
-                batch.append(item)  # type: ignore[arg-type]
-            while not stop and len(batch) < 512:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
+            wake.wait()
+            if hurry.wait(_LINGER):  # more records come meanwhile: one batch for them all
+                hurry.clear()
+            wake.clear()  # before taking: a record queued from here on sets it again
+            while True:
+                batch: list[AuditRecord] = []
+                marks: list[threading.Event] = []
+                stop = False
+                while len(batch) < 512:
+                    try:
+                        item = queue.popleft()
+                    except IndexError:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    if isinstance(item, threading.Event):  # a flush waits for what came before
+                        marks.append(item)
+                        break
+                    batch.append(item)  # type: ignore[arg-type]
+                if batch:
+                    self._write(batch)
+                for mark in marks:
+                    mark.set()
+                if stop:
+                    return
+                if not batch and not marks:
                     break
-                if more is _STOP:
-                    stop = True
-                else:
-                    batch.append(more)  # type: ignore[arg-type]
-            if batch:
-                self._write(batch)
-            for _ in range(len(batch) + (1 if stop else 0)):
-                self._queue.task_done()
-            if stop:
-                return
 
     def _write(self, batch: list[AuditRecord]) -> None:
         for sink in self.sinks:
@@ -331,14 +363,21 @@ class AuditLog:
     def flush(self) -> None:
         """Wait until every queued record has been written (or dropped)."""
         if self._thread.is_alive():
-            self._queue.join()
+            done = threading.Event()
+            self._queue.append(done)
+            self._hurry.set()
+            self._wake.set()
+            while not done.wait(0.1) and self._thread.is_alive():
+                pass
 
     def close(self) -> None:
         """Write what is queued and stop the writer thread. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._queue.append(_STOP)
+        self._hurry.set()
+        self._wake.set()
         self._thread.join()
 
     def __enter__(self) -> AuditLog:
@@ -348,6 +387,4 @@ class AuditLog:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"AuditLog(sinks={self.sinks!r}, queued={self._queue.qsize()}, dropped={self.dropped})"
-        )
+        return f"AuditLog(sinks={self.sinks!r}, queued={len(self._queue)}, dropped={self.dropped})"

@@ -33,6 +33,7 @@ __all__ = [
     "body_references",
     "decide",
     "decide_references",
+    "may_reference",
     "target_resource",
 ]
 
@@ -107,6 +108,24 @@ _REF_AREAS["tunedModels"] = "tuning"
 _MAX_NODES = 100_000
 TOO_LARGE = "body/too-large"
 """What :func:`body_references` names for a body too large to check (refused as malformed)."""
+
+
+_REF_MARKS = (b"files/", b"cachedContents/", b"batches/", b"tunedModels/")
+
+
+def may_reference(content: bytes) -> bool:
+    """Whether a JSON body's text may name a resource (or be too large to check): ``False``
+    means :func:`body_references` of the body it parses to is ``[]``, found without parsing.
+
+    A reference is a string value that holds one of the four collection names and a ``/``;
+    UTF-8 JSON writes that text as is or with an escape (a backslash). A NUL byte means
+    another encoding (UTF-16 or UTF-32, which the JSON parser accepts too): not ruled out
+    here. Each node the walk counts is at least one byte of the text, so a body of at most
+    ``_MAX_NODES`` bytes is never too large.
+    """
+    if len(content) > _MAX_NODES or b"\\" in content or b"\x00" in content:
+        return True
+    return any(mark in content for mark in _REF_MARKS)
 
 
 def body_references(body: object) -> list[str]:

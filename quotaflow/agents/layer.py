@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from quotaflow.agents._call import AgentCall
 from quotaflow.agents._ownership import Ownership
 from quotaflow.agents.audit import AuditLog, JsonLinesSink, LoggingSink, Sink
+from quotaflow.agents.grants import GrantDecision
 from quotaflow.agents.policy import Policy, load_policy
 from quotaflow.errors import ConfigError
 from quotaflow.gemini import Call
@@ -65,6 +66,8 @@ class Agents:
         self.limiter = limiter
         self.clock = limiter.clock
         self.ownership = Ownership()
+        # grant decisions by (agent, call, model, owner): see decision_for
+        self.decided: dict[tuple[Any, ...], GrantDecision] = {}
         self.budgets = self.policy.budgets()
         default = self.policy.default.budget if self.policy.default is not None else None
         self.default_budget = default.limits() if default is not None else ()

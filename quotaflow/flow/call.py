@@ -31,7 +31,13 @@ from quotaflow.flow.held import Held
 from quotaflow.flow.policy import CallPolicy, CallTicket
 from quotaflow.flow.refusal import malformed_refusal
 from quotaflow.flow.settings import Settings, log
-from quotaflow.flow.sizing import end_budget, output_reservation, parse_body, size_input
+from quotaflow.flow.sizing import (
+    end_budget,
+    output_reservation,
+    parse_body,
+    size_input,
+    sized_here,
+)
 from quotaflow.flow.spend import priority_cost
 from quotaflow.gemini import (
     Call,
@@ -191,7 +197,11 @@ def _call(
     spend_cost: dict[str, int] | None = None
     if call.metered:
         info.priority = prio
-        tokens = yield from size_input(call, body, settings, cache, deadline, info, files)
+        here = sized_here(call, body, settings, info, files)  # no generator when no effect
+        if here is not None:
+            tokens = here
+        else:
+            tokens = yield from size_input(call, body, settings, cache, deadline, info, files)
         cost_map = {"requests": call.requests}
         output = output_reservation(call, body, settings.default_output_tokens)
         if settings.reserve_output and call.area != "embeddings":

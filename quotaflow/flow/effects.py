@@ -81,7 +81,7 @@ class _Response(Protocol):
 # ---- effects: what a driver must do ------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Acquire:
     """Acquire a permit (``limiter``: ``model``, ``count`` or the policy's ``budget``);
     returns it or raises."""
@@ -94,6 +94,30 @@ class Acquire:
     deadline: float | None
     nowait: bool = False
     agent: str | None = None
+
+    def __init__(
+        self,
+        limiter: Literal["model", "count", "budget"],
+        model: str,
+        tokens: int,
+        cost: Mapping[str, int] | None,
+        priority: int | None,
+        deadline: float | None,
+        nowait: bool = False,
+        agent: str | None = None,
+    ) -> None:
+        # one update, not the frozen dataclass's object.__setattr__ per field (every metered
+        # call makes one)
+        self.__dict__.update(
+            limiter=limiter,
+            model=model,
+            tokens=tokens,
+            cost=cost,
+            priority=priority,
+            deadline=deadline,
+            nowait=nowait,
+            agent=agent,
+        )
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ class Settings:
 
     def sizer(self, model: str | None) -> Sizer:
         """The sizer of ``model`` (a mapping may name models and ``"*"`` for the rest)."""
+        if isinstance(self.sizing, str):  # the usual case, before the ABC check
+            return self.sizing
         if isinstance(self.sizing, Mapping):
             found = self.sizing.get(model or "", self.sizing.get("*", "estimate"))
             return found

@@ -3,7 +3,6 @@ what its permits settle with after."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from quotaflow.gemini import (
     estimate_tokens,
     read_count,
 )
+from quotaflow.gemini._usage import _loads
 from quotaflow.limits import Limit
 from quotaflow.observe.shadow import decisions_of
 from quotaflow.quotas.pricing import SPEND_SCOPE, USD_MICROS, SpendBook
@@ -78,18 +78,22 @@ def dims_of(quota: Callable[[str], Sequence[Limit]], model: str) -> dict[str, Li
 # ---- the flow -----------------------------------------------------------------------------
 
 
-def size_input(
+def sized_here(
     call: Call,
     body: Mapping[str, Any],
     settings: Settings,
-    cache: CountCache,
-    deadline: float | None,
     info: CallInfo,
     files: Mapping[str, FileMeta] | None = None,
-) -> Generator[Effect, Any, int]:
+) -> int | None:
+    """The input tokens of a call sized without an effect (no input tokens, a sizing
+    function, the estimate), or ``None`` for a call ``countTokens`` sizes
+    (:func:`size_input`)."""
     if not call.input_tokens:
         return 0
     sizer = settings.sizer(call.model)
+    if sizer == "estimate":
+        info.sized_by = "estimate"
+        return estimate_tokens(call, body, files)
     if callable(sizer):
         n = sizer(call, body)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -101,26 +105,46 @@ def size_input(
         "streamGenerateContent",
     )
     if sizer == "count" and countable:
-        cbody = count_tokens_body(call, body)
-        key = cache.key(call.model or "", cbody)
-        hit = cache.get(key)
-        if hit is not None:
-            info.sized_by = "cache"
-            return hit
-        try:
-            permit: Any = yield Acquire("count", COUNT_MODEL, 0, None, None, deadline, True)
-        except QuotaError:
-            permit = None  # counting is an optimization: never wait for it
-        if permit is not None:
-            permit.mark_sent()
-            result = yield Count(count_tokens_path(call), cbody)  # never raises
-            yield Settle(permit, None)
-            if result is not None and result[0] == 200:
-                counted = read_count(result[1])
-                if counted is not None:
-                    cache.put(key, counted)
-                    info.sized_by = "count"
-                    return counted
+        return None
+    info.sized_by = "estimate"
+    return estimate_tokens(call, body, files)
+
+
+def size_input(
+    call: Call,
+    body: Mapping[str, Any],
+    settings: Settings,
+    cache: CountCache,
+    deadline: float | None,
+    info: CallInfo,
+    files: Mapping[str, FileMeta] | None = None,
+) -> Generator[Effect, Any, int]:
+    """The input tokens of a call: :func:`sized_here`, else counted (``countTokens``, its
+    cache), else the estimate."""
+    here = sized_here(call, body, settings, info, files)
+    if here is not None:
+        return here
+    # countTokens sizes it (its cache first)
+    cbody = count_tokens_body(call, body)
+    key = cache.key(call.model or "", cbody)
+    hit = cache.get(key)
+    if hit is not None:
+        info.sized_by = "cache"
+        return hit
+    try:
+        permit: Any = yield Acquire("count", COUNT_MODEL, 0, None, None, deadline, True)
+    except QuotaError:
+        permit = None  # counting is an optimization: never wait for it
+    if permit is not None:
+        permit.mark_sent()
+        result = yield Count(count_tokens_path(call), cbody)  # never raises
+        yield Settle(permit, None)
+        if result is not None and result[0] == 200:
+            counted = read_count(result[1])
+            if counted is not None:
+                cache.put(key, counted)
+                info.sized_by = "count"
+                return counted
     info.sized_by = "estimate"
     return estimate_tokens(call, body, files)
 
@@ -178,7 +202,7 @@ def parse_body(content: bytes) -> dict[str, Any]:
     if not content:
         return {}
     try:
-        obj = json.loads(content)
+        obj = _loads(content)
     except ValueError:
         return {}
     return obj if isinstance(obj, dict) else {}

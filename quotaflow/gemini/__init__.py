@@ -36,6 +36,7 @@ from quotaflow.gemini._usage import (
     BodyScanner,
     StreamScanner,
     Usage,
+    body_usage,
     decoder_for,
     usage_from_json,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "QuotaViolation",
     "StreamScanner",
     "Usage",
+    "body_usage",
     "classify",
     "count_tokens_body",
     "count_tokens_path",

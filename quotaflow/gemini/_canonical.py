@@ -44,6 +44,7 @@ SECRET_PARAMS = frozenset(
 """Query parameters (canonical names, see :func:`param_name`) whose values are never shown."""
 
 _OVERRIDE_HEADER = "x-http-method-override"
+_OVERRIDE_RAW = _OVERRIDE_HEADER.encode("ascii")
 _OVERRIDE_PARAM = "httpmethod"  # $httpMethod
 
 
@@ -178,16 +179,28 @@ def canonical_request(
     canon = _canonical(method, url) if "?" in url or "@" in url else _cached(method, url)
     if headers is None or canon.problem is not None:
         return canon
-    override = None
-    for k, v in headers.items():
-        if k.lower() == _OVERRIDE_HEADER:
-            override = v
-    if override is None or any(k == _OVERRIDE_PARAM for k, _ in canon.query):
-        return canon  # no header override, or the query's own (already judged) wins
+    override = _override_header(headers)
+    if override is None:
+        return canon  # no header override
+    if any(k == _OVERRIDE_PARAM for k, _ in canon.query):
+        return canon  # the query's own override (already judged) wins
     if override.strip().upper() == canon.method:
         return canon
     problem = f"a method override to {override.strip()[:16]!r}"
     return CanonicalRequest(canon.method, canon.path, canon.query, problem)
+
+
+def _override_header(headers: Mapping[str, str]) -> str | None:
+    """The ``X-HTTP-Method-Override`` header's value, in any spelling of its name (the values
+    of a repeated header joined by ``", "``, as httpx's ``Headers.items()`` joins them)."""
+    raw = getattr(headers, "raw", None)  # httpx's and httpx2's (name, value) bytes
+    if isinstance(raw, list) and _OVERRIDE_RAW not in b"\n".join([k for k, _ in raw]).lower():
+        return None  # not there: found without decoding every header (or their encoding)
+    override = None
+    for k, v in headers.items():
+        if k.lower() == _OVERRIDE_HEADER:
+            override = v
+    return override
 
 
 def _canonical(method: str, url: str) -> CanonicalRequest:

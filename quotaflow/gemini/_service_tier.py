@@ -32,7 +32,7 @@ def _norm(value: object) -> str | None:
 def requested_tier(body: Mapping[str, Any]) -> str | None:
     """``"standard"``, ``"flex"`` or ``"priority"`` as the body asks, or ``None`` (unnamed)."""
     for where in (body, body.get("generationConfig"), body.get("config")):
-        if isinstance(where, Mapping):
+        if where is not None and isinstance(where, Mapping):
             for key in ("serviceTier", "service_tier"):
                 if key in where:
                     return _norm(where[key])
@@ -43,8 +43,13 @@ def served_tier(headers: Mapping[str, str] | Any, requested: str | None) -> str:
     """The tier a response was served at: its ``x-gemini-service-tier`` header, else the one
     requested (``standard`` when none was)."""
     value = None
-    try:
-        value = headers.get(SERVED_TIER_HEADER)
-    except AttributeError:
-        value = None
+    get_list = getattr(headers, "get_list", None)
+    if callable(get_list):  # httpx's and httpx2's Headers: no KeyError raised inside when absent
+        values = get_list(SERVED_TIER_HEADER)
+        value = ", ".join(values) if values else None
+    else:
+        try:
+            value = headers.get(SERVED_TIER_HEADER)
+        except AttributeError:
+            value = None
     return _norm(value) or requested or "standard"

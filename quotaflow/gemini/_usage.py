@@ -13,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BodyScanner", "StreamScanner", "Usage", "decoder_for", "usage_from_json"]
+__all__ = [
+    "BodyScanner",
+    "StreamScanner",
+    "Usage",
+    "body_usage",
+    "decoder_for",
+    "usage_from_json",
+]
 
 
 @dataclass(frozen=True)
@@ -140,15 +147,38 @@ def usage_from_json(obj: Any) -> Usage | None:
     return None
 
 
-_decoder = json.JSONDecoder()
+_raw_decode = json.JSONDecoder().raw_decode
+_SPACE = " \t\n\r"  # JSON's whitespace
 
 
 def _loads(data: bytes) -> Any:
     """``json.loads(data)``: a body that opens as UTF-8 JSON (``{`` or ``[`` and no NUL after
-    it, so no BOM, UTF-16 or UTF-32) is decoded here, skipping ``json.detect_encoding``."""
+    it, so no BOM, UTF-16 or UTF-32) is decoded here, skipping ``json.detect_encoding`` (and
+    the decoder's whitespace patterns: only JSON whitespace may follow the value)."""
     if data[:1] in (b"{", b"[") and data[1:2] != b"\x00":
-        return _decoder.decode(data.decode("utf-8", "surrogatepass"))
+        text = data.decode("utf-8", "surrogatepass")
+        obj, end = _raw_decode(text)
+        if end != len(text):
+            rest = text[end:]
+            left = rest.lstrip(_SPACE)
+            if left:
+                raise json.JSONDecodeError("Extra data", text, len(text) - len(left))
+        return obj
     return json.loads(data)
+
+
+_BODY_LIMIT = 32 * 1024 * 1024
+
+
+def body_usage(data: bytes, limit: int = _BODY_LIMIT) -> Usage | None:
+    """The usage of a whole JSON body (``None`` if none, not JSON, or over ``limit`` bytes):
+    what :class:`BodyScanner` reads once it has been fed ``data``."""
+    if not data or len(data) > limit:
+        return None
+    try:
+        return usage_from_json(_loads(data))
+    except ValueError:
+        return None
 
 
 class BodyScanner:
@@ -156,7 +186,7 @@ class BodyScanner:
 
     __slots__ = ("_chunks", "_limit", "_size")
 
-    def __init__(self, limit: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, limit: int = _BODY_LIMIT) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
         self._limit = limit
@@ -172,11 +202,7 @@ class BodyScanner:
         chunks = self._chunks
         if self._size > self._limit or not chunks:
             return None
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        try:
-            return usage_from_json(_loads(data))
-        except ValueError:
-            return None
+        return body_usage(chunks[0] if len(chunks) == 1 else b"".join(chunks), self._limit)
 
 
 class StreamScanner:

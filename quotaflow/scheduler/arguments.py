@@ -22,7 +22,7 @@ def call_metrics(tokens: int, cost: Mapping[str, int] | None) -> dict[str, int]:
             "(round a float up with math.ceil)"
         )
     metrics = {"requests": 1, "input_tokens": tokens}
-    if cost is not None and not isinstance(cost, Mapping):
+    if cost is not None and type(cost) is not dict and not isinstance(cost, Mapping):
         raise ConfigError(
             f"cost={cost!r}: give amounts by metric, e.g. {{'requests': 1, 'images': 2}}"
         )

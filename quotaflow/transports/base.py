@@ -8,7 +8,6 @@ The drivers themselves are :mod:`quotaflow.transports.driver_async` (the source)
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from collections.abc import Mapping
@@ -32,6 +31,8 @@ from quotaflow.gemini import (
     BodyScanner,
     CountCache,
     StreamScanner,
+    Usage,
+    body_usage,
     classify,
     decoder_for,
     needs_body,
@@ -44,6 +45,7 @@ from quotaflow.permit import Permit
 __all__ = [
     "DriverBase",
     "Scan",
+    "read_usage",
     "release_async",
     "release_sync",
     "settle_async",
@@ -96,7 +98,7 @@ def redact_http_logs() -> None:
             logger.addFilter(_REDACT)
 
 
-_RAW_PREFIX = HEADER_PREFIX.encode("ascii")
+_RAW_MARK = b"\n" + HEADER_PREFIX.encode("ascii")
 
 
 def _drop(left: Any) -> None:
@@ -109,8 +111,10 @@ def _drop(left: Any) -> None:
 def take_directives(headers: Any) -> dict[str, str]:
     """Remove the ``x-quotaflow-*`` headers from ``headers``; returns their values by suffix."""
     raw = getattr(headers, "raw", None)  # httpx's and httpx2's (name, value) bytes: no decoding
-    if isinstance(raw, list) and not any(k.lower().startswith(_RAW_PREFIX) for k, _ in raw):
-        return {}
+    if isinstance(raw, list):
+        names = b"\n" + b"\n".join([k for k, _ in raw]).lower()
+        if _RAW_MARK not in names:  # no name starts with the prefix (each follows a newline)
+            return {}
     found: dict[str, str] = {}
     for name in [k for k in headers if k.lower().startswith(HEADER_PREFIX)]:
         found[name.lower()[len(HEADER_PREFIX) :]] = headers[name]
@@ -146,6 +150,20 @@ class Scan:
         if isinstance(self.scanner, StreamScanner):
             self.scanner.finish()
         return True
+
+
+def read_usage(response: Any, streaming: bool) -> Usage | None:
+    """The usage of a response the inner transport has already read (its decoded body): what
+    a :class:`Scan` of it reads."""
+    if (
+        not streaming
+        and "event-stream" not in str(response.headers.get("content-type", "")).lower()
+    ):
+        return body_usage(response.content)  # a JSON body, whole: no scanner needed
+    scan = Scan(response, streaming, decoded=True)
+    scan.feed(response.content)
+    scan.end()
+    return scan.scanner.usage()
 
 
 async def settle_async(permit: Any, amounts: Mapping[str, int] | None) -> None:
@@ -330,10 +348,14 @@ class DriverBase:
         if metrics.ON and model:
             metrics.call_done(model, info.statuses, info.attempts)
         if info.call.metered and model:
-            with contextlib.suppress(QuotaflowError):
+            try:  # noqa: SIM105 - try costs nothing here; suppress() is an object per call
                 info.origins = self._limiter.origins(model)
-        with contextlib.suppress(TypeError):  # an immutable mapping: skip
+            except QuotaflowError:
+                pass
+        try:  # noqa: SIM105 - as above
             response.extensions["quotaflow"] = info
+        except TypeError:  # an immutable mapping: skip
+            pass
 
     def __repr__(self) -> str:
         s = self._settings

@@ -20,6 +20,7 @@ from quotaflow.flow import (
     Effect,
     Exhaust,
     Hold,
+    Learn,
     Lookup,
     Outcome,
     Pause,
@@ -33,6 +34,7 @@ from quotaflow.flow import (
 )
 from quotaflow.flow.held import held_for
 from quotaflow.flow.policy import CallPolicy
+from quotaflow.gemini import Usage
 from quotaflow.limiter import Limiter
 from quotaflow.observe import metrics
 from quotaflow.observe import shadow as _shadow
@@ -41,6 +43,7 @@ from quotaflow.transports.base import (
     DriverBase,
     Scan,
     log,
+    read_usage,
     release_async,
     settle_async,
     take_directives,
@@ -119,29 +122,32 @@ class AsyncDriver(DriverBase):
         streamed = self._passthrough(request, url)
         content = b"" if streamed else await request.aread()
         flow = self._flow(request, url, content, pairs, streamed)
+        step = flow.send
         result: Any = None
-        error: BaseException | None = None
         while True:
             try:
-                effect = flow.throw(error) if error is not None else flow.send(result)
+                effect = step(result)
             except StopIteration as stop:
                 outcome: Outcome = stop.value
                 break
-            error = None
+            step = flow.send
             try:
-                result = await self._do(effect, request)
+                if effect.__class__ is Send:  # the one effect of every call: no call for it
+                    result = await self._inner.handle_async_request(request)
+                else:
+                    result = await self._effect(effect, request)
             except BaseException as exc:  # handed to the flow, which settles and re-raises
-                result, error = None, exc
+                step, result = flow.throw, exc
         return await self._finish(outcome)
 
-    async def _do(self, effect: Effect, request: Any) -> Any:
-        if isinstance(effect, Send):
-            return await self._inner.handle_async_request(request)
+    def _effect(self, effect: Effect, request: Any) -> Any:
+        """Carries out ``effect``: the common ones hand back the limiter's call as it is (the
+        async driver awaits it with no coroutine of its own between)."""
         if isinstance(effect, Acquire):
             lim = self._pick(effect.limiter)
             if lim.mode == "shadow":
-                return await _shadow.acquire_async(lim, effect)
-            return await lim._acquire(
+                return _shadow.acquire_async(lim, effect)
+            return lim._acquire(
                 effect.model,
                 effect.tokens,
                 effect.cost,
@@ -152,9 +158,14 @@ class AsyncDriver(DriverBase):
                 effect.agent,
             )
         if isinstance(effect, Settle):
-            return await settle_async(effect.permit, effect.amounts)
+            return settle_async(effect.permit, effect.amounts)
         if isinstance(effect, Release):
-            return await release_async(effect.permit)
+            return release_async(effect.permit)
+        return self._do(effect, request)
+
+    async def _do(self, effect: Effect, request: Any) -> Any:
+        if isinstance(effect, Send):
+            return await self._inner.handle_async_request(request)
         if isinstance(effect, Hold):
             found = self._batch_limiter(Limiter, effect.model)
             if found is None:
@@ -192,9 +203,11 @@ class AsyncDriver(DriverBase):
             return await self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return await self._limiter.exhaust(effect.model, effect.dimension)
-        return await self._limiter.learn(
-            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
-        )
+        if isinstance(effect, Learn):
+            return await self._limiter.learn(
+                effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+            )
+        return await self._effect(effect, request)  # Acquire, Settle, Release
 
     async def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport
@@ -211,40 +224,43 @@ class AsyncDriver(DriverBase):
             response = self._answer(outcome)
             self._info(response, info)
             return response
-        response, permit, budget = outcome.response, outcome.permit, outcome.budget
+        response, permit = outcome.response, outcome.permit
         self._info(response, info)
         if permit is None:
             if ticket is not None:
                 ticket.finish(info)
             return response
-        reserve = self._settings.reserve_output
+        if response.is_closed:  # an inner transport that returned a read response
+            await self._settle(outcome, read_usage(response, info.call.streaming))
+            return response
 
         async def settle(scan: Scan) -> None:
-            info.usage = scan.scanner.usage()
-            info.settled = True
-            if metrics.ON and info.usage is not None and info.call.model:
-                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
-            amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
-            try:
-                await permit.settle(**amounts)
-                if budget is not None and ticket is not None:
-                    try:
-                        await budget.settle(**ticket.budget_amounts(info))
-                    except Exception as exc:  # the budget's store failed; the call succeeded
-                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
-            finally:
-                if ticket is not None:
-                    ticket.finish(info)
+            await self._settle(outcome, scan.scanner.usage())
 
-        if response.is_closed:  # an inner transport that returned a read response
-            scan = Scan(response, info.call.streaming, decoded=True)
-            scan.feed(response.content)
-            if scan.end():
-                await settle(scan)
-            return response
         scan = Scan(response, info.call.streaming)
         response.stream = self._stream_cls(response.stream, scan, settle)
         return response
+
+    async def _settle(self, outcome: Outcome, usage: Usage | None) -> None:
+        """Settle the call's permits from the usage its response reported, and finish its
+        ticket."""
+        info, permit, budget, ticket = outcome.info, outcome.permit, outcome.budget, outcome.ticket
+        info.usage = usage
+        info.settled = True
+        if metrics.ON and usage is not None and info.call.model:
+            metrics.settled(info.call.model, info.estimated, usage.input_tokens)
+        reserve = self._settings.reserve_output
+        amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
+        try:
+            await permit.settle(**amounts)
+            if budget is not None and ticket is not None:
+                try:
+                    await budget.settle(**ticket.budget_amounts(info))
+                except Exception as exc:  # the budget's store failed; the call succeeded
+                    log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
+        finally:
+            if ticket is not None:
+                ticket.finish(info)
 
     async def _aclose(self) -> None:
         await self._inner.aclose()

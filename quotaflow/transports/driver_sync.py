@@ -18,6 +18,7 @@ from quotaflow.flow import (
     Effect,
     Exhaust,
     Hold,
+    Learn,
     Lookup,
     Outcome,
     Pause,
@@ -31,6 +32,7 @@ from quotaflow.flow import (
 )
 from quotaflow.flow.held import held_for
 from quotaflow.flow.policy import CallPolicy
+from quotaflow.gemini import Usage
 from quotaflow.observe import metrics
 from quotaflow.observe import shadow as _shadow
 from quotaflow.sync import SyncLimiter
@@ -39,6 +41,7 @@ from quotaflow.transports.base import (
     DriverBase,
     Scan,
     log,
+    read_usage,
     release_sync,
     settle_sync,
     take_directives,
@@ -117,24 +120,27 @@ class SyncDriver(DriverBase):
         streamed = self._passthrough(request, url)
         content = b"" if streamed else request.read()
         flow = self._flow(request, url, content, pairs, streamed)
+        step = flow.send
         result: Any = None
-        error: BaseException | None = None
         while True:
             try:
-                effect = flow.throw(error) if error is not None else flow.send(result)
+                effect = step(result)
             except StopIteration as stop:
                 outcome: Outcome = stop.value
                 break
-            error = None
+            step = flow.send
             try:
-                result = self._do(effect, request)
+                if effect.__class__ is Send:  # the one effect of every call: no call for it
+                    result = self._inner.handle_request(request)
+                else:
+                    result = self._effect(effect, request)
             except BaseException as exc:  # handed to the flow, which settles and re-raises
-                result, error = None, exc
+                step, result = flow.throw, exc
         return self._finish(outcome)
 
-    def _do(self, effect: Effect, request: Any) -> Any:
-        if isinstance(effect, Send):
-            return self._inner.handle_request(request)
+    def _effect(self, effect: Effect, request: Any) -> Any:
+        """Carries out ``effect``: the common ones hand back the limiter's call as it is (the
+        async driver awaits it with no coroutine of its own between)."""
         if isinstance(effect, Acquire):
             lim = self._pick(effect.limiter)
             if lim.mode == "shadow":
@@ -153,6 +159,11 @@ class SyncDriver(DriverBase):
             return settle_sync(effect.permit, effect.amounts)
         if isinstance(effect, Release):
             return release_sync(effect.permit)
+        return self._do(effect, request)
+
+    def _do(self, effect: Effect, request: Any) -> Any:
+        if isinstance(effect, Send):
+            return self._inner.handle_request(request)
         if isinstance(effect, Hold):
             found = self._batch_limiter(SyncLimiter, effect.model)
             if found is None:
@@ -190,9 +201,11 @@ class SyncDriver(DriverBase):
             return self._limiter.pause(effect.model, effect.dimension, effect.until)
         if isinstance(effect, Exhaust):
             return self._limiter.exhaust(effect.model, effect.dimension)
-        return self._limiter.learn(
-            effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
-        )
+        if isinstance(effect, Learn):
+            return self._limiter.learn(
+                effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+            )
+        return self._effect(effect, request)  # Acquire, Settle, Release
 
     def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport
@@ -209,40 +222,43 @@ class SyncDriver(DriverBase):
             response = self._answer(outcome)
             self._info(response, info)
             return response
-        response, permit, budget = outcome.response, outcome.permit, outcome.budget
+        response, permit = outcome.response, outcome.permit
         self._info(response, info)
         if permit is None:
             if ticket is not None:
                 ticket.finish(info)
             return response
-        reserve = self._settings.reserve_output
+        if response.is_closed:  # an inner transport that returned a read response
+            self._settle(outcome, read_usage(response, info.call.streaming))
+            return response
 
         def settle(scan: Scan) -> None:
-            info.usage = scan.scanner.usage()
-            info.settled = True
-            if metrics.ON and info.usage is not None and info.call.model:
-                metrics.settled(info.call.model, info.estimated, info.usage.input_tokens)
-            amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
-            try:
-                permit.settle(**amounts)
-                if budget is not None and ticket is not None:
-                    try:
-                        budget.settle(**ticket.budget_amounts(info))
-                    except Exception as exc:  # the budget's store failed; the call succeeded
-                        log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
-            finally:
-                if ticket is not None:
-                    ticket.finish(info)
+            self._settle(outcome, scan.scanner.usage())
 
-        if response.is_closed:  # an inner transport that returned a read response
-            scan = Scan(response, info.call.streaming, decoded=True)
-            scan.feed(response.content)
-            if scan.end():
-                settle(scan)
-            return response
         scan = Scan(response, info.call.streaming)
         response.stream = self._stream_cls(response.stream, scan, settle)
         return response
+
+    def _settle(self, outcome: Outcome, usage: Usage | None) -> None:
+        """Settle the call's permits from the usage its response reported, and finish its
+        ticket."""
+        info, permit, budget, ticket = outcome.info, outcome.permit, outcome.budget, outcome.ticket
+        info.usage = usage
+        info.settled = True
+        if metrics.ON and usage is not None and info.call.model:
+            metrics.settled(info.call.model, info.estimated, usage.input_tokens)
+        reserve = self._settings.reserve_output
+        amounts: Mapping[str, int] = final_amounts(info, reserve, self._limiter.spend)
+        try:
+            permit.settle(**amounts)
+            if budget is not None and ticket is not None:
+                try:
+                    budget.settle(**ticket.budget_amounts(info))
+                except Exception as exc:  # the budget's store failed; the call succeeded
+                    log.warning("quotaflow: a budget was not settled (%s)", type(exc).__name__)
+        finally:
+            if ticket is not None:
+                ticket.finish(info)
 
     def _close(self) -> None:
         self._inner.close()

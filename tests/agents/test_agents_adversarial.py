@@ -455,6 +455,29 @@ async def test_a_body_cannot_use_a_resource_of_an_area_without_a_grant(
         assert r.status_code == 200, r.text
 
 
+async def test_a_resource_named_in_any_json_spelling_of_the_body_is_checked(
+    served: ServedEmulator, records: Records, requests_seen: EmulatorRequests
+) -> None:
+    # the JSON text may write the name with escapes, or in UTF-16/UTF-32 (which the JSON
+    # parser reads too): the name is checked whatever the bytes look like
+    lim = limiter({"agents": {"mallory": {"grants": {"content": "write"}}}})
+    plain = '{"cachedContent": "cachedContents/abc", "contents": [{"parts": [{"text": "x"}]}]}'
+    bodies = {
+        "escaped slash": plain.replace("cachedContents/", "cachedContents\\/").encode(),
+        "unicode escape": plain.replace('"cachedContents/', '"\\u0063achedContents/').encode(),
+        "utf-16": plain.encode("utf-16"),
+        "utf-16-le": plain.encode("utf-16-le"),
+        "utf-32-be": plain.encode("utf-32-be"),
+        "utf-8 bom": plain.encode("utf-8-sig"),
+    }
+    headers = {"content-type": "application/json"}
+    async with _client(lim, "mallory", served, records) as http:
+        for what, content in bodies.items():
+            r = await http.post(_generate(FLASH), content=content, headers=headers)
+            assert r.status_code == 403 and "no_grant" in r.text, what
+    assert requests_seen.lines == []
+
+
 def test_check_gives_the_transports_decision_for_a_model_in_a_create_body() -> None:
     grants = {"caching": "write", "content": {"access": "write", "models": [f"{FLASH}*"]}}
     caching = {"access": "write", "models": [f"{FLASH}*"]}
