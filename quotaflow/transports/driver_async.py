@@ -16,6 +16,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.flow import (
     COUNT_MODEL,
     Acquire,
+    AcquireBoth,
     Count,
     Effect,
     Exhaust,
@@ -45,6 +46,7 @@ from quotaflow.transports.base import (
     settle_async,
     take_directives,
 )
+from quotaflow.transports.both import acquire_both_async
 
 __all__ = ["AsyncDriver", "async_stream_class"]
 
@@ -138,19 +140,10 @@ class AsyncDriver(DriverBase):
         if isinstance(effect, Send):
             return await self._inner.handle_async_request(request)
         if isinstance(effect, Acquire):
-            lim = self._pick(effect.limiter)
-            if lim.mode == "shadow":
-                return await _shadow.acquire_async(lim, effect)
-            return await lim._acquire(
-                effect.model,
-                effect.tokens,
-                effect.cost,
-                effect.priority,
-                None,
-                None if effect.nowait else effect.deadline,
-                effect.nowait,
-                effect.agent,
-            )
+            return await self._take(effect)
+        if isinstance(effect, AcquireBoth):
+            at_once = self._pick(effect.first.limiter)._ops.may_stall
+            return await acquire_both_async(self._take, effect.first, effect.second, at_once)
         if isinstance(effect, Settle):
             return await settle_async(effect.permit, effect.amounts)
         if isinstance(effect, Release):
@@ -194,6 +187,21 @@ class AsyncDriver(DriverBase):
             return await self._limiter.exhaust(effect.model, effect.dimension)
         return await self._limiter.learn(
             effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
+        )
+
+    async def _take(self, effect: Acquire) -> Any:
+        lim = self._pick(effect.limiter)
+        if lim.mode == "shadow":
+            return await _shadow.acquire_async(lim, effect)
+        return await lim._acquire(
+            effect.model,
+            effect.tokens,
+            effect.cost,
+            effect.priority,
+            None,
+            None if effect.nowait else effect.deadline,
+            effect.nowait,
+            effect.agent,
         )
 
     async def _read(self, response: Any) -> tuple[bytes, Any]:
