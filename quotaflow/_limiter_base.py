@@ -4,8 +4,10 @@ decisions to the calls that wait for them."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from quotaflow._limiter_common import not_copyable
@@ -14,9 +16,18 @@ from quotaflow.clock import Clock
 from quotaflow.limits import Limit
 from quotaflow.quotas.pricing import SpendBook
 from quotaflow.quotas.shares import Share
-from quotaflow.scheduler.core import LimiterCore, Subscriptions, shares_figures
+from quotaflow.scheduler.core import LimiterCore, Subscriptions, poll_flow, shares_figures
 
 __all__ = ["LimiterBase"]
+
+log = logging.getLogger("quotaflow")
+
+
+async def _poll(limiter: Any, model: str) -> None:
+    try:
+        await limiter._run(poll_flow(limiter._core, model))
+    except Exception as exc:  # the next due read tries again
+        log.debug("quotaflow: reading the fleet's figures failed (%s)", type(exc).__name__)
 
 
 class LimiterBase:
@@ -34,6 +45,22 @@ class LimiterBase:
         self._early: dict[str, Decision] = {}
         self._early_lock = threading.Lock()
         self._listening = Subscriptions(self.backend, self._deliver)
+        # a due read of the fleet's figures taken off an acquire's path (see scope_flow)
+        self._later: Callable[[str], bool] | None = None
+        self._polls: set[asyncio.Task[None]] = set()
+
+    def _poll_later(self, model: str) -> bool:
+        """Read what the fleet learned for ``model`` in a task of its own (asyncio; the async
+        limiter on a backend across a network): the acquire that found the read due does not
+        wait for that round trip. ``False`` (no asyncio loop): the caller reads it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        task = loop.create_task(_poll(self, model))
+        self._polls.add(task)
+        task.add_done_callback(self._polls.discard)
+        return True
 
     @property
     def clock(self) -> Clock:

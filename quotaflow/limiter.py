@@ -140,6 +140,10 @@ class Limiter(LimiterBase):
         self.backend = ops.backend
         self._waiters: dict[str, AsyncWaiter | None] = {}
         self._listen()
+        # unasync: async-only
+        if ops.may_stall and self._shares_figures:  # the fleet's figures: read alongside
+            self._later = self._poll_later
+        # unasync: end
 
     @classmethod
     def sharing(cls, limiter: SharesCore) -> Limiter:
@@ -157,9 +161,10 @@ class Limiter(LimiterBase):
                 return stop.value
             result = await self._ops.call(op.name, *op.args)
 
-    async def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
+    async def _scope(self, model: str, later: Any = None) -> tuple[str, str, tuple[Limit, ...]]:
         core = self._core
-        key, canonical, limits = await self._run(scope_flow(core, model, self._shares_figures))
+        flow = scope_flow(core, model, self._shares_figures, later)
+        key, canonical, limits = await self._run(flow)
         self._listening.ensure(key)
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
@@ -293,7 +298,7 @@ class Limiter(LimiterBase):
         agent: str | None = None,
     ) -> Permit:
         core, clock, ops = self._core, self.clock, self._ops
-        key, canonical, limits = await self._scope(model)
+        key, canonical, limits = await self._scope(model, self._later)
         req, metrics, prio = core.request(
             canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent
         )

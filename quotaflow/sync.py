@@ -155,9 +155,10 @@ class SyncLimiter(LimiterBase):
                 return stop.value
             result = self._ops.call(op.name, *op.args)
 
-    def _scope(self, model: str) -> tuple[str, str, tuple[Limit, ...]]:
+    def _scope(self, model: str, later: Any = None) -> tuple[str, str, tuple[Limit, ...]]:
         core = self._core
-        key, canonical, limits = self._run(scope_flow(core, model, self._shares_figures))
+        flow = scope_flow(core, model, self._shares_figures, later)
+        key, canonical, limits = self._run(flow)
         self._listening.ensure(key)
         if model not in core.lanes:
             core.remember_lane(model, key, canonical, limits, self.backend)
@@ -291,7 +292,7 @@ class SyncLimiter(LimiterBase):
         agent: str | None = None,
     ) -> SyncPermit:
         core, clock, ops = self._core, self.clock, self._ops
-        key, canonical, limits = self._scope(model)
+        key, canonical, limits = self._scope(model, self._later)
         req, metrics, prio = core.request(
             canonical, limits, tokens, cost, priority, timeout, deadline, nowait, agent
         )

@@ -111,6 +111,7 @@ TRANSPORT_RULES: Rules = (
     ("aread", "read"),
     ("import anyio", "import time"),
     ("acquire_async", "acquire_sync"),
+    ("acquire_both_async", "acquire_both_sync"),
     ("settle_async", "settle_sync"),
     ("release_async", "release_sync"),
     ("async_stream_class", "sync_stream_class"),

@@ -91,6 +91,9 @@ class Agents:
         core.book.probe = None
         self.sync_limiter = SyncLimiter.sharing(limiter)
         self.sync_budget = SyncLimiter.sharing(self.budget)
+        for lim in (self.budget, self.sync_budget):  # no figures of the fleet to read either
+            lim._shares_figures = False
+            lim._later = None
         self._audit: AuditLog | None = None
 
     def agent(self, name: str | None = None, *, audit: AuditLog | None = None) -> AgentHandle:

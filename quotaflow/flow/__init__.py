@@ -22,6 +22,7 @@ from quotaflow.flow.attempts import send_failure
 from quotaflow.flow.call import call_flow, directives
 from quotaflow.flow.effects import (
     Acquire,
+    AcquireBoth,
     CallFlow,
     CallInfo,
     Count,
@@ -56,6 +57,7 @@ __all__ = [
     "DOC_ARGS",
     "HEADER_PREFIX",
     "Acquire",
+    "AcquireBoth",
     "CallFlow",
     "CallInfo",
     "CallPolicy",

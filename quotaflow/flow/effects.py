@@ -121,6 +121,16 @@ class Acquire:
 
 
 @dataclass(frozen=True)
+class AcquireBoth:
+    """Acquire two permits (a call's model and spend permits): returns ``(first, second,
+    waited)``, or raises the refusal (the first's when both are refused) with neither kept.
+    A driver may ask both at once (``waited``: the seconds the call waited for the two)."""
+
+    first: Acquire
+    second: Acquire
+
+
+@dataclass(frozen=True)
 class Hold:
     """Hold ``tokens`` of ``model``'s ``batch_enqueued_tokens`` (a ``Concurrent`` limit);
     returns the permit, or ``None`` when the model has no such limit."""
@@ -213,6 +223,7 @@ class Sleep:
 
 Effect = (
     Acquire
+    | AcquireBoth
     | Hold
     | Send
     | Read

@@ -11,7 +11,16 @@ from quotaflow.errors import (
     QuotaError,
     UnknownModelError,
 )
-from quotaflow.flow.effects import Acquire, CallInfo, Count, Effect, Hold, Release, Settle
+from quotaflow.flow.effects import (
+    Acquire,
+    AcquireBoth,
+    CallInfo,
+    Count,
+    Effect,
+    Hold,
+    Release,
+    Settle,
+)
 from quotaflow.flow.settings import COUNT_MODEL, Settings
 from quotaflow.flow.spend import Paired, settle_spend
 from quotaflow.gemini import (
@@ -171,18 +180,16 @@ def admit(
     elif metered:
         which: Literal["model", "count"] = "model" if call.metered else "count"
         target = model if call.metered else COUNT_MODEL
-        permit = yield Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
-        info.shadow.extend(decisions_of(permit))
-        if spend_cost is not None:
-            try:
-                for_spend = yield Acquire(
-                    "model", SPEND_SCOPE, 0, spend_cost, prio, deadline, agent=info.agent
-                )
-            except BaseException:
-                yield Release(permit)
-                raise
-            permit = Paired(permit, for_spend)
+        ask = Acquire(which, target, tokens, cost, prio, deadline, agent=info.agent)
+        if spend_cost is None:
+            permit = yield ask
+            info.shadow.extend(decisions_of(permit))
+        else:  # both or neither (the driver may ask both at once)
+            spend = Acquire("model", SPEND_SCOPE, 0, spend_cost, prio, deadline, agent=info.agent)
+            permit, for_spend, waited = yield AcquireBoth(ask, spend)
+            info.shadow.extend(decisions_of(permit))
             info.shadow.extend(decisions_of(for_spend))
+            permit = Paired(permit, for_spend, waited)
         info.waited += permit.waited
         info.priority = permit.priority
     return permit

@@ -55,14 +55,17 @@ class Paired:
     """A model permit and the project's spend permit, used as one by the call flow and the
     drivers: ``usd_micros`` settles the spend permit, everything else the model permit."""
 
-    __slots__ = ("model", "spend")
+    __slots__ = ("_waited", "model", "spend")
 
-    def __init__(self, model: Any, spend: Any) -> None:
+    def __init__(self, model: Any, spend: Any, waited: float | None = None) -> None:
         self.model = model
         self.spend = spend
+        self._waited = waited  # what the two waited together (asked at once: overlapping)
 
     @property
     def waited(self) -> float:
+        if self._waited is not None:
+            return self._waited
         return float(self.model.waited) + float(self.spend.waited)
 
     @property

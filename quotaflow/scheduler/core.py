@@ -48,6 +48,7 @@ from quotaflow.scheduler.flows import (
     Subscriptions,
     acquire_flow,
     learn_flow,
+    poll_flow,
     scope_flow,
     shares_figures,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "Subscriptions",
     "acquire_flow",
     "learn_flow",
+    "poll_flow",
     "scope_flow",
     "shares_figures",
 ]

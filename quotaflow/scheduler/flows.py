@@ -16,6 +16,7 @@ from quotaflow.backends.base import Decision, Request
 from quotaflow.clock import Clock
 from quotaflow.limits import Limit
 from quotaflow.quotas.book import PROBE, SEEN, Learned
+from quotaflow.quotas.pricing import SPEND_SCOPE
 
 if TYPE_CHECKING:
     from quotaflow.scheduler.core import LimiterCore
@@ -27,6 +28,7 @@ __all__ = [
     "Subscriptions",
     "acquire_flow",
     "learn_flow",
+    "poll_flow",
     "scope_flow",
     "shares_figures",
 ]
@@ -124,17 +126,28 @@ def shares_figures(backend: Any) -> bool:
 
 
 def scope_flow(
-    core: LimiterCore, model: str, shared: bool
+    core: LimiterCore, model: str, shared: bool, later: Callable[[str], bool] | None = None
 ) -> Generator[Op, Any, tuple[str, str, tuple[Limit, ...]]]:
     """The scope of ``model``, configured with its current limits: what the fleet learned is
-    read now and then, an adaptive figure grows after a quiet minute. Run by both limiters."""
+    read now and then, an adaptive figure grows after a quiet minute. Run by both limiters.
+
+    ``later(model)``, if given, may take a due read of the fleet's figures off the call's path
+    (``True``: it runs :func:`poll_flow` alongside; the call goes on with the limits it has,
+    and a grant under limits that changed meanwhile is asked again, see ``Limiter.acquire``).
+    """
     key, canonical, limits, fresh = core.scope(model)
     changed = False
     before = {lim.name for lim in limits}
     # while a model has no request figure, every call reads what the fleet learned (one more
-    # round trip, against the burst of 429s a late figure costs); then once a second
+    # round trip, against the burst of 429s a late figure costs); then once a second. A
+    # scope the server never meters (spend) has nothing to read
     eager = SEEN in before
-    if shared and (eager or core.poll_due(key, core.clock.now())):
+    if (
+        shared
+        and canonical != SPEND_SCOPE
+        and (eager or core.poll_due(key, core.clock.now()))
+        and (eager or later is None or not later(model))
+    ):
         figures = yield Op("learned", (key,))
         changed = bool(figures) and core.take_shared(canonical, figures)
     due = core.grow_due(canonical) if canonical in core.book.figures else None
@@ -158,19 +171,39 @@ def scope_flow(
         yield Op("configure", (key, limits, core.clock.now()))
         core.configured(key, limits)
     if changed:
-        # a dimension the fleet adopted moments ago: paused as the process that learned it
-        # paused it (the server was at its limit; the new bucket holds nothing of it)
-        now = core.clock.now()
-        for lim in limits:
-            fig = core.book.figures.get(canonical, {}).get(lim.name)
-            if (
-                lim.name not in before
-                and fig is not None
-                and lim.period <= core.scale.minute_seconds
-                and now < fig.at + lim.period
-            ):
-                yield Op("pause", (key, lim.name, fig.at + lim.period, now))
+        yield from _pause_adopted(core, key, canonical, limits, before)
     return key, canonical, limits
+
+
+def poll_flow(core: LimiterCore, model: str) -> Generator[Op, Any, None]:
+    """Read what the fleet learned for ``model`` and take it (the read :func:`scope_flow`
+    leaves to ``later``)."""
+    key, canonical, limits, _ = core.scope(model)
+    before = {lim.name for lim in limits}
+    figures = yield Op("learned", (key,))
+    if figures and core.take_shared(canonical, figures):
+        key, canonical, limits, fresh = core.scope(model)
+        if fresh:
+            yield Op("configure", (key, limits, core.clock.now()))
+            core.configured(key, limits)
+        yield from _pause_adopted(core, key, canonical, limits, before)
+
+
+def _pause_adopted(
+    core: LimiterCore, key: str, canonical: str, limits: tuple[Limit, ...], before: set[str]
+) -> Generator[Op, Any, None]:
+    """A dimension the fleet adopted moments ago: paused as the process that learned it
+    paused it (the server was at its limit; the new bucket holds nothing of it)."""
+    now = core.clock.now()
+    for lim in limits:
+        fig = core.book.figures.get(canonical, {}).get(lim.name)
+        if (
+            lim.name not in before
+            and fig is not None
+            and lim.period <= core.scale.minute_seconds
+            and now < fig.at + lim.period
+        ):
+            yield Op("pause", (key, lim.name, fig.at + lim.period, now))
 
 
 def learn_flow(

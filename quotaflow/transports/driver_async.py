@@ -16,6 +16,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.flow import (
     COUNT_MODEL,
     Acquire,
+    AcquireBoth,
     Count,
     Effect,
     Exhaust,
@@ -48,6 +49,7 @@ from quotaflow.transports.base import (
     settle_async,
     take_directives,
 )
+from quotaflow.transports.both import acquire_both_async
 
 __all__ = ["AsyncDriver", "async_stream_class"]
 
@@ -157,6 +159,9 @@ class AsyncDriver(DriverBase):
                 effect.nowait,
                 effect.agent,
             )
+        if isinstance(effect, AcquireBoth):
+            at_once = self._pick(effect.first.limiter)._ops.may_stall
+            return acquire_both_async(self._take, effect.first, effect.second, at_once)
         if isinstance(effect, Settle):
             return settle_async(effect.permit, effect.amounts)
         if isinstance(effect, Release):
@@ -208,6 +213,21 @@ class AsyncDriver(DriverBase):
                 effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
             )
         return await self._effect(effect, request)  # Acquire, Settle, Release
+
+    async def _take(self, effect: Acquire) -> Any:
+        lim = self._pick(effect.limiter)
+        if lim.mode == "shadow":
+            return await _shadow.acquire_async(lim, effect)
+        return await lim._acquire(
+            effect.model,
+            effect.tokens,
+            effect.cost,
+            effect.priority,
+            None,
+            None if effect.nowait else effect.deadline,
+            effect.nowait,
+            effect.agent,
+        )
 
     async def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport

@@ -14,6 +14,7 @@ from quotaflow.errors import ConfigError
 from quotaflow.flow import (
     COUNT_MODEL,
     Acquire,
+    AcquireBoth,
     Count,
     Effect,
     Exhaust,
@@ -46,6 +47,7 @@ from quotaflow.transports.base import (
     settle_sync,
     take_directives,
 )
+from quotaflow.transports.both import acquire_both_sync
 
 __all__ = ["SyncDriver", "sync_stream_class"]
 
@@ -155,6 +157,9 @@ class SyncDriver(DriverBase):
                 effect.nowait,
                 effect.agent,
             )
+        if isinstance(effect, AcquireBoth):
+            at_once = self._pick(effect.first.limiter)._ops.may_stall
+            return acquire_both_sync(self._take, effect.first, effect.second, at_once)
         if isinstance(effect, Settle):
             return settle_sync(effect.permit, effect.amounts)
         if isinstance(effect, Release):
@@ -206,6 +211,21 @@ class SyncDriver(DriverBase):
                 effect.model, effect.dimension, effect.amount, quota_id=effect.quota_id
             )
         return self._effect(effect, request)  # Acquire, Settle, Release
+
+    def _take(self, effect: Acquire) -> Any:
+        lim = self._pick(effect.limiter)
+        if lim.mode == "shadow":
+            return _shadow.acquire_sync(lim, effect)
+        return lim._acquire(
+            effect.model,
+            effect.tokens,
+            effect.cost,
+            effect.priority,
+            None,
+            None if effect.nowait else effect.deadline,
+            effect.nowait,
+            effect.agent,
+        )
 
     def _read(self, response: Any) -> tuple[bytes, Any]:
         if response.is_stream_consumed:  # already read by the inner transport

@@ -233,6 +233,19 @@ class RedisBackend:
                 if isinstance(effect, Backoff):
                     await anyio.sleep(effect.seconds)
                     continue
+                # a read of the fleet's figures by the lean call, with the loop's other calls;
+                # if it fails (a dropped connection...), redis-py's call, which retries (not
+                # after a timeout: Redis did not answer in time, the flow decides)
+                packed = rs.packed_read(effect.command) if effect.command else None
+                if packed is not None and (lean := self._lean()).pool is not None:
+                    try:
+                        result = await self._call_packed(lean, packed)
+                        continue
+                    except TimeoutError as exc:
+                        error = _transient(exc)
+                        continue
+                    except Exception:
+                        pass
                 try:
                     result = await _exec_async(client, effect, self._atimeout)
                 except _CALL_ERRORS as exc:

@@ -111,7 +111,7 @@ class _Lane:
         self.futs: list[asyncio.Future[Any]] = []  # their replies, in order
 
 
-async def _send_packed(lean: _Lean, packed: bytes) -> Any:
+async def _send_packed(lean: _Lean, packed: bytes, n: int = 1) -> Any:
     """Send one encoded command and read its reply, through the connection's public calls
     (``send_packed_command``, ``read_response``: redis-py's own parser, hiredis when
     installed).
@@ -123,7 +123,10 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
     for a whole batch). A queued call whose caller gives up before it is written is taken out
     of the queue: it is never sent. A connection that fails, or answers with an error, is
     disconnected (the next use reconnects it); an error reply fails only its own call, a
-    failed connection the calls written on it."""
+    failed connection the calls written on it.
+
+    ``n`` > 1 (:func:`call_packed_many`, on a free lane only): ``packed`` holds ``n``
+    commands; the reply is the list of their replies, an error reply as its exception."""
     busy = lean.busy
     if len(busy) >= LANES:
         lane = busy[0] if len(busy[0].cmds) <= len(busy[-1].cmds) else busy[-1]
@@ -156,7 +159,18 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
     conn = lane.conn
     try:
         await conn.send_packed_command(packed, False)
-        reply = await conn.read_response()
+        if n == 1:
+            reply = await conn.read_response()
+        else:
+            reply = []
+            for _ in range(n):
+                try:
+                    reply.append(await conn.read_response())
+                except _REPLY_ERRORS as exc:  # this command's own error: read on
+                    reply.append(exc)
+            if any(isinstance(r, _REPLY_ERRORS) for r in reply):
+                with contextlib.suppress(Exception):  # READONLY...: the next use reconnects
+                    await conn.disconnect(nowait=True)
     except BaseException:
         # a reply may be half read, or the server may have become a replica (READONLY after
         # a failover): never use the connection as it is (the next use reconnects)
@@ -173,18 +187,28 @@ async def _send_packed(lean: _Lean, packed: bytes) -> Any:
     return reply
 
 
-async def call_packed(lean: _Lean, packed: bytes) -> Any:
+async def call_packed_many(lean: _Lean, cmds: list[bytes]) -> list[Any]:
+    """Encoded commands sent in one write when a lane is free (each queued as a call of its own
+    otherwise), bounded as one call: their replies in order, an error reply as its exception;
+    a failed connection raises."""
+    if len(cmds) > 1 and len(lean.busy) < LANES:
+        return await call_packed(lean, b"".join(cmds), len(cmds))  # type: ignore[no-any-return]
+    calls = (call_packed(lean, cmd) for cmd in cmds)
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def call_packed(lean: _Lean, packed: bytes, n: int = 1) -> Any:
     """Send one encoded command and read its reply (see :func:`_send_packed`: on a kept
     connection, or queued and written with others; the reply is read by redis-py's parser;
     errors take the general flow, which retries). The whole call, taking the connection or
     waiting in the queue included, is bounded (see :class:`_Lean`)."""
     if lean.limit is None:  # unbounded, or bounded by redis-py (Python 3.10)
-        return await _send_packed(lean, packed)
+        return await _send_packed(lean, packed, n)
     task: Any = asyncio.current_task()
     cancelling = task.cancelling()
     lean.watch(task)
     try:
-        return await _send_packed(lean, packed)
+        return await _send_packed(lean, packed, n)
     except asyncio.CancelledError:
         # cancelled by the watchdog (and by nobody else): the call timed out
         if lean.expired.pop(task, False) and task.uncancel() <= cancelling:

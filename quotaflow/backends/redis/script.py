@@ -52,6 +52,18 @@ def packed_command(sha: str, keys: Sequence[bytes], argv: Sequence[str]) -> byte
     return b"".join(parts)
 
 
+def packed_read(command: Sequence[str]) -> bytes | None:
+    """A plain command of an :class:`~quotaflow.backends.redis.effects.Exec` encoded for the
+    lean call: ``HGETALL`` (the fleet's figures, read now and then; its reply is taken raw, a
+    list or a map); ``None`` for the script (the general flow's own calls) and the rest
+    (redis-py converts their replies)."""
+    if not command or command[0] != "HGETALL":
+        return None
+    parts = [b"*%d\r\n" % len(command)]
+    parts += [_bulk(a.encode()) for a in command]
+    return b"".join(parts)
+
+
 def f17(x: float) -> str:
     """A float as text that reads back bit for bit (``repr`` does; Lua reads it too)."""
     return repr(float(x))

@@ -20,8 +20,9 @@ from typing import Any
 
 from quotaflow.backends.redis.effects import EngineFlow
 from quotaflow.backends.redis.engine import Engine
+from quotaflow.backends.redis.engine_lean import Started
 from quotaflow.backends.redis.engine_state import SETTLE_DELAY
-from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed
+from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed, call_packed_many
 from quotaflow.errors import BackendError
 
 __all__ = ["SettleTimer"]
@@ -68,8 +69,10 @@ class SettleTimer:
         if entry is not None and entry[0] is loop:
             del self._timers[id(loop)]
         scopes, nxt = self._engine.due(SETTLE_DELAY)
-        for scope in scopes:
-            task = loop.create_task(self.flush(scope))
+        # several scopes (a call's model and spend): their settles in one write
+        flushes = [self.flush_all(scopes)] if len(scopes) > 1 else map(self.flush, scopes)
+        for flush in flushes:
+            task = loop.create_task(flush)
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
         if nxt is not None:
@@ -97,6 +100,42 @@ class SettleTimer:
                 raise
         with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
             await self._arun(e.flush(scope, now, first=first))
+
+    async def flush_all(self, scopes: list[str]) -> None:
+        """Send the deferred settles of ``scopes``: in one write by the lean call on asyncio,
+        each reply taken by its scope's flow; the general flow for a scope whose call fails
+        (or elsewhere)."""
+        e = self._engine
+        lean = self._lean() if _on_asyncio() else None
+        if lean is None or lean.pool is None:
+            for scope in scopes:
+                await self.flush(scope)
+            return
+        now = e.lnow()
+        firsts: list[tuple[str, Started | None]] = [(s, e.start_flush(s, now)) for s in scopes]
+        sent = [(scope, one) for scope, one in firsts if one is not None]
+        replies: list[Any]
+        try:
+            replies = await call_packed_many(lean, [one.packed for _, one in sent])
+        except Exception as exc:  # a dropped connection...: the flows send them
+            replies = [exc] * len(sent)
+        except BaseException:  # cancelled: whether they ran is unknown; they stay queued
+            for scope, one in sent:
+                e.unstart(scope, one)
+            raise
+        got = {scope: reply for (scope, _), reply in zip(sent, replies, strict=True)}
+        for scope, started in firsts:
+            at = now
+            first: Started | None = started
+            if started is not None:
+                reply = got[scope]
+                if isinstance(reply, Exception):
+                    e.unstart(scope, started)
+                    at, first = e.lnow(), None
+                else:
+                    started.raw = reply
+            with contextlib.suppress(BackendError):  # kept in the outbox; the link replays it
+                await self._arun(e.flush(scope, at, first=first))
 
     async def drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop ``loop``'s timer, wait for its flushes, and send every deferred settle now."""
