@@ -311,11 +311,12 @@ class Limiter(LimiterBase):
             if first is TIMED_OUT:  # the backend did not answer in time (it may have queued
                 # the request: the cancel below takes it back)
                 raise core.error(Decision(req.id, "refused", None, "", "timeout"), canonical)
-            flow = acquire_flow(req, clock, first)
             result: Any = None
             waiter: AsyncWaiter | None = None
-            if first.outcome == "waiting" and _metrics.ON:
-                _metrics.waiting_on(req.id, first.dimension)
+            if first.outcome == "waiting":  # the flow only when it waits (a grant is the rule)
+                flow = acquire_flow(req, clock, first)
+                if _metrics.ON:
+                    _metrics.waiting_on(req.id, first.dimension)
             while first.outcome == "waiting":
                 try:
                     effect: Effect = flow.send(result)

@@ -305,11 +305,12 @@ class SyncLimiter(LimiterBase):
             if first is TIMED_OUT:  # the backend did not answer in time (it may have queued
                 # the request: the cancel below takes it back)
                 raise core.error(Decision(req.id, "refused", None, "", "timeout"), canonical)
-            flow = acquire_flow(req, clock, first)
             result: Any = None
             waiter: SyncWaiter | None = None
-            if first.outcome == "waiting" and _metrics.ON:
-                _metrics.waiting_on(req.id, first.dimension)
+            if first.outcome == "waiting":  # the flow only when it waits (a grant is the rule)
+                flow = acquire_flow(req, clock, first)
+                if _metrics.ON:
+                    _metrics.waiting_on(req.id, first.dimension)
             while first.outcome == "waiting":
                 try:
                     effect: Effect = flow.send(result)

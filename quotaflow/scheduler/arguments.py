@@ -9,9 +9,23 @@ from collections.abc import Mapping
 
 from quotaflow.clock import Clock
 from quotaflow.errors import ConfigError
-from quotaflow.limits import check_cost
+from quotaflow.limits import Limit, check_cost
+from quotaflow.quotas.book import SEEN
 
-__all__ = ["call_deadline", "call_metrics"]
+__all__ = ["LimitsShape", "call_deadline", "call_metrics", "limits_shape"]
+
+LimitsShape = tuple[tuple[Limit, ...], bool, bool, tuple[tuple[str, str], ...]]
+
+
+def limits_shape(limits: tuple[Limit, ...]) -> LimitsShape:
+    """What every request reads of a model's limits, worked out once per tuple: the tuple,
+    whether it has the served limit and the ``rpm`` limit, and its ``(name, metric)`` pairs."""
+    return (
+        limits,
+        any(lim.name == SEEN for lim in limits),
+        any(lim.name == "rpm" for lim in limits),
+        tuple((lim.name, lim.metric) for lim in limits),
+    )
 
 
 def call_metrics(tokens: int, cost: Mapping[str, int] | None) -> dict[str, int]:

@@ -39,7 +39,7 @@ from quotaflow.quotas.shares import (
     floors_for,
 )
 from quotaflow.quotas.tiers import TierTable
-from quotaflow.scheduler.arguments import call_deadline, call_metrics
+from quotaflow.scheduler.arguments import LimitsShape, call_deadline, call_metrics, limits_shape
 from quotaflow.scheduler.buckets import Level
 from quotaflow.scheduler.flows import (
     LEARNED_TTL,
@@ -142,6 +142,7 @@ class LimiterCore:
         # per canonical model without a request figure: when this process's requests went, for
         # the adaptive rule's first guess
         self._sent: dict[str, deque[float]] = {}
+        self._shapes: dict[int, LimitsShape] = {}  # by id of the limits (see limits_shape)
         self._polled: dict[str, float] = {}
         # how often a process reads what the fleet learned (backends that share figures)
         self.poll_every = min(1.0, self.scale.minute_seconds / 60.0)
@@ -340,9 +341,16 @@ class LimiterCore:
     ) -> tuple[Request, dict[str, int], int]:
         """The backend request, the cost by metric and the priority."""
         metrics = call_metrics(tokens, cost)
-        if any(lim.name == SEEN for lim in limits):
+        shape = self._shapes.get(id(limits))
+        if shape is None or shape[0] is not limits:
+            shape = limits_shape(limits)
+            if not self.shares:  # with shares, scope() makes the tuple anew on every call
+                if len(self._shapes) > 64:
+                    self._shapes.clear()
+                self._shapes[id(limits)] = shape
+        if shape[1]:
             metrics[SERVED] = 1
-        if not any(lim.name == "rpm" for lim in limits):
+        if not shape[2]:
             sent = self._sent.get(model)
             if sent is None:
                 sent = self._sent[model] = deque()
@@ -373,7 +381,7 @@ class LimiterCore:
             }
             floors = floors_for(agent, limits, self.shares) or None
         else:
-            by_limit = {lim.name: metrics.get(lim.metric, 0) for lim in limits}
+            by_limit = {name: metrics.get(metric, 0) for name, metric in shape[3]}
             floors = None
         rid = self._prefix + str(next(self._ids))
         return Request(rid, by_limit, prio, deadline, nowait, floors), metrics, prio

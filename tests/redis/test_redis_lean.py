@@ -119,6 +119,32 @@ def test_a_fast_lease_moves_to_l_and_e_with_its_expiry(client: redis.Redis, name
     assert s.level("rpm", 1075.3) == (0, 0)
 
 
+def test_a_retried_grant_takes_nothing_more_after_the_fast_path_settles_from_l(
+    client: redis.Redis, namespace: str
+) -> None:
+    s = Scope(client, namespace, (RPM(10, 60.0),))
+    s.configure(1000.0)
+    assert s.submit("a", {"rpm": 1}, 1000.1)[:1] == b"G"
+    assert s.submit("c", {"rpm": 1}, 1000.1)[:1] == b"G"
+    assert s.level("rpm", 1000.2) == (2, 2)  # the full path ran: a and c moved to L
+    # b, granted by the fast path with a's settle riding along: a leaves L
+    argv = s.codec.argv(
+        "submit",
+        "p/m",
+        rs.submit_args(Request("b", {"rpm": 1}), 1000.3, True),
+        s.limits,
+        1000.3,
+        1000.3,
+        rs.settle_args([("a", None, 1000.3)], 1000.3, True),
+        rs.cost_arg({"rpm": 1}),
+    )
+    assert client.eval(rs.SCRIPT, len(s.keys), *s.keys, *argv)[:1] == b"G"
+    # c's submit again (its reply was lost): c is still in L, so it takes nothing more
+    assert s.submit("c", {"rpm": 1}, 1000.4)[:1] == b"G"
+    assert s.submit("b", {"rpm": 1}, 1000.4)[:1] == b"G"  # and b's, held in S
+    assert s.level("rpm", 1000.5) == (3, 2)  # a settled; b and c in flight, once each
+
+
 def test_a_fast_lease_of_the_older_layout_falls_through_and_is_moved(
     client: redis.Redis, namespace: str
 ) -> None:

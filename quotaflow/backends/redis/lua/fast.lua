@@ -9,11 +9,11 @@ key its TTL and keeps L and E from emptying (a sentinel member ""), so their TTL
 the fast path runs only before tdue, half a TTL after the full path last ran.
 
 What it reads: the header field "h" of S, {nq, emin, tdue, kttl, nl, gen} packed as doubles, where
-nl is an upper bound of the leases in L (0: a lease id is in L only if it is in S), emin is a
-lower bound of the earliest lease expiry (in E and of the leases kept in S, see below) and
-tdue is when the full path must next refresh every key's TTL, gen the state's generation (a
-caller that names another one falls through); and per limit the field
-"b:<name>", that limit's changing numbers packed as doubles:
+nl is an upper bound of the leases in L (0: a lease id is in L only if it is in S; the fast path
+lowers it by the leases it takes out of L), emin is a lower bound of the earliest lease expiry
+(in E and of the leases kept in S, see below) and tdue is when the full path must next refresh
+every key's TTL, gen the state's generation (a caller that names another one falls through);
+and per limit the field "b:<name>", that limit's changing numbers packed as doubles:
   k = 1 rolling window: cap, pu, fl, lg, fs, ts, ta, zl, w, per
   k = 2 calendar:       cap, pu, fl, cn, ws, we
   k = 3 other kinds (never fast)
@@ -59,8 +59,9 @@ local function fast_rec(raw)
 end
 
 -- Bucket.settle on the record of limit name (read into R on first use; kinds 1 and 2) at time
--- now; a tail that moves into Z (a new slot) is appended to zadd; false: the full path must
-local function fast_settle(R, zadd, KS, name, amount, real, at, now)
+-- now; false: the full path must; else true and, if a tail moves into Z (a new slot), its
+-- member (score 0)
+local function fast_settle(R, KS, name, amount, real, at, now)
   local EPS, INF = 1e-9, math.huge
   local r = R[name]
   if r == nil then
@@ -83,10 +84,11 @@ local function fast_settle(R, zadd, KS, name, amount, real, at, now)
         if real > 0 then
           if ts ~= -INF then
             if (r[6] + 1) * w + per <= now + EPS then return false end
-            zadd[#zadd + 1] = 0
-            zadd[#zadd + 1] = name .. '\0' .. string.format('%020d', ts) .. '\0'
+            local moved = name .. '\0' .. string.format('%020d', ts) .. '\0'
               .. string.format('%d', r[8])
             r[9] = ts
+            r[7], r[8], r[5] = slot, real, r[5] + real
+            return true, moved
           end
           r[7], r[8], r[5] = slot, real, r[5] + real
           if r[6] == -INF then r[6] = slot end
@@ -109,28 +111,33 @@ local function fast_settle(R, zadd, KS, name, amount, real, at, now)
 end
 
 -- fast() reads KEYS[1] and the library functions it uses often into locals (a global costs a
--- lookup on every use)
+-- lookup on every use). Its tables are made at the size the usual call needs (a table that
+-- grows is reallocated at sizes 1, 2, 4, ...), which is why lengths are counted, not taken
+-- with # (a slot made ahead holds false).
 local function fast()
   local KS, call, match, num = KEYS[1], redis.call, string.match, tonumber
+  local argv = ARGV
   -- the op, the clock override, the ttl and (the last field) the caller's generation
-  local op, ov, ttl, cg = match(ARGV[1], '^(%l+)\31([^\31]*)\31([^\31]*)\31.*\31([^\31]*)$')
+  local op, ov, ttl, cg = match(argv[1], '^(%l+)\31([^\31]*)\31([^\31]*)\31.*\31([^\31]*)$')
   local submit = op == 'submit'
   if not submit and op ~= 'flush' then return nil end
   -- one HMGET reads what the call needs: the header, the records of the limits the request
   -- names, the field its own lease would take and the leases it settles
-  local fields, nf = {'h'}, 1
+  local fields, nf = {'h', false, false, false}, 1
   local id, cost, req, nr
   if submit then
-    id, cost, req, nr = match(ARGV[2], '^[^\31]*'), ARGV[3] or '', {}, 0
+    id, cost, nr = match(argv[2], '^[^\31]*'), argv[3] or '', 0
     local name1, amount1 = match(cost, '^([^\31]*)\31([^\31]*)\31$')  -- the usual: one
     if name1 then
       amount1 = num(amount1)
       if amount1 > 0 then
-        req[1], req[2], nr = name1, amount1, 2
-        nf = 2
+        req, nr, nf = {name1, amount1}, 2, 2
         fields[2] = 'b:' .. name1
+      else
+        req = {}
       end
     else
+      req = {}
       for name, amount in string.gmatch(cost, '([^\31]*)\31([^\31]*)\31') do
         amount = num(amount)
         if amount > 0 then  -- the client sends none other; a zero amount is no part of a cost
@@ -145,19 +152,25 @@ local function fast()
   end
   -- settles: ARGV[5..], each "id\31at\31n[\31limit\31amount]*"; S holds five values per
   -- settle (id, at's kind "r"/"a", at, n, where its pairs start), its lease is field s0 + i
-  local s0, S, ns, seen = nf, {}, 0, nil
-  local na = #ARGV
-  if na > 5 then seen = {} end  -- a settle sent twice in one call is applied once
-  for i = 5, na do
-    local lid, kind, at, n, p = match(ARGV[i], '^([^\31]*)\31(.)([^\31]*)\31(%-?%d+)()')
-    if not lid then return nil end
-    if seen then
-      if seen[lid] then lid = false else seen[lid] = true end
+  local s0, S, ns, seen = nf, nil, 0, nil
+  local na = #argv
+  if na > 4 then
+    if na == 5 then
+      S = {false, false, false, false, false}
+    else
+      S, seen = {}, {}  -- a settle sent twice in one call is applied once
     end
-    S[ns + 1], S[ns + 2], S[ns + 3], S[ns + 4], S[ns + 5] = lid, kind, at, num(n), p
-    ns = ns + 5
-    nf = nf + 1
-    fields[nf] = lid and 'l:' .. lid or 'l:'
+    for i = 5, na do
+      local lid, kind, at, n, p = match(argv[i], '^([^\31]*)\31(.)([^\31]*)\31(%-?%d+)()')
+      if not lid then return nil end
+      if seen then
+        if seen[lid] then lid = false else seen[lid] = true end
+      end
+      S[ns + 1], S[ns + 2], S[ns + 3], S[ns + 4], S[ns + 5] = lid, kind, at, num(n), p
+      ns = ns + 5
+      nf = nf + 1
+      fields[nf] = lid and 'l:' .. lid or 'l:'
+    end
   end
   local vals = call('HMGET', KS, unpack(fields, 1, nf))
   local hdr = vals[1]
@@ -176,21 +189,22 @@ local function fast()
   if nq ~= 0 or now >= emin or now >= tdue then return nil end
   -- R: limit name -> record (see fast_rec). Every record read is written back (one that did
   -- not change, as it was): a grant or a settle changes nearly all of them.
-  local R, zadd = {}, {}  -- zadd: tails moved into Z (a new slot): score, member, ...
+  local R = {}
+  local zadd, nz = nil, 0  -- tails moved into Z (a new slot): score, member, ...
   if submit then
     for i = 1, nr, 2 do R[req[i]] = fast_rec(vals[1 + (i + 1) / 2]) end
   end
   -- settles first, as the full path applies them before the op; a lease is a field "l:<id>"
   -- of S (granted here: "\1", its expiry as a double, its cost as sent) or an entry of L
   -- (granted by the full path or moved there by it: cmsgpack {c = {limit, amount, ...}})
-  local goneh, gone  -- settled leases: fields of S, ids in L
+  local goneh, ngh, gone = nil, 0, nil  -- settled leases: fields of S, ids in L
   for i = 1, ns, 5 do
     local lid, f = S[i], s0 + (i + 4) / 5
     local raw, c = lid and vals[f], nil  -- c: the lease's cost {limit, amount, ...}
     if raw then
       if string.byte(raw) ~= 1 then return nil end  -- an older layout: the full path moves it
-      goneh = goneh or {}
-      goneh[#goneh + 1] = fields[f]
+      if goneh then goneh[ngh + 1] = fields[f] else goneh = {fields[f]} end
+      ngh = ngh + 1
       if submit and #raw == 9 + #cost and string.find(raw, cost, 10, true) == 10 then
         c = req  -- the usual shape: settled as it is asked again, already parsed
       else
@@ -217,7 +231,7 @@ local function fast()
       local actual = nil  -- n <= 0: every amount as granted
       if S[i + 3] > 0 then
         actual = {}
-        for name, amount in string.gmatch(string.sub(ARGV[4 + (i + 4) / 5], S[i + 4]),
+        for name, amount in string.gmatch(string.sub(argv[4 + (i + 4) / 5], S[i + 4]),
                                           '\31([^\31]*)\31([^\31]*)') do
           actual[name] = num(amount)
         end
@@ -226,7 +240,12 @@ local function fast()
         local name, amount = c[j], c[j + 1]
         local real = amount
         if actual and actual[name] ~= nil then real = actual[name] end
-        if not fast_settle(R, zadd, KS, name, amount, real, at, now) then return nil end
+        local ok, moved = fast_settle(R, KS, name, amount, real, at, now)
+        if not ok then return nil end
+        if moved then
+          zadd = zadd or {}
+          zadd[nz + 1], zadd[nz + 2], nz = 0, moved, nz + 2
+        end
       end
       if actual then  -- usage that was not estimated (0 reserved) still counts
         for name, real in pairs(actual) do
@@ -235,8 +254,13 @@ local function fast()
             for j = 1, #c, 2 do
               if c[j] == name then held = true end
             end
-            if not held and not fast_settle(R, zadd, KS, name, 0, real, at, now) then
-              return nil
+            if not held then
+              local ok, moved = fast_settle(R, KS, name, 0, real, at, now)
+              if not ok then return nil end
+              if moved then
+                zadd = zadd or {}
+                zadd[nz + 1], zadd[nz + 2], nz = 0, moved, nz + 2
+              end
             end
           end
         end
@@ -244,7 +268,8 @@ local function fast()
     end
   end
   local reply = 'K'
-  local hs = {}
+  local hs, nh = {false, false, false, false}, 0  -- HSET's fields and values
+  local hemin, hdirty = emin, false  -- the header's earliest expiry; the header changed
   if submit then
     for i = 1, nr, 2 do
       local r = R[req[i]]
@@ -276,33 +301,40 @@ local function fast()
       local exp = now + num(ttl)
       hs[1] = fields[s0]  -- "l:<id>"
       hs[2] = '\1' .. struct.pack('<d', exp) .. cost
-      if exp < emin then
-        hs[3] = 'h'
-        hs[4] = struct.pack('<dddddd', nq, exp, tdue, kttl, nl, gen)
-      end
+      nh = 2
+      if exp < emin then hemin, hdirty = exp, true end
     end
   end
   -- decided: write
-  if goneh then call('HDEL', KS, unpack(goneh)) end
+  if goneh then call('HDEL', KS, unpack(goneh, 1, ngh)) end
   if gone then
-    redis.call('HDEL', KEYS[5], unpack(gone))  -- L
+    -- L: what was removed no longer counts in the header's bound of its leases (so the
+    -- grants that follow need not ask L whether they were granted before)
+    local removed = redis.call('HDEL', KEYS[5], unpack(gone))
     redis.call('ZREM', KEYS[6], unpack(gone))  -- E
+    if removed > 0 then nl, hdirty = math.max(0, nl - removed), true end
   end
-  if #zadd > 0 then
-    redis.call('ZADD', KEYS[7], unpack(zadd))  -- Z
+  if zadd then
+    redis.call('ZADD', KEYS[7], unpack(zadd, 1, nz))  -- Z
     redis.call('PEXPIRE', KEYS[7], math.floor(kttl * 1000))
   end
   for name, r in pairs(R) do
     if r then
-      hs[#hs + 1] = 'b:' .. name
+      hs[nh + 1] = 'b:' .. name
       if r[1] == 1 then
-        hs[#hs + 1] = struct.pack('<ddddddddddd', unpack(r, 1, 11))
+        hs[nh + 2] = struct.pack('<ddddddddddd', unpack(r, 1, 11))
       else  -- 2: a record of another kind made the call fall through before
-        hs[#hs + 1] = struct.pack('<ddddddd', unpack(r, 1, 7))
+        hs[nh + 2] = struct.pack('<ddddddd', unpack(r, 1, 7))
       end
+      nh = nh + 2
     end
   end
-  if #hs > 0 then call('HSET', KS, unpack(hs)) end
+  if hdirty then
+    hs[nh + 1] = 'h'
+    hs[nh + 2] = struct.pack('<dddddd', nq, hemin, tdue, kttl, nl, gen)
+    nh = nh + 2
+  end
+  if nh > 0 then call('HSET', KS, unpack(hs, 1, nh)) end
   -- Redis time as "<seconds>.<6 digits>" (exact: %.17g of the override)
   if t then
     local us = t[2]
