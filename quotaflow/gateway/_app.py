@@ -40,6 +40,7 @@ from quotaflow.gateway._config import GatewayConfig
 from quotaflow.gateway._oauth import UpstreamAuth, UpstreamAuthError
 from quotaflow.gateway._tokens import TokenEntry, TokenStore
 from quotaflow.gateway._upstream import Upstream
+from quotaflow.gateway._webhook import webhook_endpoint
 from quotaflow.gateway._wire import (
     _DROP_BACK,
     _FORWARD,
@@ -58,6 +59,7 @@ from quotaflow.gateway._wire import (
 )
 from quotaflow.limiter import Limiter
 from quotaflow.transports import QuotaTransport
+from quotaflow.transports.webhooks import BatchWebhooks
 
 __all__ = ["Gateway"]
 
@@ -110,11 +112,19 @@ class Gateway(GatewayAccess):
         from quotaflow.gateway._live import LiveProxy
 
         self.live = LiveProxy(self)
+        secret = config.read_webhook_secret()  # batch ends posted by Gemini, if configured
+        self.webhooks = BatchWebhooks(self.limiter, secret=secret) if secret else None
+        hooks = []
+        if self.webhooks is not None:
+            endpoint = webhook_endpoint(self.webhooks)
+            hooks.append(Route(config.webhook_path, endpoint, methods=["POST"]))
+        self._own = _OWN_PATHS | {r.path for r in hooks}
         self.app = Starlette(
             routes=[
                 WebSocketRoute("/ws/{service:path}", self.live.serve),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/readyz", self._readyz, methods=["GET"]),
+                *hooks,
                 Route("/{path:path}", self._proxy, methods=_METHODS),
             ],
             lifespan=self._lifespan,
@@ -123,7 +133,7 @@ class Gateway(GatewayAccess):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # the proxy's calls go straight to it (Starlette's routing and middleware cost a
         # good share of a call); health, the Live socket and the lifespan go through the app
-        if scope["type"] == "http" and scope["path"] not in _OWN_PATHS:
+        if scope["type"] == "http" and scope["path"] not in self._own:
             if scope["method"] in _PROXIED:
                 response = await self._proxy(Request(scope, receive))
             else:

@@ -62,6 +62,9 @@ _GATEWAY_KEYS = {
     "server": str,
     "live_max_per_agent": int,
     "live_max_per_model": int,
+    "webhook_path": str,
+    "webhook_secret_env": str,
+    "webhook_secret_file": str,
 }
 _LIMITER_KEYS = {
     "tier": str,
@@ -109,6 +112,10 @@ class GatewayConfig:
         server: ``"uvicorn"`` (the one server supported).
         live_max_per_agent, live_max_per_model: concurrent Live API sessions allowed per agent
             and per model, across the replicas on one backend.
+        webhook_path: the route Gemini's batch webhooks are posted to (served only when a
+            signing secret is configured).
+        webhook_secret_env, webhook_secret_file: where the webhook's signing secret is read
+            from (``whsec_...``; the file wins when both are set; neither: no webhook route).
         limiter: keyword arguments of :class:`quotaflow.Limiter` (``tier``, ``backend``, ...).
         transport: quota transport options (``max_429_retries``, ...).
         upstream_auth: the upstream credentials (``[upstream]``).
@@ -134,9 +141,42 @@ class GatewayConfig:
     server: str = "uvicorn"
     live_max_per_agent: int = 4
     live_max_per_model: int = 16
+    webhook_path: str = "/quotaflow/webhooks/gemini"
+    webhook_secret_env: str | None = None
+    webhook_secret_file: str | None = None
     limiter: Mapping[str, Any] = field(default_factory=dict)
     transport: Mapping[str, Any] = field(default_factory=dict)
     upstream_auth: UpstreamAuthConfig = field(default_factory=UpstreamAuthConfig)
+
+    def read_webhook_secret(self) -> str | None:
+        """The batch webhook's signing secret, from ``webhook_secret_file`` or the
+        ``webhook_secret_env`` variable (``None``: no webhook route)."""
+        src = str(self.path or "<config>")
+        if self.webhook_secret_file:
+            try:
+                secret = Path(self.webhook_secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise GatewayConfigError(
+                    f"{src}: gateway.webhook_secret_file: cannot read "
+                    f"{self.webhook_secret_file}: {exc.strerror}",
+                    path=src,
+                    key="gateway.webhook_secret_file",
+                ) from None
+        elif self.webhook_secret_env:
+            secret = os.environ.get(self.webhook_secret_env, "").strip()
+        else:
+            return None
+        if not secret:
+            raise GatewayConfigError(
+                f"{src}: no webhook signing secret in "
+                f"{self.webhook_secret_file or self.webhook_secret_env}: set it (the "
+                "new_signing_secret webhooks.create returned) or remove the webhook_secret keys",
+                path=src,
+                key="gateway.webhook_secret_file"
+                if self.webhook_secret_file
+                else "gateway.webhook_secret_env",
+            )
+        return secret
 
     def read_key(self) -> str:
         """The real Gemini key, from ``key_file`` or the ``key_env`` variable.
@@ -249,6 +289,18 @@ def gateway_config_from_dict(data: Mapping[str, Any], *, path: Path | None = Non
         )
     key_file = gw.pop("key_file", None)
     tokens = gw.pop("tokens_file", "gateway-tokens.toml")
+    if "webhook_secret_file" in gw:
+        gw["webhook_secret_file"] = str(base / gw["webhook_secret_file"])
+    if not gw.get("webhook_path", "/").startswith("/") or gw.get("webhook_path") in (
+        "/healthz",
+        "/readyz",
+    ):
+        raise GatewayConfigError(
+            f"{src}: gateway.webhook_path: give a path of its own starting with /, such as "
+            "/quotaflow/webhooks/gemini",
+            path=src,
+            key="gateway.webhook_path",
+        )
     if "learned_cache" in lim:
         lim["learned_cache"] = str(base / lim["learned_cache"])
     return GatewayConfig(
