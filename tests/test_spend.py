@@ -103,7 +103,7 @@ def test_an_announced_price_change_applies_from_its_date(tmp_path: Path) -> None
         '[sources.page]\nurl = "https://example.com/pricing"\nread = 2026-12-07\n'
         '[models.m]\ninput = 1\noutput = 2\ncached_input = 0.5\nsource = "page"\n'
         '[[models.m.changes]]\nfrom = 2027-01-01\ninput = 3\nsource = "page"\n'
-        '[[models.m.changes]]\nfrom = 2027-06-01\noutput = 10\n'
+        "[[models.m.changes]]\nfrom = 2027-06-01\noutput = 10\n"
     )
     table = load_prices(file)
 
@@ -118,7 +118,7 @@ def test_an_announced_price_change_applies_from_its_date(tmp_path: Path) -> None
     assert after is not None and after.cached_input == 0.5 and after.changes == ()
 
     for text, problem in (
-        ("from = 2027-01-01\ninput = 3\nsource = \"gone\"", "changes\\[0\\]: unknown source"),
+        ('from = 2027-01-01\ninput = 3\nsource = "gone"', "changes\\[0\\]: unknown source"),
         ("input = 3", "from"),
     ):
         bad = tmp_path / "bad.toml"
