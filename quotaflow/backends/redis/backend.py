@@ -53,6 +53,7 @@ from quotaflow.backends.redis.engine import Engine
 from quotaflow.backends.redis.engine_state import SETTLE_DELAY, Policy
 from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed
 from quotaflow.backends.redis.link import Link
+from quotaflow.backends.redis.link import flush as replay_outbox
 from quotaflow.backends.redis.settle_timer import SettleTimer
 from quotaflow.backends.redis.sync import SyncRedisBackend
 from quotaflow.errors import ConfigError
@@ -178,14 +179,18 @@ class RedisBackend:
         self._engine.subscribed.wait(5.0)
 
     def close(self) -> None:
-        """Send deferred settles, stop the background thread and close the connections
-        (optional at exit: deferred settles are sent then; a lease never settled expires after
-        ``lease_ttl``)."""
+        """Send deferred settles, stop the background thread, send what it still had to
+        replay (settles, releases, cancels set aside while Redis was slow or down, if it is
+        reachable now) and close the connections (optional at exit: deferred settles are sent
+        then; a lease never settled expires after ``lease_ttl``)."""
         self._settles.close()
         if self._link is not None:
             self._link.stop()
             self._link.join(5.0)
             self._link = None
+        if self._engine.outbox and self._engine.up:
+            with contextlib.suppress(Exception):  # kept for lease_ttl at most
+                self.sync._run(replay_outbox(self._engine))
         self._client.close()
 
     async def aclose(self) -> None:
