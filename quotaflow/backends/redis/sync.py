@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["ASIDE", "Stalled", "SyncRedisBackend"]
 
 ASIDE = 0.5
-"""Seconds a cancel, settle or release waits for Redis before it is set aside and replayed by
-the background thread (the caller goes on; nothing is lost)."""
+"""Seconds a cancel, settle or release of the async face waits for Redis before it is set
+aside and replayed by the background thread (the caller goes on; nothing is lost)."""
 
 
 class Stalled(Exception):
@@ -111,12 +111,13 @@ class SyncRedisBackend:
             return TIMED_OUT
 
     def _aside(self, op: str, scope: str, args: tuple[Any, ...], flow: EngineFlow) -> Any:
-        """``flow`` (a cancel, settle or release) bounded by :data:`ASIDE`, or at once set
-        aside if a call of ``scope`` was just given up unanswered: it is then replayed by the
-        background thread (each is idempotent), and the caller goes on."""
-        bound = 0.0 if self._e.stalled_now(scope) else ASIDE  # 0: its bookkeeping, no call
+        """``flow`` (a cancel, settle or release), or, if a call of ``scope`` was just given
+        up unanswered (a paused server), only its bookkeeping: the call is set aside and
+        replayed by the background thread (each is idempotent), and the caller goes on."""
+        if not self._e.stalled_now(scope):
+            return self._run(flow)
         try:
-            return self._run(flow, time.monotonic() + bound)
+            return self._run(flow, time.monotonic())  # stops at its first command
         except Stalled:
             self._e.later(op, scope, args)
             return None
@@ -143,21 +144,21 @@ class SyncRedisBackend:
         self._run(self._e.dispatch(scope, now))
 
     def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
-        """Leave the line; returns a grant that won the race (bounded as in
-        :meth:`RedisBackend.cancel`)."""
+        """Leave the line; returns a grant that won the race (set aside at once after a call
+        of the scope went unanswered)."""
         flow = self._e.cancel(scope, request_id, now)
         return self._aside("cancel", scope, (request_id,), flow)  # type: ignore[no-any-return]
 
     def settle(
         self, scope: str, lease_id: str, actual: Mapping[str, int] | None, at: float, now: float
     ) -> None:
-        """Anchor and reconcile a lease that reached the server (bounded as a cancel)."""
+        """Anchor and reconcile a lease that reached the server (set aside as a cancel)."""
         self._aside(
             "flush", scope, (lease_id, actual, at), self._e.settle(scope, lease_id, actual, at, now)
         )
 
     def release(self, scope: str, lease_id: str, now: float) -> None:
-        """Return a lease that never reached the server (bounded as a cancel)."""
+        """Return a lease that never reached the server (set aside as a cancel)."""
         self._aside("release", scope, (lease_id,), self._e.release(scope, lease_id, now))
 
     def pause(self, scope: str, limit: str, until: float, now: float) -> None:
