@@ -8,7 +8,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from quotaflow._limiter_common import not_copyable
 from quotaflow.backends.base import Decision
@@ -18,7 +18,9 @@ from quotaflow.quotas.pricing import SpendBook
 from quotaflow.quotas.shares import Share
 from quotaflow.scheduler.core import LimiterCore, Subscriptions, poll_flow, shares_figures
 
-__all__ = ["LimiterBase"]
+__all__ = ["AsyncClosing", "LimiterBase", "SyncClosing"]
+
+_L = TypeVar("_L")
 
 log = logging.getLogger("quotaflow")
 
@@ -115,3 +117,50 @@ class LimiterBase:
             f"{type(self).__name__}(project={self.project!r}, backend={self.backend!r}, "
             f"waiting={len(self._waiters)})"
         )
+
+
+class AsyncClosing:
+    """``aclose()`` and ``async with`` of :class:`~quotaflow.Limiter` (:class:`SyncClosing`
+    is the sync twin)."""
+
+    _owned: Any  # a backend the limiter opened from a URL, ``None`` once closed
+    _listening: Subscriptions
+
+    async def aclose(self) -> None:
+        """Stop listening to the backend, and close a backend this limiter opened from a URL
+        (``backend="redis://..."``): its deferred settles are sent, its background thread
+        stops and its connections close. A backend object passed in stays open (it is the
+        caller's, and may be shared). Idempotent."""
+        self._listening.close()
+        owned, self._owned = self._owned, None
+        if owned is not None and hasattr(owned, "aclose"):
+            await owned.aclose()
+
+    async def __aenter__(self: _L) -> _L:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SyncClosing:
+    """``close()`` and ``with`` of :class:`~quotaflow.SyncLimiter`."""
+
+    _owned: Any
+    _listening: Subscriptions
+
+    def close(self) -> None:
+        """Stop listening to the backend, and close a backend this limiter opened from a URL
+        (``backend="redis://..."``): settles still queued are sent, its background thread
+        stops and its connections close. A backend object passed in stays open (it is the
+        caller's, and may be shared). Idempotent."""
+        self._listening.close()
+        owned, self._owned = self._owned, None
+        if owned is not None and hasattr(owned, "close"):
+            owned.close()
+
+    def __enter__(self: _L) -> _L:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 from quotaflow._acquiring import Acquiring
-from quotaflow._limiter_base import LimiterBase
+from quotaflow._limiter_base import AsyncClosing, LimiterBase
 from quotaflow._limiter_common import (
     SharesCore,
     check_dimension,
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 
-class Limiter(LimiterBase):
+class Limiter(AsyncClosing, LimiterBase):
     """Admits calls to Gemini models within every limit of their quota (async, on anyio).
 
     Args:
@@ -136,7 +136,8 @@ class Limiter(LimiterBase):
         )
         if mode is not None or _core is None:
             self._core.mode = check_mode(mode or "enforce")
-        self._ops = ops = AsyncOps(open_backend(backend))
+        self._ops = ops = AsyncOps(opened := open_backend(backend))
+        self._owned = opened if isinstance(backend, str) else None  # closed by aclose()
         self.backend = ops.backend
         self._waiters: dict[str, AsyncWaiter | None] = {}
         self._listen()
@@ -275,8 +276,7 @@ class Limiter(LimiterBase):
                 )
                 if not self._core.stale(model, permit._limits):
                     break
-                # the model's limits changed while it waited (a figure learned meanwhile): a
-                # grant under the old ones may not fit the new ones, so it asks again
+                # its limits changed meanwhile (a figure learned): it asks again under them
                 await permit.release()
         except QuotaError as exc:
             if _metrics.ON:

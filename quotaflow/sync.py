@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 from quotaflow._acquiring import SyncAcquire
-from quotaflow._limiter_base import LimiterBase
+from quotaflow._limiter_base import LimiterBase, SyncClosing
 from quotaflow._limiter_common import (
     SharesCore,
     check_dimension,
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-class SyncLimiter(LimiterBase):
+class SyncLimiter(SyncClosing, LimiterBase):
     """Admits calls to Gemini models within every limit of their quota (blocking the thread).
 
     Args:
@@ -134,7 +134,8 @@ class SyncLimiter(LimiterBase):
         )
         if mode is not None or _core is None:
             self._core.mode = check_mode(mode or "enforce")
-        self._ops = ops = SyncOps(open_backend(backend))
+        self._ops = ops = SyncOps(opened := open_backend(backend))
+        self._owned = opened if isinstance(backend, str) else None  # closed by close()
         self.backend = ops.backend
         self._waiters: dict[str, SyncWaiter | None] = {}
         self._listen()
@@ -269,8 +270,7 @@ class SyncLimiter(LimiterBase):
                 )
                 if not self._core.stale(model, permit._limits):
                     break
-                # the model's limits changed while it waited (a figure learned meanwhile): a
-                # grant under the old ones may not fit the new ones, so it asks again
+                # its limits changed meanwhile (a figure learned): it asks again under them
                 permit.release()
         except QuotaError as exc:
             if _metrics.ON:

@@ -62,6 +62,7 @@ ASYNC_TO_SYNC: Rules = (
     # the hand-written pairs of quotaflow/scheduler/synchronization.py and waiting.py
     ("AsyncOps", "SyncOps"),
     ("AsyncWaiter", "SyncWaiter"),
+    ("AsyncClosing", "SyncClosing"),
     ("async_shield", "sync_shield"),
     ("async_complete", "sync_complete"),
     ("async_sleep", "sync_sleep"),

@@ -116,7 +116,11 @@ class SyncOps:
         self.backend: Backend = b
         self._b: Any = b
         self.is_async = False
-        self.may_stall = False
+        # a face that can stall and bound its own calls (Redis's: ``within(seconds, name,
+        # *args)``): the calls of a request with a deadline are bounded by it
+        self.may_stall = bool(getattr(b, "may_stall", False)) and callable(
+            getattr(b, "within", None)
+        )
         self.ends: tuple[Any, Any, Any] = (b.settle, b.release, None)
 
     def call(self, name: str, *args: Any) -> Any:
@@ -124,8 +128,11 @@ class SyncOps:
         return getattr(self._b, name)(*args)
 
     def within(self, deadline: float | None, clock: Clock, name: str, *args: Any) -> Any:
-        """:meth:`call` (a sync backend bounds its own calls, e.g. Redis's socket timeout)."""
-        return getattr(self._b, name)(*args)
+        """:meth:`call`, given up at ``deadline`` (of ``clock``) if the backend may stall:
+        then :data:`TIMED_OUT` (the backend's ``within`` bounds it)."""
+        if deadline is None or not self.may_stall:
+            return getattr(self._b, name)(*args)
+        return self._b.within(max(0.05, deadline - clock.now()), name, *args)
 
 
 def async_shield() -> anyio.CancelScope:

@@ -79,6 +79,8 @@ def test_a_batch_end_posted_to_the_gateway_gives_its_tokens_back(
                 assert (forged.status_code, forged.text) == (401, "bad signature")
                 assert http.post(ROUTE, content=b"{}").status_code == 401  # no headers
             assert set(batch_holds(limiter)) == {second.name}  # nothing ended by them
+            c.batches.cancel(name=second.name or "")  # its end seen: nothing stays held
+            assert batch_holds(limiter) == {}
         assert not any("webhooks" in url for _m, url, _h in run.seen.requests)
     written = caplog.text + run.audit_path.read_text(encoding="utf-8")
     assert SECRET not in written and SECRET.removeprefix("whsec_") not in written

@@ -188,6 +188,8 @@ async def test_a_forged_stale_or_repeated_delivery_changes_nothing() -> None:
             assert (await http.get(uri)).status_code == 405
         permit = await limiter.acquire_nowait(FLASH, cost={"batch_tokens": 10})  # its room
         await permit.release()
+        last = await hooks.handle(*_delivery(_ended(second.name, "batch.cancelled"), wid="m2"))
+        assert (last.tokens, batch_holds(limiter)) == (ENQUEUED // 2, {})  # nothing left held
 
 
 @contextmanager

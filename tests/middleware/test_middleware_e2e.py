@@ -25,6 +25,7 @@ from quotaflow.transports import (
     SyncQuotaTransport,
     genai_http_options,
 )
+from tests._timing import InFlight
 
 Flavor = Literal["httpx", "httpx2"]
 
@@ -338,8 +339,9 @@ async def test_retries_run_out_and_sdk_error_classes_still_work(served: ServedEm
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # 10 s of load: once is enough
 @pytest.mark.anyio
-async def test_saturating_load_no_429_and_full_use() -> None:
+async def test_saturating_load_no_429_and_full_use(monkeypatch: pytest.MonkeyPatch) -> None:
     rpm, tpm, periods, tasks = 40, 8000, 10, 64
+    in_flight = InFlight(monkeypatch, FLASH)
     rng = random.Random(3)
     prompts = ["s" * 100 + str(i) for i in range(20)] + ["L" * 2400 + str(i) for i in range(8)]
     with serve(_config(rpm=rpm, tpm=tpm)) as served:
@@ -373,7 +375,11 @@ async def test_saturating_load_no_429_and_full_use() -> None:
     horizon = t0 + periods * PERIOD
     reqs = sum(a["requests"] for a in log if a["time"] < horizon) / (rpm * periods)
     toks = sum(a["tokens"] for a in log if a["time"] < horizon) / (tpm * periods)
-    assert max(reqs, toks) >= 0.95, (reqs, toks)
+    # each unit of capacity cycles: in flight (grant to response), then one period anchored;
+    # the server counts the anchored part, the time in flight is the machine's latency
+    # (measured), and of the rest the limiter leaves at most 5 % idle
+    lag = in_flight.share(PERIOD)
+    assert max(reqs, toks) * (1 + lag) >= 0.95, (reqs, toks, lag)
     assert min(reqs, toks) > 0.5  # both dimensions were under pressure
 
 

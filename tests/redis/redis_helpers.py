@@ -108,6 +108,28 @@ def spawn_worker(cfg: dict[str, Any]) -> subprocess.Popen[str]:
     )
 
 
+def wait_stopped(p: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Return once every thread of ``p`` is stopped, after a ``SIGSTOP`` was sent to it.
+
+    ``kill()`` returns before a multi-threaded process has stopped: one thread takes the
+    signal and stops the others, and on a loaded machine the rest run on meanwhile (and may
+    read what arrives on their sockets). Without ``/proc`` it returns at once.
+    """
+    tasks = Path(f"/proc/{p.pid}/task")
+    if not tasks.is_dir():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {p.pid} did not stop within {timeout} s")
+
+
 def read_until(p: subprocess.Popen[str], ev: str, count: int = 1) -> dict[str, Any]:
     """Read the worker's events until the ``count``-th ``ev``; returns that event."""
     assert p.stdout is not None

@@ -124,17 +124,18 @@ async def test_gauges_skip_a_redis_that_is_gone(
 ) -> None:
     import anyio
 
-    quotas = {MODEL: [RPM(20, 60.0)]}
+    model = "gemini-2.5-flash-lite"  # a model no other test's limiter reports gauges of
+    quotas = {model: [RPM(20, 60.0)]}
     limiter = Limiter(None, quotas=quotas, backend=f"{own_redis.url}?on_error=raise")
     try:
-        permit = await limiter.acquire_nowait(MODEL, 10)
-        metrics.seen(limiter, MODEL)
-        assert _gauges(reader)["quotaflow.in_flight"][(MODEL, "rpm")] == 1
+        permit = await limiter.acquire_nowait(model, 10)
+        metrics.seen(limiter, model)
+        assert _gauges(reader)["quotaflow.in_flight"][(model, "rpm")] == 1
         await permit.release()
         own_redis.kill()
         await anyio.sleep(0.6)  # past the read shared by one collection's two gauges
         # a collection while Redis is away ends without the limiter's figures, and raises not
-        assert (MODEL, "rpm") not in _gauges(reader).get("quotaflow.in_flight", {})
+        assert (model, "rpm") not in _gauges(reader).get("quotaflow.in_flight", {})
     finally:
         limiter.close()
         await limiter.backend.aclose()  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 import redis
-from redis_helpers import read_until, spawn_worker
+from redis_helpers import read_until, spawn_worker, wait_stopped
 
 from quotaflow import RPM, TPM, Concurrent, Limit, Limiter, QuotaTimeoutError
 from quotaflow.backends.redis import RedisBackend
@@ -264,6 +264,7 @@ def test_a_frozen_process_does_not_spend_what_expired_while_it_was_stopped(
             time.sleep(0.02)
         assert limiter.waiting("m") == 1
         p.send_signal(signal.SIGSTOP)
+        wait_stopped(p)  # every thread: the worker reads nothing more until SIGCONT
         held.release()  # the stopped worker's ticket is granted now, and its lease expires
         time.sleep(0.3)
         with limiter.acquire("m", timeout=10) as again:  # back once the lease expires

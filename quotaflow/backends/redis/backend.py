@@ -46,6 +46,7 @@ from quotaflow.backends.redis.clients import (
     TRANSIENT,
     _clients,
     _exec_async,
+    _exec_sync,
     _transient,
 )
 from quotaflow.backends.redis.effects import Backoff, EngineFlow
@@ -53,17 +54,14 @@ from quotaflow.backends.redis.engine import Engine
 from quotaflow.backends.redis.engine_state import SETTLE_DELAY, Policy
 from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed
 from quotaflow.backends.redis.link import Link
+from quotaflow.backends.redis.link import flush as replay_outbox
 from quotaflow.backends.redis.settle_timer import SettleTimer
-from quotaflow.backends.redis.sync import SyncRedisBackend
+from quotaflow.backends.redis.sync import ASIDE, SyncRedisBackend
 from quotaflow.errors import ConfigError
 from quotaflow.limits import Limit
 from quotaflow.scheduler.buckets import Level
 
-__all__ = ["RedisBackend", "SyncRedisBackend"]
-
-ASIDE = 0.5
-"""Seconds a cancel, settle or release waits for Redis before it is set aside and replayed by
-the background thread (the caller goes on; nothing is lost)."""
+__all__ = ["ASIDE", "RedisBackend", "SyncRedisBackend"]
 
 _OPTIONS = ("namespace", "on_error", "local_fraction", "lease_ttl", "aging", "backfill_depth")
 
@@ -178,14 +176,17 @@ class RedisBackend:
         self._engine.subscribed.wait(5.0)
 
     def close(self) -> None:
-        """Send deferred settles, stop the background thread and close the connections
-        (optional at exit: deferred settles are sent then; a lease never settled expires after
-        ``lease_ttl``)."""
+        """Send deferred settles and what was set aside (if Redis is reachable), stop the
+        background thread, close the connections (optional: a lease left expires)."""
         self._settles.close()
         if self._link is not None:
             self._link.stop()
             self._link.join(5.0)
             self._link = None
+        if self._engine.outbox and self._engine.up:
+            with contextlib.suppress(Exception):  # kept for lease_ttl at most
+                self.sync._run(replay_outbox(self._engine))
+        self.sync._stop_calls()
         self._client.close()
 
     async def aclose(self) -> None:
@@ -219,7 +220,7 @@ class RedisBackend:
 
     async def _arun(self, flow: EngineFlow) -> Any:
         if sniffio.current_async_library() != "asyncio":  # redis.asyncio is asyncio-only
-            return await anyio.to_thread.run_sync(self.sync._run, flow)
+            return await self._trun(flow)
         client = self._aclient()
         result: Any = None
         error: BaseException | None = None
@@ -248,6 +249,31 @@ class RedisBackend:
                         pass
                 try:
                     result = await _exec_async(client, effect, self._atimeout)
+                except _CALL_ERRORS as exc:
+                    error = _transient(exc)
+        finally:
+            flow.close()  # abandoned (cancelled): the flow keeps what it carried
+
+    async def _trun(self, flow: EngineFlow) -> Any:
+        """:meth:`_arun` off asyncio (trio): each command in a worker thread, given up (its
+        reply dropped) when the caller is cancelled (its deadline), as on asyncio."""
+        client = self._client
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    effect = flow.send(result) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                result, error = None, None
+                if isinstance(effect, Backoff):
+                    await anyio.sleep(effect.seconds)
+                    continue
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        _exec_sync, client, effect, abandon_on_cancel=True
+                    )
                 except _CALL_ERRORS as exc:
                     error = _transient(exc)
         finally:
@@ -292,6 +318,7 @@ class RedisBackend:
             return await self._arun(e.submit(scope, request, now))  # type: ignore[no-any-return]
         except BaseException:  # cancelled: whether it ran is unknown; settles stay queued
             e.unstart(scope, started)
+            e.gave_up(scope, started.t0)
             raise
         granted = e.end_submit(scope, request, now, started)
         if granted is not None:
@@ -305,7 +332,12 @@ class RedisBackend:
     async def cancel(self, scope: str, request_id: str, now: float) -> Decision | None:
         """Leave the line; returns a grant that won the race. Bounded: if Redis does not
         answer within :data:`ASIDE` seconds, the cancel is kept and replayed (a grant that won
-        is then released), and the caller goes on."""
+        is then released), and the caller goes on; at once if a call of the scope was just
+        given up unanswered (a paused server)."""
+        if self._engine.stalled_now(scope):  # its bookkeeping, no call (see SyncRedisBackend)
+            flow = self._engine.cancel(scope, request_id, now)
+            won: Decision | None = self.sync._aside("cancel", scope, (request_id,), flow)
+            return won
         with anyio.move_on_after(ASIDE):
             return await self._arun(self._engine.cancel(scope, request_id, now))  # type: ignore[no-any-return]
         self._engine.later("cancel", scope, (request_id,))

@@ -136,6 +136,7 @@ class ScriptCall(EngineState):
                 return reply, shift
         except GeneratorExit:  # the caller gave up (cancelled): keep what it carried
             self._putback(scope, taken, t0)
+            self.gave_up(scope, t0)
             raise
 
     def restore(self, scope: str, now: float, wait: bool) -> EngineFlow:

@@ -35,6 +35,11 @@ SETTLE_DELAY = 0.002
 """Seconds a deferred settle may wait for a script call to ride on before it is sent alone."""
 
 
+STALL = 0.05
+"""Seconds a call abandoned (its deadline, a cancellation) had waited for a reply for Redis to
+be taken as stalled (:meth:`EngineState.gave_up`); Redis answers in well under this."""
+
+
 def _shift(d: Decision, shift: float) -> Decision:
     return d if d.at is None or shift == 0.0 else replace(d, at=d.at + shift)
 
@@ -84,6 +89,7 @@ class EngineState:
         # requests given up while Redis stalled (id -> monotonic time): a grant of one that
         # arrives later is released at once
         self.abandoned: dict[str, float] = {}
+        self.stalled: dict[str, float] = {}  # scope -> monotonic time a call was given up
 
     # --- clocks and delivery ------------------------------------------------------------------
     def lnow(self) -> float:
@@ -173,6 +179,19 @@ class EngineState:
         )
 
     # --- the outbox and the deferred settles --------------------------------------------------
+    def gave_up(self, scope: str, t0: float) -> None:
+        """A call of ``scope`` made at ``t0`` (monotonic) was abandoned: if it waited longer
+        than :data:`STALL`, Redis is taken as stalled for the scope until it answers again."""
+        t = time.monotonic()
+        if t - t0 >= STALL:
+            self.stalled[scope] = t
+
+    def stalled_now(self, scope: str) -> bool:
+        """A call of ``scope`` was given up unanswered and no reply for it came since: a cancel,
+        settle or release is set aside at once instead of waiting for Redis."""
+        at = self.stalled.get(scope)
+        return at is not None and at > self.contact.get(scope, 0.0)
+
     def _applied(self, scope: str, settles: Sequence[rs.Settle]) -> None:
         """Settles the script applied: the leases end, their spends go into the ledger."""
         limits = self.limits.get(scope, ())

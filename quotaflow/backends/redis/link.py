@@ -175,8 +175,16 @@ def beat(eng: Engine, scope: str, now: float) -> EngineFlow:
         tickets = [i for i, t in eng.tickets.items() if t[0] == scope]
         leases = [i for i, s in eng.leases.items() if s == scope]
     args = [str(len(tickets)), *tickets, *leases]
+    t0 = time.monotonic()
     reply, shift = yield from eng.op("beat", scope, lambda cur: args, now, False)
-    eng.deliver(scope, reply.decisions, shift)
+    # a reply read more than half a lease's life after the call was sent: this process was
+    # stopped (or starved) meanwhile, and a grant it reports may have expired since: ask again
+    stale = time.monotonic() - t0 > eng.codec.ttl / 2
+    fresh = [d for d in reply.decisions if not (stale and d.outcome == "granted")]
+    eng.deliver(scope, fresh, shift)
+    for d in reply.decisions if stale else ():
+        if d.outcome == "granted":
+            yield from _ask_again(eng, scope, d.id)
     for row in reply.result:
         rid, state, at = (rp._text(x) for x in row)
         with eng.lock:
@@ -186,7 +194,9 @@ def beat(eng: Engine, scope: str, now: float) -> EngineFlow:
                 eng.ledger.dropped(rid)
         if t is None:
             continue
-        if state == "g":
+        if state == "g" and stale:
+            yield from _ask_again(eng, scope, rid)
+        elif state == "g":
             eng.deliver(scope, [Decision(rid, "granted", reply.now)], shift)
         elif state == "h" and rp._num(at) != t[2]:
             eng.deliver(scope, [Decision(rid, "waiting", rp._num(at))], shift)
@@ -196,6 +206,21 @@ def beat(eng: Engine, scope: str, now: float) -> EngineFlow:
                 listeners = list(eng.listeners.get(scope, ()))
             for listener in listeners:
                 listener(d)
+
+
+def _ask_again(eng: Engine, scope: str, rid: str) -> EngineFlow:
+    """Submit this process's ticket ``rid`` again (a lease still held is granted again at
+    once) and hand the decision to the listeners."""
+    with eng.lock:
+        t = eng.tickets.get(rid)
+    if t is None:
+        return None
+    d = yield from eng.submit(scope, t[1], eng.lnow(), wait=False)
+    with eng.lock:
+        listeners = list(eng.listeners.get(scope, ()))
+    for listener in listeners:
+        listener(d)
+    return None
 
 
 def migrate(eng: Engine, now: float) -> None:
