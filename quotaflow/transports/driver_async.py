@@ -146,19 +146,7 @@ class AsyncDriver(DriverBase):
         """Carries out ``effect``: the common ones hand back the limiter's call as it is (the
         async driver awaits it with no coroutine of its own between)."""
         if isinstance(effect, Acquire):
-            lim = self._pick(effect.limiter)
-            if lim.mode == "shadow":
-                return _shadow.acquire_async(lim, effect)
-            return lim._acquire(
-                effect.model,
-                effect.tokens,
-                effect.cost,
-                effect.priority,
-                None,
-                None if effect.nowait else effect.deadline,
-                effect.nowait,
-                effect.agent,
-            )
+            return self._take(effect)
         if isinstance(effect, AcquireBoth):
             at_once = self._pick(effect.first.limiter)._ops.may_stall
             return acquire_both_async(self._take, effect.first, effect.second, at_once)
@@ -214,11 +202,12 @@ class AsyncDriver(DriverBase):
             )
         return await self._effect(effect, request)  # Acquire, Settle, Release
 
-    async def _take(self, effect: Acquire) -> Any:
+    def _take(self, effect: Acquire) -> Any:
+        """The limiter's acquire for ``effect`` (the async driver awaits what it returns)."""
         lim = self._pick(effect.limiter)
         if lim.mode == "shadow":
-            return await _shadow.acquire_async(lim, effect)
-        return await lim._acquire(
+            return _shadow.acquire_async(lim, effect)
+        return lim._acquire(
             effect.model,
             effect.tokens,
             effect.cost,
