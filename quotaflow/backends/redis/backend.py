@@ -49,7 +49,7 @@ from quotaflow.backends.redis.clients import (
     _exec_sync,
     _transient,
 )
-from quotaflow.backends.redis.effects import Backoff, EngineFlow
+from quotaflow.backends.redis.effects import Backoff, EngineFlow, Exec
 from quotaflow.backends.redis.engine import Engine
 from quotaflow.backends.redis.engine_state import SETTLE_DELAY, Policy
 from quotaflow.backends.redis.lean import _Lean, _on_asyncio, call_packed
@@ -219,9 +219,11 @@ class RedisBackend:
         return entry[1]
 
     async def _arun(self, flow: EngineFlow) -> Any:
-        if sniffio.current_async_library() != "asyncio":  # redis.asyncio is asyncio-only
-            return await self._trun(flow)
-        client = self._aclient()
+        """Run ``flow`` on this event loop: on asyncio with redis.asyncio (a read of the fleet's
+        figures goes by the lean call), elsewhere (trio; redis.asyncio is asyncio-only) each
+        command in a worker thread, given up (its reply dropped) when the caller is cancelled
+        (its deadline), as on asyncio."""
+        on_asyncio = sniffio.current_async_library() == "asyncio"
         result: Any = None
         error: BaseException | None = None
         try:
@@ -234,50 +236,31 @@ class RedisBackend:
                 if isinstance(effect, Backoff):
                     await anyio.sleep(effect.seconds)
                     continue
-                # a read of the fleet's figures by the lean call, with the loop's other calls;
-                # if it fails (a dropped connection...), redis-py's call, which retries (not
-                # after a timeout: Redis did not answer in time, the flow decides)
-                packed = rs.packed_read(effect.command) if effect.command else None
-                if packed is not None and (lean := self._lean()).pool is not None:
-                    try:
-                        result = await self._call_packed(lean, packed)
-                        continue
-                    except TimeoutError as exc:
-                        error = _transient(exc)
-                        continue
-                    except Exception:
-                        pass
                 try:
-                    result = await _exec_async(client, effect, self._atimeout)
+                    if on_asyncio:
+                        result = await self._aexec(effect)
+                    else:
+                        result = await anyio.to_thread.run_sync(
+                            _exec_sync, self._client, effect, abandon_on_cancel=True
+                        )
                 except _CALL_ERRORS as exc:
                     error = _transient(exc)
         finally:
             flow.close()  # abandoned (cancelled): the flow keeps what it carried
 
-    async def _trun(self, flow: EngineFlow) -> Any:
-        """:meth:`_arun` off asyncio (trio): each command in a worker thread, given up (its
-        reply dropped) when the caller is cancelled (its deadline), as on asyncio."""
-        client = self._client
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    effect = flow.send(result) if error is None else flow.throw(error)
-                except StopIteration as stop:
-                    return stop.value
-                result, error = None, None
-                if isinstance(effect, Backoff):
-                    await anyio.sleep(effect.seconds)
-                    continue
-                try:
-                    result = await anyio.to_thread.run_sync(
-                        _exec_sync, client, effect, abandon_on_cancel=True
-                    )
-                except _CALL_ERRORS as exc:
-                    error = _transient(exc)
-        finally:
-            flow.close()  # abandoned (cancelled): the flow keeps what it carried
+    async def _aexec(self, effect: Exec) -> Any:
+        """One effect on asyncio. A read of the fleet's figures goes by the lean call, with the
+        loop's other calls; if that fails (a dropped connection...), by redis-py's call, which
+        retries; not after a timeout (Redis did not answer in time: the flow decides)."""
+        packed = rs.packed_read(effect.command) if effect.command else None
+        if packed is not None and (lean := self._lean()).pool is not None:
+            try:
+                return await self._call_packed(lean, packed)
+            except TimeoutError:
+                raise
+            except Exception:
+                pass
+        return await _exec_async(self._aclient(), effect, self._atimeout)
 
     def _lean(self) -> _Lean:
         """This event loop's state of the lean call."""
