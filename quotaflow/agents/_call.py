@@ -21,10 +21,12 @@ from quotaflow.agents.grants import (
     body_references,
     decide,
     decide_references,
+    file_batch_decision,
     may_reference,
     target_resource,
 )
 from quotaflow.errors import BillingError
+from quotaflow.flow.batch import batch_requests
 from quotaflow.flow.refusal import Refusal
 from quotaflow.gemini import Call, estimate_tokens, redact_text
 from quotaflow.gemini._canonical import canonical_request
@@ -140,6 +142,8 @@ def decision_for(
                 if not verdict.allowed:
                     decision = verdict
                     break
+    if decision.allowed and body and call.area == "batch" and call.creates:
+        decision = file_batch_decision(runtime.policy, agent, call, body) or decision
     return model, resource, decision
 
 
@@ -225,12 +229,15 @@ class AgentCall:
         self, tokens: int, spend_micros: int | None
     ) -> tuple[str, int, dict[str, int]] | None:
         """``(scope, tokens, cost)`` to take from the agent's budget, or ``None``."""
+        requests = self.call.requests
         if not self.call.metered:
-            return None
+            if not (self.call.area == "batch" and self.call.creates):
+                return None
+            requests = batch_requests(self._body)  # a batch job: each of its requests
         scope = self.runtime.budget_scope(self._agent)
         if scope is None:
             return None
-        cost = {"requests": self.call.requests}
+        cost = {"requests": requests}
         if spend_micros is not None and self._dollar_budget():
             self.spend_estimate = spend_micros
             cost[USD_MICROS] = spend_micros

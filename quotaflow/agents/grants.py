@@ -18,10 +18,10 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
 
 from quotaflow.agents.policy import METHODS, AgentPolicy, Policy
 from quotaflow.gemini import Call
@@ -33,6 +33,7 @@ __all__ = [
     "body_references",
     "decide",
     "decide_references",
+    "file_batch_decision",
     "may_reference",
     "target_resource",
 ]
@@ -102,7 +103,10 @@ _REF_KEYS = frozenset(
         "uri",
     }
 )
-_REF = re.compile(r"(?:^|/)((files|cachedContents|batches|tunedModels)/([^/?#:]*))")
+_REF = re.compile(r"((files|cachedContents|batches|tunedModels)/([^/?#:]*))")
+# the part of a name a lenient reader of a URI may take for the id (``files/abc`` of
+# ``files/abc.x``): checked beside the whole name
+_ID_HEAD = re.compile(r"[A-Za-z0-9_-]*")
 _REF_AREAS = {"files": "files", "cachedContents": "caching", "batches": "batch"}
 _REF_AREAS["tunedModels"] = "tuning"
 _MAX_NODES = 100_000
@@ -148,9 +152,13 @@ def body_references(body: object) -> list[str]:
         if isinstance(node, dict):
             for k, v in node.items():
                 if isinstance(v, str) and isinstance(k, str) and k.casefold() in _REF_KEYS:
-                    m = _REF.search(v)
-                    if m is not None:
+                    # every collection name in the value, wherever it stands (``xfiles/a``,
+                    # ``files/mine/../files/a``): the server may read any one of them
+                    for m in _REF.finditer(v):
                         out.append(m.group(1))
+                        head = _ID_HEAD.match(m.group(3))
+                        if head is not None and head.group(0) != m.group(3):
+                            out.append(f"{m.group(2)}/{head.group(0)}")
                 elif isinstance(v, (dict, list)):
                     stack.append(v)
         elif isinstance(node, list):
@@ -202,6 +210,53 @@ def decide_references(
             return GrantDecision(
                 False, reason, agent, call.action, area, "read", grant.describe(), text
             )
+    return None
+
+
+# the areas whose resources a request may name (``fileData``, ``cachedContent``, a tuned model)
+_NAMED_AREAS = ("files", "caching", "tuning")
+
+
+def _input_file(body: Mapping[str, Any]) -> str | None:
+    """The input file a batch create names (``batch.inputConfig.fileName``, either spelling)."""
+    batch = body.get("batch")
+    if not isinstance(batch, Mapping):
+        return None
+    for ck, config in batch.items():
+        if not (isinstance(ck, str) and ck.casefold() in ("inputconfig", "input_config")):
+            continue
+        if isinstance(config, Mapping):
+            for fk, name in config.items():
+                if isinstance(fk, str) and fk.casefold() in ("filename", "file_name"):
+                    return str(name)
+    return None
+
+
+def file_batch_decision(
+    policy: Policy, agent: str | None, call: Call, body: Mapping[str, Any]
+) -> GrantDecision | None:
+    """A denial for a batch create whose requests are in an input file (``None``: allowed,
+    or not such a batch). Those requests are not read here, so they may name any resource:
+    the agent must be able to use every resource a request can name (``read`` without
+    ``own`` in files, caching and tuning)."""
+    source = _input_file(body) if call.area == "batch" and call.creates else None
+    spec = policy.for_agent(agent) if source is not None else None
+    if spec is None:
+        return None
+    for area in _NAMED_AREAS:
+        grant = spec.grant(area)
+        if grant.access != "none" and not grant.own:
+            continue
+        held = grant.describe()
+        text = (
+            f"quotaflow policy: agent {agent!r} may not call {call.action} with input file "
+            f"{source}: the requests in an input file are not read here and may name a "
+            f"resource of area {area!r}, where the agent holds {held!r}; a batch from a file "
+            "needs 'read' without 'own' in areas files, caching and tuning (send the requests "
+            "inline instead: each is checked)"
+        )
+        reason: Reason = "not_owner" if grant.own else "no_grant"
+        return GrantDecision(False, reason, agent, call.action, area, "read", held, text)
     return None
 
 

@@ -28,6 +28,18 @@ def batch_file(body: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) and _FILE_NAME.fullmatch(name) else None
 
 
+def batch_requests(body: Mapping[str, Any]) -> int:
+    """The requests a batch create holds: its inline requests, or 1 for an input file (its
+    lines are not read here)."""
+    batch = body.get("batch")
+    if not isinstance(batch, dict):
+        return 1
+    config = batch.get("inputConfig", batch.get("input_config"))
+    inline = config.get("requests") if isinstance(config, dict) else None
+    items = inline.get("requests") if isinstance(inline, dict) else None
+    return max(1, len(items)) if isinstance(items, list) else 1
+
+
 def sibling(path: str, *, version: str | None, name: str) -> str:
     """The path of resource ``name`` under the same prefix and version as ``path``."""
     head = path[: path.find(f"/{version}/") + 1] if version and f"/{version}/" in path else "/"

@@ -220,8 +220,15 @@ def _call(
             if info.spend_estimated is not None and spend.cap_usd is not None:
                 spend_cost = {USD_MICROS: info.spend_estimated}
     budget: Any = None
-    if ticket is not None and call.metered:
-        ask = ticket.budget_cost(tokens, info.spend_estimated)
+    jobs = ticket is not None and not call.metered and call.area == "batch" and call.creates
+    if ticket is not None and (call.metered or jobs):
+        # a batch job spends the budget too: its requests, enqueued tokens and batch price
+        spent = info.spend_estimated
+        if jobs:
+            tokens = info.estimated
+            if spend is not None and model:
+                spent = spend.cost(model, "batch", input_tokens=tokens)
+        ask = ticket.budget_cost(tokens, spent)
         if ask is not None:
             scope, budget_tokens, budget_cost = ask
             try:

@@ -28,8 +28,9 @@ import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quotaflow.agents.audit import AuditRecord
-from quotaflow.agents.grants import _match
+from quotaflow.agents.grants import _match, body_references, decide_references, may_reference
 from quotaflow.errors import QuotaflowError
+from quotaflow.gemini import Call
 from quotaflow.limiter import Limiter
 from quotaflow.limits import Concurrent, Limit
 
@@ -62,6 +63,27 @@ def _input_tokens(message: bytes | str) -> int | None:
     usage = data.get("usageMetadata") if isinstance(data, dict) else None
     value = usage.get("promptTokenCount") if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_LIVE_CALL = Call("GET", "/ws/BidiGenerateContent", "gemini", None, "BidiGenerateContent",
+                  "other", "write")  # fmt: skip
+
+
+def _refused_reference(gateway: Gateway, agent: str, message: bytes | str) -> str | None:
+    """Why a message of the session may not go upstream: it names a resource (a file in a
+    part, a cache, a tuned model) the agent may not use, as a request body may not."""
+    raw = message.encode("utf-8", "surrogatepass") if isinstance(message, str) else message
+    if not may_reference(raw):
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None  # not JSON: the upstream refuses it
+    agents = gateway.agents
+    refused = decide_references(
+        agents.policy, agent, _LIVE_CALL, body_references(data), agents.ownership.owner
+    )
+    return refused.reason if refused is not None else None
 
 
 # a replica that dies without closing its sessions gives their slots back within this
@@ -166,6 +188,8 @@ class LiveProxy:
         reason = ""
         if model is None:
             reason = "malformed"
+        elif (refused := _refused_reference(gw, entry.agent, first)) is not None:
+            reason = refused
         elif grant is None or grant.access != "write":
             reason = "no_grant"
         elif grant.models and not any(_match(model, p) for p in grant.models):
@@ -241,7 +265,14 @@ class LiveProxy:
                         if msg["type"] == "websocket.disconnect":
                             break
                         data = msg.get("text")
-                        await up.send(data if data is not None else msg.get("bytes") or b"")
+                        out = data if data is not None else msg.get("bytes") or b""
+                        refused = _refused_reference(gw, agent, out)
+                        if refused is not None:  # never sent: the session ends here
+                            nonlocal outcome, error
+                            outcome, error = "denied", f"quotaflow policy: {refused}"
+                            await ws.close(code=1008, reason=f"quotaflow policy: {refused}")
+                            break
+                        await up.send(out)
                     tg.cancel_scope.cancel()
 
                 async with anyio.create_task_group() as tg:
