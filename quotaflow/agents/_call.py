@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from quotaflow.agents._local import BudgetExhaustedError, budget_refusal, denied_refusal
-from quotaflow.agents._ownership import created_name
+from quotaflow.agents._ownership import created_interaction, created_name
 from quotaflow.agents.audit import AuditRecord, content_hash, key_fingerprint, path_template
 from quotaflow.agents.grants import (
     GrantDecision,
@@ -101,6 +101,9 @@ def _inner_models(body: Mapping[str, Any], limit: int = 100_000) -> list[str]:
 
 
 _DECIDED_MAX = 1024
+# the calls whose answer names a resource they made, and those that delete the one they name
+_MADE = frozenset({"upload", "interactions.create"})
+_DELETES = frozenset({"delete", "interactions.delete"})
 
 
 def decision_for(
@@ -254,23 +257,24 @@ class AgentCall:
 
     def responded(self, status: int) -> bool:
         """The final status; returns whether the body must be read (a create's answer names
-        the new resource, recorded under the agent)."""
+        the new resource, recorded under the agent; every interaction is one)."""
         self.outcome = "ok" if status < 400 else "http_error"
         self.status = status
-        if status < 300 and self.call.action == "delete" and self.resource:
+        action = self.call.action
+        if status < 300 and action in _DELETES and self.resource:
             self.runtime.ownership.forget(self.resource)
-        return (
-            self._agent is not None
-            and status < 300
-            and (self.call.creates or self.call.action == "upload")
-        )
+        return self._agent is not None and status < 300 and (self.call.creates or action in _MADE)
 
-    def created(self, decoded: bytes) -> None:
-        """The create response's body: record the new resource under the agent."""
-        name = created_name(_parse(decoded))
+    def created(self, decoded: bytes) -> bool:
+        """The create response's body, or one event of a streamed create: record the new
+        resource under the agent. Returns whether it was found (no more events needed)."""
+        obj = _parse(decoded)
+        interaction = self.call.action == "interactions.create"
+        name = created_interaction(obj) if interaction else created_name(obj)
         if name and self._agent is not None:
             self.created_name = name
             self.runtime.ownership.record(name, self._agent)
+        return name is not None
 
     def budget_amounts(self, info: CallInfo) -> dict[str, int]:
         """What to settle the budget permit with (the usage, else the estimate)."""

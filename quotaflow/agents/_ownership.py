@@ -1,9 +1,10 @@
 """Who created which resource: the ``own`` scope's memory. In-memory, per process.
 
 A resource created through an agent's transport (an uploaded file, a cache, a batch, a tuned
-model) is recorded under that agent's name from the create response; a delete through quotaflow
-forgets it. The record lives in this process only: resources created elsewhere (another
-process, the console) have no known owner, so an ``own`` grant cannot change them.
+model, an interaction) is recorded under that agent's name from the create response (a
+streamed interaction's from its first event, before the caller reads it); a delete through
+quotaflow forgets it. The record lives in this process only: resources created elsewhere
+(another process, the console) have no known owner, so an ``own`` grant cannot change them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Ownership", "created_name"]
+__all__ = ["Ownership", "created_interaction", "created_name"]
 
 
 class Ownership:
@@ -62,3 +63,17 @@ def created_name(body: Mapping[str, Any]) -> str | None:
     if isinstance(name, str) and name:
         return name.split("/operations/", 1)[0]
     return None
+
+
+def created_interaction(body: Mapping[str, Any]) -> str | None:
+    """The name (``interactions/<id>``) of the interaction a create response describes: the
+    interaction itself (``{"id": "x", ...}``) or a stream event that holds it
+    (``{"event_type": "interaction.created", "interaction": {"id": "x", ...}}``)."""
+    inner = body.get("interaction")
+    if isinstance(inner, Mapping):
+        ident = inner.get("id")
+    elif "event_type" in body:  # another event of the stream (a step, a delta)
+        return None
+    else:
+        ident = body.get("id")
+    return f"interactions/{ident}" if isinstance(ident, str) and ident else None

@@ -53,7 +53,10 @@ Reason = Literal[
 """Why a call was allowed (``granted``) or denied."""
 
 _CHANGES = frozenset({"update", "delete", "cancel"})
-_RESOURCE = re.compile(r"(?:^|/)((?:files|cachedContents|batches|tunedModels)/[^/:]+)")
+# ``own`` holds every call on a stored interaction to its creator, reads too (a ``get``
+# returns the whole conversation): ``interactions.get``, ``.cancel``, ``.delete``, any other
+_INTERACTION = "interactions."
+_RESOURCE = re.compile(r"(?:^|/)((?:files|cachedContents|batches|tunedModels|interactions)/[^/:]+)")
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class GrantDecision:
 
 
 def target_resource(call: Call) -> str | None:
-    """The resource a call acts on (``files/abc``, ``batches/x``), from its path."""
+    """The resource a call acts on (``files/abc``, ``batches/x``, ``interactions/x``), from
+    its path."""
     m = _RESOURCE.search(call.path)
     return m.group(1) if m else None
 
@@ -109,6 +113,10 @@ _REF = re.compile(r"((files|cachedContents|batches|tunedModels)/([^/?#:]*))")
 _ID_HEAD = re.compile(r"[A-Za-z0-9_-]*")
 _REF_AREAS = {"files": "files", "cachedContents": "caching", "batches": "batch"}
 _REF_AREAS["tunedModels"] = "tuning"
+_REF_AREAS["interactions"] = "content"
+# the key of an Interactions API create that continues a stored interaction (its bare id)
+_PREVIOUS_KEYS = frozenset({"previous_interaction_id", "previousinteractionid"})
+_PREVIOUS_MARK = re.compile(rb"previous_?interaction_?id", re.IGNORECASE)
 _MAX_NODES = 100_000
 TOO_LARGE = "body/too-large"
 """What :func:`body_references` names for a body too large to check (refused as malformed)."""
@@ -121,7 +129,8 @@ def may_reference(content: bytes) -> bool:
     """Whether a JSON body's text may name a resource (or be too large to check): ``False``
     means :func:`body_references` of the body it parses to is ``[]``, found without parsing.
 
-    A reference is a string value that holds one of the four collection names and a ``/``;
+    A reference is a string value that holds one of the four collection names and a ``/``,
+    or the value of a ``previous_interaction_id`` key (in ASCII letters of either case);
     UTF-8 JSON writes that text as is or with an escape (a backslash). A NUL byte means
     another encoding (UTF-16 or UTF-32, which the JSON parser accepts too): not ruled out
     here. Each node the walk counts is at least one byte of the text, so a body of at most
@@ -129,12 +138,13 @@ def may_reference(content: bytes) -> bool:
     """
     if len(content) > _MAX_NODES or b"\\" in content or b"\x00" in content:
         return True
-    return any(mark in content for mark in _REF_MARKS)
+    return any(mark in content for mark in _REF_MARKS) or bool(_PREVIOUS_MARK.search(content))
 
 
 def body_references(body: object) -> list[str]:
     """The resources a request body names (``cachedContent``, file URIs in parts, batch
-    input files, tuned models), wherever they are nested, as ``files/abc``-style names.
+    input files, tuned models, the interaction a ``previous_interaction_id`` continues),
+    wherever they are nested, as ``files/abc``-style names.
 
     Example:
         >>> body_references({"cachedContent": "cachedContents/c1", "contents": [{"parts": [
@@ -159,11 +169,19 @@ def body_references(body: object) -> list[str]:
                         head = _ID_HEAD.match(m.group(3))
                         if head is not None and head.group(0) != m.group(3):
                             out.append(f"{m.group(2)}/{head.group(0)}")
+                elif isinstance(v, str) and isinstance(k, str) and _previous_key(k):
+                    if v:  # an empty id continues nothing
+                        out.append(f"interactions/{v}")
                 elif isinstance(v, (dict, list)):
                     stack.append(v)
         elif isinstance(node, list):
             stack.extend(reversed(node))
     return sorted(set(out), key=out.index)
+
+
+def _previous_key(key: str) -> bool:
+    """Whether ``key`` is ``previous_interaction_id`` in any spelling (ASCII case, camel)."""
+    return key.isascii() and key.lower() in _PREVIOUS_KEYS
 
 
 def decide_references(
@@ -175,8 +193,8 @@ def decide_references(
 ) -> GrantDecision | None:
     """A denial when the body names a resource the agent may not use (``None``: it may).
 
-    Using a resource needs at least ``read`` in its area; with ``own = true`` in that area,
-    only the agent's own resources may be used.
+    Using a resource needs at least ``read`` in its area (``content`` for an interaction);
+    with ``own = true`` in that area, only the agent's own resources may be used.
     """
     spec = policy.for_agent(agent)
     if spec is None:
@@ -276,7 +294,8 @@ def decide(
         call: the classified call.
         model: the model when the call names it only in its body (a cache, a tuning job).
         owner: for the ``own`` scope, the agent that created the resource the call changes
-            (``None``: unknown, e.g. created outside quotaflow or by another process).
+            or, for an interaction, reads (``None``: unknown, e.g. created outside quotaflow
+            or by another process).
     """
     model = call.model or model
     method = call.action
@@ -337,7 +356,9 @@ def decide(
         return verdict(
             False, "model_denied", held, f"an interaction names no model of {list(grant.models)}"
         )
-    if grant.own and needed == "write" and method in _CHANGES:
+    if grant.own and (
+        method.startswith(_INTERACTION) or (needed == "write" and method in _CHANGES)
+    ):
         resource = target_resource(call)
         if resource is not None and owner != agent:
             whose = f"agent {owner!r}" if owner else "no agent known to quotaflow"

@@ -110,7 +110,9 @@ class AreaGrant(_PolicyModel):
             no model (lists, files, ...) are not narrowed.
         allow: if given, only these methods (narrows ``access``, never widens it).
         deny: these methods are denied (e.g. ``["delete"]``).
-        own: updates, deletes and cancels only on resources this agent created.
+        own: updates, deletes and cancels only on resources this agent created, and only
+            its own resources named in a request body; in ``content``, every call on an
+            interaction (a read too) and every continuation of one only on its own.
     """
 
     access: GrantLevel = "none"

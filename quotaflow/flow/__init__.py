@@ -38,6 +38,7 @@ from quotaflow.flow.effects import (
     Send,
     Settle,
     Sleep,
+    Watch,
 )
 from quotaflow.flow.policy import CallPolicy, CallTicket
 from quotaflow.flow.settings import (
@@ -78,6 +79,7 @@ __all__ = [
     "Settle",
     "Sizer",
     "Sleep",
+    "Watch",
     "call_flow",
     "directives",
     "final_amounts",

@@ -26,6 +26,7 @@ from quotaflow.flow.effects import (
     Outcome,
     Read,
     Settle,
+    Watch,
 )
 from quotaflow.flow.held import Held
 from quotaflow.flow.policy import CallPolicy, CallTicket
@@ -128,15 +129,18 @@ def call_flow(
         outcome = yield from _call(*args, ticket, streamed, method, url)
         outcome.ticket = ticket
         if outcome.response is not None and ticket.responded(outcome.response.status_code):
-            try:
-                raw, outcome.response = yield Read(outcome.response)
-            except BaseException:
-                if outcome.permit is not None:
-                    yield Settle(outcome.permit, None)
-                if outcome.budget is not None:
-                    yield Settle(outcome.budget, ticket.budget_amounts(info))
-                raise
-            ticket.created(raw)
+            if call.streaming:  # the new resource is named in an event: watched as it passes
+                outcome.response = yield Watch(outcome.response, ticket.created)
+            else:
+                try:
+                    raw, outcome.response = yield Read(outcome.response)
+                except BaseException:
+                    if outcome.permit is not None:
+                        yield Settle(outcome.permit, None)
+                    if outcome.budget is not None:
+                        yield Settle(outcome.budget, ticket.budget_amounts(info))
+                    raise
+                ticket.created(raw)
     except BaseException as exc:
         ticket.finish(info, error=exc)
         raise

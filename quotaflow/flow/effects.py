@@ -3,7 +3,7 @@ what it did (:class:`CallInfo`, on ``response.extensions["quotaflow"]``)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -155,6 +155,17 @@ class Read:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """Hand the data of each event of a streamed response to ``on_event`` as the caller reads
+    it (before the caller gets the chunk that completes the event), until ``on_event`` returns
+    ``True``; a response that is not an event stream is read whole and handed on as one.
+    Returns the response for the caller."""
+
+    response: Any
+    on_event: Callable[[bytes], bool]
+
+
+@dataclass(frozen=True)
 class Count:
     """Send ``POST path`` with ``body`` and the caller's credentials; returns
     ``(status, decoded body)``, or ``None`` if the request failed."""
@@ -227,6 +238,7 @@ Effect = (
     | Hold
     | Send
     | Read
+    | Watch
     | Count
     | Lookup
     | Release

@@ -58,11 +58,13 @@ class CallTicket(Protocol):
 
     def responded(self, status: int) -> bool:
         """The final response's status; returns whether its body must be read (a create's
-        answer names the new resource)."""
+        answer names the new resource; a streamed answer is watched as it passes)."""
         ...
 
-    def created(self, decoded: bytes) -> None:
-        """The body of a create's response (read because :meth:`responded` asked)."""
+    def created(self, decoded: bytes) -> bool:
+        """The body of a create's response (read because :meth:`responded` asked), or, for a
+        streamed answer, the data of one event, each as it passes, until this returns
+        ``True`` (the new resource is named)."""
         ...
 
     def finish(

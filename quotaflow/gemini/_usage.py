@@ -210,7 +210,7 @@ class StreamScanner:
 
     Every ``data:`` event that mentions usage is parsed; the last usage seen wins (Gemini's
     counts are cumulative, final in the last chunk). ``[DONE]`` and raw error lines are
-    skipped.
+    skipped. ``watch``, if given, gets the data of each event until it returns ``True``.
 
     Example:
         >>> s = StreamScanner()
@@ -219,13 +219,14 @@ class StreamScanner:
         5
     """
 
-    __slots__ = ("_buf", "_last")
+    __slots__ = ("_buf", "_last", "_watch")
 
     _MAX_EVENT = 64 * 1024 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, watch: Callable[[bytes], bool] | None = None) -> None:
         self._buf = bytearray()
         self._last: Usage | None = None
+        self._watch = watch
 
     def feed(self, chunk: bytes) -> None:
         """Add the next chunk of the stream (any split: mid-line, mid-event)."""
@@ -249,17 +250,14 @@ class StreamScanner:
         return best, size
 
     def _event(self, event: bytes) -> None:
+        if self._watch is not None:
+            data = _data(event)
+            if data is not None and self._watch(data):
+                self._watch = None
         if b"sage" not in event:  # usageMetadata / usage: skip the JSON parse otherwise
             return
-        data = [
-            line[5:].lstrip(b" ")
-            for line in event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-            if line.startswith(b"data:")
-        ]
-        if not data:
-            return
-        payload = b"\n".join(data)
-        if payload.strip() == b"[DONE]":
+        payload = _data(event)
+        if payload is None:
             return
         try:
             found = usage_from_json(_loads(payload))
@@ -278,6 +276,19 @@ class StreamScanner:
     def usage(self) -> Usage | None:
         """The last usage seen so far."""
         return self._last
+
+
+def _data(event: bytes) -> bytes | None:
+    """The data of a server-sent event (``None``: none, or ``[DONE]``)."""
+    data = [
+        line[5:].lstrip(b" ")
+        for line in event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    if not data:
+        return None
+    payload = b"\n".join(data)
+    return None if payload.strip() == b"[DONE]" else payload
 
 
 def decoder_for(content_encoding: str) -> Callable[[bytes], bytes] | None:

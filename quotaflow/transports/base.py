@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -123,14 +123,21 @@ def take_directives(headers: Any) -> dict[str, str]:
 
 
 class Scan:
-    """Usage scanning of a response body as it passes (decoded for the scanner only)."""
+    """Usage scanning of a response body as it passes (decoded for the scanner only);
+    ``watch`` gets the data of each event of a stream (see :class:`StreamScanner`)."""
 
     __slots__ = ("decode", "done", "scanner")
 
-    def __init__(self, response: Any, streaming: bool, decoded: bool = False) -> None:
+    def __init__(
+        self,
+        response: Any,
+        streaming: bool,
+        decoded: bool = False,
+        watch: Callable[[bytes], bool] | None = None,
+    ) -> None:
         ctype = str(response.headers.get("content-type", "")).lower()
         self.scanner: StreamScanner | BodyScanner = (
-            StreamScanner() if streaming or "event-stream" in ctype else BodyScanner()
+            StreamScanner(watch) if streaming or "event-stream" in ctype else BodyScanner()
         )
         self.decode = decoder_for("" if decoded else response.headers.get("content-encoding", ""))
         self.done = False

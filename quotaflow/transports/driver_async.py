@@ -31,6 +31,7 @@ from quotaflow.flow import (
     Settings,
     Settle,
     Sleep,
+    Watch,
     final_amounts,
 )
 from quotaflow.flow.held import held_for
@@ -88,6 +89,10 @@ def async_stream_class(base: type) -> type:
                 await self._inner.aclose()
 
     return _AsyncSettlingStream
+
+
+async def _watched(scan: Scan) -> None:
+    """The end of a watched stream: nothing to settle (the call's own stream settles it)."""
 
 
 class AsyncDriver(DriverBase):
@@ -176,6 +181,8 @@ class AsyncDriver(DriverBase):
             )
         if isinstance(effect, Read):
             return await self._read(effect.response)
+        if isinstance(effect, Watch):
+            return await self._watch(effect)
         if isinstance(effect, (Count, Lookup)):
             derived = (
                 self._count_request(request, effect)
@@ -226,6 +233,22 @@ class AsyncDriver(DriverBase):
         finally:
             await response.aclose()
         return self._fresh(response, raw)
+
+    async def _watch(self, effect: Watch) -> Any:
+        response = effect.response
+        ctype = str(response.headers.get("content-type", "")).lower()
+        if "event-stream" not in ctype:  # a whole answer: one event
+            decoded, response = await self._read(response)
+            effect.on_event(decoded)
+            return response
+        if response.is_stream_consumed:  # already read by the inner transport
+            scan = Scan(response, True, decoded=True, watch=effect.on_event)
+            scan.feed(response.content)
+            scan.end()
+            return response
+        scan = Scan(response, True, watch=effect.on_event)
+        response.stream = self._stream_cls(response.stream, scan, _watched)
+        return response
 
     async def _finish(self, outcome: Outcome) -> Any:
         info, ticket = outcome.info, outcome.ticket

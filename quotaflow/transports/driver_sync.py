@@ -29,6 +29,7 @@ from quotaflow.flow import (
     Settings,
     Settle,
     Sleep,
+    Watch,
     final_amounts,
 )
 from quotaflow.flow.held import held_for
@@ -86,6 +87,10 @@ def sync_stream_class(base: type) -> type:
                 self._inner.close()
 
     return _SyncSettlingStream
+
+
+def _watched(scan: Scan) -> None:
+    """The end of a watched stream: nothing to settle (the call's own stream settles it)."""
 
 
 class SyncDriver(DriverBase):
@@ -174,6 +179,8 @@ class SyncDriver(DriverBase):
             )
         if isinstance(effect, Read):
             return self._read(effect.response)
+        if isinstance(effect, Watch):
+            return self._watch(effect)
         if isinstance(effect, (Count, Lookup)):
             derived = (
                 self._count_request(request, effect)
@@ -224,6 +231,22 @@ class SyncDriver(DriverBase):
         finally:
             response.close()
         return self._fresh(response, raw)
+
+    def _watch(self, effect: Watch) -> Any:
+        response = effect.response
+        ctype = str(response.headers.get("content-type", "")).lower()
+        if "event-stream" not in ctype:  # a whole answer: one event
+            decoded, response = self._read(response)
+            effect.on_event(decoded)
+            return response
+        if response.is_stream_consumed:  # already read by the inner transport
+            scan = Scan(response, True, decoded=True, watch=effect.on_event)
+            scan.feed(response.content)
+            scan.end()
+            return response
+        scan = Scan(response, True, watch=effect.on_event)
+        response.stream = self._stream_cls(response.stream, scan, _watched)
+        return response
 
     def _finish(self, outcome: Outcome) -> Any:
         info, ticket = outcome.info, outcome.ticket
