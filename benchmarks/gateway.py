@@ -12,7 +12,11 @@ asyncio, one client per target, ``generateContent`` with a short prompt).
    concurrency 1 and 8, with limits far above the load. Added latency is the gateway's
    percentile minus the direct one; throughput is calls per second at that concurrency; the
    gateways' CPU per call (user + system, from ``/proc``), which depends little on what else
-   runs on the machine.
+   runs on the machine. The floor row is a pass-through proxy in its own process
+   (``gateway.py --bare-proxy``: uvicorn with the gateway's server settings, a raw ASGI app
+   that relays the body with the real key on the gateway's upstream client; no tokens, quota
+   or audit), measured the same way: what any proxy in Python costs here, beside which each
+   gateway row shows the floor's added latency.
 2. Saturation: the emulator and the gateways' limiter both allow ``--limit`` requests per 1 s
    window; 32 concurrent loops through 2 replicas for ``--seconds``. Reported: the emulator's
    429s (upstream) and the share of the limit admitted in each full 1 s window after the first.
@@ -44,6 +48,7 @@ KEY = "AIzaSyBench0000000000000000000000000000"
 MODEL = "gemini-2.5-flash"
 BODY = {"contents": [{"parts": [{"text": "Say hello to the benchmark."}]}]}
 LATENCY = 0.020
+FLOOR = "pass-through proxy (floor)"
 
 
 def free_port() -> int:
@@ -87,6 +92,55 @@ def start_emulator(rpm: int) -> tuple[subprocess.Popen[bytes], str]:
     )
     url = f"http://127.0.0.1:{port}"
     wait_up(url + "/_emulator/stats")
+    return proc, url
+
+
+def bare_proxy_main(port: int, upstream: str) -> None:
+    """The floor: a pass-through proxy with no tokens, quota, settlement or audit. uvicorn with
+    the gateway's server settings and a raw ASGI app that reads the request body, sends it
+    upstream with the real key on the gateway's upstream client, reads the whole answer and
+    relays it."""
+    import uvicorn
+
+    from quotaflow.gateway._serve import _SERVER_OPTIONS
+    from quotaflow.gateway._upstream import Upstream
+
+    client = httpx.AsyncClient(
+        transport=Upstream(), base_url=upstream, headers={"x-goog-api-key": KEY}, timeout=60
+    )
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await client.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {"content-type": "application/json"}
+        r = await client.request(scope["method"], scope["path"], content=body, headers=headers)
+        back = [(b"content-type", r.headers.get("content-type", "").encode()),
+                (b"content-length", str(len(r.content)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": r.status_code, "headers": back})
+        await send({"type": "http.response.body", "body": r.content})
+
+    options = {**_SERVER_OPTIONS, "lifespan": "on"}
+    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options)).run()
+
+
+def start_bare_proxy(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--bare-proxy", str(port), upstream],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_up(url + "/")
     return proc, url
 
 
@@ -246,6 +300,7 @@ def window_use(log: list[dict[str, Any]], limit: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--emulator", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--bare-proxy", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--calls", type=int, default=400, help="measured calls per cell")
     ap.add_argument("--limit", type=int, default=60, help="requests per 1 s window (phase 2)")
     ap.add_argument("--seconds", type=float, default=8.0, help="saturation phase length")
@@ -258,6 +313,9 @@ def main() -> None:
     if args.emulator:
         emulator_main(*args.emulator)
         return
+    if args.bare_proxy:
+        bare_proxy_main(int(args.bare_proxy[0]), args.bare_proxy[1])
+        return
     redis = Server()
     tmp = Path(tempfile.mkdtemp(prefix="quotaflow-gw-bench-"))
     rows: dict[str, dict[int, dict[str, float]]] = {}
@@ -265,6 +323,13 @@ def main() -> None:
         emu, emu_url = start_emulator(10**7)
         try:
             rows["direct"] = {c: measure([emu_url], KEY, c, args.calls) for c in (1, 8)}
+            bare, bare_url = start_bare_proxy(emu_url)
+            try:
+                rows[FLOOR] = {
+                    c: measure([bare_url], KEY, c, args.calls, [bare.pid]) for c in (1, 8)
+                }
+            finally:
+                stop([bare])
             for name, n, backend in (
                 ("1 replica, memory backend", 1, None),
                 ("1 replica, Redis", 1, redis.url),
@@ -297,9 +362,10 @@ def main() -> None:
         f"emulator with {LATENCY * 1000:.0f} ms latency; gateways on one Redis"
     )
     out = [
-        "| path | concurrency | p50 ms | p99 ms | added p50 ms | added p99 ms | calls/s "
-        "| of direct | gateway CPU ms per call | targets (<= 2 / 5 ms, >= 80%) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| path | concurrency | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| floor's added p50 / p99 ms | calls/s | of direct | CPU ms per call "
+        "| targets (<= 2 / 5 ms, >= 80%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in rows.items():
         for c, r in cells.items():
@@ -308,6 +374,12 @@ def main() -> None:
                 ("-", "-")
                 if name == "direct"
                 else (f"{r['p50_ms'] - d['p50_ms']:.2f}", f"{r['p99_ms'] - d['p99_ms']:.2f}")
+            )
+            f = rows[FLOOR][c]
+            floor = (
+                "-"
+                if name in ("direct", FLOOR)
+                else f"{f['p50_ms'] - d['p50_ms']:.2f} / {f['p99_ms'] - d['p99_ms']:.2f}"
             )
             misses = []
             if name != "direct":
@@ -324,7 +396,7 @@ def main() -> None:
             )
             out.append(
                 f"| {name} | {c} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added[0]} | "
-                f"{added[1]} | {r['per_s']:.0f} | {r['per_s'] / d['per_s']:.0%} | "
+                f"{added[1]} | {floor} | {r['per_s']:.0f} | {r['per_s'] / d['per_s']:.0%} | "
                 f"{f'{cpu:.2f}' if (cpu := r.get('gateway_cpu_ms')) is not None else '-'} | "
                 f"{verdict} |"
             )

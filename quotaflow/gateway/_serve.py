@@ -36,6 +36,19 @@ class _NoWireTrace(logging.Filter):
 
 _FILTER = _NoWireTrace()
 
+# the server's settings apart from where it listens and how long it drains (uvicorn picks
+# uvloop and httptools, both dependencies of the gateway, for "auto")
+_SERVER_OPTIONS: dict[str, Any] = {
+    "loop": "auto",
+    "http": "auto",
+    "log_config": None,
+    "access_log": False,
+    "lifespan": "on",
+    "timeout_keep_alive": KEEP_ALIVE,
+    "server_header": False,
+    "date_header": False,
+}
+
 
 def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
     """uvicorn's settings for ``gateway``: its own access log (uvicorn's would print
@@ -49,13 +62,8 @@ def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
     kw: dict[str, Any] = {
         "host": cfg.host,
         "port": cfg.port,
-        "log_config": None,
-        "access_log": False,
-        "lifespan": "on",
         "timeout_graceful_shutdown": cfg.shutdown_timeout,
-        "timeout_keep_alive": KEEP_ALIVE,
-        "server_header": False,
-        "date_header": False,
+        **_SERVER_OPTIONS,
         **overrides,
     }
     return uvicorn.Config(gateway, **kw)

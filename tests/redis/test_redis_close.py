@@ -73,3 +73,56 @@ def test_a_backend_passed_in_stays_open(redis_url: str, namespace: str) -> None:
     again = SyncLimiter(tier=None, quotas=QUOTAS, backend=backend)
     again.acquire_nowait("m").release()
     assert again.status("m")["rpm"].in_flight == 0
+
+
+def test_a_deferred_settle_goes_out_by_its_timer_on_uvloop_without_spinning(
+    redis_url: str, namespace: str
+) -> None:
+    """uvloop runs a timer of under half a millisecond at once: the flush timer, finding a
+    settle not yet due, waits at least a millisecond again rather than running on every turn of
+    the loop until it is."""
+    import asyncio
+    import time
+
+    uvloop = pytest.importorskip("uvloop")
+
+    from quotaflow.backends.redis.engine_state import SETTLE_DELAY
+
+    url = f"{redis_url}?namespace={namespace}"
+    fired = 0
+
+    async def main() -> tuple[int, int, int]:
+        limiter = Limiter(tier=None, quotas=QUOTAS, backend=url)
+        backend: RedisBackend = limiter.backend  # type: ignore[assignment]
+        fire = backend._settles._fire
+
+        def counted(loop: asyncio.AbstractEventLoop) -> None:
+            nonlocal fired
+            fired += 1
+            fire(loop)
+
+        backend._settles._fire = counted  # type: ignore[method-assign]
+        for _ in range(2):  # the second settle is deferred
+            async with limiter.acquire("m", tokens=100) as permit:
+                permit.mark_sent()
+                await permit.settle(input_tokens=40)
+        engine = backend._engine
+        assert engine.pending
+        # the settle is 0.3 ms short of due when the timer runs
+        for scope in engine.pending_since:
+            engine.pending_since[scope] = time.monotonic() - (0.9 * SETTLE_DELAY - 0.0003)
+        before = fired
+        counted(asyncio.get_running_loop())
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if not engine.pending and not backend._settles._flushing:
+                break
+        assert not engine.pending, "the deferred settle went out by the timer"
+        runs = fired - before
+        held = _held_and_used(url)  # while the limiter is open: sent, not flushed by close
+        await limiter.aclose()
+        return runs, held[1], held[2]
+
+    runs, used, tokens = uvloop.run(main())
+    assert (used, tokens) == (2, 80)
+    assert runs <= 3, f"the flush timer ran {runs} times for one settle"

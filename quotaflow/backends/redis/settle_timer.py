@@ -27,6 +27,11 @@ from quotaflow.errors import BackendError
 
 __all__ = ["SettleTimer"]
 
+_TICK = 0.001
+"""The shortest re-arm of the flush timer: uvloop keeps time in whole milliseconds and runs a
+timer of under half of one at once, so a shorter one (the rest of a settle's delay, when the
+timer fired a little early) would run the timer again and again until the settle is due."""
+
 
 def _flush_at_exit(ref: weakref.ReferenceType[SettleTimer]) -> None:
     timer = ref()
@@ -76,7 +81,7 @@ class SettleTimer:
             self._flushing.add(task)
             task.add_done_callback(self._flushing.discard)
         if nxt is not None:
-            self.arm(loop, max(0.0, nxt - time.monotonic()))
+            self.arm(loop, max(_TICK, nxt - time.monotonic()))
 
     async def flush(self, scope: str) -> None:
         """Send the scope's deferred settles: the lean call on asyncio (queued with the loop's
