@@ -4,6 +4,7 @@ benchmarks)."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -69,9 +70,31 @@ def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
     return uvicorn.Config(gateway, **kw)
 
 
+class _Drained(Exception):
+    """A SIGINT or SIGTERM the server has drained for (see :func:`run`)."""
+
+
+def _drained(signum: int, frame: object) -> None:
+    raise _Drained(signum)
+
+
 def run(gateway: Gateway) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight calls finish (within ``shutdown_timeout``)."""
-    uvicorn.Server(uvicorn_config(gateway)).run()
+    """Serve until SIGINT/SIGTERM; in-flight calls finish (within ``shutdown_timeout``), the
+    gateway closes (settles, audit log, backend), then this returns.
+
+    uvicorn hands a signal it has drained for to the handler it found in place, to end the
+    process as that signal would; the one in place here ends only the serving, so what the
+    caller does next (flushing its log) still runs and the process exits with status 0."""
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if main else ()
+    previous = {sig: signal.signal(sig, _drained) for sig in signals}
+    try:
+        uvicorn.Server(uvicorn_config(gateway)).run()
+    except _Drained:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class ServedGateway:
