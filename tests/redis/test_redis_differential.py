@@ -278,3 +278,49 @@ def test_lua_matches_python_deep_lines(redis_url: str, namespace: str, seed: int
         twin.both("status", twin.now)
     finally:
         backend.close()
+
+
+def _settles_out_of_order(rng: Any) -> tuple[list[Limit], list[tuple[Any, ...]]]:
+    """Nobody waits (the fast path answers) while settles land in older slots than the
+    newest one settled, as when several processes settle into one window."""
+    limits = [
+        Limit("rpm", 10**6, 1.0, reset=Rolling(rng.choice([4, 10, 600]))),
+        Limit("tpm", 10**7, 1.0, metric="input_tokens", reset=Rolling(rng.choice([2, 10]))),
+    ]
+    ops: list[tuple[Any, ...]] = []
+    for _ in range(300):
+        x = rng.random()
+        if x < 0.4:
+            ops.append(("submit", {"rpm": 1, "tpm": rng.choice([0, 5, 20])}, 0, None, False, None))
+        elif x < 0.55:
+            ops.append(("advance", rng.choice([0.0, 0.01, 0.05, 0.1, 0.3])))
+        elif x < 0.97:
+            actual = rng.choice([None, {}, {"tpm": 0}, {"tpm": rng.randint(0, 40)}])
+            back = rng.choice([0.0, 0.01, 0.05, 0.1, 0.2, 0.45, 0.9, 1.5])
+            ops.append(("settle", rng.randint(0, 99), actual, back))
+        else:
+            ops.append(("status",))  # the full path: the tails move into the log
+    return limits, ops
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("QF_DIFF_SEEDS", "12"))))
+def test_lua_matches_python_settles_out_of_order(redis_url: str, namespace: str, seed: int) -> None:
+    import random
+
+    from quotaflow.backends.redis import RedisBackend
+
+    rng = random.Random(seed)
+    limits, ops = _settles_out_of_order(rng)
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=1e9, exact_time=True)
+    try:
+        mem = MemoryBackend()
+        mem.configure(SCOPE, limits, 1_000.0)
+        backend.sync.configure(SCOPE, limits, 1_000.0)
+        twin = Twin(backend.sync, mem, limits, 1_000.0)
+        for op in ops:
+            twin.run(op)
+            if rng.random() < 0.1:
+                twin.both("status", twin.now)
+        twin.both("status", twin.now)
+    finally:
+        backend.close()

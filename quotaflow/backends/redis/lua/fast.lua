@@ -20,8 +20,11 @@ and per limit the field "b:<name>", that limit's changing numbers packed as doub
 "Fits" uses the window's logged total lg without dropping expired slots first: amounts only
 come back over time, so a stale lg over-counts and a fit found with it is a fit (lower bound
 of free room). Settled amounts of the newest slot accumulate in the tail (ts, ta) instead of
-the log Z; a settle into an older slot, or a new slot while the log's front has expired, falls
-through (the full path moves the tail into Z on load, so Z stays bounded: slots + 1 entries).
+the log Z; a settle into an older slot (another process's settle reached a newer one first)
+changes that slot's entry in Z as the full path does (WindowBucket._add), and one into the
+newest slot of Z while there is no tail (the full path moved it into Z on load) takes that
+entry back as the tail. A settle that would add a slot while the log's front has expired
+falls through (the full path drops expired entries, so Z stays bounded).
 
 Leases it grants are fields "l:<id>" of S: the byte \1, the expiry as a double, then the cost
 exactly as the request sent it (ARGV[3]), so a grant and the settle riding on it write S alone
@@ -58,17 +61,37 @@ local function fast_rec(raw)
   return {3}
 end
 
+-- the entry of limit name's slot in the log Z as this call leaves it (Z: key -> entry, written
+-- once decided): {member to remove (read from Z) or false, amount to write or false, key};
+-- zl bounds the slots Z may hold (a slot above it has no member: nothing to read)
+local function fast_log(Z, name, slot, zl)
+  local key = name .. '\0' .. string.format('%020d', slot)
+  local e = Z[key]
+  if e == nil then
+    local m, held = false, false
+    if slot <= zl then
+      m = redis.call('ZRANGEBYLEX', KEYS[7], '[' .. key .. '\0', '(' .. key .. '\1',
+                     'LIMIT', 0, 1)[1] or false
+      if m then held = tonumber(string.sub(m, #key + 2)) end
+    end
+    e = {m, held, key}
+    Z[key] = e
+  end
+  return e
+end
+
 -- Bucket.settle on the record of limit name (read into R on first use; kinds 1 and 2) at time
--- now; false: the full path must; else true and, if a tail moves into Z (a new slot), its
--- member (score 0)
-local function fast_settle(R, KS, name, amount, real, at, now)
+-- now; false: the full path must; else true and Z, the call's changes to the log (see
+-- fast_log; made on first use): the tail moved into it (a new slot), a slot older than the
+-- tail (WindowBucket._add), or the newest slot of the log taken back as the tail (no tail)
+local function fast_settle(R, KS, name, amount, real, at, now, Z)
   local EPS, INF = 1e-9, math.huge
   local r = R[name]
   if r == nil then
     r = fast_rec(redis.call('HGET', KS, 'b:' .. name))
     R[name] = r
   end
-  if not r then return true end
+  if not r then return true, Z end
   local k = r[1]
   if k == 1 then
     r[4] = math.max(0, r[4] - amount)
@@ -84,17 +107,39 @@ local function fast_settle(R, KS, name, amount, real, at, now)
         if real > 0 then
           if ts ~= -INF then
             if (r[6] + 1) * w + per <= now + EPS then return false end
-            local moved = name .. '\0' .. string.format('%020d', ts) .. '\0'
-              .. string.format('%d', r[8])
+            Z = Z or {}
+            fast_log(Z, name, ts, r[9])[2] = r[8]  -- the tail into Z
             r[9] = ts
             r[7], r[8], r[5] = slot, real, r[5] + real
-            return true, moved
+            return true, Z
           end
           r[7], r[8], r[5] = slot, real, r[5] + real
           if r[6] == -INF then r[6] = slot end
         end
       else
-        return false  -- an older slot: the log in Z
+        Z = Z or {}
+        local e = fast_log(Z, name, slot, r[9])
+        if ts == -INF and slot >= r[9] then
+          -- no tail (the full path moved it into Z): the log's newest slot becomes the tail
+          -- again, so that the settles after this one in the slot stay out of Z
+          if e[1] or real > 0 then
+            local held = e[2] or 0
+            local applied = math.max(real, -held)
+            e[2] = false
+            r[7], r[8], r[5] = slot, held + applied, r[5] + applied
+            if r[6] == -INF then r[6] = slot end
+          end
+        elseif e[2] then
+          local applied = math.max(real, -e[2])
+          e[2] = e[2] + applied
+          r[5] = r[5] + applied
+        elseif real > 0 then
+          if r[6] ~= -INF and (r[6] + 1) * w + per <= now + EPS then return false end
+          e[2] = real
+          r[5] = r[5] + real
+          if r[6] == -INF or slot < r[6] then r[6] = slot end
+          if slot > r[9] then r[9] = slot end
+        end
       end
     end
   elseif k == 2 then
@@ -107,7 +152,7 @@ local function fast_settle(R, KS, name, amount, real, at, now)
   else
     return false
   end
-  return true
+  return true, Z
 end
 
 -- fast() reads KEYS[1] and the library functions it uses often into locals (a global costs a
@@ -190,7 +235,7 @@ local function fast()
   -- R: limit name -> record (see fast_rec). Every record read is written back (one that did
   -- not change, as it was): a grant or a settle changes nearly all of them.
   local R = {}
-  local zadd, nz = nil, 0  -- tails moved into Z (a new slot): score, member, ...
+  local Z = nil  -- the call's changes to the log Z (see fast_log)
   if submit then
     for i = 1, nr, 2 do R[req[i]] = fast_rec(vals[1 + (i + 1) / 2]) end
   end
@@ -240,12 +285,9 @@ local function fast()
         local name, amount = c[j], c[j + 1]
         local real = amount
         if actual and actual[name] ~= nil then real = actual[name] end
-        local ok, moved = fast_settle(R, KS, name, amount, real, at, now)
+        local ok
+        ok, Z = fast_settle(R, KS, name, amount, real, at, now, Z)
         if not ok then return nil end
-        if moved then
-          zadd = zadd or {}
-          zadd[nz + 1], zadd[nz + 2], nz = 0, moved, nz + 2
-        end
       end
       if actual then  -- usage that was not estimated (0 reserved) still counts
         for name, real in pairs(actual) do
@@ -255,12 +297,9 @@ local function fast()
               if c[j] == name then held = true end
             end
             if not held then
-              local ok, moved = fast_settle(R, KS, name, 0, real, at, now)
+              local ok
+              ok, Z = fast_settle(R, KS, name, 0, real, at, now, Z)
               if not ok then return nil end
-              if moved then
-                zadd = zadd or {}
-                zadd[nz + 1], zadd[nz + 2], nz = 0, moved, nz + 2
-              end
             end
           end
         end
@@ -314,9 +353,19 @@ local function fast()
     redis.call('ZREM', KEYS[6], unpack(gone))  -- E
     if removed > 0 then nl, hdirty = math.max(0, nl - removed), true end
   end
-  if zadd then
-    redis.call('ZADD', KEYS[7], unpack(zadd, 1, nz))  -- Z
-    redis.call('PEXPIRE', KEYS[7], math.floor(kttl * 1000))
+  if Z then
+    local zrem, nrem, zadd, nz = {}, 0, {}, 0
+    for _, e in pairs(Z) do
+      if e[1] then zrem[nrem + 1], nrem = e[1], nrem + 1 end
+      if e[2] then
+        zadd[nz + 1], zadd[nz + 2], nz = 0, e[3] .. '\0' .. string.format('%d', e[2]), nz + 2
+      end
+    end
+    if nrem > 0 then redis.call('ZREM', KEYS[7], unpack(zrem, 1, nrem)) end
+    if nz > 0 then
+      redis.call('ZADD', KEYS[7], unpack(zadd, 1, nz))
+      redis.call('PEXPIRE', KEYS[7], math.floor(kttl * 1000))
+    end
   end
   for name, r in pairs(R) do
     if r then
