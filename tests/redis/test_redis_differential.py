@@ -324,3 +324,60 @@ def test_lua_matches_python_settles_out_of_order(redis_url: str, namespace: str,
         twin.both("status", twin.now)
     finally:
         backend.close()
+
+
+def _fronts_return(rng: Any) -> tuple[list[Limit], list[tuple[Any, ...]]]:
+    """A tier's shape at a fast clock: narrow slots, windows of different periods and a
+    calendar window in one scope, nobody waiting for long, so that the fast path settles into
+    new slots while the log's front has come back (it drops the front, as the full path does)
+    and the caps bind on what is left."""
+    limits = [
+        Limit("rpm", rng.randint(8, 40), 1.0, reset=Rolling(rng.choice([100, 600]))),
+        Limit(
+            "tpm",
+            rng.randint(100, 600),
+            rng.choice([0.5, 2.0]),
+            metric="input_tokens",
+            reset=Rolling(rng.choice([50, 600])),
+        ),
+        Limit("rpd", rng.randint(150, 400), 4.0, reset=fixed_windows(4.0)),
+    ]
+    ops: list[tuple[Any, ...]] = []
+    for _ in range(400):
+        x = rng.random()
+        if x < 0.4:
+            cost = {"rpm": 1, "tpm": rng.choice([0, 5, 20, 50]), "rpd": 1}
+            deadline = rng.choice([None, None, 0.05, 0.5])
+            ops.append(("submit", cost, 0, deadline, False, None))
+        elif x < 0.6:
+            ops.append(("advance", rng.choice([0.0, 0.001, 0.002, 0.005, 0.02, 0.1, 0.6])))
+        elif x < 0.93:
+            actual = rng.choice([None, {"tpm": rng.randint(0, 60)}, {"tpm": 0, "rpm": 1}])
+            back = rng.choice([0.0, 0.0, 0.001, 0.004, 0.03, 0.3, 1.2])
+            ops.append(("settle", rng.randint(0, 99), actual, back))
+        elif x < 0.97:
+            ops.append(("dispatch",))
+        else:
+            ops.append(("status",))
+    return limits, ops
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("QF_DIFF_SEEDS", "12"))))
+def test_lua_matches_python_fronts_return(redis_url: str, namespace: str, seed: int) -> None:
+    import random
+
+    from quotaflow.backends.redis import RedisBackend
+
+    rng = random.Random(seed)
+    limits, ops = _fronts_return(rng)
+    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=1e9, exact_time=True)
+    try:
+        mem = MemoryBackend()
+        mem.configure(SCOPE, limits, 1_000.0)
+        backend.sync.configure(SCOPE, limits, 1_000.0)
+        twin = Twin(backend.sync, mem, limits, 1_000.0)
+        for op in ops:
+            twin.run(op)
+        twin.both("status", twin.now)
+    finally:
+        backend.close()

@@ -23,8 +23,10 @@ of free room). Settled amounts of the newest slot accumulate in the tail (ts, ta
 the log Z; a settle into an older slot (another process's settle reached a newer one first)
 changes that slot's entry in Z as the full path does (WindowBucket._add), and one into the
 newest slot of Z while there is no tail (the full path moved it into Z on load) takes that
-entry back as the tail. A settle that would add a slot while the log's front has expired
-falls through (the full path drops expired entries, so Z stays bounded).
+entry back as the tail. A settle that adds a slot while the log's front has come back drops
+the entries that are back, as the full path does (WindowBucket._expire), so Z stays bounded
+when slots are narrow (a compressed minute) and the call still needs no full path; a tail
+that is back itself is dropped rather than moved into Z.
 
 Leases it grants are fields "l:<id>" of S: the byte \1, the expiry as a double, then the cost
 exactly as the request sent it (ARGV[3]), so a grant and the settle riding on it write S alone
@@ -80,6 +82,44 @@ local function fast_log(Z, name, slot, zl)
   return e
 end
 
+-- WindowBucket._expire on the record r of limit name (its front slot fs, r[6], is back): the
+-- back entries at the front of the log Z go (removals in Z, see fast_log), lg drops by their
+-- amounts and fs becomes the oldest slot left, in Z, in the call's changes to Z or the tail
+-- (-INF if none); false if more than 64 are back (the full path drops them)
+local function fast_expire(Z, name, r, now)
+  local EPS, w, per = 1e-9, r[10], r[11]
+  local key0 = name .. '\0'
+  local n0 = #key0
+  local fs = math.huge
+  for off = 0, 63, 16 do
+    local ms = redis.call('ZRANGEBYLEX', KEYS[7], '[' .. key0, '(' .. name .. '\1',
+                          'LIMIT', off, 16)
+    for i = 1, #ms do
+      local m = ms[i]
+      local slot = tonumber(string.sub(m, n0 + 1, n0 + 20))
+      if (slot + 1) * w + per > now + EPS then
+        fs = slot
+        break
+      end
+      local key = string.sub(m, 1, n0 + 20)
+      Z[key] = {m, false, key}  -- a back slot: never written by this call (_add skips it)
+      r[5] = r[5] - tonumber(string.sub(m, n0 + 22))
+    end
+    if fs ~= math.huge or #ms < 16 then break end
+    if off + 16 > 63 then return false end
+  end
+  for key, e in pairs(Z) do
+    if e[2] and string.sub(key, 1, n0) == key0 then
+      local slot = tonumber(string.sub(key, n0 + 1))
+      if slot < fs then fs = slot end
+    end
+  end
+  if r[7] ~= -math.huge and r[7] < fs then fs = r[7] end
+  if fs == math.huge then fs = -math.huge end
+  r[6] = fs
+  return true
+end
+
 -- Bucket.settle on the record of limit name (read into R on first use; kinds 1 and 2) at time
 -- now; false: the full path must; else true and Z, the call's changes to the log (see
 -- fast_log; made on first use): the tail moved into it (a new slot), a slot older than the
@@ -106,11 +146,18 @@ local function fast_settle(R, KS, name, amount, real, at, now, Z)
       elseif slot > ts and slot > r[9] then
         if real > 0 then
           if ts ~= -INF then
-            if (r[6] + 1) * w + per <= now + EPS then return false end
             Z = Z or {}
-            fast_log(Z, name, ts, r[9])[2] = r[8]  -- the tail into Z
-            r[9] = ts
+            if (ts + 1) * w + per <= now + EPS then
+              r[5] = r[5] - r[8]  -- the tail is back: no entry
+            else
+              fast_log(Z, name, ts, r[9])[2] = r[8]  -- the tail into Z
+              r[9] = ts
+            end
             r[7], r[8], r[5] = slot, real, r[5] + real
+            -- the front is back: dropped, as the full path would (so Z stays bounded)
+            if (r[6] + 1) * w + per <= now + EPS and not fast_expire(Z, name, r, now) then
+              return false
+            end
             return true, Z
           end
           r[7], r[8], r[5] = slot, real, r[5] + real
@@ -134,11 +181,14 @@ local function fast_settle(R, KS, name, amount, real, at, now, Z)
           e[2] = e[2] + applied
           r[5] = r[5] + applied
         elseif real > 0 then
-          if r[6] ~= -INF and (r[6] + 1) * w + per <= now + EPS then return false end
           e[2] = real
           r[5] = r[5] + real
-          if r[6] == -INF or slot < r[6] then r[6] = slot end
-          if slot > r[9] then r[9] = slot end
+          if r[9] < slot then r[9] = slot end
+          if r[6] ~= -INF and (r[6] + 1) * w + per <= now + EPS then
+            if not fast_expire(Z, name, r, now) then return false end
+          elseif r[6] == -INF or slot < r[6] then
+            r[6] = slot
+          end
         end
       end
     end
