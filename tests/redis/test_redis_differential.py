@@ -9,6 +9,7 @@ decision delivered to listeners and every status must be identical, floats bit f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -303,14 +304,21 @@ def _settles_out_of_order(rng: Any) -> tuple[list[Limit], list[tuple[Any, ...]]]
     return limits, ops
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("QF_DIFF_SEEDS", "12"))))
-def test_lua_matches_python_settles_out_of_order(redis_url: str, namespace: str, seed: int) -> None:
+def _replay(
+    redis_url: str,
+    namespace: str,
+    seed: int,
+    make: Callable[[Any], tuple[list[Limit], list[tuple[Any, ...]]]],
+    status_share: float = 0.0,
+) -> None:
+    """Run ``make``'s operations on the Lua script and on the Python model alike (``Twin``
+    compares every answer), with a status of both after a ``status_share`` of them."""
     import random
 
     from quotaflow.backends.redis import RedisBackend
 
     rng = random.Random(seed)
-    limits, ops = _settles_out_of_order(rng)
+    limits, ops = make(rng)
     backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=1e9, exact_time=True)
     try:
         mem = MemoryBackend()
@@ -319,11 +327,16 @@ def test_lua_matches_python_settles_out_of_order(redis_url: str, namespace: str,
         twin = Twin(backend.sync, mem, limits, 1_000.0)
         for op in ops:
             twin.run(op)
-            if rng.random() < 0.1:
+            if status_share and rng.random() < status_share:
                 twin.both("status", twin.now)
         twin.both("status", twin.now)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("QF_DIFF_SEEDS", "12"))))
+def test_lua_matches_python_settles_out_of_order(redis_url: str, namespace: str, seed: int) -> None:
+    _replay(redis_url, namespace, seed, _settles_out_of_order, status_share=0.1)
 
 
 def _fronts_return(rng: Any) -> tuple[list[Limit], list[tuple[Any, ...]]]:
@@ -364,20 +377,4 @@ def _fronts_return(rng: Any) -> tuple[list[Limit], list[tuple[Any, ...]]]:
 
 @pytest.mark.parametrize("seed", range(int(os.environ.get("QF_DIFF_SEEDS", "12"))))
 def test_lua_matches_python_fronts_return(redis_url: str, namespace: str, seed: int) -> None:
-    import random
-
-    from quotaflow.backends.redis import RedisBackend
-
-    rng = random.Random(seed)
-    limits, ops = _fronts_return(rng)
-    backend = RedisBackend(redis_url, namespace=namespace, lease_ttl=1e9, exact_time=True)
-    try:
-        mem = MemoryBackend()
-        mem.configure(SCOPE, limits, 1_000.0)
-        backend.sync.configure(SCOPE, limits, 1_000.0)
-        twin = Twin(backend.sync, mem, limits, 1_000.0)
-        for op in ops:
-            twin.run(op)
-        twin.both("status", twin.now)
-    finally:
-        backend.close()
+    _replay(redis_url, namespace, seed, _fronts_return)
