@@ -1,4 +1,4 @@
-"""Ways past an agent's policy found in review, each through google-genai and the agent
+"""Ways past an agent's policy that stay closed, each through google-genai and the agent
 transports against the emulator over loopback: a batch's input file naming another agent's
 cache, a batch job spending none of the agent's budget, a file URI naming two files."""
 
@@ -6,61 +6,22 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from agents_helpers import FLASH, KEY, EmulatorRequests
 from google import genai
 from google.genai import errors, types
 
 from quotaflow import RPD, RPM, TPM, Limiter
 from quotaflow.agents import Agents, AuditLog, CallbackSink, Policy
 from quotaflow.agents.audit import AuditRecord
-from quotaflow.emulator import ApiKeyConfig, EmulatorConfig, ModelConfig, ServedEmulator, serve
+from quotaflow.emulator import ServedEmulator
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
 
-KEY = "AIzaSyA1234567890abcdefghijklmnopqrstuv"
-FLASH = "gemini-2.5-flash"
 OWN = {"access": "write", "own": True}
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[ServedEmulator]:
-    config = EmulatorConfig(
-        keys=[ApiKeyConfig(key=KEY, project="proj")],
-        minute_seconds=1.0,
-        models=[ModelConfig(name=FLASH, rpm=600, tpm=1_000_000, rpd=100_000)],
-        cache_min_tokens=0,
-        batch_delay_seconds=0.0,
-    )
-    with serve(config) as s:
-        yield s
-
-
-class Seen(logging.Handler):
-    """The request lines the emulator logs (``METHOD /path -> status``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def seen(served: ServedEmulator) -> Iterator[Seen]:
-    served.emulator.reset()
-    handler = Seen()
-    logger = logging.getLogger("quotaflow.emulator")
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
 
 
 class Clients:
@@ -107,7 +68,9 @@ def _jsonl(*requests: dict[str, Any]) -> bytes:
 HI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
-def test_a_batch_input_file_cannot_use_another_agents_cache(clients: Any, seen: Seen) -> None:
+def test_a_batch_input_file_cannot_use_another_agents_cache(
+    clients: Any, requests_seen: EmulatorRequests
+) -> None:
     # mallory holds no caching grant: naming alice's cache in a request is refused, inline or
     # in the input file of a batch (whose lines are not read here)
     policy = {
@@ -128,20 +91,22 @@ def test_a_batch_input_file_cannot_use_another_agents_cache(clients: Any, seen: 
     line = _jsonl({**HI, "cachedContent": cache.name})
     f = mallory.files.upload(file=io.BytesIO(line), config={"mime_type": "application/jsonl"})
     assert f.name
-    seen.lines.clear()
+    requests_seen.lines.clear()
     inline: Any = [{**HI, "config": {"cached_content": cache.name}}]
     with pytest.raises(errors.ClientError, match="PERMISSION_DENIED"):
         mallory.batches.create(model=FLASH, src=inline)
     with pytest.raises(errors.ClientError, match="PERMISSION_DENIED") as info:
         mallory.batches.create(model=FLASH, src=f.name)
     assert "input file" in str(info.value)
-    assert not any("batchGenerateContent" in x for x in seen.lines), seen.lines
+    assert not any("batchGenerateContent" in x for x in requests_seen.lines), requests_seen.lines
     # an agent that may use every resource such a request can name runs batches from files
     job = trusted.batches.create(model=FLASH, src=f.name)
-    assert job.name and any("batchGenerateContent -> 200" in x for x in seen.lines)
+    assert job.name and any("batchGenerateContent -> 200" in x for x in requests_seen.lines)
 
 
-def test_a_batch_job_spends_the_agents_budget(clients: Any, seen: Seen) -> None:
+def test_a_batch_job_spends_the_agents_budget(
+    clients: Any, requests_seen: EmulatorRequests
+) -> None:
     policy = {
         "agents": {
             "a": {
@@ -157,7 +122,7 @@ def test_a_batch_job_spends_the_agents_budget(clients: Any, seen: Seen) -> None:
     with pytest.raises(errors.ClientError, match="RESOURCE_EXHAUSTED") as info:
         a.batches.create(model=FLASH, src=four)  # 12 requests of a budget of 10
     assert "requests_per_day" in str(info.value)
-    assert sum("batchGenerateContent -> 200" in x for x in seen.lines) == 2
+    assert sum("batchGenerateContent -> 200" in x for x in requests_seen.lines) == 2
     a.models.generate_content(model=FLASH, contents="hi")
     a.models.generate_content(model=FLASH, contents="hi")
     with pytest.raises(errors.ClientError, match="RESOURCE_EXHAUSTED"):
@@ -165,7 +130,7 @@ def test_a_batch_job_spends_the_agents_budget(clients: Any, seen: Seen) -> None:
 
 
 def test_every_file_a_file_uri_names_is_checked(
-    clients: Any, seen: Seen, served: ServedEmulator
+    clients: Any, requests_seen: EmulatorRequests, served: ServedEmulator
 ) -> None:
     # the server reads the first "files/<id>" of the URI, wherever it stands; the policy
     # checks every one
@@ -181,13 +146,13 @@ def test_every_file_a_file_uri_names_is_checked(
         f"{base}/{mine.name}/../{theirs.name}",
         f"{theirs.name}.txt",
     ]
-    seen.lines.clear()
+    requests_seen.lines.clear()
     for uri in uris:
         part = types.Part(file_data=types.FileData(file_uri=uri, mime_type="text/plain"))
         with pytest.raises(errors.ClientError, match="PERMISSION_DENIED") as info:
             mallory.models.generate_content(model=FLASH, contents=[part, "hi"])
         assert "quotaflow policy" in str(info.value), uri
-    assert not any("generateContent" in x for x in seen.lines), seen.lines
+    assert not any("generateContent" in x for x in requests_seen.lines), requests_seen.lines
     part = types.Part(
         file_data=types.FileData(file_uri=f"{base}/{mine.name}", mime_type="text/plain")
     )

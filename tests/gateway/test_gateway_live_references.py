@@ -4,13 +4,9 @@ upstream on loopback, as in tests/gateway/test_gateway_live.py; asyncio only).""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "gateway"))
-
 from gateway_helpers import FLASH, ServedApp, running
 from google.genai import types
 from test_gateway_live import LIVE_POLICY, LiveUpstream, _client, _talk, tls  # noqa: F401
