@@ -26,7 +26,7 @@ from quotaflow.agents.grants import (
     target_resource,
 )
 from quotaflow.errors import BillingError
-from quotaflow.flow.batch import batch_requests
+from quotaflow.flow.batch import batch_job, batch_requests
 from quotaflow.flow.refusal import Refusal
 from quotaflow.gemini import Call, estimate_tokens, redact_text
 from quotaflow.gemini._canonical import canonical_request
@@ -233,10 +233,10 @@ class AgentCall:
     ) -> tuple[str, int, dict[str, int]] | None:
         """``(scope, tokens, cost)`` to take from the agent's budget, or ``None``."""
         requests = self.call.requests
-        if not self.call.metered:
-            if not (self.call.area == "batch" and self.call.creates):
-                return None
+        if batch_job(self.call):
             requests = batch_requests(self._body)  # a batch job: each of its requests
+        elif not self.call.metered:
+            return None
         scope = self.runtime.budget_scope(self._agent)
         if scope is None:
             return None

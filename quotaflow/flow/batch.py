@@ -28,6 +28,12 @@ def batch_file(body: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) and _FILE_NAME.fullmatch(name) else None
 
 
+def batch_job(call: Call) -> bool:
+    """Whether ``call`` creates a batch job: not metered itself, its requests spend an agent's
+    budget (:func:`batch_requests` of them)."""
+    return call.area == "batch" and call.creates and not call.metered
+
+
 def batch_requests(body: Mapping[str, Any]) -> int:
     """The requests a batch create holds: its inline requests, or 1 for an input file (its
     lines are not read here)."""

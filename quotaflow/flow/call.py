@@ -17,7 +17,7 @@ from quotaflow.errors import (
     QuotaError,
 )
 from quotaflow.flow.attempts import attempts, send_once
-from quotaflow.flow.batch import batch_file, sibling
+from quotaflow.flow.batch import batch_file, batch_job, sibling
 from quotaflow.flow.effects import (
     Acquire,
     CallFlow,
@@ -224,15 +224,14 @@ def _call(
             if info.spend_estimated is not None and spend.cap_usd is not None:
                 spend_cost = {USD_MICROS: info.spend_estimated}
     budget: Any = None
-    jobs = ticket is not None and not call.metered and call.area == "batch" and call.creates
-    if ticket is not None and (call.metered or jobs):
+    if ticket is not None and (call.metered or batch_job(call)):
         # a batch job spends the budget too: its requests, enqueued tokens and batch price
-        spent = info.spend_estimated
-        if jobs:
-            tokens = info.estimated
+        spent, budget_in = info.spend_estimated, tokens
+        if not call.metered:
+            budget_in = info.estimated
             if spend is not None and model:
-                spent = spend.cost(model, "batch", input_tokens=tokens)
-        ask = ticket.budget_cost(tokens, spent)
+                spent = spend.cost(model, "batch", input_tokens=budget_in)
+        ask = ticket.budget_cost(budget_in, spent)
         if ask is not None:
             scope, budget_tokens, budget_cost = ask
             try:
