@@ -233,10 +233,10 @@ class AgentCall:
     ) -> tuple[str, int, dict[str, int]] | None:
         """``(scope, tokens, cost)`` to take from the agent's budget, or ``None``."""
         requests = self.call.requests
-        if batch_job(self.call):
+        if not self.call.metered:
+            if not batch_job(self.call):
+                return None
             requests = batch_requests(self._body)  # a batch job: each of its requests
-        elif not self.call.metered:
-            return None
         scope = self.runtime.budget_scope(self._agent)
         if scope is None:
             return None
